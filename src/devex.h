@@ -1,0 +1,119 @@
+/*
+ * devex.h: the types every part of devexd shares: the worker (one thread, one
+ * event loop), the Lua VM it runs, tasks (one coroutine each) and the single
+ * yield/resume helper that every I/O primitive goes through.
+ *
+ * Loop choice: devexd runs libh2o on libuv, not on H2O's own evloop. All I/O of
+ * a thread must share one loop, and libuv gives us uv_poll for libcurl's multi
+ * socket API and hiredis's ready-made async adapter, where evloop would need
+ * hand-written adapters for both. The cost (H2O is tuned on evloop) is
+ * measured in tests/bench.
+ */
+#ifndef DEVEX_H
+#define DEVEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#define DEVEX_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define DEVEX_CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+typedef struct devex_worker devex_worker_t;
+typedef struct devex_vm devex_vm_t;
+typedef struct devex_task devex_task_t;
+typedef struct devex_op devex_op_t;
+typedef struct devex_reqctx devex_reqctx_t;
+
+/* ---- pending operations and the yield/resume helper ------------------- */
+
+/*
+ * A pending I/O operation a task is parked on. A primitive embeds this at the
+ * start of its own struct, starts the I/O, then `return devex_task_yield(L, op)`.
+ * On completion it checks op->task: when NULL the task was abandoned (VM
+ * closed, shutdown) and the primitive only frees its own memory. Otherwise it
+ * pushes its results on devex_op_thread(op) and calls devex_task_resume().
+ * The primitive owns the op memory in every case.
+ */
+struct devex_op {
+    devex_task_t *task;
+    /* called when the waiting task is abandoned; must stop the I/O and arrange
+     * for the op to be freed (possibly later, from the I/O callback). */
+    void (*cancel)(devex_op_t *op);
+};
+
+/* Returns the task running on L, or raises a Lua error naming `what` when L is
+ * not a devexd task coroutine (for example inside a user's coroutine.wrap). */
+devex_task_t *devex_task_check(lua_State *L, const char *what);
+/* Returns the task running on L or NULL. */
+devex_task_t *devex_task_of(lua_State *L);
+/* Parks the current task on op. Use as `return devex_task_yield(L, op);`. */
+int devex_task_yield(lua_State *L, devex_op_t *op);
+/* The coroutine the results of op are to be pushed on. */
+lua_State *devex_op_thread(devex_op_t *op);
+/* Resumes the task parked on op with nresults values already pushed on
+ * devex_op_thread(op). Clears op->task. The op is not touched afterwards. */
+void devex_task_resume(devex_op_t *op, int nresults);
+
+/* How a task ends: called once with the coroutine holding the results
+ * (status LUA_OK) or an error message with traceback (any other status). */
+typedef void (*devex_task_done_cb)(devex_task_t *t, int status, int nresults);
+
+struct devex_task {
+    devex_vm_t *vm;
+    lua_State *co;
+    int co_ref;            /* registry reference that keeps the coroutine alive */
+    devex_op_t *op;        /* what it waits on, or NULL while running/ready */
+    devex_reqctx_t *rc;    /* the HTTP request, NULL for background tasks or once the client left */
+    devex_task_done_cb on_done;
+    void *data;            /* owner's data for on_done */
+    char request_id[40];   /* for log lines; empty for background tasks */
+    struct devex_task *prev, *next; /* vm's list of live tasks */
+};
+
+/* Creates a task running the function on top of L's stack (of vm->L) with
+ * nargs arguments above it; pops them. The task starts at once. Returns it,
+ * or NULL if it already finished during the first run (on_done was called). */
+devex_task_t *devex_task_spawn(devex_vm_t *vm, int nargs, devex_task_done_cb on_done, void *data,
+                               const char *request_id, devex_reqctx_t *rc);
+/* Abandons a parked task: cancels its op and frees it without calling on_done. */
+void devex_task_kill(devex_task_t *t);
+
+/* ---- the Lua VM of a worker ------------------------------------------- */
+
+struct devex_vm {
+    lua_State *L;
+    devex_worker_t *worker;
+    int dispatch_ref;     /* registry ref of the app's request dispatcher */
+    int ntasks;
+    devex_task_t *tasks;  /* live tasks, for cancellation at close */
+    bool retired;         /* replaced by a reload: closes when ntasks drops to 0 */
+    uint64_t generation;
+    void *timers;         /* timer.c's list of repeating timers of this VM */
+};
+
+/* Loads the config, every primitive and the app into a new VM. On failure
+ * returns NULL and writes a message with file:line into err. */
+devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen);
+/* Marks vm retired; it is closed once its last task ends. */
+void devex_vm_retire(devex_vm_t *vm);
+/* Closes now, abandoning every live task (used at exit). */
+void devex_vm_close(devex_vm_t *vm);
+/* Called by task.c when a task of vm ends. */
+void devex_vm_task_ended(devex_vm_t *vm);
+
+/* The worker whose thread is running (thread-local), NULL on other threads. */
+devex_worker_t *devex_worker_current(void);
+uv_loop_t *devex_worker_loop(devex_worker_t *w);
+int devex_worker_id(devex_worker_t *w);
+
+/* Registers every devex.* module in package.preload (modules.c). */
+void devex_modules_preload(lua_State *L);
+
+/* Monotonic time in nanoseconds. */
+uint64_t devex_now_ns(void);
+
+#endif
