@@ -74,10 +74,11 @@ struct devex_task {
     struct devex_task *prev, *next; /* vm's list of live tasks */
 };
 
-/* Creates a task running the function on top of L's stack (of vm->L) with
- * nargs arguments above it; pops them. The task starts at once. Returns it,
- * or NULL if it already finished during the first run (on_done was called). */
-devex_task_t *devex_task_spawn(devex_vm_t *vm, int nargs, devex_task_done_cb on_done, void *data,
+/* Creates a task of vm running the function below the nargs arguments on top
+ * of L (vm->L or one of its coroutines); pops them. The task runs at once
+ * until its first yield. Returns it, or NULL if it already finished during
+ * that first run (on_done was called). */
+devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
                                const char *request_id, devex_reqctx_t *rc);
 /* Abandons a parked task: cancels its op and frees it without calling on_done. */
 void devex_task_kill(devex_task_t *t);
@@ -102,6 +103,8 @@ devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen);
 void devex_vm_retire(devex_vm_t *vm);
 /* Closes now, abandoning every live task (used at exit). */
 void devex_vm_close(devex_vm_t *vm);
+/* The VM that owns L (any of its coroutines). */
+devex_vm_t *devex_vm_of(lua_State *L);
 /* Called by task.c when a task of vm ends. */
 void devex_vm_task_ended(devex_vm_t *vm);
 

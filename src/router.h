@@ -29,6 +29,21 @@ typedef struct devex_route_match {
 
 enum { DEVEX_ROUTE_FOUND = 0, DEVEX_ROUTE_NOT_FOUND = 1, DEVEX_ROUTE_METHOD_NOT_ALLOWED = 2 };
 
+/*
+ * Rules in detail (router.c explains why):
+ * - Trailing slash is strict: "/a" and "/a/" are different routes.
+ * - A final `*name` captures what follows the slash before it, possibly
+ *   nothing: it matches "/f/" and "/f/x/y" under "/f", but not "/f" itself.
+ * - Param values are percent-decoded; an invalid escape, a NUL or an encoded
+ *   '/' makes that branch not match. Literal segments compare raw bytes.
+ * - The most specific route whose method fits wins (literal > :param > *,
+ *   backtracking). Per route end: exact method, then GET for HEAD, then "*".
+ * - A duplicate is the same method on the same shape, whatever the param
+ *   names; differently named params at one position are allowed.
+ * - m need not be initialised before devex_router_match; always pair it with
+ *   devex_route_match_clear (harmless when nothing matched).
+ */
+
 devex_router_t *devex_router_new(void);
 void devex_router_free(devex_router_t *r);
 /* Adds a route; method is an uppercase token or "*" for any. Returns 0, or -1

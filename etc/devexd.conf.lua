@@ -1,0 +1,52 @@
+-- devexd configuration. A Lua chunk that returns a table; values come from the
+-- environment with the original service's variable names. A malformed value
+-- (PORT=abc) or an unknown setting stops devexd at start with its name.
+local env = require("devex.env")
+
+local environment = env.enum("ENVIRONMENT", "development", { "development", "production", "test" })
+
+return {
+  environment = environment,
+  public_url = env.url("PUBLIC_URL", nil, { "http", "https" }),
+  frontend_url = env.url("FRONTEND_URL", "http://localhost:3000", { "http", "https" }),
+
+  server = {
+    listen = {
+      { host = env.str("HOST", "0.0.0.0"), port = env.int("PORT", 8080, 1, 65535) },
+      -- TLS (HTTP/2 by ALPN, HTTP/1.1 fallback):
+      -- { host = "0.0.0.0", port = 8443, tls = { cert = "/etc/devexd/tls.crt", key = "/etc/devexd/tls.key" } },
+    },
+    threads = env.int("DEVEXD_THREADS", 0, 0, 256), -- 0: one per CPU
+    max_body = env.int("DEVEXD_MAX_BODY", 1048576, 1024), -- bytes; larger bodies get 413
+    header_timeout = 10, -- seconds to receive request headers (HTTP/1)
+    idle_timeout = 60, -- seconds an idle HTTP/2 connection is kept
+    shutdown_timeout = 15, -- seconds in-flight requests get on SIGTERM
+    log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
+    access_log = env.bool("ACCESS_LOG", true),
+  },
+
+  redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },
+
+  s3 = {
+    endpoint = env.url("S3_ENDPOINT", nil, { "http", "https" }),
+    region = env.str("S3_REGION", "auto"),
+    bucket = env.str("S3_BUCKET"),
+    access_key = env.str("S3_ACCESS_KEY"),
+    secret_key = env.str("S3_SECRET_KEY"),
+  },
+
+  github = {
+    client_id = env.str("GITHUB_CLIENT_ID"),
+    client_secret = env.str("GITHUB_CLIENT_SECRET"),
+    redirect_url = env.url("GITHUB_REDIRECT_URL", nil, { "http", "https" }),
+  },
+
+  session = { secret = env.str("SESSION_SECRET") },
+
+  kube = {
+    config_path = env.str("KUBE_CONFIG_PATH"),
+    namespace = env.str("KUBE_NAMESPACE", "default"),
+  },
+
+  runner = { cluster_ip = env.str("RUNNER_CLUSTER_IP") },
+}

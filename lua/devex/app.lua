@@ -1,0 +1,202 @@
+-- devex.app: the web framework every route is written against.
+--
+--   local app = require("devex.app").new()
+--   app:use(function(req, next) ... return next(req) end)      -- global middleware
+--   app:get("/api/repl/session/:id", auth, function(req) ... end) -- route middleware + handler
+--
+-- A handler returns `status, body, headers`; a table body is sent as JSON.
+-- Errors raised with app.error(status, body) become that response; any other
+-- Lua error becomes 500 {"error":"internal error","request_id":...} and is
+-- logged with its traceback.
+local router = require("devex.router")
+local json = require("devex.json")
+local log = require("devex.log")
+
+local M = {}
+
+local HttpError = {}
+HttpError.__index = HttpError
+HttpError.__tostring = function(e) return string.format("HTTP %d", e.status) end
+
+-- Raises an error that the dispatcher turns into this response.
+function M.error(status, body, headers)
+  if type(body) == "string" then body = { error = body } end
+  error(setmetatable({ status = status, body = body, headers = headers }, HttpError), 2)
+end
+
+function M.is_error(e) return getmetatable(e) == HttpError end
+
+-- ---- request -------------------------------------------------------------
+
+local function unescape(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- Parses a query string; the first value of a repeated name wins.
+function M.parse_query(qs)
+  local t = {}
+  if not qs or qs == "" then return t end
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k = unescape(k)
+    if k ~= "" and t[k] == nil then t[k] = unescape(v) end
+  end
+  return t
+end
+
+function M.parse_cookies(header)
+  local t = {}
+  if not header then return t end
+  for pair in header:gmatch("[^;]+") do
+    local k, v = pair:match("^%s*([^=%s]+)%s*=%s*(.-)%s*$")
+    if k and t[k] == nil then
+      if v:sub(1, 1) == '"' and v:sub(-1) == '"' and #v >= 2 then v = v:sub(2, -2) end
+      t[k] = v
+    end
+  end
+  return t
+end
+
+-- Header lookups through req.headers are case-insensitive.
+local headers_mt = {
+  __index = function(t, k)
+    if type(k) ~= "string" then return nil end
+    local l = k:lower()
+    if l == k then return nil end
+    return rawget(t, l)
+  end,
+}
+
+local lazy = {
+  headers = function(req) return setmetatable(req.raw:headers() or {}, headers_mt) end,
+  query = function(req) return M.parse_query(req.raw:query()) end,
+  cookies = function(req) return M.parse_cookies(req.raw:header("cookie")) end,
+  body = function(req) return req.raw:body() end,
+}
+
+local Request = {}
+Request.__index = function(req, k)
+  local f = lazy[k]
+  if f then
+    local v = f(req)
+    rawset(req, k, v)
+    return v
+  end
+  return Request[k]
+end
+
+function Request:header(name) return self.raw:header(name) end
+
+-- The decoded JSON body; raises a 400 error when the body is not valid JSON.
+function Request:json()
+  local cached = rawget(self, "_json")
+  if cached ~= nil then return cached end
+  local body = self.body
+  if body == nil or body == "" then M.error(400, "request body must be JSON") end
+  local v, err = json.decode(body)
+  if v == nil then M.error(400, "invalid JSON: " .. err) end
+  rawset(self, "_json", v)
+  return v
+end
+
+M.Request = Request
+
+-- ---- app -----------------------------------------------------------------
+
+local App = {}
+App.__index = App
+
+function M.new()
+  return setmetatable({ _router = router.new(), _routes = {}, _middleware = {}, _chains = nil }, App)
+end
+
+function App:use(mw)
+  assert(type(mw) == "function", "middleware must be a function(req, next)")
+  assert(self._chains == nil, "app:use after the app started serving")
+  self._middleware[#self._middleware + 1] = mw
+  return self
+end
+
+-- app:route(method, pattern, [middleware...], handler)
+function App:route(method, pattern, ...)
+  local fns = { ... }
+  assert(#fns >= 1, "route needs a handler")
+  for i, f in ipairs(fns) do assert(type(f) == "function", "route argument " .. i .. " must be a function") end
+  local id = #self._routes + 1
+  self._router:add(method, pattern, id)
+  self._routes[id] = { method = method, pattern = pattern, fns = fns }
+  return self
+end
+
+for _, m in ipairs({ "get", "post", "put", "patch", "delete", "options" }) do
+  local upper = m:upper()
+  App[m] = function(self, pattern, ...) return self:route(upper, pattern, ...) end
+end
+
+-- Every route, for documentation checks: { {method=, pattern=}, ... }.
+function App:routes()
+  local out = {}
+  for _, r in ipairs(self._routes) do out[#out + 1] = { method = r.method, pattern = r.pattern } end
+  return out
+end
+
+-- Runs fns[i](req, next) as an onion; the last one is the handler.
+local function run(fns, i, req)
+  local f = fns[i]
+  if i == #fns then return f(req) end
+  return f(req, function(r) return run(fns, i + 1, r or req) end)
+end
+
+local function not_found() return 404, { error = "not found" } end
+
+local function build_chain(global, fns)
+  local chain = {}
+  for _, mw in ipairs(global) do chain[#chain + 1] = mw end
+  for _, f in ipairs(fns) do chain[#chain + 1] = f end
+  return chain
+end
+
+local function on_error(e)
+  if M.is_error(e) then return e end
+  return { traceback = debug.traceback(tostring(e), 2) }
+end
+
+-- The function the C core calls for every request, in the request's task.
+function App:dispatcher()
+  local chains = {}
+  for id, r in ipairs(self._routes) do chains[id] = build_chain(self._middleware, r.fns) end
+  local not_found_chain = build_chain(self._middleware, { not_found })
+  self._chains = chains
+  local rt = self._router
+  local global = self._middleware
+
+  return function(raw, method, path, request_id)
+    local id, params, allow = rt:match(method, path)
+    local req = setmetatable({ raw = raw, method = method, path = path, id = request_id,
+                               params = id and params or {} }, Request)
+    local chain
+    if id then
+      chain = chains[id]
+      req.route = self._routes[id].pattern
+    elseif params == "method_not_allowed" then
+      chain = build_chain(global, { function() return 405, { error = "method not allowed" }, { Allow = allow } end })
+    else
+      chain = not_found_chain
+    end
+    local ok, status, body, headers = xpcall(run, on_error, chain, 1, req)
+    if ok then
+      if math.type(status) ~= "integer" then
+        log.error("handler returned no status", { route = req.route or path })
+        return 500, { error = "internal error", request_id = request_id }
+      end
+      return status, body, headers
+    end
+    local e = status
+    if M.is_error(e) then return e.status, e.body, e.headers end
+    log.error("lua error", { error = e.traceback, route = req.route or "" })
+    return 500, { error = "internal error", request_id = request_id }
+  end
+end
+
+return M

@@ -1,0 +1,33 @@
+/*
+ * modules.c: the table of every devex.* primitive, registered in
+ * package.preload of each VM (as Lua's own linit.c does for the standard
+ * libraries), so `require "devex.json"` works and nothing loads from disk.
+ */
+#include "devex.h"
+#include "crypto.h"
+#include "json.h"
+#include "log.h"
+#include "router.h"
+#include "server.h"
+#include "timer.h"
+
+int luaopen_devex_runtime(lua_State *L);
+
+static const luaL_Reg devex_modules[] = {
+    {"devex.json", luaopen_devex_json},     {"devex.crypto", luaopen_devex_crypto}, {"devex.router", luaopen_devex_router},
+    {"devex.log", luaopen_devex_log},       {"devex.timer", luaopen_devex_timer},   {"devex.runtime", luaopen_devex_runtime},
+    {"devex.request", luaopen_devex_request}, {NULL, NULL},
+};
+
+void devex_modules_preload(lua_State *L)
+{
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const luaL_Reg *m = devex_modules; m->name; m++) {
+        lua_pushcfunction(L, m->func);
+        lua_setfield(L, -2, m->name);
+    }
+    lua_pop(L, 1);
+    /* the request metatable must exist before the first request arrives */
+    luaL_requiref(L, "devex.request", luaopen_devex_request, 0);
+    lua_pop(L, 1);
+}

@@ -1,0 +1,552 @@
+/*
+ * server.c: H2O's global configuration, TLS, listening sockets, and the
+ * bridge from an H2O request to a Lua task and back to a response. Every
+ * request gets its own task (coroutine); the reqctx that links the two lives
+ * in the request's memory pool, and H2O's pool disposal detaches the task, so
+ * a task that finishes after its client left drops its result instead of
+ * touching a freed request.
+ */
+#include "server.h"
+#include "crypto.h"
+#include "json.h"
+#include "log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static h2o_globalconf_t gconf;
+static SSL_CTX *ssl_ctxs[DEVEX_MAX_LISTENERS];
+/* listen_fds[listener][worker]: one SO_REUSEPORT socket per worker, so the
+ * kernel spreads connections over the threads without a shared accept lock */
+static int *listen_fds[DEVEX_MAX_LISTENERS];
+static int nworkers_prepared;
+
+/* ---- responses ---- */
+
+static int valid_token(const char *s, size_t n)
+{
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c) != NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static int valid_header_value(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+static void add_header(h2o_req_t *req, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    char *lname = h2o_mem_alloc_pool(&req->pool, nlen + 1);
+    for (size_t i = 0; i < nlen; i++)
+        lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
+    lname[nlen] = '\0';
+    h2o_iovec_t v = h2o_strdup(&req->pool, value, vlen);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, lname, nlen, 1, NULL, v.base, v.len);
+}
+
+static void access_log(devex_reqctx_t *rc, int status, size_t bytes)
+{
+    if (!devex_settings.access_log || !devex_log_enabled(DEVEX_LOG_INFO))
+        return;
+    h2o_req_t *req = rc->req;
+    devex_buf_t *b = &rc->w->scratch;
+    devex_log_begin(b, DEVEX_LOG_INFO, "access", rc->request_id);
+    devex_log_strn(b, "method", req->method.base, req->method.len);
+    size_t plen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    devex_log_strn(b, "path", req->path.base, plen);
+    devex_log_int(b, "status", status);
+    devex_log_num(b, "duration_ms", (double)(devex_now_ns() - rc->start_ns) / 1e6);
+    devex_log_int(b, "bytes", (long long)bytes);
+    devex_log_int(b, "http", req->version >= 0x200 ? 2 : 1);
+    devex_log_end(b);
+    devex_buf_reset(b);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 413: return "Payload Too Large";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+static void send_body(devex_reqctx_t *rc, int status, const char *ctype, const char *body, size_t len)
+{
+    h2o_req_t *req = rc->req;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    if (ctype != NULL)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, rc->request_id,
+                          strlen(rc->request_id));
+    req->res.content_length = len;
+    access_log(rc, status, len);
+    h2o_send_inline(req, body, len);
+}
+
+static void send_error(devex_reqctx_t *rc, int status, const char *msg)
+{
+    devex_buf_t b = DEVEX_BUF_INIT;
+    devex_buf_append_str(&b, "{\"error\":\"");
+    devex_json_escape(&b, msg, strlen(msg));
+    devex_buf_append_str(&b, "\",\"request_id\":\"");
+    devex_buf_append_str(&b, rc->request_id);
+    devex_buf_append_str(&b, "\"}");
+    send_body(rc, status, "application/json", b.data, b.len);
+    devex_buf_free(&b);
+}
+
+static void log_lua_error(devex_reqctx_t *rc, const char *what, const char *err)
+{
+    devex_buf_t b = DEVEX_BUF_INIT;
+    devex_log_begin(&b, DEVEX_LOG_ERROR, what, rc->request_id);
+    devex_log_str(&b, "error", err ? err : "(no message)");
+    devex_log_end(&b);
+    devex_buf_free(&b);
+}
+
+/* Adds the headers table at idx; returns 0 or -1 with a message. */
+static int add_lua_headers(devex_reqctx_t *rc, lua_State *L, int idx, int *has_ctype, const char **err)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t nlen, vlen;
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            *err = "header names must be strings";
+            lua_pop(L, 2);
+            return -1;
+        }
+        const char *name = lua_tolstring(L, -2, &nlen);
+        if (!valid_token(name, nlen)) {
+            *err = "invalid header name";
+            lua_pop(L, 2);
+            return -1;
+        }
+        if (nlen == 12 && strncasecmp(name, "content-type", 12) == 0)
+            *has_ctype = 1;
+        if (lua_istable(L, -1)) {
+            lua_Integer n = luaL_len(L, -1);
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                const char *v = lua_tolstring(L, -1, &vlen);
+                if (v == NULL || !valid_header_value(v, vlen)) {
+                    *err = "invalid header value";
+                    lua_pop(L, 3);
+                    return -1;
+                }
+                add_header(rc->req, name, nlen, v, vlen);
+                lua_pop(L, 1);
+            }
+        } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
+            const char *v = lua_tolstring(L, -1, &vlen);
+            if (!valid_header_value(v, vlen)) {
+                *err = "invalid header value";
+                lua_pop(L, 2);
+                return -1;
+            }
+            add_header(rc->req, name, nlen, v, vlen);
+        } else if (lua_toboolean(L, -1)) {
+            *err = "header values must be strings, numbers or lists of strings";
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+static void request_done(devex_task_t *t, int status, int nres)
+{
+    devex_reqctx_t *rc = t->rc;
+    devex_worker_t *w = t->vm->worker;
+    w->inflight--;
+    if (rc == NULL)
+        return; /* the client went away; the result is dropped */
+    rc->task = NULL;
+    devex_request_detach(rc);
+    lua_State *co = t->co;
+    if (status != LUA_OK) {
+        log_lua_error(rc, "lua error", lua_tostring(co, -1));
+        send_error(rc, 500, "internal error");
+        return;
+    }
+    int base = lua_gettop(co) - nres + 1;
+    int code = nres >= 1 && lua_isinteger(co, base) ? (int)lua_tointeger(co, base) : 0;
+    if (code < 100 || code > 599) {
+        log_lua_error(rc, "handler returned an invalid status", luaL_tolstring(co, base, NULL));
+        send_error(rc, 500, "internal error");
+        return;
+    }
+    const char *hdr_err = NULL;
+    int has_ctype = 0;
+    if (nres >= 3 && lua_istable(co, base + 2) && add_lua_headers(rc, co, base + 2, &has_ctype, &hdr_err) != 0) {
+        rc->req->res.headers = (h2o_headers_t){NULL, 0, 0};
+        log_lua_error(rc, "handler returned invalid headers", hdr_err);
+        send_error(rc, 500, "internal error");
+        return;
+    }
+    int btype = nres >= 2 ? lua_type(co, base + 1) : LUA_TNIL;
+    if (btype == LUA_TTABLE || (btype == LUA_TLIGHTUSERDATA)) {
+        devex_buf_t *b = &w->scratch;
+        char err[256];
+        devex_buf_reset(b);
+        if (devex_json_encode(co, base + 1, b, err, sizeof(err)) != 0) {
+            rc->req->res.headers = (h2o_headers_t){NULL, 0, 0};
+            log_lua_error(rc, "response body is not JSON-encodable", err);
+            send_error(rc, 500, "internal error");
+            return;
+        }
+        /* send_body's access log reuses scratch: hand H2O a pool copy first */
+        h2o_iovec_t body = h2o_strdup(&rc->req->pool, b->data, b->len);
+        devex_buf_reset(b);
+        send_body(rc, code, has_ctype ? NULL : "application/json", body.base, body.len);
+    } else if (btype == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(co, base + 1, &len);
+        send_body(rc, code, has_ctype ? NULL : "text/plain; charset=utf-8", s, len);
+    } else if (btype == LUA_TNIL) {
+        send_body(rc, code, NULL, "", 0);
+    } else {
+        rc->req->res.headers = (h2o_headers_t){NULL, 0, 0};
+        log_lua_error(rc, "handler returned a body that is not a string or a table", lua_typename(co, btype));
+        send_error(rc, 500, "internal error");
+    }
+}
+
+static void reqctx_dispose(void *p)
+{
+    devex_reqctx_t *rc = p;
+    if (rc->task != NULL)
+        rc->task->rc = NULL;
+    devex_request_detach(rc);
+}
+
+static int valid_request_id(const char *s, size_t n)
+{
+    if (n == 0 || n > 36)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static int on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
+    devex_reqctx_t *rc = h2o_mem_alloc_shared(&req->pool, sizeof(*rc), reqctx_dispose);
+    memset(rc, 0, sizeof(*rc));
+    rc->req = req;
+    rc->w = w;
+    rc->start_ns = devex_now_ns();
+    ssize_t hi = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
+    if (hi != -1 && valid_request_id(req->headers.entries[hi].value.base, req->headers.entries[hi].value.len)) {
+        h2o_iovec_t v = req->headers.entries[hi].value;
+        memcpy(rc->request_id, v.base, v.len);
+        rc->request_id[v.len] = '\0';
+    } else {
+        snprintf(rc->request_id, sizeof(rc->request_id), "%016llx%016llx", (unsigned long long)w->reqid_prefix,
+                 (unsigned long long)++w->reqid_counter);
+    }
+    devex_vm_t *vm = w->vm;
+    if (vm == NULL) {
+        send_error(rc, 503, "no application loaded");
+        return 0;
+    }
+    lua_State *L = vm->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->dispatch_ref);
+    devex_request_push(L, rc);
+    lua_pushlstring(L, req->method.base, req->method.len);
+    lua_pushlstring(L, req->path.base, req->query_at != SIZE_MAX ? req->query_at : req->path.len);
+    lua_pushstring(L, rc->request_id);
+    w->inflight++;
+    /* rc->task is set before the first run: a handler that never yields
+     * finishes inside spawn and clears it again in request_done */
+    devex_task_t *t = devex_task_spawn(vm, L, 4, request_done, NULL, rc->request_id, rc);
+    if (t != NULL)
+        rc->task = t;
+    return 0;
+}
+
+/* ---- listeners and TLS ---- */
+
+static SSL_CTX *make_ssl_ctx(const devex_listener_conf_t *lc, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, lc->tls_cert) != 1) {
+        snprintf(err, errlen, "server.listen: cannot load TLS certificate %s: %s", lc->tls_cert,
+                 ERR_reason_error_string(ERR_get_error()));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, lc->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        snprintf(err, errlen, "server.listen: cannot load TLS key %s: %s", lc->tls_key, ERR_reason_error_string(ERR_get_error()));
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
+    return ctx;
+}
+
+static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", lc->port);
+    int gai = getaddrinfo(lc->host, port, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "server.listen: cannot resolve %s: %s", lc->host, gai_strerror(gai));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int on = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 ||
+        listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "server.listen: cannot listen on %s:%d: %s", lc->host, lc->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+int devex_server_init(int nworkers, char *err, size_t errlen)
+{
+    const devex_settings_t *s = &devex_settings;
+    h2o_config_init(&gconf);
+    gconf.server_name = h2o_iovec_init(H2O_STRLIT("devexd"));
+    gconf.max_request_entity_size = s->max_body;
+    gconf.http1.req_timeout = (uint64_t)(s->header_timeout * 1000);
+    gconf.http2.idle_timeout = (uint64_t)(s->idle_timeout * 1000);
+    gconf.http2.graceful_shutdown_timeout = (uint64_t)(s->shutdown_timeout * 1000);
+    gconf.handshake_timeout = (uint64_t)(s->header_timeout * 1000);
+    h2o_hostconf_t *host = h2o_config_register_host(&gconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
+    handler->on_req = on_req;
+
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        const devex_listener_conf_t *lc = &s->listeners[i];
+        if (lc->tls_cert != NULL) {
+            ssl_ctxs[i] = make_ssl_ctx(lc, err, errlen);
+            if (ssl_ctxs[i] == NULL)
+                return -1;
+        }
+        listen_fds[i] = calloc((size_t)nworkers, sizeof(int));
+        for (int k = 0; k < nworkers; k++) {
+            listen_fds[i][k] = open_listener(lc, err, errlen);
+            if (listen_fds[i][k] < 0)
+                return -1;
+        }
+    }
+    nworkers_prepared = nworkers;
+    return 0;
+}
+
+/* ---- workers ---- */
+
+static _Thread_local devex_worker_t *current_worker;
+
+devex_worker_t *devex_worker_current(void)
+{
+    return current_worker;
+}
+
+uv_loop_t *devex_worker_loop(devex_worker_t *w)
+{
+    return &w->loop;
+}
+
+int devex_worker_id(devex_worker_t *w)
+{
+    return w ? w->id : -1;
+}
+
+static void on_accept(uv_stream_t *listener, int status)
+{
+    if (status != 0)
+        return;
+    devex_worker_t *w = current_worker;
+    size_t idx = (size_t)(uintptr_t)listener->data;
+    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
+    uv_tcp_init(listener->loop, conn);
+    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
+        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
+        return;
+    }
+    uv_tcp_nodelay(conn, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    h2o_accept(&w->accept_ctx[idx], sock);
+}
+
+static void drain_check(uv_timer_t *h)
+{
+    devex_worker_t *w = h->data;
+    if (w->inflight > 0 && devex_now_ns() < w->drain_deadline_ns)
+        return;
+    if (w->inflight > 0)
+        devex_logf(DEVEX_LOG_WARN, "worker %d: shutdown deadline passed with %d requests in flight", w->id, w->inflight);
+    uv_timer_stop(h);
+    if (w->vm) {
+        devex_vm_close(w->vm);
+        w->vm = NULL;
+    }
+    uv_stop(&w->loop);
+}
+
+static void reload(devex_worker_t *w)
+{
+    char err[4096];
+    devex_vm_t *vm = devex_vm_new(w, err, sizeof(err));
+    if (vm == NULL) {
+        devex_buf_t b = DEVEX_BUF_INIT;
+        devex_log_begin(&b, DEVEX_LOG_ERROR, "reload failed, keeping the running code", NULL);
+        devex_log_int(&b, "worker", w->id);
+        devex_log_str(&b, "error", err);
+        devex_log_end(&b);
+        devex_buf_free(&b);
+        return;
+    }
+    devex_vm_t *old = w->vm;
+    w->vm = vm;
+    if (old)
+        devex_vm_retire(old);
+    devex_buf_t b = DEVEX_BUF_INIT;
+    devex_log_begin(&b, DEVEX_LOG_INFO, "reloaded", NULL);
+    devex_log_int(&b, "worker", w->id);
+    devex_log_end(&b);
+    devex_buf_free(&b);
+}
+
+static void on_control(uv_async_t *h)
+{
+    devex_worker_t *w = h->data;
+    int what = __atomic_exchange_n(&w->pending_ctl, 0, __ATOMIC_ACQ_REL);
+    if ((what & DEVEX_CTL_RELOAD) && !w->draining)
+        reload(w);
+    if ((what & DEVEX_CTL_SHUTDOWN) && !w->draining) {
+        w->draining = true;
+        for (size_t i = 0; i < w->nlisteners; i++)
+            uv_close((uv_handle_t *)&w->listeners[i], NULL);
+        h2o_context_request_shutdown(&w->ctx);
+        w->drain_deadline_ns = devex_now_ns() + (uint64_t)(devex_settings.shutdown_timeout * 1e9);
+        uv_timer_init(&w->loop, &w->drain_timer);
+        w->drain_timer.data = w;
+        uv_timer_start(&w->drain_timer, drain_check, 0, 20);
+    }
+}
+
+int devex_worker_init(devex_worker_t *w, int id, bool with_listeners, char *err, size_t errlen)
+{
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    uv_loop_init(&w->loop);
+    h2o_context_init(&w->ctx, &w->loop, &gconf);
+    uv_async_init(&w->loop, &w->control, on_control);
+    w->control.data = w;
+    uint64_t r = 0;
+    devex_random_bytes(&r, sizeof(r));
+    w->reqid_prefix = r;
+    if (with_listeners) {
+        for (size_t i = 0; i < devex_settings.nlisteners; i++) {
+            w->accept_ctx[i].ctx = &w->ctx;
+            w->accept_ctx[i].hosts = gconf.hosts;
+            w->accept_ctx[i].ssl_ctx = ssl_ctxs[i];
+            uv_tcp_init(&w->loop, &w->listeners[i]);
+            w->listeners[i].data = (void *)(uintptr_t)i;
+            if (uv_tcp_open(&w->listeners[i], listen_fds[i][id]) != 0) {
+                snprintf(err, errlen, "cannot use listening socket");
+                return -1;
+            }
+            w->nlisteners++;
+        }
+    }
+    current_worker = w; /* the VM's load-time code (timers) needs its worker */
+    w->vm = devex_vm_new(w, err, errlen);
+    current_worker = NULL;
+    return w->vm ? 0 : -1;
+}
+
+static void *worker_main(void *arg)
+{
+    devex_worker_t *w = arg;
+    current_worker = w;
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        int r = uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_accept);
+        if (r != 0)
+            devex_logf(DEVEX_LOG_ERROR, "worker %d: listen failed: %s", w->id, uv_strerror(r));
+    }
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+int devex_workers_start(devex_worker_t *ws, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0)
+            return -1;
+    return 0;
+}
+
+void devex_workers_control(devex_worker_t *ws, int n, int what)
+{
+    for (int i = 0; i < n; i++) {
+        __atomic_fetch_or(&ws[i].pending_ctl, what, __ATOMIC_ACQ_REL);
+        uv_async_send(&ws[i].control);
+    }
+}
+
+void devex_workers_join(devex_worker_t *ws, int n)
+{
+    for (int i = 0; i < n; i++)
+        pthread_join(ws[i].thread, NULL);
+}

@@ -1,0 +1,50 @@
+/*
+ * settings.h: the part of the configuration the C core needs before any Lua
+ * app runs (listeners, threads, limits, paths). The config file is Lua
+ * (etc/devexd.conf.lua); lua/devex/config.lua loads and validates it, and
+ * settings.c turns the validated table into this plain struct, in one place.
+ */
+#ifndef DEVEX_SETTINGS_H
+#define DEVEX_SETTINGS_H
+
+#include <stddef.h>
+#include <stdbool.h>
+#include "log.h"
+
+#define DEVEX_MAX_LISTENERS 8
+
+typedef struct devex_listener_conf {
+    char host[256];
+    int port;
+    char *tls_cert; /* NULL for cleartext */
+    char *tls_key;
+} devex_listener_conf_t;
+
+typedef struct devex_settings {
+    char *conf_path;
+    char *lua_path;      /* package.path prefix: the app's directories, ';'-separated templates */
+    char *app_module;    /* the module returning the app, "app" by default */
+    int threads;
+    devex_listener_conf_t listeners[DEVEX_MAX_LISTENERS];
+    size_t nlisteners;
+    size_t max_body;
+    double header_timeout;
+    double idle_timeout;
+    double shutdown_timeout;
+    devex_log_level_t log_level;
+    bool access_log;
+} devex_settings_t;
+
+/* The process-wide settings (read-only once workers run). */
+extern devex_settings_t devex_settings;
+
+/* Builds package.path for a list of directories separated by ':' (each gives
+ * dir/?.lua and dir/?/init.lua). Caller frees. */
+char *devex_settings_lua_path(const char *dirs);
+/* Loads and validates conf_path with the Lua in lua_dirs into devex_settings.
+ * Returns 0, or -1 with every problem found, one per line, in err. */
+int devex_settings_load(const char *conf_path, const char *lua_dirs, char *err, size_t errlen);
+/* Sets package.path on L from devex_settings.lua_path. */
+void devex_settings_apply_path(lua_State *L);
+
+#endif

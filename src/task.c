@@ -1,0 +1,147 @@
+/*
+ * task.c: tasks, the coroutines that run request handlers and background
+ * jobs, and the one yield/resume helper every I/O primitive uses (the
+ * OpenResty cosocket model). A primitive parks the task on a devex_op_t and
+ * yields; the event loop later resumes it with the results. The task pointer
+ * lives in the coroutine's LUA_EXTRASPACE, so a primitive can tell a devexd
+ * task from a user's own coroutine (whose extra space is copied from the main
+ * thread, where it is NULL) and refuse to yield across it.
+ */
+#include "devex.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+devex_task_t *devex_task_of(lua_State *L)
+{
+    return *(devex_task_t **)lua_getextraspace(L);
+}
+
+devex_task_t *devex_task_check(lua_State *L, const char *what)
+{
+    devex_task_t *t = devex_task_of(L);
+    if (t == NULL || t->co != L)
+        luaL_error(L, "%s: must be called from a request handler or a devex task, not from a plain coroutine or at load time",
+                   what);
+    if (!lua_isyieldable(L))
+        luaL_error(L, "%s: cannot wait here (inside a metamethod or a C function that cannot yield)", what);
+    if (t->op != NULL)
+        luaL_error(L, "%s: task is already waiting", what);
+    return t;
+}
+
+int devex_task_yield(lua_State *L, devex_op_t *op)
+{
+    devex_task_t *t = devex_task_of(L);
+    op->task = t;
+    t->op = op;
+    return lua_yield(L, 0);
+}
+
+lua_State *devex_op_thread(devex_op_t *op)
+{
+    return op->task->co;
+}
+
+static void task_link(devex_task_t *t)
+{
+    devex_vm_t *vm = t->vm;
+    t->prev = NULL;
+    t->next = vm->tasks;
+    if (vm->tasks)
+        vm->tasks->prev = t;
+    vm->tasks = t;
+    vm->ntasks++;
+}
+
+static void task_unlink(devex_task_t *t)
+{
+    devex_vm_t *vm = t->vm;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        vm->tasks = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    vm->ntasks--;
+}
+
+static void task_release(devex_task_t *t)
+{
+    devex_vm_t *vm = t->vm;
+    task_unlink(t);
+    *(devex_task_t **)lua_getextraspace(t->co) = NULL;
+    lua_resetthread(t->co); /* closes pending to-be-closed variables */
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
+    free(t);
+    devex_vm_task_ended(vm);
+}
+
+/* Resumes t's coroutine; returns 1 while the task is parked on I/O, 0 once it
+ * ended (on_done called, task freed). */
+static int task_run(devex_task_t *t, lua_State *from, int nargs)
+{
+    lua_State *co = t->co;
+    int nres = 0;
+    int status = lua_resume(co, from, nargs, &nres);
+    if (status == LUA_YIELD) {
+        if (t->op != NULL)
+            return 1;
+        /* a bare coroutine.yield at task level: nothing would ever resume it */
+        lua_settop(co, 0);
+        lua_pushliteral(co, "coroutine.yield called outside a coroutine of the handler's own");
+        status = LUA_ERRRUN;
+        nres = 1;
+    } else if (status != LUA_OK) {
+        const char *msg = lua_tostring(co, -1);
+        luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
+        nres = 1;
+    }
+    if (t->on_done)
+        t->on_done(t, status, nres);
+    task_release(t);
+    return 0;
+}
+
+void devex_task_resume(devex_op_t *op, int nresults)
+{
+    devex_task_t *t = op->task;
+    op->task = NULL;
+    t->op = NULL;
+    task_run(t, NULL, nresults);
+}
+
+devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
+                               const char *request_id, devex_reqctx_t *rc)
+{
+    devex_task_t *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        abort();
+    lua_State *co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_xmove(L, co, nargs + 1);
+    t->vm = vm;
+    t->co = co;
+    t->on_done = on_done;
+    t->data = data;
+    t->rc = rc;
+    if (request_id != NULL)
+        snprintf(t->request_id, sizeof(t->request_id), "%s", request_id);
+    *(devex_task_t **)lua_getextraspace(co) = t;
+    task_link(t);
+    return task_run(t, L, nargs) ? t : NULL;
+}
+
+void devex_task_kill(devex_task_t *t)
+{
+    if (t->op != NULL) {
+        devex_op_t *op = t->op;
+        op->task = NULL;
+        t->op = NULL;
+        if (op->cancel)
+            op->cancel(op);
+    }
+    task_release(t);
+}
