@@ -8,6 +8,7 @@
  */
 #include "server.h"
 #include "crypto.h"
+#include "errjson.h"
 #include "json.h"
 #include "log.h"
 
@@ -373,6 +374,8 @@ int devex_server_init(int nworkers, char *err, size_t errlen)
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
     handler->on_req = on_req;
+    devex_errjson_register(path);
+    devex_errjson_register(&host->fallback_path); /* errors raised before routing, like 413 */
 
     for (size_t i = 0; i < s->nlisteners; i++) {
         const devex_listener_conf_t *lc = &s->listeners[i];
