@@ -59,7 +59,9 @@ lua_State *devex_op_thread(devex_op_t *op);
 void devex_task_resume(devex_op_t *op, int nresults);
 
 /* How a task ends: called once with the coroutine holding the results
- * (status LUA_OK) or an error message with traceback (any other status). */
+ * (status LUA_OK), an error message with traceback (a LUA_ERR* status), or
+ * nothing usable (DEVEX_TASK_KILLED: abandoned at VM close; release only). */
+#define DEVEX_TASK_KILLED (-1)
 typedef void (*devex_task_done_cb)(devex_task_t *t, int status, int nresults);
 
 struct devex_task {
@@ -80,7 +82,7 @@ struct devex_task {
  * that first run (on_done was called). */
 devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
                                const char *request_id, devex_reqctx_t *rc);
-/* Abandons a parked task: cancels its op and frees it without calling on_done. */
+/* Abandons a parked task: cancels its op, calls on_done with DEVEX_TASK_KILLED, frees it. */
 void devex_task_kill(devex_task_t *t);
 
 /* ---- the Lua VM of a worker ------------------------------------------- */

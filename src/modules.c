@@ -12,11 +12,15 @@
 #include "timer.h"
 
 int luaopen_devex_runtime(lua_State *L);
+int luaopen_devex_task(lua_State *L);
+int luaopen_devex_redis(lua_State *L);
 
 static const luaL_Reg devex_modules[] = {
     {"devex.json", luaopen_devex_json},     {"devex.crypto", luaopen_devex_crypto}, {"devex.router", luaopen_devex_router},
     {"devex.log", luaopen_devex_log},       {"devex.timer", luaopen_devex_timer},   {"devex.runtime", luaopen_devex_runtime},
-    {"devex.request", luaopen_devex_request}, {NULL, NULL},
+    {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
+    {"devex.redis", luaopen_devex_redis},
+    {NULL, NULL},
 };
 
 void devex_modules_preload(lua_State *L)

@@ -11,6 +11,7 @@
 #include "errjson.h"
 #include "json.h"
 #include "log.h"
+#include "redis.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -204,6 +205,11 @@ static void request_done(devex_task_t *t, int status, int nres)
     w->inflight--;
     if (rc == NULL)
         return; /* the client went away; the result is dropped */
+    if (status == DEVEX_TASK_KILLED) {
+        rc->task = NULL; /* shutting down: H2O drops the connection */
+        devex_request_detach(rc);
+        return;
+    }
     rc->task = NULL;
     devex_request_detach(rc);
     lua_State *co = t->co;
@@ -529,6 +535,7 @@ static void *worker_main(void *arg)
             devex_logf(DEVEX_LOG_ERROR, "worker %d: listen failed: %s", w->id, uv_strerror(r));
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    devex_redis_thread_cleanup();
     return NULL;
 }
 

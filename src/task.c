@@ -143,5 +143,7 @@ void devex_task_kill(devex_task_t *t)
         if (op->cancel)
             op->cancel(op);
     }
+    if (t->on_done)
+        t->on_done(t, DEVEX_TASK_KILLED, 0);
     task_release(t);
 }

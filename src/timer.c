@@ -136,7 +136,7 @@ void devex_timer_vm_stop(devex_vm_t *vm)
 static void tick_done(devex_task_t *task, int status, int nres)
 {
     devex_timer_t *t = task->data;
-    if (status != LUA_OK) {
+    if (status != LUA_OK && status != DEVEX_TASK_KILLED) {
         devex_buf_t b = DEVEX_BUF_INIT;
         devex_log_begin(&b, DEVEX_LOG_ERROR, "timer task failed", NULL);
         devex_log_str(&b, "error", lua_tostring(task->co, -1));

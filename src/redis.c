@@ -1,0 +1,765 @@
+/*
+ * redis.c: devex.redis, asynchronous hiredis on the worker's libuv loop
+ * (hiredis's own libuv adapter). One multiplexed connection per worker and
+ * URL, shared by every task of that worker and by every VM across reloads.
+ *
+ * Availability rules: a command issued while the connection is down fails at
+ * once with code "unavailable" (it never waits for a reconnect); commands
+ * issued while a connection attempt is under way are queued by hiredis and
+ * fail the same way if the attempt fails. A background timer reconnects with
+ * exponential backoff and jitter. hiredis 0.14 has no command timeout, so a
+ * per-connection tick resolves overdue commands with "timeout"; their late
+ * replies are then dropped (the op is freed only once hiredis is done with it).
+ */
+#include "devex.h"
+#include "errors.h"
+#include "json.h"
+#include "log.h"
+#include "redis.h"
+#include "redis_uv.h"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REDIS_DEFAULT_TIMEOUT_MS 5000
+#define REDIS_CONNECT_TIMEOUT_MS 2000
+#define REDIS_BACKOFF_MIN_MS 50
+#define REDIS_BACKOFF_MAX_MS 2000
+
+typedef struct rcmd rcmd_t;
+
+typedef enum { CONN_DOWN = 0, CONN_CONNECTING, CONN_READY } conn_state_t;
+
+typedef struct rconn {
+    char *url;
+    char host[256];
+    int port;
+    char unix_path[256];
+    char user[128];
+    char password[256];
+    int db;
+    redisAsyncContext *ac;
+    conn_state_t state;
+    uint64_t connect_started_ns;
+    uv_timer_t retry_timer;
+    uv_timer_t tick;
+    unsigned backoff_ms;
+    uint64_t next_attempt_ns;
+    rcmd_t *pending; /* commands with a deadline, for timeouts */
+    char last_error[256];
+    struct rconn *next;
+} rconn_t;
+
+struct rcmd {
+    devex_op_t op;
+    rconn_t *conn;
+    uint64_t deadline_ns;
+    int total;     /* commands in this op (pipeline) */
+    int remaining; /* replies still expected from hiredis */
+    int failed;    /* a NULL reply (connection lost) was seen */
+    int base;      /* stack top of the coroutine before results were pushed */
+    int pipeline;  /* results go in a table */
+    /* for scripts: EVAL is retried once on NOSCRIPT */
+    char *script;
+    size_t script_len;
+    int script_argc;
+    char **script_argv;
+    size_t *script_argvlen;
+    rcmd_t *prev, *next; /* conn->pending */
+    int in_pending;
+};
+
+static _Thread_local rconn_t *conns;
+
+/* ---- URL ---- */
+
+static int unhex(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return -1;
+            int h = unhex(s[i + 1]), l = unhex(s[i + 2]);
+            if (h < 0 || l < 0)
+                return -1;
+            c = (char)(h * 16 + l);
+            i += 2;
+        }
+        if (o + 1 >= outlen)
+            return -1;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* Parses redis://[user:password@]host[:port][/db], unix:///path[?db=N] or a
+ * bare /path to a socket. Returns 0 or -1 with err. */
+static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
+{
+    c->port = 6379;
+    c->db = 0;
+    if (url[0] == '/' || strncmp(url, "unix://", 7) == 0) {
+        const char *p = url[0] == '/' ? url : url + 7;
+        const char *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == 0 || n >= sizeof(c->unix_path) || p[0] != '/') {
+            snprintf(err, errlen, "invalid redis unix socket path");
+            return -1;
+        }
+        memcpy(c->unix_path, p, n);
+        c->unix_path[n] = '\0';
+        if (q && strncmp(q, "?db=", 4) == 0)
+            c->db = atoi(q + 4);
+        return 0;
+    }
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "redis URL must start with redis:// or unix:// (rediss:// is not supported)");
+        return -1;
+    }
+    const char *p = url + 8;
+    const char *at = strrchr(p, '@');
+    const char *slash = strchr(at ? at : p, '/');
+    if (at && (!slash || at < slash)) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (colon) {
+            if (pct_decode(p, (size_t)(colon - p), c->user, sizeof(c->user)) != 0 ||
+                pct_decode(colon + 1, (size_t)(at - colon - 1), c->password, sizeof(c->password)) != 0) {
+                snprintf(err, errlen, "invalid credentials in redis URL");
+                return -1;
+            }
+        } else if (pct_decode(p, (size_t)(at - p), c->password, sizeof(c->password)) != 0) {
+            snprintf(err, errlen, "invalid credentials in redis URL");
+            return -1;
+        }
+        p = at + 1;
+    }
+    size_t hostlen = slash ? (size_t)(slash - p) : strlen(p);
+    const char *colon = NULL;
+    if (p[0] == '[') {
+        const char *close = memchr(p, ']', hostlen);
+        if (!close) {
+            snprintf(err, errlen, "invalid IPv6 host in redis URL");
+            return -1;
+        }
+        size_t hn = (size_t)(close - p - 1);
+        if (hn >= sizeof(c->host))
+            return -1;
+        memcpy(c->host, p + 1, hn);
+        c->host[hn] = '\0';
+        if (close + 1 < p + hostlen && close[1] == ':')
+            colon = close + 1;
+    } else {
+        colon = memchr(p, ':', hostlen);
+        size_t hn = colon ? (size_t)(colon - p) : hostlen;
+        if (hn == 0 || hn >= sizeof(c->host)) {
+            snprintf(err, errlen, "missing host in redis URL");
+            return -1;
+        }
+        memcpy(c->host, p, hn);
+        c->host[hn] = '\0';
+    }
+    if (colon) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (end != p + hostlen || port < 1 || port > 65535) {
+            snprintf(err, errlen, "invalid port in redis URL");
+            return -1;
+        }
+        c->port = (int)port;
+    }
+    if (slash && slash[1] != '\0') {
+        char *end;
+        long db = strtol(slash + 1, &end, 10);
+        if (*end != '\0' || db < 0 || db > 1000000) {
+            snprintf(err, errlen, "invalid database number in redis URL");
+            return -1;
+        }
+        c->db = (int)db;
+    }
+    return 0;
+}
+
+/* ---- pending list ---- */
+
+static void pending_add(rconn_t *c, rcmd_t *cmd)
+{
+    cmd->prev = NULL;
+    cmd->next = c->pending;
+    if (c->pending)
+        c->pending->prev = cmd;
+    c->pending = cmd;
+    cmd->in_pending = 1;
+}
+
+static void pending_remove(rcmd_t *cmd)
+{
+    if (!cmd->in_pending)
+        return;
+    if (cmd->prev)
+        cmd->prev->next = cmd->next;
+    else
+        cmd->conn->pending = cmd->next;
+    if (cmd->next)
+        cmd->next->prev = cmd->prev;
+    cmd->in_pending = 0;
+}
+
+static void cmd_free(rcmd_t *cmd)
+{
+    if (cmd->script_argv) {
+        for (int i = 0; i < cmd->script_argc; i++)
+            free(cmd->script_argv[i]);
+        free(cmd->script_argv);
+        free(cmd->script_argvlen);
+    }
+    free(cmd->script);
+    free(cmd);
+}
+
+/* ---- replies ---- */
+
+static void push_reply(lua_State *L, const redisReply *r, int depth)
+{
+    luaL_checkstack(L, 4, "redis reply too deep");
+    switch (r->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+        lua_pushlstring(L, r->str, r->len);
+        break;
+    case REDIS_REPLY_INTEGER:
+        lua_pushinteger(L, (lua_Integer)r->integer);
+        break;
+    case REDIS_REPLY_NIL:
+        devex_json_push_null(L);
+        break;
+    case REDIS_REPLY_ERROR:
+        devex_push_error(L, "redis", r->str, 0);
+        break;
+    case REDIS_REPLY_ARRAY:
+        lua_createtable(L, (int)r->elements, 0);
+        for (size_t i = 0; i < r->elements; i++) {
+            if (depth > 32)
+                lua_pushnil(L);
+            else
+                push_reply(L, r->element[i], depth + 1);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    default:
+        lua_pushnil(L);
+    }
+}
+
+static void cmd_fail(rcmd_t *cmd, const char *code, const char *msg)
+{
+    lua_State *co = devex_op_thread(&cmd->op);
+    lua_settop(co, cmd->base);
+    pending_remove(cmd);
+    devex_push_fail(co, code, msg, 0);
+    devex_task_resume(&cmd->op, 2);
+}
+
+static void send_script_fallback(rcmd_t *cmd);
+
+static void on_reply(redisAsyncContext *ac, void *r_, void *privdata)
+{
+    rcmd_t *cmd = privdata;
+    redisReply *r = r_;
+    cmd->remaining--;
+    if (cmd->op.task != NULL) {
+        if (r == NULL) {
+            cmd_fail(cmd, "unavailable", cmd->conn->last_error[0] ? cmd->conn->last_error : "redis connection lost");
+        } else if (cmd->script && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
+                   cmd->remaining == 0) {
+            free(cmd->script_argv[0]);
+            cmd->script_argv[0] = strdup("EVAL");
+            cmd->script_argvlen[0] = 4;
+            free(cmd->script_argv[1]);
+            cmd->script_argv[1] = cmd->script;
+            cmd->script_argvlen[1] = cmd->script_len;
+            cmd->script = NULL; /* now owned by argv; retried once only */
+            send_script_fallback(cmd);
+            return;
+        } else {
+            lua_State *co = devex_op_thread(&cmd->op);
+            if (cmd->pipeline) {
+                push_reply(co, r, 0);
+                lua_rawseti(co, cmd->base + 1, cmd->total - cmd->remaining);
+                if (cmd->remaining == 0) {
+                    pending_remove(cmd);
+                    devex_task_resume(&cmd->op, 1);
+                }
+            } else if (r->type == REDIS_REPLY_ERROR) {
+                pending_remove(cmd);
+                lua_pushnil(co);
+                push_reply(co, r, 0);
+                devex_task_resume(&cmd->op, 2);
+            } else {
+                pending_remove(cmd);
+                push_reply(co, r, 0);
+                devex_task_resume(&cmd->op, 1);
+            }
+        }
+    }
+    if (cmd->remaining == 0) {
+        pending_remove(cmd);
+        cmd_free(cmd);
+    }
+}
+
+/* ---- connection ---- */
+
+static void conn_connect(rconn_t *c);
+
+static void on_retry(uv_timer_t *h)
+{
+    conn_connect(h->data);
+}
+
+static void schedule_retry(rconn_t *c)
+{
+    unsigned ms = c->backoff_ms ? c->backoff_ms : REDIS_BACKOFF_MIN_MS;
+    unsigned jitter = (unsigned)(rand() % (int)(ms / 2 + 1));
+    c->backoff_ms = ms * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS : ms * 2;
+    uv_timer_start(&c->retry_timer, on_retry, ms + jitter, 0);
+}
+
+static void set_error(rconn_t *c, const char *msg)
+{
+    snprintf(c->last_error, sizeof(c->last_error), "redis: %s", msg);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *c = ac->data;
+    if (c == NULL)
+        return;
+    if (status != REDIS_OK)
+        set_error(c, ac->errstr[0] ? ac->errstr : "connection lost");
+    else if (!c->last_error[0])
+        set_error(c, "disconnected");
+    int was_ready = c->state == CONN_READY;
+    c->ac = NULL;
+    c->state = CONN_DOWN;
+    if (was_ready)
+        devex_logf(DEVEX_LOG_WARN, "redis connection lost, reconnecting: %s", c->last_error);
+    schedule_retry(c);
+}
+
+static void on_handshake(redisAsyncContext *ac, void *r_, void *privdata)
+{
+    rconn_t *c = ac->data;
+    redisReply *r = r_;
+    if (c == NULL || r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        set_error(c, r->str);
+        devex_logf(DEVEX_LOG_ERROR, "redis handshake failed: %s", r->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (privdata != NULL) { /* the last handshake command */
+        c->state = CONN_READY;
+        c->backoff_ms = 0;
+        c->last_error[0] = '\0';
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *c = ac->data;
+    if (c == NULL)
+        return;
+    if (status != REDIS_OK) {
+        set_error(c, ac->errstr[0] ? ac->errstr : "connect failed");
+        c->ac = NULL; /* hiredis frees the context after this callback */
+        c->state = CONN_DOWN;
+        schedule_retry(c);
+        return;
+    }
+    /* AUTH and SELECT were queued first, so they run before any command */
+    if (c->state == CONN_CONNECTING && !c->password[0] && c->db == 0) {
+        c->state = CONN_READY;
+        c->backoff_ms = 0;
+        c->last_error[0] = '\0';
+    }
+}
+
+static void conn_connect(rconn_t *c)
+{
+    redisAsyncContext *ac = c->unix_path[0] ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
+    if (ac == NULL || ac->err) {
+        set_error(c, ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_retry(c);
+        return;
+    }
+    c->state = CONN_CONNECTING;
+    c->connect_started_ns = devex_now_ns();
+    if (devex_redis_uv_attach(ac, devex_worker_loop(devex_worker_current())) != 0) {
+        set_error(c, "cannot attach to the event loop");
+        redisAsyncFree(ac);
+        schedule_retry(c);
+        return;
+    }
+    ac->data = c;
+    c->ac = ac;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* hiredis 0.14 notices the end of a non-blocking connect only in its
+     * write handler, which it arms when a command is queued; arm it now so a
+     * refused or completed connect is seen even with nothing queued */
+    if (ac->ev.addWrite)
+        ac->ev.addWrite(ac->ev.data);
+    int nhs = (c->password[0] ? 1 : 0) + (c->db ? 1 : 0);
+    if (c->password[0]) {
+        const char *argv[3] = {"AUTH", c->user[0] ? c->user : c->password, c->password};
+        size_t lens[3] = {4, strlen(argv[1]), strlen(argv[2])};
+        redisAsyncCommandArgv(ac, on_handshake, nhs == 1 ? (void *)1 : NULL, c->user[0] ? 3 : 2, argv, lens);
+    }
+    if (c->db) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", c->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, strlen(db)};
+        redisAsyncCommandArgv(ac, on_handshake, (void *)1, 2, argv, lens);
+    }
+}
+
+static void on_tick(uv_timer_t *h)
+{
+    rconn_t *c = h->data;
+    uint64_t now = devex_now_ns();
+    rcmd_t *cmd = c->pending;
+    while (cmd) {
+        rcmd_t *next = cmd->next;
+        if (cmd->op.task != NULL && now >= cmd->deadline_ns)
+            cmd_fail(cmd, "timeout", "redis command timed out");
+        cmd = next;
+    }
+    if (c->state == CONN_CONNECTING && c->ac && now - c->connect_started_ns > REDIS_CONNECT_TIMEOUT_MS * 1000000ull) {
+        set_error(c, "connect timed out");
+        redisAsyncDisconnect(c->ac);
+    }
+}
+
+static rconn_t *conn_get(const char *url, char *err, size_t errlen)
+{
+    for (rconn_t *c = conns; c; c = c->next)
+        if (strcmp(c->url, url) == 0)
+            return c;
+    devex_worker_t *w = devex_worker_current();
+    if (w == NULL) {
+        snprintf(err, errlen, "redis: needs a worker thread");
+        return NULL;
+    }
+    rconn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL || parse_url(c, url, err, errlen) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->url = strdup(url);
+    uv_timer_init(devex_worker_loop(w), &c->retry_timer);
+    c->retry_timer.data = c;
+    uv_timer_init(devex_worker_loop(w), &c->tick);
+    c->tick.data = c;
+    uv_timer_start(&c->tick, on_tick, 50, 50);
+    uv_unref((uv_handle_t *)&c->tick);
+    uv_unref((uv_handle_t *)&c->retry_timer);
+    c->next = conns;
+    conns = c;
+    conn_connect(c);
+    return c;
+}
+
+void devex_redis_thread_cleanup(void)
+{
+    while (conns) {
+        rconn_t *c = conns;
+        conns = c->next;
+        uv_timer_stop(&c->retry_timer);
+        uv_timer_stop(&c->tick);
+        if (c->ac) {
+            c->ac->data = NULL;
+            redisAsyncFree(c->ac); /* calls every pending callback with a NULL reply */
+        }
+        uv_close((uv_handle_t *)&c->retry_timer, NULL);
+        uv_close((uv_handle_t *)&c->tick, NULL);
+        /* the handles are closed on the next loop turn; the caller runs it */
+        c->ac = NULL;
+        free(c->url);
+        c->url = NULL;
+        c->next = NULL;
+        /* freed after the loop processed the close callbacks */
+        uv_run(devex_worker_loop(devex_worker_current()), UV_RUN_NOWAIT);
+        free(c);
+    }
+}
+
+/* ---- Lua ---- */
+
+typedef struct {
+    rconn_t *c;
+    uint64_t timeout_ms;
+} client_ud_t;
+
+static client_ud_t *check_client(lua_State *L)
+{
+    return luaL_checkudata(L, 1, "devex.redis");
+}
+
+/* redis.connect(url, {timeout=seconds}) -> client | nil, err. Never blocks:
+ * the connection is made in the background. */
+static int l_connect(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    double timeout = 5;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "timeout");
+        if (!lua_isnil(L, -1))
+            timeout = luaL_checknumber(L, -1);
+        lua_pop(L, 1);
+    }
+    luaL_argcheck(L, timeout > 0 && timeout <= 3600, 2, "timeout must be between 0 and 3600 seconds");
+    char err[256];
+    rconn_t *c = conn_get(url, err, sizeof(err));
+    if (c == NULL)
+        return devex_push_fail(L, "invalid", err, 0);
+    client_ud_t *ud = lua_newuserdatauv(L, sizeof(*ud), 0);
+    ud->c = c;
+    ud->timeout_ms = (uint64_t)(timeout * 1000);
+    luaL_setmetatable(L, "devex.redis");
+    return 1;
+}
+
+/* Collects argument i (a string or number) into argv. */
+static const char *arg_string(lua_State *L, int idx, size_t *len)
+{
+    int t = lua_type(L, idx);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        luaL_error(L, "redis: command arguments must be strings or numbers, got %s", luaL_typename(L, idx));
+    return lua_tolstring(L, idx, len);
+}
+
+static void cmd_cancel(devex_op_t *op)
+{
+    /* hiredis still owns the callback: the op is freed when its replies arrive */
+    pending_remove((rcmd_t *)op);
+}
+
+static rcmd_t *cmd_new(lua_State *L, client_ud_t *ud)
+{
+    rcmd_t *cmd = calloc(1, sizeof(*cmd));
+    if (cmd == NULL)
+        luaL_error(L, "out of memory");
+    cmd->conn = ud->c;
+    cmd->op.cancel = cmd_cancel;
+    cmd->deadline_ns = devex_now_ns() + ud->timeout_ms * 1000000ull;
+    return cmd;
+}
+
+static int unavailable(lua_State *L, rconn_t *c)
+{
+    return devex_push_fail(L, "unavailable", c->last_error[0] ? c->last_error : "redis is not connected", 0);
+}
+
+/* r:call(cmd, ...) -> reply | nil, err */
+static int l_call(lua_State *L)
+{
+    client_ud_t *ud = check_client(L);
+    int argc = lua_gettop(L) - 1;
+    luaL_argcheck(L, argc >= 1, 2, "command expected");
+    devex_task_check(L, "redis:call");
+    const char *argv_s[32];
+    size_t lens_s[32];
+    const char **argv = argc <= 32 ? argv_s : lua_newuserdatauv(L, sizeof(char *) * (size_t)argc, 0);
+    size_t *lens = argc <= 32 ? lens_s : lua_newuserdatauv(L, sizeof(size_t) * (size_t)argc, 0);
+    for (int i = 0; i < argc; i++)
+        argv[i] = arg_string(L, i + 2, &lens[i]);
+    if (ud->c->ac == NULL)
+        return unavailable(L, ud->c);
+    rcmd_t *cmd = cmd_new(L, ud);
+    cmd->total = cmd->remaining = 1;
+    if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK) {
+        free(cmd);
+        return unavailable(L, ud->c);
+    }
+    pending_add(ud->c, cmd);
+    lua_settop(L, 0);
+    cmd->base = 0;
+    return devex_task_yield(L, &cmd->op);
+}
+
+/* r:pipeline({ {cmd, ...}, {cmd, ...} }) -> {reply1, reply2, ...} | nil, err.
+ * An error reply of one command appears in its slot as an error table. */
+static int l_pipeline(lua_State *L)
+{
+    client_ud_t *ud = check_client(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    devex_task_check(L, "redis:pipeline");
+    lua_Integer n = luaL_len(L, 2);
+    luaL_argcheck(L, n >= 1 && n <= 100000, 2, "between 1 and 100000 commands");
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        luaL_argcheck(L, lua_istable(L, -1) && luaL_len(L, -1) >= 1, 2, "each command must be a non-empty list");
+        lua_Integer argc = luaL_len(L, -1);
+        for (lua_Integer k = 1; k <= argc; k++) {
+            lua_rawgeti(L, -1, k);
+            size_t len;
+            arg_string(L, -1, &len); /* raises before anything is sent */
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
+    if (ud->c->ac == NULL)
+        return unavailable(L, ud->c);
+    rcmd_t *cmd = cmd_new(L, ud);
+    cmd->pipeline = 1;
+    cmd->total = (int)n;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i);
+        int t = lua_gettop(L);
+        int argc = (int)luaL_len(L, t);
+        const char **argv = lua_newuserdatauv(L, sizeof(char *) * (size_t)argc, 0);
+        size_t *lens = lua_newuserdatauv(L, sizeof(size_t) * (size_t)argc, 0);
+        for (int k = 0; k < argc; k++) {
+            lua_rawgeti(L, t, k + 1);
+            argv[k] = arg_string(L, -1, &lens[k]);
+            lua_pop(L, 1); /* the string stays alive in the table */
+        }
+        redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens);
+        cmd->remaining++;
+        lua_settop(L, t - 1);
+    }
+    pending_add(ud->c, cmd);
+    lua_settop(L, 0);
+    lua_createtable(L, (int)n, 0); /* filled by on_reply */
+    cmd->base = 0;
+    return devex_task_yield(L, &cmd->op);
+}
+
+static void send_script_fallback(rcmd_t *cmd)
+{
+    cmd->remaining++;
+    if (cmd->conn->ac == NULL ||
+        redisAsyncCommandArgv(cmd->conn->ac, on_reply, cmd, cmd->script_argc, (const char **)cmd->script_argv,
+                              cmd->script_argvlen) != REDIS_OK) {
+        cmd->remaining--;
+        cmd_fail(cmd, "unavailable", "redis is not connected");
+        if (cmd->remaining == 0)
+            cmd_free(cmd);
+    }
+}
+
+/* r:eval(script, {keys...}, arg...) runs by EVALSHA, falling back to EVAL
+ * (which also loads the script) when Redis answers NOSCRIPT. */
+static int l_eval(lua_State *L)
+{
+    client_ud_t *ud = check_client(L);
+    size_t slen;
+    const char *src = luaL_checklstring(L, 2, &slen);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    devex_task_check(L, "redis:eval");
+    int nkeys = (int)luaL_len(L, 3);
+    int nargs = lua_gettop(L) - 3;
+    int argc = 3 + nkeys + nargs;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(src, slen, md, &mdlen, EVP_sha1(), NULL);
+    char sha[41];
+    for (unsigned i = 0; i < 20; i++)
+        snprintf(sha + 2 * i, 3, "%02x", md[i]);
+    if (ud->c->ac == NULL)
+        return unavailable(L, ud->c);
+    rcmd_t *cmd = cmd_new(L, ud);
+    cmd->script_argc = argc;
+    cmd->script_argv = calloc((size_t)argc, sizeof(char *));
+    cmd->script_argvlen = calloc((size_t)argc, sizeof(size_t));
+    char nk[16];
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    cmd->script_argv[0] = strdup("EVALSHA");
+    cmd->script_argvlen[0] = 7;
+    cmd->script_argv[1] = strdup(sha);
+    cmd->script_argvlen[1] = 40;
+    cmd->script_argv[2] = strdup(nk);
+    cmd->script_argvlen[2] = strlen(nk);
+    for (int i = 0; i < nkeys + nargs; i++) {
+        size_t len;
+        const char *s;
+        if (i < nkeys) {
+            lua_rawgeti(L, 3, i + 1);
+            s = arg_string(L, -1, &len);
+        } else {
+            s = arg_string(L, 4 + (i - nkeys), &len);
+            lua_pushnil(L);
+        }
+        cmd->script_argv[3 + i] = malloc(len + 1);
+        memcpy(cmd->script_argv[3 + i], s, len);
+        cmd->script_argv[3 + i][len] = '\0';
+        cmd->script_argvlen[3 + i] = len;
+        lua_pop(L, 1);
+    }
+    cmd->script = malloc(slen + 1);
+    memcpy(cmd->script, src, slen);
+    cmd->script[slen] = '\0';
+    cmd->script_len = slen;
+    cmd->total = cmd->remaining = 1;
+    if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, (const char **)cmd->script_argv, cmd->script_argvlen) !=
+        REDIS_OK) {
+        cmd_free(cmd);
+        return unavailable(L, ud->c);
+    }
+    pending_add(ud->c, cmd);
+    lua_settop(L, 0);
+    cmd->base = 0;
+    return devex_task_yield(L, &cmd->op);
+}
+
+/* r:status() -> "ready" | "connecting" | "down", last_error */
+static int l_status(lua_State *L)
+{
+    client_ud_t *ud = check_client(L);
+    static const char *names[] = {"down", "connecting", "ready"};
+    lua_pushstring(L, names[ud->c->state]);
+    if (ud->c->last_error[0]) {
+        lua_pushstring(L, ud->c->last_error);
+        return 2;
+    }
+    return 1;
+}
+
+int luaopen_devex_redis(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"call", l_call}, {"pipeline", l_pipeline}, {"eval", l_eval}, {"status", l_status}, {NULL, NULL}};
+    if (luaL_newmetatable(L, "devex.redis")) {
+        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {{"connect", l_connect}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    devex_json_push_null(L);
+    lua_setfield(L, -2, "null");
+    return 1;
+}
