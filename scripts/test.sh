@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# test.sh: the whole test suite on a fresh Debian 12 machine: installs the
+# dependencies, builds devexd twice (optimised, and with ASan + UBSan), and runs
+# ctest on both. Every server a test needs (redis-server, upstream HTTP
+# servers...) is started by the test itself on loopback and stopped after it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh --test
+
+JOBS="${JOBS:-$(nproc)}"
+status=0
+
+build_and_test() {
+  local dir="$1"; shift
+  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake --build "$dir" -j "$JOBS" >"$dir.build.log" 2>&1 || { cat "$dir.build.log"; return 1; }
+  (cd "$dir" && ctest --output-on-failure -j "$JOBS" --timeout 600) || return 1
+}
+
+echo "== release build =="
+build_and_test build -DCMAKE_BUILD_TYPE=RelWithDebInfo || status=1
+
+if [ "${SKIP_SANITIZE:-0}" != "1" ]; then
+  echo "== ASan + UBSan build =="
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1"
+  export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  build_and_test build-asan -DCMAKE_BUILD_TYPE=Debug -DDEVEX_SANITIZE=ON || status=1
+fi
+
+exit $status
