@@ -1,9 +1,20 @@
--- routes.health: liveness and version. /healthz never touches a dependency:
--- it answers as long as the worker's loop and Lua VM run.
+-- routes.health: liveness, readiness and version. /healthz never touches a
+-- dependency: it answers as long as the worker's loop and Lua VM run.
+-- /readyz answers 200 once the app is loaded and Redis answers a PING.
 local runtime = require("devex.runtime")
 
 return function(app)
   app:get("/healthz", function() return 200, { status = "ok" } end)
+  app:get("/readyz", function()
+    local redis = require("services.redis")
+    local r, err = redis.client()
+    if r then
+      local pong
+      pong, err = r:call("PING")
+      if pong == "PONG" then return 200, { status = "ready" } end
+    end
+    return 503, { status = "not ready", redis = tostring(err) }
+  end)
   app:get("/version", function()
     return 200, { name = "devexd", version = runtime.version }
   end)
