@@ -5,6 +5,7 @@
  * SIGHUP reloads the Lua app in each worker, SIGTERM/SIGINT drain and exit 0.
  */
 #include "devex.h"
+#include "http.h"
 #include "log.h"
 #include "server.h"
 #include "settings.h"
@@ -15,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+static devex_worker_t *workers;
 
 static void usage(FILE *f)
 {
@@ -103,7 +106,8 @@ int main(int argc, char **argv)
         devex_settings.threads = n > 0 ? (int)n : 1;
     }
     if (check) {
-        devex_worker_t w;
+        /* static: what H2O and libuv allocated for it stays reachable at exit */
+        static devex_worker_t w;
         if (devex_server_init(0, err, sizeof(err)) != 0 || devex_worker_init(&w, 0, false, err, sizeof(err)) != 0) {
             fprintf(stderr, "devexd: check failed:\n%s\n", err);
             return 1;
@@ -123,11 +127,14 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int n = devex_settings.threads;
+    devex_http_global_init(); /* libcurl's global state, before any thread uses it */
     if (devex_server_init(n, err, sizeof(err)) != 0) {
         fprintf(stderr, "devexd: %s\n", err);
         return 1;
     }
-    devex_worker_t *workers = calloc((size_t)n, sizeof(*workers));
+    /* kept in a global so the workers' loops, H2O contexts and open
+     * connections stay reachable until exit (they die with the process) */
+    workers = calloc((size_t)n, sizeof(*workers));
     for (int i = 0; i < n; i++) {
         if (devex_worker_init(&workers[i], i, true, err, sizeof(err)) != 0) {
             fprintf(stderr, "devexd: cannot load the Lua app:\n%s\n", err);

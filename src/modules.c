@@ -7,6 +7,8 @@
 #include "crypto.h"
 #include "json.h"
 #include "log.h"
+#include "oauth.h"
+#include "http.h"
 #include "router.h"
 #include "server.h"
 #include "timer.h"
@@ -19,7 +21,8 @@ static const luaL_Reg devex_modules[] = {
     {"devex.json", luaopen_devex_json},     {"devex.crypto", luaopen_devex_crypto}, {"devex.router", luaopen_devex_router},
     {"devex.log", luaopen_devex_log},       {"devex.timer", luaopen_devex_timer},   {"devex.runtime", luaopen_devex_runtime},
     {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
-    {"devex.redis", luaopen_devex_redis},
+    {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
+    {"devex.http", luaopen_devex_http},
     {NULL, NULL},
 };
 

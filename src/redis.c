@@ -114,6 +114,7 @@ static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
  * bare /path to a socket. Returns 0 or -1 with err. */
 static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
 {
+    snprintf(err, errlen, "invalid redis URL"); /* for any path below that sets no message */
     c->port = 6379;
     c->db = 0;
     if (url[0] == '/' || strncmp(url, "unix://", 7) == 0) {
@@ -368,7 +369,7 @@ static void on_handshake(redisAsyncContext *ac, void *r_, void *privdata)
 {
     rconn_t *c = ac->data;
     redisReply *r = r_;
-    if (c == NULL || r == NULL)
+    if (c == NULL || r == NULL || (ac->c.flags & REDIS_DISCONNECTING)) /* keep the first handshake error */
         return;
     if (r->type == REDIS_REPLY_ERROR) {
         set_error(c, r->str);

@@ -123,7 +123,7 @@ static void send_body(devex_reqctx_t *rc, int status, const char *ctype, const c
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, rc->request_id,
                           strlen(rc->request_id));
     req->res.content_length = len;
-    access_log(rc, status, len);
+    access_log(rc, status, h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD")) ? 0 : len);
     h2o_send_inline(req, body, len);
 }
 

@@ -6,6 +6,12 @@ local env = require("devex.env")
 
 local M = {}
 
+local function range(min, max)
+  return function(v)
+    if v < min or v > max then return string.format("must be from %s to %s", min, max) end
+  end
+end
+
 -- Schema: a spec is a type name, or a table {type=..., fields=..., items=...,
 -- default=..., check=function(v) -> errmsg|nil}.
 local listener = {
@@ -31,11 +37,11 @@ local schema = {
       type = "table", default = {},
       fields = {
         listen = { type = "list", items = listener, default = { { host = "127.0.0.1", port = 8080 } } },
-        threads = { type = "integer", default = 0 },
-        max_body = { type = "integer", default = 1048576 },
-        header_timeout = { type = "number", default = 10 },
-        idle_timeout = { type = "number", default = 60 },
-        shutdown_timeout = { type = "number", default = 15 },
+        threads = { type = "integer", default = 0, check = range(0, 256) },
+        max_body = { type = "integer", default = 1048576, check = range(1, 1 << 40) },
+        header_timeout = { type = "number", default = 10, check = range(0.001, 86400) },
+        idle_timeout = { type = "number", default = 60, check = range(0.001, 86400) },
+        shutdown_timeout = { type = "number", default = 15, check = range(0, 86400) },
         log_level = { type = "string", default = "info", check = function(v)
           if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then return "must be debug, info, warn or error" end
         end },
