@@ -23,6 +23,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: devexd [OPTIONS]\n"
+            "       devexd [OPTIONS] COMMAND [ARGS...]\n"
             "\n"
             "The control plane of the devex cloud IDE: HTTP/1.1 and HTTP/2 on H2O, behaviour in Lua.\n"
             "\n"
@@ -33,6 +34,9 @@ static void usage(FILE *f)
             "      --check          load the configuration, the app and the policy, report errors, exit\n"
             "  -v, --version        print the version and exit\n"
             "  -h, --help           print this help and exit\n"
+            "\n"
+            "Commands (run once, then exit):\n"
+            "  templates sync [DIR]  upload DIR/<name>/** (default: the shipped templates) to templates/<name>/ in storage\n"
             "\n"
             "Signals: HUP reloads the Lua app and policy; TERM and INT finish in-flight requests and exit.\n",
             DEVEX_DEFAULT_CONF, DEVEX_DEFAULT_LUA_DIR);
@@ -83,11 +87,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "devexd: unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
+    int cli_argc = argc - optind;
+    char **cli_argv = argv + optind;
     if (conf == NULL || *conf == '\0')
         conf = DEVEX_DEFAULT_CONF;
     if (lua_dir == NULL || *lua_dir == '\0')
@@ -104,6 +105,15 @@ int main(int argc, char **argv)
     if (devex_settings.threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         devex_settings.threads = n > 0 ? (int)n : 1;
+    }
+    if (cli_argc > 0) {
+        static devex_worker_t w;
+        devex_http_global_init();
+        if (devex_server_init(0, err, sizeof(err)) != 0 || devex_worker_init(&w, 0, false, err, sizeof(err)) != 0) {
+            fprintf(stderr, "devexd: cannot load the Lua app:\n%s\n", err);
+            return 1;
+        }
+        return devex_worker_run_cli(&w, cli_argc, cli_argv);
     }
     if (check) {
         /* static: what H2O and libuv allocated for it stays reachable at exit */

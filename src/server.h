@@ -55,6 +55,9 @@ int devex_worker_init(devex_worker_t *w, int id, bool with_listeners, char *err,
 int devex_workers_start(devex_worker_t *ws, int n);
 void devex_workers_control(devex_worker_t *ws, int n, int what);
 void devex_workers_join(devex_worker_t *ws, int n);
+/* Runs require("devex.cli").main(args) as a task on w's loop (in the calling
+ * thread) until it ends; returns its exit code. */
+int devex_worker_run_cli(devex_worker_t *w, int argc, char **argv);
 
 /* request.c */
 void devex_request_push(lua_State *L, devex_reqctx_t *rc);
