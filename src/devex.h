@@ -52,6 +52,10 @@ devex_task_t *devex_task_check(lua_State *L, const char *what);
 devex_task_t *devex_task_of(lua_State *L);
 /* Parks the current task on op. Use as `return devex_task_yield(L, op);`. */
 int devex_task_yield(lua_State *L, devex_op_t *op);
+/* As devex_task_yield, but on resume Lua calls k(L, status, ctx) with the
+ * stack as it was (the arguments still there) plus the pushed results: for a
+ * primitive that must wait for something and then start over. */
+int devex_task_yieldk(lua_State *L, devex_op_t *op, lua_KContext ctx, lua_KFunction k);
 /* The coroutine the results of op are to be pushed on. */
 lua_State *devex_op_thread(devex_op_t *op);
 /* Resumes the task parked on op with nresults values already pushed on

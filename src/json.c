@@ -64,6 +64,13 @@ static void push_object_mt(lua_State *L)
     push_mt(L, &object_mt_key, "devex.json.object");
 }
 
+void devex_json_mark_array(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    push_array_mt(L);
+    lua_setmetatable(L, idx);
+}
+
 /* RFC 3629 UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
 static int utf8_valid(const unsigned char *s, size_t len)
 {

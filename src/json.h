@@ -18,6 +18,8 @@ int devex_json_encode(lua_State *L, int idx, devex_buf_t *out, char *err, size_t
 /* Decodes text and pushes the value. Returns 0, or -1 with nothing pushed and a
  * message with the byte position in err. */
 int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+/* Marks the table at idx as an array, so it encodes as [] even when empty. */
+void devex_json_mark_array(lua_State *L, int idx);
 /* Pushes the json.null sentinel. */
 void devex_json_push_null(lua_State *L);
 

@@ -50,6 +50,8 @@ typedef struct rconn {
     unsigned backoff_ms;
     uint64_t next_attempt_ns;
     rcmd_t *pending; /* commands with a deadline, for timeouts */
+    struct rwait *waiters; /* tasks waiting for the connection attempt to end */
+    uv_timer_t wake_timer; /* wakes the waiters outside hiredis's callbacks */
     char last_error[256];
     struct rconn *next;
 } rconn_t;
@@ -73,7 +75,61 @@ struct rcmd {
     int in_pending;
 };
 
+/* A task that issued a command while the connection was being made waits
+ * (up to its timeout) for the attempt to end, then its command starts over. */
+typedef struct rwait {
+    devex_op_t op;
+    rconn_t *conn;
+    uint64_t deadline_ns;
+    struct rwait *prev, *next;
+} rwait_t;
+
 static _Thread_local rconn_t *conns;
+
+static void waiter_unlink(rwait_t *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->conn->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+}
+
+static void waiter_cancel(devex_op_t *op)
+{
+    rwait_t *w = (rwait_t *)op;
+    waiter_unlink(w);
+    free(w);
+}
+
+/* Resumes every waiter (or only the overdue ones); each retries its command. */
+static void wake_waiters(rconn_t *c, int only_overdue, uint64_t now)
+{
+    rwait_t *w = c->waiters;
+    while (w) {
+        rwait_t *next = w->next;
+        if (!only_overdue || now >= w->deadline_ns) {
+            waiter_unlink(w);
+            devex_task_resume(&w->op, 0);
+            free(w);
+        }
+        w = next;
+    }
+}
+
+static void on_wake(uv_timer_t *h)
+{
+    wake_waiters(h->data, 0, 0);
+}
+
+/* The connection attempt ended (ready or failed): wake the waiters soon. */
+static void attempt_ended(rconn_t *c)
+{
+    if (c->waiters)
+        uv_timer_start(&c->wake_timer, on_wake, 0, 0);
+}
 
 /* ---- URL ---- */
 
@@ -256,6 +312,7 @@ static void push_reply(lua_State *L, const redisReply *r, int depth)
         break;
     case REDIS_REPLY_ARRAY:
         lua_createtable(L, (int)r->elements, 0);
+        devex_json_mark_array(L, -1);
         for (size_t i = 0; i < r->elements; i++) {
             if (depth > 32)
                 lua_pushnil(L);
@@ -304,7 +361,9 @@ static void on_reply(redisAsyncContext *ac, void *r_, void *privdata)
             if (cmd->pipeline) {
                 push_reply(co, r, 0);
                 lua_rawseti(co, cmd->base + 1, cmd->total - cmd->remaining);
-                if (cmd->remaining == 0) {
+                if (cmd->remaining == 0 && cmd->failed) {
+                    cmd_fail(cmd, "unavailable", "redis: connection lost during the pipeline");
+                } else if (cmd->remaining == 0) {
                     pending_remove(cmd);
                     devex_task_resume(&cmd->op, 1);
                 }
@@ -360,6 +419,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     int was_ready = c->state == CONN_READY;
     c->ac = NULL;
     c->state = CONN_DOWN;
+    attempt_ended(c);
     if (was_ready)
         devex_logf(DEVEX_LOG_WARN, "redis connection lost, reconnecting: %s", c->last_error);
     schedule_retry(c);
@@ -381,6 +441,7 @@ static void on_handshake(redisAsyncContext *ac, void *r_, void *privdata)
         c->state = CONN_READY;
         c->backoff_ms = 0;
         c->last_error[0] = '\0';
+        attempt_ended(c);
     }
 }
 
@@ -394,6 +455,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         c->ac = NULL; /* hiredis frees the context after this callback */
         c->state = CONN_DOWN;
         schedule_retry(c);
+        attempt_ended(c);
         return;
     }
     /* AUTH and SELECT were queued first, so they run before any command */
@@ -401,6 +463,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         c->state = CONN_READY;
         c->backoff_ms = 0;
         c->last_error[0] = '\0';
+        attempt_ended(c);
     }
 }
 
@@ -411,7 +474,9 @@ static void conn_connect(rconn_t *c)
         set_error(c, ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
+        c->state = CONN_DOWN;
         schedule_retry(c);
+        attempt_ended(c);
         return;
     }
     c->state = CONN_CONNECTING;
@@ -458,9 +523,18 @@ static void on_tick(uv_timer_t *h)
         cmd = next;
     }
     if (c->state == CONN_CONNECTING && c->ac && now - c->connect_started_ns > REDIS_CONNECT_TIMEOUT_MS * 1000000ull) {
+        /* redisAsyncDisconnect would wait for replies that never come */
+        redisAsyncContext *ac = c->ac;
         set_error(c, "connect timed out");
-        redisAsyncDisconnect(c->ac);
+        ac->data = NULL;
+        c->ac = NULL;
+        c->state = CONN_DOWN;
+        redisAsyncFree(ac);
+        schedule_retry(c);
+        attempt_ended(c);
     }
+    if (c->waiters)
+        wake_waiters(c, 1, now);
 }
 
 static rconn_t *conn_get(const char *url, char *err, size_t errlen)
@@ -483,6 +557,9 @@ static rconn_t *conn_get(const char *url, char *err, size_t errlen)
     c->retry_timer.data = c;
     uv_timer_init(devex_worker_loop(w), &c->tick);
     c->tick.data = c;
+    uv_timer_init(devex_worker_loop(w), &c->wake_timer);
+    c->wake_timer.data = c;
+    uv_unref((uv_handle_t *)&c->wake_timer);
     uv_timer_start(&c->tick, on_tick, 50, 50);
     uv_unref((uv_handle_t *)&c->tick);
     uv_unref((uv_handle_t *)&c->retry_timer);
@@ -505,6 +582,8 @@ void devex_redis_thread_cleanup(void)
         }
         uv_close((uv_handle_t *)&c->retry_timer, NULL);
         uv_close((uv_handle_t *)&c->tick, NULL);
+        uv_timer_stop(&c->wake_timer);
+        uv_close((uv_handle_t *)&c->wake_timer, NULL);
         /* the handles are closed on the next loop turn; the caller runs it */
         c->ac = NULL;
         free(c->url);
@@ -578,13 +657,47 @@ static rcmd_t *cmd_new(lua_State *L, client_ud_t *ud)
     return cmd;
 }
 
+/* Commands go out only on a ready connection (handshake done): one queued
+ * behind a failing AUTH or SELECT could otherwise run unauthenticated or in
+ * the wrong database. */
+static int ready(rconn_t *c)
+{
+    return c->ac != NULL && c->state == CONN_READY;
+}
+
+/* Parks the task until the connection attempt under way ends, then calls k. */
+static int wait_ready(lua_State *L, client_ud_t *ud, lua_KFunction k)
+{
+    rwait_t *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return luaL_error(L, "out of memory");
+    w->op.cancel = waiter_cancel;
+    w->conn = ud->c;
+    w->deadline_ns = devex_now_ns() + ud->timeout_ms * 1000000ull;
+    w->next = ud->c->waiters;
+    if (w->next)
+        w->next->prev = w;
+    ud->c->waiters = w;
+    return devex_task_yieldk(L, &w->op, 1, k);
+}
+
 static int unavailable(lua_State *L, rconn_t *c)
 {
-    return devex_push_fail(L, "unavailable", c->last_error[0] ? c->last_error : "redis is not connected", 0);
+    const char *msg = c->last_error[0] ? c->last_error
+                      : c->state == CONN_CONNECTING ? "redis: connecting"
+                                                    : "redis is not connected";
+    return devex_push_fail(L, "unavailable", msg, 0);
 }
+
+static int call_k(lua_State *L, int status, lua_KContext waited);
 
 /* r:call(cmd, ...) -> reply | nil, err */
 static int l_call(lua_State *L)
+{
+    return call_k(L, LUA_OK, 0);
+}
+
+static int call_k(lua_State *L, int status, lua_KContext waited)
 {
     client_ud_t *ud = check_client(L);
     int argc = lua_gettop(L) - 1;
@@ -596,8 +709,13 @@ static int l_call(lua_State *L)
     size_t *lens = argc <= 32 ? lens_s : lua_newuserdatauv(L, sizeof(size_t) * (size_t)argc, 0);
     for (int i = 0; i < argc; i++)
         argv[i] = arg_string(L, i + 2, &lens[i]);
-    if (ud->c->ac == NULL)
+    if (!ready(ud->c)) {
+        if (!waited && ud->c->state == CONN_CONNECTING) {
+            lua_settop(L, argc + 1); /* the continuation starts over from the arguments */
+            return wait_ready(L, ud, call_k);
+        }
         return unavailable(L, ud->c);
+    }
     rcmd_t *cmd = cmd_new(L, ud);
     cmd->total = cmd->remaining = 1;
     if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK) {
@@ -612,7 +730,14 @@ static int l_call(lua_State *L)
 
 /* r:pipeline({ {cmd, ...}, {cmd, ...} }) -> {reply1, reply2, ...} | nil, err.
  * An error reply of one command appears in its slot as an error table. */
+static int pipeline_k(lua_State *L, int status, lua_KContext waited);
+
 static int l_pipeline(lua_State *L)
+{
+    return pipeline_k(L, LUA_OK, 0);
+}
+
+static int pipeline_k(lua_State *L, int status, lua_KContext waited)
 {
     client_ud_t *ud = check_client(L);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -631,8 +756,11 @@ static int l_pipeline(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    if (ud->c->ac == NULL)
+    if (!ready(ud->c)) {
+        if (!waited && ud->c->state == CONN_CONNECTING)
+            return wait_ready(L, ud, pipeline_k);
         return unavailable(L, ud->c);
+    }
     rcmd_t *cmd = cmd_new(L, ud);
     cmd->pipeline = 1;
     cmd->total = (int)n;
@@ -647,9 +775,15 @@ static int l_pipeline(lua_State *L)
             argv[k] = arg_string(L, -1, &lens[k]);
             lua_pop(L, 1); /* the string stays alive in the table */
         }
-        redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens);
-        cmd->remaining++;
+        if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens) == REDIS_OK)
+            cmd->remaining++;
+        else
+            cmd->failed = 1;
         lua_settop(L, t - 1);
+    }
+    if (cmd->failed && cmd->remaining == 0) {
+        cmd_free(cmd);
+        return unavailable(L, ud->c);
     }
     pending_add(ud->c, cmd);
     lua_settop(L, 0);
@@ -673,7 +807,14 @@ static void send_script_fallback(rcmd_t *cmd)
 
 /* r:eval(script, {keys...}, arg...) runs by EVALSHA, falling back to EVAL
  * (which also loads the script) when Redis answers NOSCRIPT. */
+static int eval_k(lua_State *L, int status, lua_KContext waited);
+
 static int l_eval(lua_State *L)
+{
+    return eval_k(L, LUA_OK, 0);
+}
+
+static int eval_k(lua_State *L, int status, lua_KContext waited)
 {
     client_ud_t *ud = check_client(L);
     size_t slen;
@@ -689,8 +830,11 @@ static int l_eval(lua_State *L)
     char sha[41];
     for (unsigned i = 0; i < 20; i++)
         snprintf(sha + 2 * i, 3, "%02x", md[i]);
-    if (ud->c->ac == NULL)
+    if (!ready(ud->c)) {
+        if (!waited && ud->c->state == CONN_CONNECTING)
+            return wait_ready(L, ud, eval_k);
         return unavailable(L, ud->c);
+    }
     rcmd_t *cmd = cmd_new(L, ud);
     cmd->script_argc = argc;
     cmd->script_argv = calloc((size_t)argc, sizeof(char *));

@@ -214,7 +214,7 @@ static void request_done(devex_task_t *t, int status, int nres)
     devex_request_detach(rc);
     lua_State *co = t->co;
     if (status != LUA_OK) {
-        log_lua_error(rc, "lua error", lua_tostring(co, -1));
+        log_lua_error(rc, "lua error", luaL_tolstring(co, -1, NULL));
         send_error(rc, 500, "internal error");
         return;
     }
@@ -577,7 +577,7 @@ static void cli_done(devex_task_t *t, int status, int nres)
         int base = lua_gettop(t->co) - nres + 1;
         st->code = nres >= 1 && lua_isinteger(t->co, base) ? (int)lua_tointeger(t->co, base) : 0;
     } else if (status != DEVEX_TASK_KILLED) {
-        fprintf(stderr, "devexd: %s\n", lua_tostring(t->co, -1));
+        fprintf(stderr, "devexd: %s\n", luaL_tolstring(t->co, -1, NULL));
         st->code = 1;
     } else {
         st->code = 1;

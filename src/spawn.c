@@ -8,6 +8,8 @@
  */
 #include "devex.h"
 
+#include "log.h"
+
 #include <stdlib.h>
 
 typedef struct child {
@@ -74,6 +76,15 @@ static void child_done(devex_task_t *t, int status, int nres)
     }
     c->ok = status == LUA_OK;
     c->done = true;
+    if (status != LUA_OK && status != DEVEX_TASK_KILLED) {
+        /* logged here: nobody may ever wait on this child */
+        devex_buf_t b = DEVEX_BUF_INIT;
+        devex_log_begin(&b, DEVEX_LOG_WARN, "spawned task failed", t->request_id);
+        devex_log_str(&b, "error", luaL_tolstring(t->co, -1, NULL));
+        devex_log_end(&b);
+        devex_buf_free(&b);
+        lua_pop(t->co, 1);
+    }
     devex_op_t *w = c->waiter;
     c->waiter = NULL;
     if (w != NULL && status == DEVEX_TASK_KILLED) {

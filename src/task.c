@@ -40,6 +40,14 @@ int devex_task_yield(lua_State *L, devex_op_t *op)
     return lua_yield(L, 0);
 }
 
+int devex_task_yieldk(lua_State *L, devex_op_t *op, lua_KContext ctx, lua_KFunction k)
+{
+    devex_task_t *t = devex_task_of(L);
+    op->task = t;
+    t->op = op;
+    return lua_yieldk(L, 0, ctx, k);
+}
+
 lua_State *devex_op_thread(devex_op_t *op)
 {
     return op->task->co;
@@ -95,8 +103,10 @@ static int task_run(devex_task_t *t, lua_State *from, int nargs)
         status = LUA_ERRRUN;
         nres = 1;
     } else if (status != LUA_OK) {
-        const char *msg = lua_tostring(co, -1);
-        luaL_traceback(co, co, msg ? msg : "(error object is not a string)", 0);
+        /* a string error gets the traceback; an error object (a table raised
+         * on purpose) is passed on as it is */
+        if (lua_type(co, -1) == LUA_TSTRING)
+            luaL_traceback(co, co, lua_tostring(co, -1), 0);
         nres = 1;
     }
     if (t->on_done)

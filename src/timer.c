@@ -139,7 +139,7 @@ static void tick_done(devex_task_t *task, int status, int nres)
     if (status != LUA_OK && status != DEVEX_TASK_KILLED) {
         devex_buf_t b = DEVEX_BUF_INIT;
         devex_log_begin(&b, DEVEX_LOG_ERROR, "timer task failed", NULL);
-        devex_log_str(&b, "error", lua_tostring(task->co, -1));
+        devex_log_str(&b, "error", luaL_tolstring(task->co, -1, NULL));
         devex_log_end(&b);
         devex_buf_free(&b);
     }

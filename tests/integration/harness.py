@@ -707,8 +707,11 @@ class RedisServer:
     args:         extra redis-server arguments, e.g. ["--maxmemory", "10mb"]
 
     stop() (SHUTDOWN NOSAVE, or SIGKILL with kill=True) and start() again reuse
-    the SAME port and socket path, so clients can test reconnection. The
-    process is always killed and the directory removed on __exit__.
+    the SAME port and socket path, so clients can test reconnection. The port
+    stays reserved (a bound, non-listening SO_REUSEADDR socket) from __init__
+    to close(), so while Redis is stopped no other test's free_port() or
+    reserve_port() can take it. The process is always killed and the directory
+    removed on __exit__.
     """
 
     def __init__(self, unix_socket=False, password=None, args=None, bin=None):
@@ -716,7 +719,11 @@ class RedisServer:
         self.password = password
         self.extra_args = list(args or [])
         self.tmp = tempfile.mkdtemp(prefix="devexd-redis-")
-        self.port = free_port()
+        # bind(0) with no options first: the kernel picks a port nothing is bound to
+        self._reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._reservation.bind(("127.0.0.1", 0))
+        self._reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # redis-server can still bind it
+        self.port = self._reservation.getsockname()[1]
         self.unix_path = os.path.join(self.tmp, "redis.sock") if unix_socket else None
         self.log_path = os.path.join(self.tmp, "redis.log")
         self.proc = None
@@ -753,7 +760,6 @@ class RedisServer:
         if self.running():
             raise AssertionError("redis-server is already running")
         self.proc = None
-        # the port was free when chosen; after a stop() nothing should have taken it
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=log,
@@ -809,6 +815,9 @@ class RedisServer:
                 self.proc.kill()
             with contextlib.suppress(Exception):
                 self.proc.wait(10)
+        if self._reservation is not None:
+            self._reservation.close()
+            self._reservation = None
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

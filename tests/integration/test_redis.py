@@ -626,29 +626,22 @@ class RedisAvailabilityTest(unittest.TestCase):
                        what="the connection-lost warning")
 
 
-class RedisKnownBugsTest(unittest.TestCase):
-    """Reproductions of open bugs in src/redis.c, marked expectedFailure. When
-    one is fixed its test reports an unexpected success (which fails the run):
-    remove the decorator then."""
+class RedisHandshakeTest(unittest.TestCase):
+    """Regression tests for bugs found in review: commands never run before
+    AUTH/SELECT succeeded, and a pipeline that cannot be sent is reported."""
 
-    @unittest.expectedFailure
     def test_failed_select_does_not_run_queued_commands_on_db0(self):
-        # BUG: commands issued while the connection is being made are queued
-        # behind AUTH/SELECT; when the handshake fails (here SELECT 20 on a
-        # server with 16 databases) they still run, on database 0, and succeed.
+        # A command issued before the handshake finished (here SELECT 20 fails
+        # on a server with 16 databases) must not run on database 0.
         with harness.RedisServer() as rs, harness.Devexd(app="redisapp", env={URL_ENV: rs.url(db=20)}) as d:
             st, b = call(d, "SET", "wrongdb", "x")  # the first command: always queued during the connect
             leaked = rs.call("EXISTS", "wrongdb")
             self.assertEqual(leaked, 0, "the SET ran on db 0")
             self.assertEqual((st, b.get("code")), (503, "unavailable"), b)
 
-    @unittest.expectedFailure
     def test_pipeline_while_disconnecting_is_unavailable(self):
-        # BUG: l_pipeline ignores redisAsyncCommandArgv's result. After a failed
-        # AUTH the context is DISCONNECTING until its pending replies arrive; a
-        # pipeline issued from such a reply's callback is dropped by hiredis and
-        # ends as "timeout" instead of "unavailable"; the rcmd_t is never freed
-        # (LeakSanitizer reports it from cmd_new in the sanitizer build).
+        # After a failed AUTH the connection is not usable: a pipeline issued
+        # then is "unavailable" at once (not a timeout, and nothing leaks).
         with harness.RedisServer(password="pw") as rs, \
                 harness.Devexd(app="redisapp", env={URL_ENV: rs.url()}) as d:
             wrong = "redis://:wrong@127.0.0.1:%d" % rs.port
