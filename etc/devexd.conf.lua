@@ -39,9 +39,34 @@ return {
     client_id = env.str("GITHUB_CLIENT_ID"),
     client_secret = env.str("GITHUB_CLIENT_SECRET"),
     redirect_url = env.url("GITHUB_REDIRECT_URL", nil, { "http", "https" }),
+    -- GitHub's endpoints (GitHub Enterprise Server: https://HOST/login/oauth/..., https://HOST/api/v3)
+    authorize_url = env.url("GITHUB_AUTHORIZE_URL", "https://github.com/login/oauth/authorize", { "http", "https" }),
+    token_url = env.url("GITHUB_TOKEN_URL", "https://github.com/login/oauth/access_token", { "http", "https" }),
+    api_url = env.url("GITHUB_API_URL", "https://api.github.com", { "http", "https" }),
+    ca_file = env.str("GITHUB_CA_FILE"), -- PEM CA bundle for GitHub's TLS (default: the system's)
   },
 
-  session = { secret = env.str("SESSION_SECRET") },
+  session = {
+    secret = env.str("SESSION_SECRET"),
+    ttl = env.int("SESSION_TTL", 7 * 24 * 3600, 60), -- seconds; renewed when used with less than half left
+    state_ttl = env.int("OAUTH_STATE_TTL", 600, 1), -- seconds a sign-in attempt may take
+  },
+
+  -- Sign-in with an OpenID Connect provider besides GitHub, at /auth/<name>/login.
+  -- More providers: add entries to oauth.providers by hand.
+  oauth = {
+    refresh_margin = env.int("OAUTH_REFRESH_MARGIN", 300, 0), -- refresh provider tokens this long before expiry
+    providers = env.str("OIDC_ISSUER") and {
+      [env.str("OIDC_PROVIDER_NAME", "oidc")] = {
+        issuer = env.url("OIDC_ISSUER", nil, { "http", "https" }),
+        client_id = env.str("OIDC_CLIENT_ID"),
+        client_secret = env.str("OIDC_CLIENT_SECRET"),
+        redirect_url = env.url("OIDC_REDIRECT_URL", nil, { "http", "https" }),
+        scopes = env.str("OIDC_SCOPES", "openid profile email"),
+        ca_file = env.str("OIDC_CA_FILE"),
+      },
+    } or nil,
+  },
 
   kube = {
     config_path = env.str("KUBE_CONFIG_PATH"),

@@ -3,6 +3,12 @@ local framework = require("devex.app")
 
 local app = framework.new()
 
+-- CORS first, so that every answer (a 401, a 403 from CSRF, a 404) carries
+-- the CORS headers an allowed origin needs to read it.
+app:use(require("middleware.cors"))
+app:use(require("middleware.csrf"))
+
 require("routes.health")(app)
+require("routes.auth")(app)
 
 return app

@@ -100,6 +100,12 @@ struct devex_vm {
     bool retired;         /* replaced by a reload: closes when ntasks drops to 0 */
     uint64_t generation;
     void *timers;         /* timer.c's list of repeating timers of this VM */
+    /* finished coroutines kept for reuse: a request costs no new thread */
+    struct {
+        lua_State *co;
+        int ref;
+    } pool[128];
+    int npool;
 };
 
 /* Loads the config, every primitive and the app into a new VM. On failure

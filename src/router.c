@@ -645,11 +645,21 @@ static int l_match(lua_State *L)
     const char *method = luaL_checklstring(L, 2, &mlen);
     const char *path = luaL_checklstring(L, 3, &plen);
 
-    devex_route_match_t *m = lua_newuserdatauv(L, sizeof *m, 0);
-    m->nparams = 0;
-    luaL_setmetatable(L, MATCH_MT);
-    switch (devex_router_match(r, method, mlen, path, plen, m)) {
-    case DEVEX_ROUTE_FOUND:
+    /* Matched on the C stack: most requests have no params and then nothing
+     * is allocated. Params move into a userdata before any Lua call that
+     * could raise, so a memory error cannot leak the decoded values. */
+    devex_route_match_t sm;
+    sm.nparams = 0;
+    switch (devex_router_match(r, method, mlen, path, plen, &sm)) {
+    case DEVEX_ROUTE_FOUND: {
+        if (sm.nparams == 0) {
+            lua_pushinteger(L, sm.handler_id);
+            lua_createtable(L, 0, 0);
+            return 2;
+        }
+        devex_route_match_t *m = lua_newuserdatauv(L, sizeof *m, 0); /* may raise: sm leaks only then */
+        *m = sm;
+        luaL_setmetatable(L, MATCH_MT);
         lua_pushinteger(L, m->handler_id);
         lua_createtable(L, 0, (int)m->nparams);
         for (size_t i = 0; i < m->nparams; i++) {
@@ -658,12 +668,14 @@ static int l_match(lua_State *L)
         }
         devex_route_match_clear(m);
         return 2;
+    }
     case DEVEX_ROUTE_METHOD_NOT_ALLOWED:
         lua_pushnil(L);
         lua_pushliteral(L, "method_not_allowed");
-        lua_pushstring(L, m->allow);
+        lua_pushstring(L, sm.allow);
         return 3;
     default:
+        devex_route_match_clear(&sm);
         lua_pushnil(L);
         lua_pushliteral(L, "not_found");
         return 2;

@@ -295,8 +295,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         memcpy(rc->request_id, v.base, v.len);
         rc->request_id[v.len] = '\0';
     } else {
-        snprintf(rc->request_id, sizeof(rc->request_id), "%016llx%016llx", (unsigned long long)w->reqid_prefix,
-                 (unsigned long long)++w->reqid_counter);
+        /* 32 hex digits: the worker's random prefix, then a counter (no printf on the hot path) */
+        static const char hex[] = "0123456789abcdef";
+        uint64_t a = w->reqid_prefix, b = ++w->reqid_counter;
+        for (int i = 15; i >= 0; i--, a >>= 4, b >>= 4) {
+            rc->request_id[i] = hex[a & 15];
+            rc->request_id[16 + i] = hex[b & 15];
+        }
+        rc->request_id[32] = '\0';
     }
     devex_vm_t *vm = w->vm;
     if (vm == NULL) {

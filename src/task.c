@@ -76,13 +76,22 @@ static void task_unlink(devex_task_t *t)
     vm->ntasks--;
 }
 
-static void task_release(devex_task_t *t)
+static void task_release(devex_task_t *t, int reusable)
 {
     devex_vm_t *vm = t->vm;
     task_unlink(t);
     *(devex_task_t **)lua_getextraspace(t->co) = NULL;
-    lua_resetthread(t->co); /* closes pending to-be-closed variables */
-    luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
+    if (reusable && !vm->retired && lua_status(t->co) == LUA_OK &&
+        vm->npool < (int)DEVEX_ARRAY_SIZE(vm->pool)) {
+        /* returned normally: nothing pending, the thread can run the next task */
+        lua_settop(t->co, 0);
+        vm->pool[vm->npool].co = t->co;
+        vm->pool[vm->npool].ref = t->co_ref;
+        vm->npool++;
+    } else {
+        lua_resetthread(t->co); /* closes pending to-be-closed variables */
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, t->co_ref);
+    }
     free(t);
     devex_vm_task_ended(vm);
 }
@@ -111,7 +120,7 @@ static int task_run(devex_task_t *t, lua_State *from, int nargs)
     }
     if (t->on_done)
         t->on_done(t, status, nres);
-    task_release(t);
+    task_release(t, status == LUA_OK);
     return 0;
 }
 
@@ -129,16 +138,26 @@ devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_ta
     devex_task_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
         abort();
-    lua_State *co = lua_newthread(L);
-    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_State *co;
+    if (vm->npool > 0) {
+        vm->npool--;
+        co = vm->pool[vm->npool].co;
+        t->co_ref = vm->pool[vm->npool].ref;
+    } else {
+        co = lua_newthread(L);
+        t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     lua_xmove(L, co, nargs + 1);
     t->vm = vm;
     t->co = co;
     t->on_done = on_done;
     t->data = data;
     t->rc = rc;
-    if (request_id != NULL)
-        snprintf(t->request_id, sizeof(t->request_id), "%s", request_id);
+    if (request_id != NULL) {
+        size_t n = strnlen(request_id, sizeof(t->request_id) - 1);
+        memcpy(t->request_id, request_id, n);
+        t->request_id[n] = '\0';
+    }
     *(devex_task_t **)lua_getextraspace(co) = t;
     task_link(t);
     return task_run(t, L, nargs) ? t : NULL;
@@ -155,5 +174,5 @@ void devex_task_kill(devex_task_t *t)
     }
     if (t->on_done)
         t->on_done(t, DEVEX_TASK_KILLED, 0);
-    task_release(t);
+    task_release(t, 0);
 }

@@ -39,6 +39,9 @@ devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen)
     vm->L = L;
     *(devex_task_t **)lua_getextraspace(L) = NULL;
     luaL_openlibs(L);
+    /* requests make short-lived garbage (a table or two each): the
+     * generational collector handles that with far less work */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     lua_pushlightuserdata(L, vm);
     lua_setfield(L, LUA_REGISTRYINDEX, "devex.vm");
     devex_modules_preload(L);

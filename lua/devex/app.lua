@@ -58,18 +58,22 @@ function M.parse_cookies(header)
   return t
 end
 
--- Header lookups through req.headers are case-insensitive.
-local headers_mt = {
-  __index = function(t, k)
-    if type(k) ~= "string" then return nil end
-    local l = k:lower()
-    if l == k then return nil end
-    return rawget(t, l)
-  end,
-}
+-- req.headers looks each header up on first use (case-insensitive), so a
+-- request whose middleware reads one header does not copy all of them.
+-- pairs(req.headers) sees only what was read: use req:header_table() to list.
+local function headers_proxy(raw)
+  return setmetatable({}, {
+    __index = function(t, k)
+      if type(k) ~= "string" then return nil end
+      local v = raw:header(k)
+      if v ~= nil then rawset(t, k, v) end
+      return v
+    end,
+  })
+end
 
 local lazy = {
-  headers = function(req) return setmetatable(req.raw:headers() or {}, headers_mt) end,
+  headers = function(req) return headers_proxy(req.raw) end,
   query = function(req) return M.parse_query(req.raw:query()) end,
   cookies = function(req) return M.parse_cookies(req.raw:header("cookie")) end,
   body = function(req) return req.raw:body() end,
@@ -87,6 +91,9 @@ Request.__index = function(req, k)
 end
 
 function Request:header(name) return self.raw:header(name) end
+
+-- Every request header: { [lowercase name] = value }, repeated ones joined.
+function Request:header_table() return self.raw:headers() or {} end
 
 -- The decoded JSON body; raises a 400 error when the body is not valid JSON.
 function Request:json()

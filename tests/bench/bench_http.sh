@@ -6,6 +6,9 @@
 #   h2o     GET /healthz  (static file with the same 15-byte body)
 # over HTTP/1.1 keep-alive (wrk) and HTTP/2 cleartext prior knowledge (h2load),
 # plus the resident memory (VmRSS) of devexd after startup and after the load.
+# Besides req/s it reports each server's own CPU time per request (utime+stime
+# from /proc/PID/stat over the measurement / requests served), which depends
+# much less than req/s on how the 2 CPUs are shared with the load generator.
 #
 # It installs nothing and builds nothing. Prints a table and writes
 # tests/bench/results/http.json (raw client output: tests/bench/results/http.log).
@@ -21,7 +24,7 @@
 #   CLIENT_THREADS  wrk -t / h2load -t [2]
 #   STREAMS      h2load -m, concurrent streams per connection [10]
 #   H2_REQUESTS  h2load -n, only if the installed h2load has no -D [200000]
-#   WARMUP       seconds of warm-up load per server and protocol [2]
+#   WARMUP       seconds of warm-up load per server and protocol, not counted [2]
 #   ROUNDS       measurement rounds; the order of the servers alternates [2]
 #   RESULTS_DIR  where http.json and http.log go [tests/bench/results]
 set -euo pipefail
@@ -79,7 +82,10 @@ git_dirty=$(git -C "$root" status --porcelain -- src lua CMakeLists.txt 2>/dev/n
 [[ -z $git_dirty ]] || git_rev+="+dirty"
 
 h2load_has_duration=0
-if h2load --help 2>&1 | grep -q -- '--duration'; then h2load_has_duration=1; fi
+h2load_help=$(h2load --help 2>&1 || true) # not piped into grep -q: SIGPIPE + pipefail
+if grep -q -- '--duration' <<<"$h2load_help"; then h2load_has_duration=1; fi
+h2_mode="-m $STREAMS -D ${DURATION}s"
+((h2load_has_duration)) || h2_mode="-m $STREAMS -n $H2_REQUESTS"
 
 # --- temporary directory, servers, cleanup -------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench_http.XXXXXX")
@@ -133,7 +139,7 @@ wait_ready() { # wait_ready NAME PID PORT SERVER_HEADER_PREFIX LOGFILE
       grep -q '^HTTP/1.1 200' <<<"$hdrs" || die "$name answered /healthz with: $(head -1 <<<"$hdrs")"
       [[ $body == '{"status":"ok"}' ]] || die "$name /healthz body is '$body', expected {\"status\":\"ok\"}"
       # HTTP/2 prior knowledge must work too
-      curl -sS --max-time 2 --http2-prior-knowledge -o /dev/null -w '%{http_version}' "http://127.0.0.1:$port/healthz" | grep -qx 2 ||
+      [[ $(curl -sS --max-time 2 --http2-prior-knowledge -o /dev/null -w '%{http_version}' "http://127.0.0.1:$port/healthz") == 2 ]] ||
         die "$name does not speak HTTP/2 with prior knowledge on port $port"
       return 0
     fi
@@ -201,83 +207,120 @@ alive() { # alive SERVER: die with the tail of its log if it has exited
   tail -n 5 "${server_log[$1]}" >&2
   die "$1 (pid ${server_pid[$1]}) exited during the benchmark; its log ends above (a SIGTERM there came from outside this script)"
 }
+# devexd listens with SO_REUSEPORT, so another process of the same user can
+# bind the same port later and take part of the load: check the owners.
+exclusive() { # exclusive SERVER
+  command -v ss >/dev/null 2>&1 || return 0
+  local owners
+  owners=$(ss -Hltnp "sport = :${port[$1]}" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u | tr '\n' ' ' || true)
+  [[ -z $owners || $owners == "${server_pid[$1]} " ]] ||
+    die "port ${port[$1]} of $1 (pid ${server_pid[$1]}) is also listened on by pid(s) ${owners}: the load would be shared"
+}
+exclusive devexd
+exclusive h2o
 rawlog=$tmp/raw.log
 : >"$rawlog"
 
 # --- load ----------------------------------------------------------------------
-# run_wrk SERVER SECONDS -> prints "REQ_PER_SEC ERRORS"
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { # utime + stime of a process (all its threads), in clock ticks
+  local stat
+  stat=$(<"/proc/$1/stat")
+  stat=${stat##*) } # fields after "comm)": field 3 (state) is $1 here
+  awk '{ print $12 + $13 }' <<<"$stat"
+}
+# server CPU time per request, microseconds
+cpu_us() { awk -v t="$1" -v hz="$clk_tck" -v n="$2" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n; else print "null" }'; }
+
+# run_wrk SERVER SECONDS -> prints "REQ_PER_SEC ERRORS CPU_US_PER_REQUEST"
 run_wrk() {
-  local out
+  local out t0 t1
+  t0=$(cpu_ticks "${server_pid[$1]}")
   out=$(wrk -t "$CLIENT_THREADS" -c "$CONNECTIONS" -d "${2}s" --latency "http://127.0.0.1:${port[$1]}/healthz" 2>&1) ||
     { echo "$out" >&2; die "wrk against $1 failed"; }
   alive "$1"
-  printf '### wrk %s %ss\n%s\n\n' "$1" "$2" "$out" >>"$rawlog"
-  awk '
+  t1=$(cpu_ticks "${server_pid[$1]}")
+  printf '### wrk %s -t %s -c %s -d %ss\n%s\n\n' "$1" "$CLIENT_THREADS" "$CONNECTIONS" "$2" "$out" >>"$rawlog"
+  awk -v ticks=$((t1 - t0)) -v hz="$clk_tck" '
     /^Requests\/sec:/ { rps = $2 }
+    / requests in / { n = $1 }
     /Socket errors:/ { gsub(",", ""); errs += $4 + $6 + $8 + $10 }
     /Non-2xx or 3xx responses:/ { errs += $5 }
-    END { if (rps == "") exit 1; printf "%s %d\n", rps, errs }' <<<"$out" ||
+    END { if (rps == "" || n == "") exit 1; printf "%s %d %.2f\n", rps, errs, ticks * 1e6 / hz / n }' <<<"$out" ||
     { echo "$out" >&2; die "could not parse wrk output for $1"; }
 }
 
-# run_h2load SERVER SECONDS -> prints "REQ_PER_SEC ERRORS"
+# run_h2load SERVER SECONDS -> prints "REQ_PER_SEC ERRORS CPU_US_PER_REQUEST"
 run_h2load() {
-  local out args=(-c "$CONNECTIONS" -m "$STREAMS" -t "$CLIENT_THREADS")
-  if ((h2load_has_duration)); then
-    args+=(-D "$2")
-    ((WARMUP == 0)) || args+=(--warm-up-time="$WARMUP")
-  else
-    args+=(-n "$H2_REQUESTS")
-  fi
+  local out t0 t1 args=(-c "$CONNECTIONS" -m "$STREAMS" -t "$CLIENT_THREADS")
+  if ((h2load_has_duration)); then args+=(-D "$2"); else args+=(-n "$H2_REQUESTS"); fi
+  t0=$(cpu_ticks "${server_pid[$1]}")
   out=$(h2load "${args[@]}" "http://127.0.0.1:${port[$1]}/healthz" 2>&1) ||
     { echo "$out" >&2; die "h2load against $1 failed"; }
   alive "$1"
+  t1=$(cpu_ticks "${server_pid[$1]}")
   printf '### h2load %s %s\n%s\n\n' "$1" "${args[*]}" "$out" >>"$rawlog"
   grep -q '^Application protocol: h2c' <<<"$out" || { echo "$out" >&2; die "h2load did not use h2c against $1"; }
-  awk '
+  awk -v ticks=$((t1 - t0)) -v hz="$clk_tck" '
     /^finished in/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^req\/s/) rps = $(i - 1) }
-    /^requests:/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^(failed|errored|timeout)/) errs += $(i - 1) }
+    /^requests:/ { n = $2; for (i = 1; i <= NF; i++) if ($(i) ~ /^(failed|errored|timeout)/) errs += $(i - 1) }
     /^status codes:/ { errs += $5 + $7 + $9 } # 3xx, 4xx, 5xx
-    END { if (rps == "") exit 1; printf "%s %d\n", rps, errs }' <<<"$out" ||
+    END { if (rps == "" || n == "" || n == 0) exit 1; printf "%s %d %.2f\n", rps, errs, ticks * 1e6 / hz / n }' <<<"$out" ||
     { echo "$out" >&2; die "could not parse h2load output for $1"; }
 }
 
+# share of the CPUs busy over one second (all processes), in percent
+cpu_busy() {
+  local a b
+  a=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; i = y[2] - x[2];
+    printf "%.0f", (t > 0 ? 100 * (t - i) / t : 0) }'
+}
+busy_before=$(cpu_busy)
+((busy_before < 15)) || log "WARNING: the CPUs are ${busy_before}% busy before the load: other processes will skew the numbers"
+
 if ((WARMUP > 0)); then
-  log "warming up (${WARMUP}s per server)"
+  log "warming up (${WARMUP}s per server and protocol)"
   for s in devexd h2o; do
     run_wrk "$s" "$WARMUP" >/dev/null
-    # h2load warms up itself with --warm-up-time when it has -D
-    ((h2load_has_duration)) || run_h2load "$s" "$WARMUP" >/dev/null
+    if ((h2load_has_duration)); then run_h2load "$s" "$WARMUP" >/dev/null; fi
   done
 fi
 
-declare -A sum=() errs=() runs=()
-for k in h1_devexd h1_h2o h2_devexd h2_h2o; do sum[$k]=0; errs[$k]=0; runs[$k]=""; done
+declare -A sum=() errs=() runs=() cpu=()
+for k in h1_devexd h1_h2o h2_devexd h2_h2o; do sum[$k]=0; errs[$k]=0; runs[$k]=""; cpu[$k]=0; done
+
+measure() { # measure PROTO SERVER
+  local k=$1_$2 out rps e c
+  if [[ $1 == h1 ]]; then
+    log "round $r/$ROUNDS: HTTP/1.1 wrk -> $2 (${DURATION}s)"
+    out=$(run_wrk "$2" "$DURATION")
+  else
+    log "round $r/$ROUNDS: HTTP/2 h2load -> $2 ($h2_mode)"
+    out=$(run_h2load "$2" "$DURATION")
+  fi
+  read -r rps e c <<<"$out"
+  sum[$k]=$(awk -v a="${sum[$k]}" -v b="$rps" 'BEGIN { printf "%.2f", a + b }')
+  cpu[$k]=$(awk -v a="${cpu[$k]}" -v b="$c" 'BEGIN { printf "%.4f", a + b }')
+  errs[$k]=$((errs[$k] + e))
+  runs[$k]+="${runs[$k]:+, }$rps"
+}
 
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then h1_order=(devexd h2o); h2_order=(h2o devexd); else h1_order=(h2o devexd); h2_order=(devexd h2o); fi
-  for s in "${h1_order[@]}"; do
-    log "round $r/$ROUNDS: HTTP/1.1 wrk -> $s (${DURATION}s)"
-    out=$(run_wrk "$s" "$DURATION")
-    read -r rps e <<<"$out"
-    sum[h1_$s]=$(awk -v a="${sum[h1_$s]}" -v b="$rps" 'BEGIN { printf "%.2f", a + b }')
-    errs[h1_$s]=$((errs[h1_$s] + e))
-    runs[h1_$s]+="${runs[h1_$s]:+, }$rps"
-  done
-  for s in "${h2_order[@]}"; do
-    log "round $r/$ROUNDS: HTTP/2 h2load -> $s"
-    out=$(run_h2load "$s" "$DURATION")
-    read -r rps e <<<"$out"
-    sum[h2_$s]=$(awk -v a="${sum[h2_$s]}" -v b="$rps" 'BEGIN { printf "%.2f", a + b }')
-    errs[h2_$s]=$((errs[h2_$s] + e))
-    runs[h2_$s]+="${runs[h2_$s]:+, }$rps"
-  done
+  if ((r % 2)); then first=devexd second=h2o; else first=h2o second=devexd; fi
+  measure h1 "$first"; measure h1 "$second"
+  measure h2 "$second"; measure h2 "$first"
 done
+busy_after=$(cpu_busy)
 
 # idle memory after the load (clients have disconnected)
 sleep 2
 alive devexd
 alive h2o
+exclusive devexd
+exclusive h2o
 rss_after_devexd=$(vm_kb "$devexd_pid" VmRSS)
 anon_after_devexd=$(vm_kb "$devexd_pid" RssAnon)
 file_after_devexd=$(vm_kb "$devexd_pid" RssFile)
@@ -286,37 +329,41 @@ rss_after_h2o=$(vm_kb "$h2o_pid" VmRSS)
 hwm_h2o=$(vm_kb "$h2o_pid" VmHWM)
 
 # --- report --------------------------------------------------------------------
-mean() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
+mean() { awk -v s="$1" -v n="$ROUNDS" -v d="${2:-0}" 'BEGIN { printf "%.*f", d, s / n }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "null" }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 h1_d=$(mean "${sum[h1_devexd]}"); h1_h=$(mean "${sum[h1_h2o]}")
 h2_d=$(mean "${sum[h2_devexd]}"); h2_h=$(mean "${sum[h2_h2o]}")
 h1_ratio=$(ratio "$h1_d" "$h1_h"); h2_ratio=$(ratio "$h2_d" "$h2_h")
+h1_cd=$(mean "${cpu[h1_devexd]}" 2); h1_ch=$(mean "${cpu[h1_h2o]}" 2)
+h2_cd=$(mean "${cpu[h2_devexd]}" 2); h2_ch=$(mean "${cpu[h2_h2o]}" 2)
+h1_cratio=$(ratio "$h1_cd" "$h1_ch"); h2_cratio=$(ratio "$h2_cd" "$h2_ch")
 rss_ok=true
 ((rss_start_devexd <= RSS_GOAL_KB && rss_after_devexd <= RSS_GOAL_KB)) || rss_ok=false
 
-h2_mode="-D ${DURATION}s"
-((h2load_has_duration)) || h2_mode="-n $H2_REQUESTS"
 errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o]))
 
 {
   echo
-  echo "devexd GET /healthz (Lua) vs h2o static file, $THREADS server threads each, loopback, $(nproc) CPUs shared with the client"
+  echo "devexd GET /healthz (Lua) vs h2o static file, $THREADS server threads each, loopback, $(nproc) CPUs shared with the clients"
   echo "devexd: $devexd_version ($DEVEXD_BIN sha256 $devexd_sha, source tree $git_rev); h2o: $h2o_version"
-  echo "load: $CONNECTIONS connections, $CLIENT_THREADS client threads, ${DURATION}s x $ROUNDS rounds (mean), warm-up ${WARMUP}s; h2load -m $STREAMS $h2_mode"
+  echo "load: $CONNECTIONS connections, $CLIENT_THREADS client threads, ${DURATION}s x $ROUNDS rounds (mean), warm-up ${WARMUP}s; h2load $h2_mode"
+  echo "CPUs busy before / after the load (other processes; want ~0): ${busy_before}% / ${busy_after}%"
   echo
-  printf '%-26s %14s %14s %14s\n' "protocol (client)" "devexd req/s" "h2o req/s" "devexd/h2o"
-  printf '%-26s %14s %14s %14s\n' "HTTP/1.1 keep-alive (wrk)" "$h1_d" "$h1_h" "$h1_ratio"
-  printf '%-26s %14s %14s %14s\n' "HTTP/2 h2c (h2load)" "$h2_d" "$h2_h" "$h2_ratio"
+  printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "throughput" "devexd req/s" "h2o req/s" "devexd/h2o" "server CPU/req:" "devexd us" "h2o us"
+  printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "HTTP/1.1 keep-alive (wrk)" "$h1_d" "$h1_h" "$h1_ratio" "" "$h1_cd" "$h1_ch"
+  printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "HTTP/2 h2c (h2load)" "$h2_d" "$h2_h" "$h2_ratio" "" "$h2_cd" "$h2_ch"
   echo
-  printf '%-26s %14s %14s\n' "VmRSS, idle" "devexd" "h2o"
-  printf '%-26s %11s MB %11s MB\n' "after startup" "$(mb "$rss_start_devexd")" "$(mb "$rss_start_h2o")"
-  printf '%-26s %11s MB %11s MB\n' "after the load" "$(mb "$rss_after_devexd")" "$(mb "$rss_after_h2o")"
-  printf '%-26s %11s MB %11s MB\n' "peak (VmHWM)" "$(mb "$hwm_devexd")" "$(mb "$hwm_h2o")"
-  echo "devexd VmRSS = RssAnon (heap, stacks) + RssFile (binary, shared libraries) + RssShmem: $(mb "$anon_start_devexd") + $(mb "$file_start_devexd") MB after startup, $(mb "$anon_after_devexd") + $(mb "$file_after_devexd") MB after the load"
-  echo "devexd idle RSS goal <= 20 MB: $([[ $rss_ok == true ]] && echo met || echo NOT met)"
-  echo "per-round req/s: h1 devexd [${runs[h1_devexd]}] h2o [${runs[h1_h2o]}]; h2 devexd [${runs[h2_devexd]}] h2o [${runs[h2_h2o]}]"
+  printf '%-26s %13s %13s\n' "VmRSS (idle)" "devexd" "h2o"
+  printf '%-26s %10s MB %10s MB\n' "after startup" "$(mb "$rss_start_devexd")" "$(mb "$rss_start_h2o")"
+  printf '%-26s %10s MB %10s MB\n' "after the load" "$(mb "$rss_after_devexd")" "$(mb "$rss_after_h2o")"
+  printf '%-26s %10s MB %10s MB\n' "peak (VmHWM)" "$(mb "$hwm_devexd")" "$(mb "$hwm_h2o")"
+  echo "devexd RssAnon + RssFile: $(mb "$anon_start_devexd") + $(mb "$file_start_devexd") MB after startup, $(mb "$anon_after_devexd") + $(mb "$file_after_devexd") MB after the load"
+  echo "devexd idle VmRSS goal <= 20 MB ($THREADS workers): $([[ $rss_ok == true ]] && echo met || echo NOT MET)"
+  echo
+  echo "per round req/s: h1 devexd [${runs[h1_devexd]}] h2o [${runs[h1_h2o]}]"
+  echo "                 h2 devexd [${runs[h2_devexd]}] h2o [${runs[h2_h2o]}]"
   if ((errors_total > 0)); then
     echo "WARNING: errors or non-2xx responses: h1 devexd ${errs[h1_devexd]}, h1 h2o ${errs[h1_h2o]}, h2 devexd ${errs[h2_devexd]}, h2 h2o ${errs[h2_h2o]} (see http.log)"
   fi
@@ -328,20 +375,22 @@ cat >"$RESULTS_DIR/http.json" <<EOF
 {
   "benchmark": "http",
   "time": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-  "host": { "cpus": $(nproc), "kernel": $(json_str "$(uname -r)") },
+  "host": { "cpus": $(nproc), "kernel": $(json_str "$(uname -r)"), "cpu_busy_before_pct": $busy_before, "cpu_busy_after_pct": $busy_after },
   "devexd": { "binary": $(json_str "$DEVEXD_BIN"), "version": $(json_str "$devexd_version"), "git": $(json_str "$git_rev"), "sha256": $(json_str "$devexd_sha"), "threads": $THREADS, "os_threads": $threads_devexd, "target": "GET /healthz (Lua router, JSON)" },
   "h2o": { "binary": $(json_str "$(command -v "$H2O_BIN")"), "version": $(json_str "$h2o_version"), "threads": $THREADS, "os_threads": $threads_h2o, "target": "GET /healthz (file.file, same 15-byte body)" },
   "clients": { "wrk": $(json_str "$wrk_version"), "h2load": $(json_str "$h2load_version") },
-  "load": { "connections": $CONNECTIONS, "client_threads": $CLIENT_THREADS, "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP, "h2_streams": $STREAMS, "h2load_mode": $(json_str "$h2_mode") },
+  "load": { "connections": $CONNECTIONS, "client_threads": $CLIENT_THREADS, "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP, "h2_streams": $STREAMS, "h2load_args": $(json_str "$h2_mode") },
   "http1": {
     "client": "wrk",
     "devexd_rps": $h1_d, "h2o_rps": $h1_h, "ratio": $h1_ratio,
+    "devexd_cpu_us_per_req": $h1_cd, "h2o_cpu_us_per_req": $h1_ch, "cpu_ratio": $h1_cratio,
     "devexd_rounds": [${runs[h1_devexd]}], "h2o_rounds": [${runs[h1_h2o]}],
     "devexd_errors": ${errs[h1_devexd]}, "h2o_errors": ${errs[h1_h2o]}
   },
   "http2": {
     "client": "h2load",
     "devexd_rps": $h2_d, "h2o_rps": $h2_h, "ratio": $h2_ratio,
+    "devexd_cpu_us_per_req": $h2_cd, "h2o_cpu_us_per_req": $h2_ch, "cpu_ratio": $h2_cratio,
     "devexd_rounds": [${runs[h2_devexd]}], "h2o_rounds": [${runs[h2_h2o]}],
     "devexd_errors": ${errs[h2_devexd]}, "h2o_errors": ${errs[h2_h2o]}
   },

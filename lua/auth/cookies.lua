@@ -1,0 +1,44 @@
+-- auth.cookies: Set-Cookie values for the session and login-attempt cookies.
+-- Every cookie devexd sets is HttpOnly and SameSite=Lax (sent on the top-level
+-- GET back from the provider, never on cross-site POSTs), and Secure when the
+-- public URL is https.
+local settings = require("auth.settings")
+
+local M = {}
+
+-- build(name, value, max_age, path) -> "name=value; Path=/; Max-Age=N; HttpOnly; SameSite=Lax[; Secure]"
+function M.build(name, value, max_age, path)
+  local parts = { name .. "=" .. value, "Path=" .. (path or "/"), "Max-Age=" .. math.floor(max_age) }
+  if max_age <= 0 then parts[#parts + 1] = "Expires=Thu, 01 Jan 1970 00:00:00 GMT" end
+  parts[#parts + 1] = "HttpOnly"
+  parts[#parts + 1] = "SameSite=Lax"
+  if settings.secure then parts[#parts + 1] = "Secure" end
+  return table.concat(parts, "; ")
+end
+
+function M.clear(name, path) return M.build(name, "", 0, path) end
+
+function M.session(id, max_age) return M.build(settings.cookie_name, id, max_age or settings.session_ttl, "/") end
+function M.clear_session() return M.clear(settings.cookie_name, "/") end
+
+-- The login-attempt cookie only goes to /auth/ (where the callbacks are).
+function M.state(value) return M.build(settings.state_cookie, value, settings.state_ttl, "/auth/") end
+function M.clear_state() return M.clear(settings.state_cookie, "/auth/") end
+
+-- Adds a header to a handler's headers table (creating it); a Set-Cookie (or
+-- any header already there) becomes a list of values. Names compare
+-- case-insensitively.
+function M.add_header(headers, name, value)
+  headers = headers or {}
+  local lname = name:lower()
+  for k, v in pairs(headers) do
+    if type(k) == "string" and k:lower() == lname then
+      if type(v) == "table" then v[#v + 1] = value else headers[k] = { v, value } end
+      return headers
+    end
+  end
+  headers[name] = value
+  return headers
+end
+
+return M

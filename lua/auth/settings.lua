@@ -1,0 +1,67 @@
+-- auth.settings: the sign-in settings, read once per worker from the config
+-- (the open tables github, session and oauth), with their defaults.
+--
+--   session.ttl             seconds a session lives without use (604800: 7 days);
+--                           renewed (sliding) when used with less than half left
+--   session.state_ttl       seconds an OAuth state (login attempt) is valid (600)
+--   session.cookie_name     the session cookie ("devex_session")
+--   session.state_cookie    the login-attempt cookie ("devex_oauth_state")
+--   oauth.refresh_margin    refresh a provider token this many seconds before
+--                           it expires (300), where a refresh token was issued
+--   oauth.timeout           seconds for each call to a provider (10)
+--   oauth.providers         { name = { issuer=, client_id=, client_secret=,
+--                             redirect_url=, scopes=, ca_file= } } (OpenID Connect)
+local config = require("devex.config").get()
+
+local M = {}
+
+local session = config.session or {}
+local oauth = config.oauth or {}
+
+local function num(v, default, what, allow_zero)
+  if v == nil then return default end
+  if type(v) ~= "number" or v < 0 or (v == 0 and not allow_zero) then
+    error(what .. " must be a number " .. (allow_zero and ">= 0" or "> 0"), 0)
+  end
+  return v
+end
+
+M.session_ttl = math.tointeger(num(session.ttl, 7 * 24 * 3600, "session.ttl")) or math.ceil(session.ttl)
+M.state_ttl = math.tointeger(num(session.state_ttl, 600, "session.state_ttl")) or math.ceil(session.state_ttl)
+M.cookie_name = session.cookie_name or "devex_session"
+M.state_cookie = session.state_cookie or "devex_oauth_state"
+M.refresh_margin = num(oauth.refresh_margin, 300, "oauth.refresh_margin", true)
+M.timeout = num(oauth.timeout, 10, "oauth.timeout")
+
+M.environment = config.environment or "development"
+M.public_url = config.public_url
+M.frontend_url = (config.frontend_url or "http://localhost:3000"):gsub("/+$", "")
+-- Cookies carry Secure whenever devexd's own public URL is https.
+M.secure = M.public_url ~= nil and M.public_url:lower():match("^https://") ~= nil
+
+-- The origin (scheme://host[:port], lowercased) of a URL, or nil.
+function M.origin_of(url)
+  if type(url) ~= "string" then return nil end
+  local o = url:match("^(%a[%w+.-]*://[^/?#]+)")
+  return o and o:lower() or nil
+end
+
+-- Origins the browser frontend runs on: FRONTEND_URL, plus
+-- http://localhost:3000 in development.
+M.allowed_origins = {}
+do
+  local o = M.origin_of(M.frontend_url)
+  if o then M.allowed_origins[o] = true end
+  if M.environment == "development" then M.allowed_origins["http://localhost:3000"] = true end
+end
+
+-- Where the browser goes after a login: FRONTEND_URL/dashboard, or
+-- FRONTEND_URL?error=<reason>.
+function M.frontend_redirect(reason)
+  if not reason then return M.frontend_url .. "/dashboard" end
+  local sep = M.frontend_url:find("?", 1, true) and "&" or "?"
+  return M.frontend_url .. sep .. "error=" .. reason
+end
+
+M.config = config
+return M
