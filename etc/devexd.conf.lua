@@ -33,6 +33,15 @@ return {
     bucket = env.str("S3_BUCKET"),
     access_key = env.str("S3_ACCESS_KEY"),
     secret_key = env.str("S3_SECRET_KEY"),
+    session_token = env.str("S3_SESSION_TOKEN"),
+    addressing = env.enum("S3_ADDRESSING", nil, { "path", "virtual" }), -- default: path, virtual for AWS
+  },
+
+  -- Where REPL files and templates live: "s3" (default when S3_ENDPOINT is
+  -- set) or "fs", a local directory standing in for the bucket (development).
+  storage = {
+    driver = env.enum("STORAGE_DRIVER", nil, { "s3", "fs" }),
+    dir = env.str("STORAGE_DIR"),
   },
 
   github = {

@@ -966,6 +966,9 @@ static http_xfer_t *xfer_start(lua_State *L, http_multi_t *m, const http_opts_t 
             rc = curl_easy_setopt(e, opt, val);                                                                        \
     } while (0)
     SET(CURLOPT_URL, o->url);
+    /* send the path as given: a signed S3 path with "." or ".." segments must
+     * reach the server unchanged, not be normalised by libcurl */
+    SET(CURLOPT_PATH_AS_IS, 1L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_PRIVATE, (void *)x);
     SET(CURLOPT_ERRORBUFFER, x->errbuf);

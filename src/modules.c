@@ -8,6 +8,7 @@
 #include "json.h"
 #include "log.h"
 #include "oauth.h"
+#include "s3.h"
 #include "http.h"
 #include "router.h"
 #include "server.h"
@@ -22,7 +23,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.log", luaopen_devex_log},       {"devex.timer", luaopen_devex_timer},   {"devex.runtime", luaopen_devex_runtime},
     {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
     {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
-    {"devex.http", luaopen_devex_http},
+    {"devex.http", luaopen_devex_http}, {"devex.s3", luaopen_devex_s3},
     {NULL, NULL},
 };
 

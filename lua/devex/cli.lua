@@ -11,7 +11,7 @@ commands["templates sync"] = function(args)
     io.stderr:write("devexd: templates sync: storage is not available: ", tostring(sync), "\n")
     return 1
   end
-  return sync.cli(args[3])
+  return sync.cli({ table.unpack(args, 3) })
 end
 
 local function usage(args)

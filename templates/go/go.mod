@@ -1,0 +1,3 @@
+module devex/starter
+
+go 1.21
