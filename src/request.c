@@ -154,6 +154,21 @@ static int l_http_version(lua_State *L)
     return 1;
 }
 
+/* The request id; it stays readable after the response is sent (log lines). */
+static int l_id(lua_State *L)
+{
+    request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
+    if (ud->rc == NULL) {
+        devex_task_t *t = devex_task_of(L);
+        if (t == NULL || t->request_id[0] == '\0')
+            return 0;
+        lua_pushstring(L, t->request_id);
+        return 1;
+    }
+    lua_pushstring(L, ud->rc->request_id);
+    return 1;
+}
+
 static int l_aborted(lua_State *L)
 {
     request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
@@ -181,6 +196,7 @@ int luaopen_devex_request(lua_State *L)
                                        {"authority", l_authority},
                                        {"http_version", l_http_version},
                                        {"aborted", l_aborted},
+                                       {"id", l_id},
                                        {"__gc", l_gc},
                                        {NULL, NULL}};
     if (luaL_newmetatable(L, "devex.request")) {

@@ -314,11 +314,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     devex_request_push(L, rc);
     lua_pushlstring(L, req->method.base, req->method.len);
     lua_pushlstring(L, req->path.base, req->query_at != SIZE_MAX ? req->query_at : req->path.len);
-    lua_pushstring(L, rc->request_id);
     w->inflight++;
     /* rc->task is set before the first run: a handler that never yields
      * finishes inside spawn and clears it again in request_done */
-    devex_task_t *t = devex_task_spawn(vm, L, 4, request_done, NULL, rc->request_id, rc);
+    devex_task_t *t = devex_task_spawn(vm, L, 3, request_done, NULL, rc->request_id, rc);
     if (t != NULL)
         rc->task = t;
     return 0;

@@ -61,19 +61,22 @@ end
 -- req.headers looks each header up on first use (case-insensitive), so a
 -- request whose middleware reads one header does not copy all of them.
 -- pairs(req.headers) sees only what was read: use req:header_table() to list.
+local RAW = {} -- private key of the proxy's userdata
+local headers_mt = {
+  __index = function(t, k)
+    if type(k) ~= "string" then return nil end
+    local v = rawget(t, RAW):header(k)
+    if v ~= nil then rawset(t, k, v) end
+    return v
+  end,
+}
 local function headers_proxy(raw)
-  return setmetatable({}, {
-    __index = function(t, k)
-      if type(k) ~= "string" then return nil end
-      local v = raw:header(k)
-      if v ~= nil then rawset(t, k, v) end
-      return v
-    end,
-  })
+  return setmetatable({ [RAW] = raw }, headers_mt)
 end
 
 local lazy = {
   headers = function(req) return headers_proxy(req.raw) end,
+  id = function(req) return req.raw:id() end,
   query = function(req) return M.parse_query(req.raw:query()) end,
   cookies = function(req) return M.parse_cookies(req.raw:header("cookie")) end,
   body = function(req) return req.raw:body() end,
@@ -148,11 +151,24 @@ function App:routes()
   return out
 end
 
--- Runs fns[i](req, next) as an onion; the last one is the handler.
-local function run(fns, i, req)
-  local f = fns[i]
-  if i == #fns then return f(req) end
-  return f(req, function(r) return run(fns, i + 1, r or req) end)
+-- A chain runs fns[i](req, next) as an onion; the last one is the handler.
+-- The `next` functions are made once per chain, not per request, so a
+-- middleware must pass the request on: next(req).
+local function make_chain_runner(fns)
+  local nexts = {}
+  for i = #fns, 1, -1 do
+    local f = fns[i]
+    if i == #fns then
+      nexts[i] = function(req) return f(req) end
+    else
+      local after = nexts[i + 1]
+      nexts[i] = function(req)
+        if req == nil then error("middleware must call next(req) with the request", 2) end
+        return f(req, after)
+      end
+    end
+  end
+  return nexts[1]
 end
 
 local function not_found() return 404, { error = "not found" } end
@@ -161,7 +177,7 @@ local function build_chain(global, fns)
   local chain = {}
   for _, mw in ipairs(global) do chain[#chain + 1] = mw end
   for _, f in ipairs(fns) do chain[#chain + 1] = f end
-  return chain
+  return make_chain_runner(chain)
 end
 
 local function on_error(e)
@@ -178,10 +194,9 @@ function App:dispatcher()
   local rt = self._router
   local global = self._middleware
 
-  return function(raw, method, path, request_id)
+  return function(raw, method, path)
     local id, params, allow = rt:match(method, path)
-    local req = setmetatable({ raw = raw, method = method, path = path, id = request_id,
-                               params = id and params or {} }, Request)
+    local req = setmetatable({ raw = raw, method = method, path = path, params = id and params or {} }, Request)
     local chain
     if id then
       chain = chains[id]
@@ -191,18 +206,18 @@ function App:dispatcher()
     else
       chain = not_found_chain
     end
-    local ok, status, body, headers = xpcall(run, on_error, chain, 1, req)
+    local ok, status, body, headers = xpcall(chain, on_error, req)
     if ok then
       if math.type(status) ~= "integer" then
         log.error("handler returned no status", { route = req.route or path })
-        return 500, { error = "internal error", request_id = request_id }
+        return 500, { error = "internal error", request_id = req.id }
       end
       return status, body, headers
     end
     local e = status
     if M.is_error(e) then return e.status, e.body, e.headers end
     log.error("lua error", { error = e.traceback, route = req.route or "" })
-    return 500, { error = "internal error", request_id = request_id }
+    return 500, { error = "internal error", request_id = req.id }
   end
 end
 

@@ -11,6 +11,9 @@ local add_header = require("auth.cookies").add_header
 local METHODS = "GET, POST, DELETE, OPTIONS"
 local ALLOWED_METHODS = { GET = true, POST = true, DELETE = true, OPTIONS = true, HEAD = true }
 local MAX_AGE = "600"
+-- shared and never modified: cors is the outermost middleware, so nothing
+-- touches the headers it returns
+local VARY_ONLY = setmetatable({ Vary = "Origin" }, { __newindex = function() error("VARY_ONLY is shared", 2) end })
 
 local M = {}
 
@@ -56,6 +59,9 @@ function M.middleware(req, next)
     return preflight(req, origin)
   end
   local status, body, headers = next(req)
+  if origin == nil and headers == nil then
+    return status, body, VARY_ONLY -- the common case for non-browser clients: no table to build
+  end
   headers = add_header(headers, "Vary", "Origin")
   if M.allowed(origin) then
     headers["Access-Control-Allow-Origin"] = origin

@@ -3,8 +3,10 @@
 -- /readyz answers 200 once the app is loaded and Redis answers a PING.
 local runtime = require("devex.runtime")
 
+local OK = { status = "ok" } -- constant: encoded per request, never modified
+
 return function(app)
-  app:get("/healthz", function() return 200, { status = "ok" } end)
+  app:get("/healthz", function() return 200, OK end)
   app:get("/readyz", function()
     local redis = require("services.redis")
     local r, err = redis.client()
