@@ -10,5 +10,6 @@ app:use(require("middleware.csrf"))
 
 require("routes.health")(app)
 require("routes.auth")(app)
+require("routes.repl")(app)
 
 return app

@@ -59,6 +59,7 @@ local schema = {
     session = { type = "table", optional = true, open = true },
     kube = { type = "table", optional = true, open = true },
     runner = { type = "table", optional = true, open = true },
+    runtime = { type = "table", optional = true, open = true },
     storage = { type = "table", optional = true, open = true },
     policy = { type = "table", optional = true, open = true },
     metrics = { type = "table", optional = true, open = true },

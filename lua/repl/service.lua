@@ -1,0 +1,174 @@
+-- repl.service: the REPL lifecycle (create, list, delete; start and stop go
+-- through the runtime driver). States: created -> starting -> running ->
+-- stopping -> stopped, and deleting. Redis holds what was intended; every
+-- step is safe to retry, and a failure undoes what the step did.
+local policy = require("policy")
+local store = require("repl.store")
+local log = require("devex.log")
+local json = require("devex.json")
+
+local M = {}
+
+local function fail(status, msg, extra)
+  local body = { error = msg }
+  for k, v in pairs(extra or {}) do body[k] = v end
+  return nil, { status = status, body = body }
+end
+
+local function storage()
+  local s, err = require("storage").open()
+  if not s then return nil, err end
+  return s
+end
+
+function M.valid_id(id)
+  local n = policy.naming
+  return type(id) == "string" and #id <= (n.id_max or 63) and id:match(n.id_pattern) ~= nil
+end
+
+function M.valid_name(name)
+  local n = policy.naming
+  if type(name) ~= "string" or not utf8.len(name) then return false end
+  local len = utf8.len(name)
+  return len >= n.name_min and len <= n.name_max and name:match(n.name_pattern) ~= nil
+end
+
+-- The storage prefix of a REPL's files: repl/<user>/<replId>/
+function M.prefix(user, id) return "repl/" .. user .. "/" .. id .. "/" end
+
+local function limit_for(user, template)
+  local q = policy.quota
+  if type(q.limit_for) == "function" then
+    local n = q.limit_for(user, template)
+    if math.type(n) == "integer" then return n end
+  end
+  return q.repls_per_user
+end
+
+-- The shape the frontend reads.
+function M.view(meta, active)
+  return { user = meta.user, id = meta.id, name = meta.name, template = meta.template, isActive = active and true or false }
+end
+
+-- list(user) -> array | nil, err
+function M.list(user)
+  local repls, err = store.list(user.owner)
+  if not repls then return fail(503, "store unavailable: " .. tostring(err)) end
+  local out = json.array()
+  for _, m in ipairs(repls) do out[#out + 1] = M.view(m, m.active) end
+  return out
+end
+
+-- create(user, {template, replName}) -> view | nil, {status, body}
+function M.create(user, input)
+  if type(input) ~= "table" then return fail(400, "body must be a JSON object") end
+  local template, name = input.template, input.replName
+  if type(template) ~= "string" or not policy.templates.catalogue[template] then
+    return fail(400, "unknown template")
+  end
+  if not M.valid_name(name) then
+    return fail(400, string.format("replName must be %d to %d characters: letters, digits, space, '_', '.', '-'",
+      policy.naming.name_min, policy.naming.name_max))
+  end
+  local per_template = policy.quota.per_template and policy.quota.per_template[template]
+  local id = policy.naming.new_id()
+  assert(M.valid_id(id), "policy.naming.new_id made an id that does not match id_pattern")
+  local owner = user.owner
+  local limit = limit_for(owner, template)
+  if per_template then
+    local repls = store.list(owner) or {}
+    local n = 0
+    for _, m in ipairs(repls) do if m.template == template then n = n + 1 end end
+    if n >= per_template then return fail(429, "repl limit reached", { limit = per_template }) end
+  end
+  local now = os.time()
+  local prefix = M.prefix(owner, id)
+  local ok, err = store.reserve(owner, limit, {
+    id = id, name = name, user = owner, template = template, state = "creating",
+    created_at = now, last_active = now, prefix = prefix,
+  })
+  if ok == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if not ok then return fail(429, "repl limit reached", { limit = limit }) end
+
+  -- copy the template; on any failure undo everything done so far
+  local s
+  s, err = storage()
+  local res
+  if s then res, err = s:copy_prefix("templates/" .. template .. "/", prefix, { concurrency = 16 }) end
+  if not res or #res.failures > 0 or res.copied == 0 then
+    local why = err and tostring(err) or (res and #res.failures > 0 and tostring(res.failures[1].error))
+      or "the template has no files"
+    log.error("repl create failed, rolling back", { repl = id, template = template, error = why })
+    if s then
+      local d = s:delete_prefix(prefix)
+      if d and #d.failures > 0 then
+        log.error("rollback left objects behind", { repl = id, failures = #d.failures })
+      end
+    end
+    store.remove(owner, id)
+    if res and res.copied == 0 and #res.failures == 0 then return fail(500, "template " .. template .. " has no files") end
+    return fail(502, "storage failed: " .. why)
+  end
+  ok, err = store.transition(id, "created", { "creating" })
+  if not ok then
+    if s then s:delete_prefix(prefix) end
+    store.remove(owner, id)
+    return fail(503, "store unavailable: " .. tostring(err))
+  end
+  log.info("repl created", { repl = id, template = template, files = res.copied })
+  return M.view({ user = owner, id = id, name = name, template = template }, false)
+end
+
+-- The REPL if `user` owns it; 404 for missing and for someone else's (so
+-- nothing about other users' REPLs leaks).
+function M.owned(user, id)
+  if not M.valid_id(id) then return fail(404, "repl not found") end
+  local meta, err = store.get(id)
+  if meta == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if not meta or meta.user ~= user.owner then return fail(404, "repl not found") end
+  return meta
+end
+
+-- delete(user, id) -> true | nil, {status, body}
+function M.delete(user, id)
+  local meta, e = M.owned(user, id)
+  if not meta then return nil, e end
+  local sess = store.get_session(id)
+  if sess then
+    local ok, err = M.stop(user, id)
+    if not ok then return nil, err end
+  end
+  local prev, err = store.transition(id, "deleting", { "created", "stopped", "creating", "deleting", "failed" })
+  if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == false then return fail(409, "repl is " .. tostring(meta.state) .. "; stop it first") end
+  local s
+  s, err = storage()
+  if not s then return fail(502, "storage unavailable: " .. tostring(err)) end
+  local res
+  res, err = s:delete_prefix(meta.prefix or M.prefix(meta.user, id))
+  if not res or #res.failures > 0 then
+    local why = err and tostring(err) or tostring(res.failures[1].error)
+    log.error("repl delete: files not removed, REPL kept", { repl = id, error = why })
+    return fail(502, "storage failed: " .. why)
+  end
+  local ok
+  ok, err = store.remove(meta.user, id)
+  if not ok then return fail(503, "store unavailable: " .. tostring(err)) end
+  log.info("repl deleted", { repl = id, files = res.deleted })
+  return true
+end
+
+-- start/stop: the runtime driver (lua/runtime) makes the workload.
+function M.start(user, id)
+  local meta, e = M.owned(user, id)
+  if not meta then return nil, e end
+  return require("repl.sessions").start(meta)
+end
+
+function M.stop(user, id)
+  local meta, e = M.owned(user, id)
+  if not meta then return nil, e end
+  return require("repl.sessions").stop(meta)
+end
+
+return M

@@ -1,0 +1,128 @@
+-- repl.sessions: starting and stopping a REPL's session through the runtime
+-- driver (lua/runtime: "kubernetes" or "local"). Start is idempotent (a
+-- running REPL answers at once; of two concurrent starts one makes the
+-- workload and the other waits for it). Stop saves the files first and only
+-- then removes the workload; if saving fails nothing is removed, the REPL
+-- stays "stopping" and the sweep retries.
+local crypto = require("devex.crypto")
+local timer = require("devex.timer")
+local log = require("devex.log")
+local policy = require("policy")
+local store = require("repl.store")
+local runtime = require("runtime")
+
+local M = {}
+
+local function fail(status, msg)
+  return nil, { status = status, body = { error = msg } }
+end
+
+local function answer(meta, sess)
+  return { replId = meta.id, replName = meta.name, url = sess.url }
+end
+
+local function start_deadline()
+  return (policy.cleanup.start_timeout or 120)
+end
+
+-- Waits for another request's start of the same REPL to finish.
+local function wait_running(meta)
+  local deadline = timer.now() + start_deadline()
+  while timer.now() < deadline do
+    timer.sleep(0.2)
+    local m = store.get(meta.id)
+    if not m then return fail(404, "repl not found") end
+    if m.state == "running" then
+      local sess = store.get_session(meta.id)
+      if sess then return answer(m, sess) end
+    elseif m.state ~= "starting" then
+      return fail(502, "the concurrent start of this repl failed")
+    end
+  end
+  return fail(504, "timed out waiting for the repl to start")
+end
+
+local function count_sessions(user)
+  local repls = store.list(user) or {}
+  local n = 0
+  for _, m in ipairs(repls) do if m.active or m.state == "starting" then n = n + 1 end end
+  return n
+end
+
+function M.start(meta)
+  local sess = store.get_session(meta.id)
+  if sess and meta.state == "running" then return answer(meta, sess) end
+  if meta.state == "starting" then return wait_running(meta) end
+  if count_sessions(meta.user) >= policy.quota.sessions_per_user then
+    return nil, { status = 429, body = { error = "session limit reached", limit = policy.quota.sessions_per_user } }
+  end
+  local prev, err = store.transition(meta.id, "starting", { "created", "stopped", "failed" })
+  if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == false then
+    local m = store.get(meta.id)
+    if m and m.state == "starting" then return wait_running(m) end
+    if m and m.state == "running" then
+      local s2 = store.get_session(meta.id)
+      if s2 then return answer(m, s2) end
+    end
+    return fail(409, "repl is " .. tostring(m and m.state or "gone"))
+  end
+  local token = crypto.b64url(crypto.random_bytes(32))
+  local driver = runtime.driver()
+  local started_at = os.time()
+  local info
+  info, err = driver:start(meta, { token = token, deadline = start_deadline() })
+  if not info then
+    log.error("repl start failed", { repl = meta.id, error = tostring(err and err.message or err) })
+    driver:remove(meta) -- whatever it made
+    store.transition(meta.id, prev, { "starting" })
+    local status = (type(err) == "table" and err.status) or 502
+    return fail(status, "start failed: " .. tostring(type(err) == "table" and err.message or err))
+  end
+  local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
+                   token_hash = crypto.sha256_hex(token), driver = driver.name }
+  for k, v in pairs(info.session or {}) do fields[k] = v end
+  local ok
+  ok, err = store.put_session(meta.id, fields)
+  if ok then ok, err = store.transition(meta.id, "running", { "starting" }) end
+  if not ok then
+    -- Redis lost what we made: remove the workload rather than leak it
+    driver:remove(meta)
+    store.transition(meta.id, prev, { "starting" })
+    return fail(503, "store unavailable: " .. tostring(err))
+  end
+  log.info("repl started", { repl = meta.id, driver = driver.name })
+  return answer(meta, fields)
+end
+
+function M.stop(meta)
+  local prev, err = store.transition(meta.id, "stopping", { "running", "stopping", "starting" })
+  if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == false then
+    if meta.state == "created" or meta.state == "stopped" then return true end -- nothing runs
+    return fail(409, "repl is " .. tostring(meta.state))
+  end
+  local sess = store.get_session(meta.id) or {}
+  local driver = runtime.driver()
+  local ok
+  ok, err = driver:stop(meta, sess)
+  if not ok then
+    log.error("repl stop: files not saved, workload kept", { repl = meta.id, error = tostring(err and err.message or err) })
+    return fail((type(err) == "table" and err.status) or 502,
+      "stop failed, files not saved: " .. tostring(type(err) == "table" and err.message or err))
+  end
+  store.end_session(meta.id)
+  store.transition(meta.id, "stopped", { "stopping" })
+  log.info("repl stopped", { repl = meta.id })
+  return true
+end
+
+-- The runner's own calls carry its session token; only the hash is stored.
+function M.check_runner(id, token)
+  if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
+  local sess = store.get_session(id)
+  if not sess or not sess.token_hash then return false end
+  return crypto.equal(crypto.sha256_hex(token), sess.token_hash)
+end
+
+return M

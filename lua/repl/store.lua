@@ -1,0 +1,202 @@
+-- repl.store: the REPL data model in Redis (key names from the original
+-- service, behind the configured prefix):
+--   replMeta:{id}       hash: id, name, user, template, state, created_at, last_active, prefix
+--   userRepls:{user}    set of the REPL ids a user owns
+--   activeSession:{id}  hash: the live session (started_at, endpoint, token_hash, ...)
+--   sessions:activity   sorted set: replId scored by last activity
+-- Changes that must hold together (quota check plus reservation, state
+-- transitions) are Lua scripts run atomically in Redis.
+local redis = require("services.redis")
+local json = require("devex.json")
+
+local M = {}
+
+local function key(...) return redis.key(...) end
+M.meta_key = function(id) return key("replMeta", id) end
+M.user_key = function(user) return key("userRepls", user) end
+M.session_key = function(id) return key("activeSession", id) end
+M.activity_key = function() return key("sessions:activity") end
+
+local function client()
+  local r, err = redis.client()
+  if not r then return nil, err end
+  return r
+end
+
+-- KEYS: userRepls, replMeta. ARGV: limit, id, then field/value pairs.
+-- Returns 1 when reserved, 0 when the user is at the limit.
+local RESERVE = [[
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+return 1
+]]
+
+-- reserve(user, limit, fields) -> true | false (limit) | nil, err
+function M.reserve(user, limit, fields)
+  local r, err = client()
+  if not r then return nil, err end
+  local args = { limit, fields.id }
+  for k, v in pairs(fields) do
+    args[#args + 1] = k
+    args[#args + 1] = tostring(v)
+  end
+  local res
+  res, err = r:eval(RESERVE, { M.user_key(user), M.meta_key(fields.id) }, table.unpack(args))
+  if res == nil then return nil, err end
+  return res == 1
+end
+
+-- Removes a REPL's keys and its quota slot (rollback and delete).
+function M.remove(user, id)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:pipeline({
+    { "SREM", M.user_key(user), id },
+    { "DEL", M.meta_key(id), M.session_key(id) },
+    { "ZREM", M.activity_key(), id },
+  })
+  if not res then return nil, err end
+  return true
+end
+
+-- KEYS: replMeta. ARGV: new state, now, allowed from-states...
+-- Returns the previous state, or false when the REPL is gone or in a state
+-- the transition does not start from.
+local TRANSITION = [[
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return false end
+for i = 3, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'state_since', ARGV[2])
+    return cur
+  end
+end
+return false
+]]
+
+-- transition(id, to, {from...}) -> previous state | false | nil, err
+function M.transition(id, to, from)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:eval(TRANSITION, { M.meta_key(id) }, to, os.time(), table.unpack(from))
+  if res == nil then return nil, err end
+  if res == json.null or res == false then return false end
+  return res
+end
+
+local function hash_to_table(flat)
+  if type(flat) ~= "table" then return nil end
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- get(id) -> meta table | false (no such REPL) | nil, err
+function M.get(id)
+  local r, err = client()
+  if not r then return nil, err end
+  local flat
+  flat, err = r:call("HGETALL", M.meta_key(id))
+  if flat == nil then return nil, err end
+  local t = hash_to_table(flat)
+  if not t or not t.id then return false end
+  return t
+end
+
+-- The user's REPLs with their session flag, in one round trip (a script).
+local LIST = [[
+local ids = redis.call('SMEMBERS', KEYS[1])
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. id)
+  out[#out + 1] = redis.call('EXISTS', ARGV[2] .. id)
+end
+return out
+]]
+
+-- list(user) -> { meta..., with .active } | nil, err
+function M.list(user)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:eval(LIST, { M.user_key(user) }, key("replMeta", ""), key("activeSession", ""))
+  if res == nil then return nil, err end
+  local out = {}
+  for i = 1, #res, 2 do
+    local t = hash_to_table(res[i])
+    if t and t.id then
+      t.active = res[i + 1] == 1
+      out[#out + 1] = t
+    end
+  end
+  table.sort(out, function(a, b) return (a.created_at or "") < (b.created_at or "") end)
+  return out
+end
+
+function M.set_fields(id, fields)
+  local r, err = client()
+  if not r then return nil, err end
+  local args = { "HSET", M.meta_key(id) }
+  for k, v in pairs(fields) do
+    args[#args + 1] = k
+    args[#args + 1] = tostring(v)
+  end
+  return r:call(table.unpack(args))
+end
+
+-- Sessions ----------------------------------------------------------------
+
+function M.get_session(id)
+  local r, err = client()
+  if not r then return nil, err end
+  local flat
+  flat, err = r:call("HGETALL", M.session_key(id))
+  if flat == nil then return nil, err end
+  local t = hash_to_table(flat)
+  if not t or not t.started_at then return false end
+  return t
+end
+
+function M.put_session(id, fields)
+  local r, err = client()
+  if not r then return nil, err end
+  local args = { "HSET", M.session_key(id) }
+  for k, v in pairs(fields) do
+    args[#args + 1] = k
+    args[#args + 1] = tostring(v)
+  end
+  local res
+  res, err = r:pipeline({ args, { "ZADD", M.activity_key(), os.time(), id } })
+  if not res then return nil, err end
+  return true
+end
+
+function M.end_session(id)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:pipeline({ { "DEL", M.session_key(id) }, { "ZREM", M.activity_key(), id } })
+  if not res then return nil, err end
+  return true
+end
+
+function M.touch(id, now)
+  local r, err = client()
+  if not r then return nil, err end
+  return r:pipeline({
+    { "ZADD", M.activity_key(), "XX", now or os.time(), id },
+    { "HSET", M.meta_key(id), "last_active", now or os.time() },
+  })
+end
+
+-- Sessions idle since before `before` (oldest first), at most `limit`.
+function M.idle_sessions(before, limit)
+  local r, err = client()
+  if not r then return nil, err end
+  return r:call("ZRANGEBYSCORE", M.activity_key(), "-inf", before, "LIMIT", 0, limit or 100)
+end
+
+return M

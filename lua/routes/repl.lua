@@ -1,0 +1,106 @@
+-- routes.repl: the REPL routes of the frontend contract (../shared/DESIGN.md,
+-- "REST API"), the runner's callbacks, and /ping.
+local auth = require("middleware.auth")
+local service = require("repl.service")
+local sessions = require("repl.sessions")
+local store = require("repl.store")
+local tasks = require("devex.tasks")
+
+local function reply(v, err)
+  if v == nil then return err.status, err.body end
+  return 200, v
+end
+
+-- The runner token: "Authorization: Bearer <token>".
+local function runner_token(req)
+  local h = req.headers["authorization"]
+  return h and h:match("^[Bb]earer%s+(%S+)$")
+end
+
+local function runner(req, next)
+  local id = req.params.id
+  if not service.valid_id(id) or not sessions.check_runner(id, runner_token(req)) then
+    return 401, { error = "unauthorized" }
+  end
+  return next(req)
+end
+
+return function(app)
+  app:get("/api/repl", auth, function(req)
+    return reply(service.list(req.user))
+  end)
+
+  app:post("/api/repl/new", auth, function(req)
+    local repl, err = service.create(req.user, req:json())
+    if not repl then return err.status, err.body end
+    return 201, repl
+  end)
+
+  app:get("/api/repl/session/:id", auth, function(req)
+    return reply(service.start(req.user, req.params.id))
+  end)
+
+  app:delete("/api/repl/session/:id", auth, function(req)
+    local ok, err = service.stop(req.user, req.params.id)
+    if not ok then return err.status, err.body end
+    return 200, { message = "Session stopped" }
+  end)
+
+  app:delete("/api/repl/:id", auth, function(req)
+    local ok, err = service.delete(req.user, req.params.id)
+    if not ok then return err.status, err.body end
+    return 200, { message = "Repl deleted" }
+  end)
+
+  -- the runner ends its own session when idle (token of that session only)
+  app:delete("/api/runner/:id", runner, function(req)
+    local meta = store.get(req.params.id)
+    if not meta then return 404, { error = "repl not found" } end
+    local ok, err = sessions.stop(meta)
+    if not ok then return err.status, err.body end
+    return 200, { message = "Session stopped" }
+  end)
+
+  app:post("/api/runner/:id/heartbeat", runner, function(req)
+    store.touch(req.params.id)
+    return 200, { ok = true }
+  end)
+
+  -- dependencies checked in parallel, each with a short timeout
+  app:get("/ping", function()
+    local checks = {
+      redis = function()
+        local r, err = require("services.redis").client()
+        if not r then return tostring(err) end
+        local pong
+        pong, err = r:call("PING")
+        return pong == "PONG" and "ok" or tostring(err)
+      end,
+      s3 = function()
+        local s, err = require("storage").open()
+        if not s then return tostring(err) end
+        local ok
+        ok, err = s:head_bucket()
+        return ok and "ok" or tostring(err)
+      end,
+      k8s = function()
+        local ok, driver = pcall(require("runtime").driver)
+        if not ok then return tostring(driver) end
+        if not driver.ping then return "ok" end
+        local res, err = driver:ping()
+        return res and "ok" or tostring(err)
+      end,
+    }
+    local names = { "redis", "s3", "k8s" }
+    local fns = {}
+    for i, n in ipairs(names) do fns[i] = checks[n] end
+    local results = tasks.all(fns)
+    local body = { api = "ok" }
+    for i, n in ipairs(names) do
+      local r = results[i]
+      body[n] = r[1] and r[2] or ("error: " .. tostring(r[2]))
+      if body[n] ~= "ok" then body.api = "degraded" end
+    end
+    return 200, body -- the frontend reads the body; `api` says degraded
+  end)
+end

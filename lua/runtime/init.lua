@@ -1,0 +1,25 @@
+-- runtime: the driver that runs REPL sessions, chosen by config.runtime.driver:
+--   "kubernetes" (the workload of policy.workload on a cluster) or
+--   "local" (the template's runner as a child process of devexd, single-host mode).
+-- A driver has:
+--   driver.name
+--   driver:start(meta, {token, deadline}) -> { url, endpoint, session = {extra fields} } | nil, {status, message}
+--   driver:stop(meta, session) -> true | nil, {status, message}   (files saved before anything is removed)
+--   driver:remove(meta)        -> removes whatever a failed start left
+local config = require("devex.config").get()
+
+local M = {}
+local drivers = {}
+
+function M.driver()
+  local name = (config.runtime or {}).driver or "kubernetes"
+  local d = drivers[name]
+  if d then return d end
+  local ok, mod = pcall(require, "runtime." .. name)
+  if not ok then error("runtime driver '" .. tostring(name) .. "' is not available: " .. tostring(mod), 0) end
+  d = mod.new(config)
+  drivers[name] = d
+  return d
+end
+
+return M
