@@ -213,3 +213,64 @@ class ReplTest(unittest.TestCase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class PolicyOverrideTest(unittest.TestCase):
+    """An operator's policy file changes the quota; SIGHUP applies a new one;
+    a broken one is refused and the running policy stays."""
+
+    def test_override_reload_and_refusal(self):
+        import signal
+        import time
+        tmp = tempfile.mkdtemp(prefix="devexd-policy-")
+        store_dir = os.path.join(tmp, "bucket")
+        os.mkdir(store_dir)
+        policy = os.path.join(tmp, "policy.lua")
+        with open(policy, "w") as f:
+            f.write("return { quota = { repls_per_user = 1 } }\n")
+        try:
+            with RedisServer() as redis, GitHubFake() as gh:
+                conf = {"environment": "production", "frontend_url": FRONTEND,
+                        "redis": {"url": redis.url(), "timeout": 2}, "github": gh.config(GH_REDIRECT),
+                        "storage": {"driver": "fs", "dir": store_dir}, "policy": {"file": policy}}
+                with Devexd(app=None, threads=2, config=conf) as d:
+                    p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates",
+                                        "sync", os.path.join(harness.SOURCE_DIR, "templates")],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    t = ReplTest()
+                    t.d, t.gh = d, gh
+                    b = ReplTest.login(t)
+                    self.assertEqual(ReplTest.create(t, b, name="one")[0], 201)
+                    st, body = ReplTest.create(t, b, name="two")
+                    self.assertEqual((st, body), (429, {"error": "repl limit reached", "limit": 1}))
+                    # a new policy, applied by SIGHUP
+                    with open(policy + ".tmp", "w") as f:
+                        f.write("return { quota = { repls_per_user = 3 } }\n")
+                    os.replace(policy + ".tmp", policy)
+                    d.signal(signal.SIGHUP)
+                    deadline = time.monotonic() + 10
+                    while True:
+                        st, body = ReplTest.create(t, b, name="two")
+                        if st == 201:
+                            break
+                        self.assertLess(time.monotonic(), deadline, "the new quota never applied")
+                        time.sleep(0.1)
+                    # a broken policy: refused with file:line, the quota of 3 stays
+                    mark = d.mark()
+                    with open(policy + ".tmp", "w") as f:
+                        f.write("return { quota = { repls_per_user = 1 }\n")  # syntax error
+                    os.replace(policy + ".tmp", policy)
+                    d.signal(signal.SIGHUP)
+                    d.wait_log(lambda e: e.get("msg") == "reload failed, keeping the running code"
+                               and "policy.lua:" in e.get("error", ""), count=2, since=mark,
+                               what="both workers refusing the policy")
+                    self.assertEqual(ReplTest.create(t, b, name="three")[0], 201)
+                    self.assertEqual(ReplTest.create(t, b, name="four")[0], 429)
+                    # --check reports it too
+                    p = subprocess.run([harness.DEVEXD_BIN, "--check", "-c", d.conf_path, "-L", harness.LUA_DIR],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+                    self.assertNotEqual(p.returncode, 0)
+                    self.assertIn("policy.lua:", p.stderr)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
