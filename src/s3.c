@@ -673,7 +673,7 @@ static int l_uri_encode(lua_State *L)
 
 /* ---- local filesystem helpers for the fs driver -------------------------- */
 
-static int walk(lua_State *L, int out, lua_Integer *n, devex_buf_t *path, size_t root_len, int depth)
+static int walk(lua_State *L, int out, lua_Integer *n, devex_buf_t *path, size_t root_len, int depth, int hidden)
 {
     if (depth > FS_WALK_MAX_DEPTH)
         return 0;
@@ -683,15 +683,16 @@ static int walk(lua_State *L, int out, lua_Integer *n, devex_buf_t *path, size_t
     struct dirent *e;
     int rc = 0;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue; /* ".", "..", and the driver's ".devex-tmp" */
+        if (e->d_name[0] == '.' &&
+            (!hidden || e->d_name[1] == '\0' || (e->d_name[1] == '.' && e->d_name[2] == '\0')))
+            continue; /* ".", "..", and unless asked for, dot files (the driver's ".devex-tmp") */
         size_t save = path->len;
         devex_buf_append_str(path, "/");
         devex_buf_append_str(path, e->d_name);
         struct stat st;
         if (lstat(path->data, &st) == 0) {
             if (S_ISDIR(st.st_mode)) {
-                if (walk(L, out, n, path, root_len, depth + 1) != 0)
+                if (walk(L, out, n, path, root_len, depth + 1, hidden) != 0)
                     rc = -1;
             } else if (S_ISREG(st.st_mode)) {
                 lua_createtable(L, 0, 3);
@@ -719,12 +720,13 @@ static int l_fs_walk(lua_State *L)
     const char *dir = luaL_checklstring(L, 1, &len);
     while (len > 1 && dir[len - 1] == '/')
         len--;
+    int hidden = lua_toboolean(L, 2); /* fs_walk(dir, true): dot files too (workspaces) */
     lua_newtable(L);
     int out = lua_gettop(L);
     devex_buf_t path = DEVEX_BUF_INIT;
     devex_buf_append(&path, dir, len);
     lua_Integer n = 0;
-    int rc = walk(L, out, &n, &path, len, 0);
+    int rc = walk(L, out, &n, &path, len, 0, hidden);
     int saved = errno;
     if (rc != 0) {
         char msg[512];
