@@ -8,6 +8,7 @@
 #include "json.h"
 #include "log.h"
 #include "oauth.h"
+#include "process.h"
 #include "s3.h"
 #include "http.h"
 #include "router.h"
@@ -24,6 +25,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
     {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
     {"devex.http", luaopen_devex_http}, {"devex.s3", luaopen_devex_s3},
+    {"devex.process", luaopen_devex_process},
     {NULL, NULL},
 };
 

@@ -1,4 +1,4 @@
-// A minimal HTTP server: edit me! It listens on $PORT (default 3000).
+// A minimal HTTP server: edit me! It listens on $HOST:$PORT (default 0.0.0.0:3000).
 package main
 
 import (
@@ -18,5 +18,5 @@ func main() {
 		fmt.Fprintln(w, "Hello from your Go REPL!")
 	})
 	log.Printf("listening on port %s", port)
-	log.Fatal(http.ListenAndServe(":"+port, nil))
+	log.Fatal(http.ListenAndServe(os.Getenv("HOST")+":"+port, nil))
 }

@@ -1,4 +1,4 @@
-// A minimal HTTP server: edit me! It listens on $PORT (default 3000).
+// A minimal HTTP server: edit me! It listens on $HOST:$PORT (default 0.0.0.0:3000).
 "use strict";
 
 const http = require("http");
@@ -10,6 +10,6 @@ const server = http.createServer((req, res) => {
   res.end("Hello from your Node.js REPL!\n");
 });
 
-server.listen(port, () => {
+server.listen(port, process.env.HOST || '0.0.0.0', () => {
   console.log(`listening on port ${port}`);
 });

@@ -1,4 +1,4 @@
-"""A minimal HTTP server: edit me! It listens on $PORT (default 3000)."""
+"""A minimal HTTP server: edit me! It listens on $HOST:$PORT (default 0.0.0.0:3000)."""
 
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +16,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(os.environ.get("PORT", "3000"))
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server = ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), port), Handler)
     print("listening on port %d" % port, flush=True)
     server.serve_forever()
 

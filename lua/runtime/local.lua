@@ -1,0 +1,192 @@
+-- runtime.local: single-host sessions. A session runs the template's
+-- local_command (policy.templates) as a child process of devexd in a
+-- workspace directory materialised from storage, as the Kubernetes init
+-- container does, with REPL_ID, TEMPLATE, PORT, RUNNER_TOKEN and
+-- CALLBACK_URL in its environment, on a free loopback port. Stop saves the
+-- workspace back to storage first, and only then ends the process (SIGTERM,
+-- SIGKILL after a grace period) and removes the directory. A child that dies
+-- on its own is noticed: its files are saved and the session marked stopped.
+--
+--   runtime = { driver = "local", dir = "/var/lib/devexd/workspaces", stop_grace = 5 }
+local process = require("devex.process")
+local s3 = require("devex.s3")
+local http = require("devex.http")
+local timer = require("devex.timer")
+local log = require("devex.log")
+local policy = require("policy")
+
+local Driver = {}
+Driver.__index = Driver
+
+local M = {}
+
+function M.new(config)
+  local rt = config.runtime or {}
+  local dir = rt.dir or ((config.storage or {}).dir and (config.storage.dir .. "/../workspaces")) or "/tmp/devexd-workspaces"
+  local public = (config.public_url or "http://localhost:8080"):gsub("/+$", "")
+  return setmetatable({ name = "local", dir = dir, public_url = public, grace = rt.stop_grace or 5,
+                        ready_timeout = rt.ready_timeout or 60 }, Driver)
+end
+
+local function err(status, message) return nil, { status = status, message = message } end
+
+function Driver:workspace(id) return self.dir .. "/" .. id end
+
+local function storage()
+  return require("storage").open()
+end
+
+-- Copies repl/<user>/<id>/** into the workspace.
+local function materialise(store, prefix, ws)
+  local listing, e = store:list(prefix)
+  if not listing then return nil, e end
+  for _, o in ipairs(listing.objects) do
+    local rel = o.key:sub(#prefix + 1)
+    local path = ws .. "/" .. rel
+    local parent = path:match("^(.*)/[^/]*$")
+    local ok, e2 = s3.fs_mkdir_p(parent)
+    if not ok then return nil, e2 end
+    local body, e3 = store:get(o.key)
+    if not body then return nil, e3 end
+    local f, e4 = io.open(path, "wb")
+    if not f then return nil, e4 end
+    f:write(body)
+    f:close()
+  end
+  return #listing.objects
+end
+
+-- Saves the workspace to repl/<user>/<id>/: every file uploaded, and remote
+-- files that no longer exist locally removed (after the uploads succeeded).
+function M.save(store, prefix, ws)
+  local files, e = s3.fs_walk(ws, true)
+  if not files then return nil, e end
+  local seen = {}
+  for _, f in ipairs(files) do
+    local key = prefix .. f.path
+    local ok, e2 = store:put_file(key, ws .. "/" .. f.path)
+    if not ok then return nil, e2 end
+    seen[key] = true
+  end
+  local listing, e3 = store:list(prefix)
+  if not listing then return nil, e3 end
+  local gone = {}
+  for _, o in ipairs(listing.objects) do if not seen[o.key] then gone[#gone + 1] = o.key end end
+  if #gone > 0 then
+    local res = store:delete_many(gone)
+    if res and #res.failures > 0 then return nil, res.failures[1].error end
+  end
+  return #files
+end
+
+local function rm_rf(path)
+  -- only ever a workspace directory of ours
+  assert(path:match("/repl%-[0-9a-f%-]+$"), "refusing to remove " .. path)
+  os.execute("rm -rf -- '" .. path:gsub("'", "") .. "'")
+end
+
+function Driver:start(meta, opts)
+  local tpl = policy.templates.catalogue[meta.template]
+  if not tpl or not tpl.local_command then return err(500, "template has no local_command") end
+  local store, e = storage()
+  if not store then return err(502, "storage: " .. tostring(e)) end
+  local ws = self:workspace(meta.id)
+  rm_rf(ws)
+  local ok
+  ok, e = s3.fs_mkdir_p(ws)
+  if not ok then return err(500, tostring(e)) end
+  local n
+  n, e = materialise(store, meta.prefix, ws)
+  if not n then return err(502, "could not fetch the files: " .. tostring(e)) end
+  local port = process.free_port()
+  local cmd = tpl.local_command
+  local args = {}
+  for i = 2, #cmd do args[#args + 1] = cmd[i] end
+  local driver = self
+  local child
+  child, e = process.spawn{
+    command = cmd[1], args = args, cwd = ws,
+    env = { REPL_ID = meta.id, TEMPLATE = meta.template, PORT = tostring(port), HOST = "127.0.0.1", RUNNER_TOKEN = opts.token,
+            CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id },
+    stdout = ws .. "/.runner.log", stderr = ws .. "/.runner.log",
+    on_exit = function(code, signal) driver:child_exited(meta, code, signal) end,
+  }
+  if not child then return err(502, "could not start the runner: " .. tostring(e)) end
+  -- ready when the runner answers HTTP on its port
+  local deadline = timer.now() + math.min(opts.deadline or 60, self.ready_timeout)
+  while true do
+    local res = http.request{ url = "http://127.0.0.1:" .. port .. "/", timeout = 1, connect_timeout = 1 }
+    if res then break end
+    if not child:running() then return err(502, "the runner exited before answering") end
+    if timer.now() > deadline then
+      child:stop(1)
+      return err(504, "the runner did not answer on its port in time")
+    end
+    timer.sleep(0.1)
+  end
+  return {
+    url = self.public_url .. "/repl/" .. meta.id .. "/",
+    endpoint = "127.0.0.1:" .. port,
+    session = { pid = child.pid, port = port, workspace = ws },
+  }
+end
+
+-- The child ended by itself (crash, killed from outside): save what it left
+-- and mark the session stopped. A stop in progress handles its own exit.
+function Driver:child_exited(meta, code, signal)
+  local store_mod = require("repl.store")
+  local m = store_mod.get(meta.id)
+  if not m or m.state ~= "running" then return end
+  log.warn("runner exited on its own; saving its files", { repl = meta.id, code = code, signal = signal })
+  local prev = store_mod.transition(meta.id, "stopping", { "running" })
+  if not prev then return end
+  local store = storage()
+  local ws = self:workspace(meta.id)
+  local saved, e = store and M.save(store, meta.prefix, ws)
+  if not saved then
+    log.error("could not save the files of an exited runner; the sweep retries", { repl = meta.id, error = tostring(e) })
+    return
+  end
+  rm_rf(ws)
+  store_mod.end_session(meta.id)
+  store_mod.transition(meta.id, "stopped", { "stopping" })
+end
+
+local function wait_gone(pid, grace)
+  local deadline = timer.now() + grace
+  while process.alive(pid) and timer.now() < deadline do timer.sleep(0.05) end
+  return not process.alive(pid)
+end
+
+function Driver:stop(meta, sess)
+  local ws = self:workspace(meta.id)
+  local store, e = storage()
+  if not store then return err(502, "storage: " .. tostring(e)) end
+  local f = io.open(ws, "r")
+  if f then
+    f:close()
+    local saved
+    saved, e = M.save(store, meta.prefix, ws)
+    if not saved then return err(502, "could not save the files: " .. tostring(e)) end
+  end
+  local pid = tonumber(sess.pid)
+  if pid and process.alive(pid) then
+    process.kill_pid(pid, "TERM") -- the whole process group
+    if not wait_gone(pid, self.grace) then
+      process.kill_pid(pid, "KILL")
+      wait_gone(pid, 2)
+    end
+  end
+  rm_rf(ws)
+  return true
+end
+
+function Driver:remove(meta)
+  local sess = require("repl.store").get_session(meta.id)
+  local pid = sess and tonumber(sess.pid)
+  if pid and process.alive(pid) then process.kill_pid(pid, "KILL") end
+  rm_rf(self:workspace(meta.id))
+  return true
+end
+
+return M

@@ -1,0 +1,179 @@
+"""Sessions with the single-host runtime (lua/runtime/local.lua): the
+template's runner runs as a child process of devexd in a workspace
+materialised from storage. Start (the runner answers), a file written into
+the workspace as the runner would, stop (file saved, process gone, directory
+gone), start again (the file is back), a runner killed from outside (session
+marked stopped, files saved), concurrent starts (one runner), delete."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import shutil
+import threading
+import time
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+import test_repl  # noqa: E402
+from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+class LocalRuntimeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-local-")
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        cls.ws_dir = os.path.join(cls.tmp, "workspaces")
+        os.mkdir(cls.store_dir)
+        cls.redis = RedisServer().__enter__()
+        cls.gh = GitHubFake().__enter__()
+        conf = {
+            "environment": "production", "frontend_url": FRONTEND,
+            "redis": {"url": cls.redis.url(), "timeout": 2},
+            "github": cls.gh.config(GH_REDIRECT),
+            "storage": {"driver": "fs", "dir": cls.store_dir},
+            "runtime": {"driver": "local", "dir": cls.ws_dir, "stop_grace": 2},
+        }
+        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
+                            os.path.join(harness.SOURCE_DIR, "templates")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        for name in ("d", "gh", "redis"):
+            obj = getattr(cls, name, None)
+            if obj is not None:
+                obj.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def login(self):
+        return test_repl.ReplTest.login(self)
+
+    def create(self, b, **kw):
+        return test_repl.ReplTest.create(self, b, **kw)
+
+    def session(self, rid):
+        flat = self.redis.call("HGETALL", "devex:activeSession:" + rid)
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    def state(self, rid):
+        v = self.redis.call("HGET", "devex:replMeta:" + rid, "state")
+        return v.decode() if v else None
+
+    def saved(self, rid, rel):
+        # the fs driver stores a segment starting with "." as "%2E..."
+        rel = "/".join(("%2E" + seg[1:]) if seg.startswith(".") else seg for seg in rel.split("/"))
+        path = os.path.join(self.store_dir, "repl", "octocat", rid, rel)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read()
+
+    def test_session_lifecycle(self):
+        self.redis.call("FLUSHALL")
+        b = self.login()
+        st, repl = self.create(b, name="py", template="python")
+        self.assertEqual(st, 201, repl)
+        rid = repl["id"]
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        body = r.json()
+        self.assertEqual((body["replId"], body["replName"]), (rid, "py"))
+        self.assertTrue(body["url"].endswith("/repl/%s/" % rid), body)
+        sess = self.session(rid)
+        pid, endpoint = int(sess["pid"]), sess["endpoint"]
+        self.assertTrue(endpoint.startswith("127.0.0.1:"))
+        with urllib.request.urlopen("http://%s/" % endpoint, timeout=5) as resp:
+            self.assertIn(b"Hello from your Python REPL", resp.read())
+        self.assertEqual(self.state(rid), "running")
+        self.assertIs(b.get("/api/repl").json()[0]["isActive"], True)
+        # starting again answers at once with the same session
+        r2 = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r2.json(), body)
+        self.assertEqual(int(self.session(rid)["pid"]), pid)
+        # the runner writes a file, then the user stops the session
+        ws = os.path.join(self.ws_dir, rid)
+        with open(os.path.join(ws, "notes.txt"), "w") as f:
+            f.write("hello from the workspace\n")
+        os.makedirs(os.path.join(ws, "src"))
+        with open(os.path.join(ws, "src", ".hidden"), "w") as f:
+            f.write("dot\n")
+        r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(self.saved(rid, "notes.txt"), "hello from the workspace\n")
+        self.assertEqual(self.saved(rid, "src/.hidden"), "dot\n")
+        self.assertFalse(pid_alive(pid), "the runner still runs after stop")
+        self.assertFalse(os.path.exists(ws), "the workspace was not removed")
+        self.assertEqual(self.state(rid), "stopped")
+        self.assertEqual(self.session(rid), {})
+        # start again: the file is back in the new workspace
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        with open(os.path.join(ws, "notes.txt")) as f:
+            self.assertEqual(f.read(), "hello from the workspace\n")
+        # the runner is killed from outside: noticed, files saved, session stopped
+        pid2 = int(self.session(rid)["pid"])
+        with open(os.path.join(ws, "late.txt"), "w") as f:
+            f.write("written before the crash\n")
+        os.killpg(pid2, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while self.state(rid) != "stopped":
+            self.assertLess(time.monotonic(), deadline, "the dead runner was not noticed")
+            time.sleep(0.05)
+        self.assertEqual(self.saved(rid, "late.txt"), "written before the crash\n")
+        self.assertEqual(self.session(rid), {})
+        # delete removes everything
+        r = b.request("DELETE", "/api/repl/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "octocat", rid)))
+
+    def test_concurrent_starts_make_one_runner(self):
+        self.redis.call("FLUSHALL")
+        b = self.login()
+        st, repl = self.create(b, name="twice", template="python")
+        rid = repl["id"]
+        out = []
+        lock = threading.Lock()
+
+        def start():
+            r = b.get("/api/repl/session/" + rid)
+            with lock:
+                out.append((r.status, r.json()))
+
+        ts = [threading.Thread(target=start) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        self.assertEqual([s for s, _ in out], [200, 200], out)
+        self.assertEqual(out[0][1], out[1][1])
+        runners = subprocess.run(["pgrep", "-f", "-c", "main.py"], stdout=subprocess.PIPE, text=True).stdout.strip()
+        pid = int(self.session(rid)["pid"])
+        self.assertTrue(pid_alive(pid))
+        self.assertEqual(b.request("DELETE", "/api/repl/" + rid, headers=JSON).status, 200)
+        self.assertFalse(pid_alive(pid))
+        del runners
+
+
+if __name__ == "__main__":
+    harness.main()
