@@ -11,6 +11,7 @@
 #include "process.h"
 #include "s3.h"
 #include "http.h"
+#include "k8s.h"
 #include "router.h"
 #include "server.h"
 #include "timer.h"
@@ -25,6 +26,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
     {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
     {"devex.http", luaopen_devex_http}, {"devex.s3", luaopen_devex_s3},
+    {"devex.k8s", luaopen_devex_k8s},
     {"devex.process", luaopen_devex_process},
     {NULL, NULL},
 };
