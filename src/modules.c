@@ -9,6 +9,7 @@
 #include "log.h"
 #include "oauth.h"
 #include "process.h"
+#include "proxy.h"
 #include "s3.h"
 #include "http.h"
 #include "k8s.h"
@@ -27,6 +28,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
     {"devex.http", luaopen_devex_http}, {"devex.s3", luaopen_devex_s3},
     {"devex.k8s", luaopen_devex_k8s},
+    {"devex.proxy", luaopen_devex_proxy},
     {"devex.process", luaopen_devex_process},
     {NULL, NULL},
 };

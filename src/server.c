@@ -11,6 +11,7 @@
 #include "errjson.h"
 #include "json.h"
 #include "log.h"
+#include "proxy.h"
 #include "redis.h"
 
 #include <arpa/inet.h>
@@ -219,6 +220,13 @@ static void request_done(devex_task_t *t, int status, int nres)
         return;
     }
     int base = lua_gettop(co) - nres + 1;
+    /* proxy.c: a handler that returned require("devex.proxy").pass{...} has
+     * its request handed to H2O's reverse proxy instead of a response */
+    int pidx = devex_proxy_find(co, base, nres);
+    if (pidx != 0) {
+        devex_proxy_start(rc, co, pidx);
+        return;
+    }
     int code = nres >= 1 && lua_isinteger(co, base) ? (int)lua_tointeger(co, base) : 0;
     if (code < 100 || code > 599) {
         log_lua_error(rc, "handler returned an invalid status", luaL_tolstring(co, base, NULL));
@@ -385,6 +393,7 @@ int devex_server_init(int nworkers, char *err, size_t errlen)
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
     handler->on_req = on_req;
+    devex_proxy_register(path); /* proxy.c: per-worker upstream client contexts for devex.proxy.pass */
     devex_errjson_register(path);
     devex_errjson_register(&host->fallback_path); /* errors raised before routing, like 413 */
 

@@ -107,6 +107,16 @@ class LocalRuntimeTest(unittest.TestCase):
             self.assertIn(b"Hello from your Python REPL", resp.read())
         self.assertEqual(self.state(rid), "running")
         self.assertIs(b.get("/api/repl").json()[0]["isActive"], True)
+        # through devexd's proxy: the owner gets the runner's page, nobody else
+        r = b.get("/repl/%s/" % rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertIn(b"Hello from your Python REPL", r.body)
+        self.assertEqual(b.get("/repl/%s" % rid).status, 308)
+        self.assertEqual(self.d.get("/repl/%s/" % rid).status, 404)  # no session cookie
+        other = test_repl.ReplTest.login(self, "Mallory", 666)
+        r = other.get("/repl/%s/" % rid)
+        self.assertEqual(r.status, 404, r.body)
+        self.assertEqual(r.json(), {"error": "repl not found"})
         # starting again answers at once with the same session
         r2 = b.get("/api/repl/session/" + rid)
         self.assertEqual(r2.json(), body)
