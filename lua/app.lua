@@ -12,4 +12,7 @@ require("routes.health")(app)
 require("routes.auth")(app)
 require("routes.repl")(app)
 
+-- the background sweep (one replica at a time, through a Redis lock)
+require("repl.sweep").start()
+
 return app

@@ -171,6 +171,32 @@ function Driver:stop(meta, sess)
   return self:remove(meta)
 end
 
+-- Labelled Deployments older than grace seconds: { {repl=, name=}, ... }.
+function Driver:orphans(grace)
+  local c = client()
+  if not c then return {} end
+  local l = c:list({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace },
+    { label_selector = "app.kubernetes.io/managed-by=devexd" })
+  if not l then return {} end
+  local out = {}
+  local now = os.time()
+  for _, d in ipairs(l.items) do
+    local created = d.metadata.creationTimestamp or ""
+    local y, mo, da, h, mi, se = created:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
+    local t = y and os.time({ year = y, month = mo, day = da, hour = h, min = mi, sec = se, isdst = false }) or now
+    -- os.time reads the table as local time; creationTimestamp is UTC
+    local offset = os.time(os.date("!*t", now)) - now
+    t = t - offset
+    local repl = d.metadata.labels and d.metadata.labels["devex.io/repl"]
+    if repl and now - t >= grace then out[#out + 1] = { repl = repl, name = d.metadata.name } end
+  end
+  return out
+end
+
+function Driver:remove_orphan(o)
+  return self:remove({ id = o.repl })
+end
+
 function Driver:remove(meta)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end

@@ -181,6 +181,35 @@ function Driver:stop(meta, sess)
   return true
 end
 
+-- After a restart of devexd its children are gone: the sweep asks whether a
+-- running session's process still lives, and recovers the ones that do not.
+function Driver:alive(meta, sess)
+  local pid = tonumber(sess and sess.pid)
+  return pid ~= nil and process.alive(pid)
+end
+
+-- Saves what the workspace holds (if anything), ends the session.
+function Driver:recover(meta)
+  local store_mod = require("repl.store")
+  local prev = store_mod.transition(meta.id, "stopping", { "running" })
+  if not prev then return false end
+  local ws = self:workspace(meta.id)
+  local f = io.open(ws, "r")
+  if f then
+    f:close()
+    local store = storage()
+    local saved, e = store and M.save(store, meta.prefix, ws)
+    if not saved then
+      log.error("recover: could not save the workspace; the sweep retries", { repl = meta.id, error = tostring(e) })
+      return false
+    end
+    rm_rf(ws)
+  end
+  store_mod.end_session(meta.id)
+  store_mod.transition(meta.id, "stopped", { "stopping" })
+  return true
+end
+
 function Driver:remove(meta)
   local sess = require("repl.store").get_session(meta.id)
   local pid = sess and tonumber(sess.pid)

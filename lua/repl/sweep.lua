@@ -1,0 +1,174 @@
+-- repl.sweep: the background job that keeps intent (Redis) and reality (the
+-- runtime) together. One devexd replica sweeps at a time: the holder of a
+-- Redis lock with an expiry (SET NX PX), renewed by each run, so if the
+-- holder dies another replica takes over within the lock's expiry. A run:
+--   1. stops sessions idle past policy.cleanup.idle_limit (no heartbeat or
+--      request) or older than max_lifetime;
+--   2. retries REPLs stuck in "starting" or "stopping" past stuck_after
+--      (stopping: stop again, which saves first; starting: remove what the
+--      start made and go back to "created");
+--   3. asks the runtime to remove labelled workloads that no session owns,
+--      older than orphan_grace (driver:orphans / driver:remove_orphan).
+-- Every action is logged and counted in the run's report.
+local crypto = require("devex.crypto")
+local log = require("devex.log")
+local policy = require("policy")
+local redis = require("services.redis")
+local store = require("repl.store")
+local sessions = require("repl.sessions")
+
+local M = {}
+
+local LOCK = "sweep:lock"
+local token = crypto.b64url(crypto.random_bytes(16))
+
+local RELEASE = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+]]
+local RENEW = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+if ok then return 1 end
+return 0
+]]
+
+-- Takes or renews the lock; true when this replica is the sweeper.
+function M.lead(ttl_ms)
+  local r = redis.client()
+  if not r then return false end
+  local res = r:eval(RENEW, { redis.key(LOCK) }, token, ttl_ms)
+  return res == 1
+end
+
+function M.release()
+  local r = redis.client()
+  if r then r:eval(RELEASE, { redis.key(LOCK) }, token) end
+end
+
+local function all_repl_ids(r)
+  local ids, cursor = {}, "0"
+  repeat
+    local res = r:call("SCAN", cursor, "MATCH", redis.key("replMeta", "*"), "COUNT", 500)
+    if not res then return nil end
+    cursor = res[1]
+    local plen = #redis.key("replMeta", "")
+    for _, k in ipairs(res[2]) do ids[#ids + 1] = k:sub(plen + 1) end
+  until cursor == "0"
+  return ids
+end
+
+function M.run(now)
+  now = now or os.time()
+  local c = policy.cleanup
+  local report = { idle = 0, expired = 0, retried = 0, orphans = 0, errors = 0 }
+  local r = redis.client()
+  if not r then return report end
+  -- 1. idle and expired sessions
+  local idle = store.idle_sessions(now - c.idle_limit, 100) or {}
+  local seen = {}
+  for _, id in ipairs(idle) do seen[id] = "idle" end
+  local ids = all_repl_ids(r) or {}
+  local metas = {}
+  for _, id in ipairs(ids) do
+    local m = store.get(id)
+    if m then
+      metas[#metas + 1] = m
+      if m.state == "running" and not seen[id] then
+        local sess = store.get_session(id)
+        if sess and tonumber(sess.started_at) and now - tonumber(sess.started_at) > c.max_lifetime then
+          seen[id] = "expired"
+        end
+      end
+    end
+  end
+  -- sessions whose process is gone (the local runtime after a restart)
+  local dok, drv = pcall(require("runtime").driver)
+  if dok and drv.alive then
+    for _, m in ipairs(metas) do
+      if m.state == "running" and not seen[m.id] then
+        local sess = store.get_session(m.id)
+        if not sess or not drv:alive(m, sess) then
+          if drv:recover(m) then
+            report.recovered = (report.recovered or 0) + 1
+            log.info("sweep recovered a session whose runner is gone", { repl = m.id })
+          else
+            report.errors = report.errors + 1
+          end
+        end
+      end
+    end
+  end
+  for id, why in pairs(seen) do
+    local m = store.get(id)
+    if m and m.state == "running" then
+      local ok, err = sessions.stop(m)
+      if ok then
+        report[why] = report[why] + 1
+        log.info("sweep stopped a session", { repl = id, reason = why })
+      else
+        report.errors = report.errors + 1
+        log.warn("sweep could not stop a session", { repl = id, reason = why, error = err and err.body and err.body.error })
+      end
+    elseif m == false then
+      store.end_session(id) -- activity entry of a REPL that no longer exists
+    end
+  end
+  -- 2. stuck transitions
+  for _, m in ipairs(metas) do
+    local since = tonumber(m.state_since or m.last_active or 0) or 0
+    if (m.state == "stopping" or m.state == "starting") and now - since > c.stuck_after then
+      local ok, err
+      if m.state == "stopping" then
+        ok, err = sessions.stop(m)
+      else
+        local driver = require("runtime").driver()
+        driver:remove(m)
+        store.end_session(m.id)
+        ok = store.transition(m.id, "created", { "starting" })
+      end
+      if ok then
+        report.retried = report.retried + 1
+        log.info("sweep repaired a stuck repl", { repl = m.id, state = m.state })
+      else
+        report.errors = report.errors + 1
+        log.warn("sweep could not repair a stuck repl", { repl = m.id, state = m.state,
+          error = type(err) == "table" and err.body and err.body.error or tostring(err) })
+      end
+    end
+  end
+  -- 3. orphan workloads
+  local ok, driver = pcall(require("runtime").driver)
+  if ok and driver.orphans then
+    local list = driver:orphans(c.orphan_grace) or {}
+    for _, o in ipairs(list) do
+      local m = store.get(o.repl)
+      local owned = m and (m.state == "running" or m.state == "starting" or m.state == "stopping")
+      if not owned then
+        local removed = driver:remove_orphan(o)
+        if removed then
+          report.orphans = report.orphans + 1
+          log.info("sweep removed an orphan workload", { repl = o.repl, name = o.name })
+        else
+          report.errors = report.errors + 1
+        end
+      end
+    end
+  end
+  return report
+end
+
+-- Starts the periodic sweep on this worker (called once per worker; the lock
+-- makes one replica, and in it one worker, do the work).
+function M.start()
+  local timer = require("devex.timer")
+  local interval = policy.cleanup.sweep_interval
+  local ttl_ms = math.floor(interval * 3 * 1000)
+  return timer.every(interval, function()
+    if not M.lead(ttl_ms) then return end
+    local report = M.run()
+    log.info("sweep", report)
+  end)
+end
+
+return M

@@ -1,0 +1,130 @@
+"""The background sweep (lua/repl/sweep.lua) with the single-host runtime: an
+idle session is stopped (files saved); with two replicas on one Redis exactly
+one sweeps, and when it dies the other takes over within the lock's expiry; a
+devexd restarted after its runner died repairs the state (files saved,
+session stopped)."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import shutil
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+import test_repl  # noqa: E402
+from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
+
+
+def poll(fn, what, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+class SweepTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="devexd-sweep-")
+        self.store_dir = os.path.join(self.tmp, "bucket")
+        os.mkdir(self.store_dir)
+        self.policy = os.path.join(self.tmp, "policy.lua")
+        self.redis = RedisServer().__enter__()
+        self.gh = GitHubFake().__enter__()
+
+    def tearDown(self):
+        self.gh.__exit__(None, None, None)
+        self.redis.__exit__(None, None, None)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def devexd(self, idle=3600, interval=0.3, **kw):
+        with open(self.policy, "w") as f:
+            f.write("return { cleanup = { idle_limit = %s, sweep_interval = %s, stuck_after = 1 } }\n" % (idle, interval))
+        conf = {"environment": "production", "frontend_url": FRONTEND,
+                "redis": {"url": self.redis.url(), "timeout": 2}, "github": self.gh.config(GH_REDIRECT),
+                "storage": {"driver": "fs", "dir": self.store_dir},
+                "runtime": {"driver": "local", "dir": os.path.join(self.tmp, "ws"), "stop_grace": 2},
+                "policy": {"file": self.policy}}
+        return Devexd(app=None, threads=2, config=conf, **kw)
+
+    def sync(self, d):
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
+                            os.path.join(harness.SOURCE_DIR, "templates")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+    def state(self, rid):
+        v = self.redis.call("HGET", "devex:replMeta:" + rid, "state")
+        return v.decode() if v else None
+
+    def start_session(self, d):
+        self.d = d
+        b = test_repl.ReplTest.login(self)
+        st, repl = test_repl.ReplTest.create(self, b, name="s", template="python")
+        self.assertEqual(st, 201, repl)
+        r = b.get("/api/repl/session/" + repl["id"])
+        self.assertEqual(r.status, 200, r.body)
+        return b, repl["id"]
+
+    def test_idle_session_is_stopped(self):
+        with self.devexd(idle=1) as d:
+            self.sync(d)
+            b, rid = self.start_session(d)
+            ws = os.path.join(self.tmp, "ws", rid)
+            with open(os.path.join(ws, "work.txt"), "w") as f:
+                f.write("unsaved work\n")
+            poll(lambda: self.state(rid) == "stopped", "the idle session to be stopped")
+            with open(os.path.join(self.store_dir, "repl", "octocat", rid, "work.txt")) as f:
+                self.assertEqual(f.read(), "unsaved work\n")
+            self.assertFalse(os.path.exists(ws))
+            d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "idle",
+                       what="the sweep's log line")
+
+    def test_one_sweeper_and_takeover(self):
+        with self.devexd() as a, self.devexd() as b:
+            time.sleep(1.5)  # several sweep intervals
+            runs = lambda d: [e for e in d.logs() if e.get("msg") == "sweep"]
+            ra, rb = runs(a), runs(b)
+            self.assertTrue(ra or rb, "nobody swept")
+            self.assertTrue(not ra or not rb, "both replicas swept (%d and %d runs)" % (len(ra), len(rb)))
+            leader, other = (a, b) if ra else (b, a)
+            leader.proc.send_signal(signal.SIGKILL)
+            leader.wait_exit(10)
+            leader.expect_exit = None
+            mark = len(runs(other))
+            poll(lambda: len(runs(other)) > mark + 1, "the other replica to take over", timeout=10)
+
+    def test_restart_repairs_a_dead_runner(self):
+        d = self.devexd(expect_exit=None).__enter__()
+        try:
+            self.sync(d)
+            b, rid = self.start_session(d)
+            pid = int(self.redis.call("HGET", "devex:activeSession:" + rid, "pid"))
+            with open(os.path.join(self.tmp, "ws", rid, "late.txt"), "w") as f:
+                f.write("before the crash\n")
+            d.proc.send_signal(signal.SIGKILL)
+            d.wait_exit(10)
+        finally:
+            d.__exit__(None, None, None)
+        os.killpg(pid, signal.SIGKILL)
+        self.assertEqual(self.state(rid), "running")
+        with self.devexd() as d2:
+            poll(lambda: self.state(rid) == "stopped", "the restarted devexd to repair the session")
+            with open(os.path.join(self.store_dir, "repl", "octocat", rid, "late.txt")) as f:
+                self.assertEqual(f.read(), "before the crash\n")
+            self.assertEqual(self.redis.call("EXISTS", "devex:activeSession:" + rid), 0)
+
+
+if __name__ == "__main__":
+    harness.main()
