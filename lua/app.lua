@@ -10,6 +10,7 @@ app:use(require("middleware.csrf"))
 
 require("routes.health")(app)
 require("routes.auth")(app)
+require("routes.dev_login").register(app)
 require("routes.repl")(app)
 
 -- the background sweep (one replica at a time, through a Redis lock)

@@ -60,6 +60,7 @@ local schema = {
     kube = { type = "table", optional = true, open = true },
     runner = { type = "table", optional = true, open = true },
     runtime = { type = "table", optional = true, open = true },
+    dev_login = { type = "table", optional = true, fields = { enabled = { type = "boolean", default = false } } },
     storage = { type = "table", optional = true, open = true },
     policy = { type = "table", optional = true, open = true },
     metrics = { type = "table", optional = true, open = true },

@@ -235,7 +235,7 @@ class Devexd:
             listen.append({"host": "127.0.0.1", "port": self.tls_port, "tls": {"cert": self.cert, "key": self.key}})
         self.conf_path = os.path.join(self.tmp, "devexd.conf.lua")
         if self.config_text is not None:
-            text = self.config_text
+            text = self.config_text.replace("@PORT@", str(self.port))  # the port is chosen here
         else:
             server = {"listen": listen, "max_body": self.max_body, "shutdown_timeout": self.shutdown_timeout}
             server.update(self.server_extra)

@@ -20,16 +20,26 @@
 // where S3 decodes the header fully; the header is re-encoded so that
 // decodeURI yields the key S3 would have read.
 //
+// Emulated latency (off by default): --latency-ms N (or --latency-ms=N, or
+// the environment variable S3_FRONT_LATENCY_MS=N; the flag wins) holds every
+// S3 request N ms after its body has arrived and before it is checked,
+// forwarded and answered, with a timer (setTimeout), so the event loop keeps
+// serving other requests meanwhile: N is a round trip that costs no CPU, as
+// the network and S3's own queues are for a client of real S3. Loopback has
+// no such latency; the benchmarks use it to measure what concurrency overlaps.
+// The /__front/ hooks are never delayed.
+//
 // Test hooks (paths under /__front/, which no bucket name can start with):
 //   POST /__front/fail?count=N&status=503&code=SlowDown  the next N S3 requests get that error
-//   GET  /__front/stats    {"requests":n,"rejected":n,"injected":n,"forwarded":n}
+//   POST /__front/latency?ms=N  sets the emulated latency from now on (0: off)
+//   GET  /__front/stats    {"requests":n,"rejected":n,"injected":n,"forwarded":n,"latency_ms":n}
 //
 // s3rver's continuation tokens use DES, which Node 17+ (OpenSSL 3) only has
 // with the legacy provider: run node with --openssl-legacy-provider, else
 // listings past the first page fail with InternalError.
 //
 // Usage: node --openssl-legacy-provider server.js --port 0 --dir DIR --access-key AK --secret-key SK
-//                       [--bucket NAME]... [--region us-east-1]
+//                       [--bucket NAME]... [--region us-east-1] [--latency-ms 0]
 // Prints "READY <port>" on stdout once listening; exits on SIGTERM/SIGINT.
 "use strict";
 
@@ -40,17 +50,33 @@ const { SignatureV4 } = require("@smithy/signature-v4");
 const { Hash } = require("@smithy/hash-node");
 const { HttpRequest } = require("@smithy/core/protocols");
 
+function parseLatency(v, what) {
+  const n = Number(v);
+  if (v === undefined || v === "" || !Number.isFinite(n) || n < 0)
+    throw new Error(what + " must be a number of milliseconds >= 0, not " + JSON.stringify(v));
+  return n;
+}
+
 function parseArgs(argv) {
-  const o = { port: 0, dir: null, accessKey: null, secretKey: null, buckets: [], region: "us-east-1" };
+  const o = { port: 0, dir: null, accessKey: null, secretKey: null, buckets: [], region: "us-east-1",
+    latencyMs: parseLatency(process.env.S3_FRONT_LATENCY_MS || "0", "S3_FRONT_LATENCY_MS") };
   for (let i = 2; i < argv.length; i++) {
-    const a = argv[i];
-    const v = argv[++i];
+    let a = argv[i];
+    let v;
+    const eq = a.indexOf("=");
+    if (a.startsWith("--") && eq > 0) {
+      v = a.slice(eq + 1);
+      a = a.slice(0, eq);
+    } else {
+      v = argv[++i];
+    }
     if (a === "--port") o.port = Number(v);
     else if (a === "--dir") o.dir = v;
     else if (a === "--access-key") o.accessKey = v;
     else if (a === "--secret-key") o.secretKey = v;
     else if (a === "--bucket") o.buckets.push(v);
     else if (a === "--region") o.region = v;
+    else if (a === "--latency-ms") o.latencyMs = parseLatency(v, "--latency-ms");
     else throw new Error("unknown argument " + a);
   }
   if (!o.dir || !o.accessKey || !o.secretKey) throw new Error("--dir, --access-key and --secret-key are required");
@@ -59,6 +85,7 @@ function parseArgs(argv) {
 
 const opts = parseArgs(process.argv);
 const stats = { requests: 0, rejected: 0, injected: 0, forwarded: 0 };
+let latencyMs = opts.latencyMs;
 let inject = { count: 0, status: 503, code: "SlowDown" };
 
 function xmlEscape(s) {
@@ -185,7 +212,12 @@ async function main() {
         if (rawPath.startsWith("/__front/")) {
           if (rawPath === "/__front/stats") {
             res.writeHead(200, { "content-type": "application/json" });
-            return res.end(JSON.stringify(stats));
+            return res.end(JSON.stringify({ ...stats, latency_ms: latencyMs }));
+          }
+          if (rawPath === "/__front/latency" && req.method === "POST") {
+            latencyMs = parseLatency(parseQuery(rawQuery).ms, "ms");
+            res.writeHead(204);
+            return res.end();
           }
           if (rawPath === "/__front/fail") {
             const p = parseQuery(rawQuery);
@@ -198,6 +230,7 @@ async function main() {
         }
         stats.requests++;
         if (process.env.S3_FRONT_LOG) process.stderr.write(req.method + " " + req.url.slice(0, 120) + " " + body.length + "\n");
+        if (latencyMs > 0) await new Promise((resolve) => setTimeout(resolve, latencyMs));
         if (inject.count > 0) {
           inject.count--;
           stats.injected++;

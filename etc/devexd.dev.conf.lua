@@ -1,0 +1,27 @@
+-- devexd development / single-host configuration: everything on one machine,
+-- no cluster and no cloud account. Sessions run as child processes (runtime
+-- "local"), files live in a directory (storage "fs"), sign-in is by name
+-- (dev_login), Redis is a local redis-server. scripts/run-dev.sh uses this.
+-- Never expose it: dev_login lets anyone sign in as anyone, and devexd
+-- refuses to start with it when ENVIRONMENT is production or PUBLIC_URL is https.
+local env = require("devex.env")
+
+local data = env.str("DEVEXD_DATA", "/tmp/devexd-data")
+local port = env.int("PORT", 8080, 1, 65535)
+local public = env.url("PUBLIC_URL", "http://localhost:" .. port, { "http", "https" })
+
+return {
+  environment = env.enum("ENVIRONMENT", "development", { "development", "production", "test" }),
+  public_url = public,
+  -- the built-in development dashboard; a separate frontend would set its own
+  frontend_url = env.url("FRONTEND_URL", public, { "http", "https" }),
+  server = {
+    listen = { { host = env.str("HOST", "127.0.0.1"), port = port } },
+    threads = env.int("DEVEXD_THREADS", 0, 0, 256),
+    log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
+  },
+  redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },
+  storage = { driver = "fs", dir = data .. "/storage" },
+  runtime = { driver = "local", dir = data .. "/workspaces" },
+  dev_login = { enabled = true },
+}
