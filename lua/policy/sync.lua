@@ -17,7 +17,8 @@ function M.container(ctx)
   local p = ctx.policy or M
   local wp = ctx.workload_policy or workload
   return {
-    name = "save-" .. tostring(os.time()),
+    -- unique per attempt: a retried stop adds a second uploader to the same pod
+    name = "save-" .. require("devex.crypto").hex(require("devex.crypto").random_bytes(4)),
     image = p.image,
     command = json.array({ "sh", "-c",
       'aws s3 sync --delete --endpoint-url "$S3_ENDPOINT" /workspaces/ "s3://$S3_BUCKET/$REPL_PREFIX"' }),
