@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh --test
 
+# The Kubernetes control plane for the k8s tests (kube-apiserver and
+# kube-controller-manager built from Debian's source package, cached outside
+# the clone in /var/cache/devexd-k8s: minutes the first time, then instant).
+# A failed build is not fatal here: the k8s tests then fail and say why.
+if ! bash tests/k8s/build.sh >/dev/null; then
+  echo "test.sh: tests/k8s/build.sh failed; the Kubernetes tests will fail" >&2
+fi
+
 JOBS="${JOBS:-$(nproc)}"
 status=0
 

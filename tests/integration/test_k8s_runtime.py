@@ -1,0 +1,198 @@
+"""REPL sessions on a real Kubernetes API server (lua/runtime/kubernetes.lua,
+policy.workload, policy.sync): the whole flow as the frontend does it against
+kube-apiserver 1.20 with the controller manager and the simulated kubelet of
+k8s_harness: sign in, list (empty), create, start (the pod becomes Ready),
+stop (the uploader exits 0; every object gone), start again, delete. Also:
+the uploader failing (workload kept, REPL stopping, a retry succeeds), an
+image that cannot be pulled (502 with the reason, nothing left), two
+concurrent starts (one Deployment)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import shutil
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+import test_repl  # noqa: E402
+from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
+import k8s_harness  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
+NS = "repls"
+KINDS = [("apps/v1", "deployments"), ("v1", "services"), ("networking.k8s.io/v1", "ingresses"),
+         ("traefik.io/v1alpha1", "middlewares")]
+
+
+class K8sRuntimeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-k8srt-")
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        os.mkdir(cls.store_dir)
+        cls.kc = k8s_harness.KubeCluster().__enter__()
+        cls.kc.create_namespace(NS)
+        kubeconfig = cls.kc.write_kubeconfig(os.path.join(cls.tmp, "kubeconfig"))
+        cls.redis = RedisServer().__enter__()
+        cls.gh = GitHubFake().__enter__()
+        conf = {
+            "environment": "production", "frontend_url": FRONTEND,
+            "redis": {"url": cls.redis.url(), "timeout": 2},
+            "github": cls.gh.config(GH_REDIRECT),
+            "storage": {"driver": "fs", "dir": cls.store_dir},
+            "runtime": {"driver": "kubernetes"},
+            "kube": {"config_path": kubeconfig, "namespace": NS},
+            "runner": {"cluster_ip": "runners.example.test"},
+        }
+        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
+                            os.path.join(harness.SOURCE_DIR, "templates")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        for name in ("d", "gh", "redis", "kc"):
+            obj = getattr(cls, name, None)
+            if obj is not None:
+                obj.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.redis.call("FLUSHALL")
+        self.kc.kubelet.clear_rules()
+
+    def login(self):
+        return test_repl.ReplTest.login(self)
+
+    def create(self, b, **kw):
+        return test_repl.ReplTest.create(self, b, **kw)
+
+    def objects(self, rid):
+        api = self.kc.client(user="admin")
+        out = {}
+        for version, plural in KINDS:
+            items = api.get(k8s_harness.api_path(version, plural, NS),
+                            query={"labelSelector": "devex.io/repl=" + rid})["items"]
+            out[plural] = items
+        return out
+
+    def wait_gone(self, rid, timeout=30):
+        deadline = time.monotonic() + timeout
+        while True:
+            objs = self.objects(rid)
+            left = {k: [o["metadata"]["name"] for o in v] for k, v in objs.items() if v}
+            if not left:
+                return
+            self.assertLess(time.monotonic(), deadline, "objects left: %r" % left)
+            time.sleep(0.2)
+
+    def state(self, rid):
+        v = self.redis.call("HGET", "devex:replMeta:" + rid, "state")
+        return v.decode() if v else None
+
+    def test_whole_flow(self):
+        b = self.login()
+        self.assertEqual(b.get("/api/repl").body, b"[]")
+        st, repl = self.create(b, name="k8s", template="node")
+        self.assertEqual(st, 201, repl)
+        rid = repl["id"]
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json(), {"replId": rid, "replName": "k8s",
+                                    "url": "https://runners.example.test/%s/" % rid})
+        objs = self.objects(rid)
+        for plural in ("deployments", "services", "ingresses", "middlewares"):
+            self.assertEqual(len(objs[plural]), 1, plural)
+            labels = objs[plural][0]["metadata"]["labels"]
+            self.assertEqual(labels["app.kubernetes.io/managed-by"], "devexd")
+            self.assertEqual(labels["devex.io/user"], "octocat")
+        dep = objs["deployments"][0]
+        for plural in ("services", "ingresses", "middlewares"):
+            refs = objs[plural][0]["metadata"].get("ownerReferences") or []
+            self.assertEqual([(o["kind"], o["uid"]) for o in refs], [("Deployment", dep["metadata"]["uid"])], plural)
+        pod_spec = dep["spec"]["template"]["spec"]
+        self.assertFalse(pod_spec["automountServiceAccountToken"])
+        runner = pod_spec["containers"][0]
+        env = {e["name"]: e for e in runner["env"]}
+        self.assertEqual(env["REPL_ID"]["value"], rid)
+        self.assertIn("RUNNER_TOKEN", env)
+        init_env = {e["name"]: e for e in pod_spec["initContainers"][0]["env"]}
+        self.assertIn("secretKeyRef", init_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"])  # never inlined
+        self.assertEqual(self.state(rid), "running")
+        self.assertIs(b.get("/api/repl").json()[0]["isActive"], True)
+        # stop: the uploader runs, exits 0, everything is deleted
+        r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+        self.wait_gone(rid)
+        self.assertEqual(self.state(rid), "stopped")
+        # start again, then delete the REPL
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        r = b.request("DELETE", "/api/repl/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+        self.wait_gone(rid)
+        self.assertEqual(self.redis.call("EXISTS", "devex:replMeta:" + rid), 0)
+        self.assertEqual(b.get("/api/repl").body, b"[]")
+
+    def test_uploader_failure_keeps_the_workload(self):
+        b = self.login()
+        st, repl = self.create(b, name="fails", template="python")
+        rid = repl["id"]
+        self.assertEqual(b.get("/api/repl/session/" + rid).status, 200)
+        rule = self.kc.kubelet.ephemeral_exit_code(3, namespace=NS)
+        r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+        self.assertEqual(r.status, 502, r.body)
+        self.assertIn("exit code 3", r.json()["error"])
+        self.assertEqual(self.state(rid), "stopping")
+        self.assertEqual(len(self.objects(rid)["deployments"]), 1, "the workload was deleted before the files were saved")
+        self.kc.kubelet.remove_rule(rule)
+        r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+        self.wait_gone(rid)
+        self.assertEqual(self.state(rid), "stopped")
+
+    def test_image_pull_failure(self):
+        b = self.login()
+        st, repl = self.create(b, name="badimage", template="go")
+        rid = repl["id"]
+        self.kc.kubelet.fail_image(namespace=NS)
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 502, r.body)
+        self.assertRegex(r.json()["error"], "ErrImagePull|ImagePullBackOff")
+        self.wait_gone(rid)
+        self.assertEqual(self.state(rid), "created")
+        self.assertEqual(self.redis.call("EXISTS", "devex:activeSession:" + rid), 0)
+
+    def test_concurrent_starts_make_one_deployment(self):
+        b = self.login()
+        st, repl = self.create(b, name="twice", template="node")
+        rid = repl["id"]
+        out = []
+        lock = threading.Lock()
+
+        def start():
+            r = b.get("/api/repl/session/" + rid)
+            with lock:
+                out.append(r.status)
+
+        ts = [threading.Thread(target=start) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        self.assertEqual(out, [200, 200])
+        self.assertEqual(len(self.objects(rid)["deployments"]), 1)
+        self.assertEqual(b.request("DELETE", "/api/repl/" + rid, headers=JSON).status, 200)
+        self.wait_gone(rid)
+
+
+if __name__ == "__main__":
+    harness.main()
