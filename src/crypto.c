@@ -7,6 +7,7 @@
  * API and returning garbage would be worse than stopping, so those abort.
  */
 #include "crypto.h"
+#include "textutil.h"
 
 #include <lauxlib.h>
 #include <limits.h>
@@ -84,32 +85,6 @@ int devex_uuid4(char out[37])
 
 /* ---- hex and base64url for Lua ----------------------------------------- */
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
 /* Whole input units per EVP_*Block call: keeps the int lengths small and the
  * chunk boundaries on 3-byte / 4-char groups. */
 #define B64_CHUNK_IN 3072
@@ -153,7 +128,7 @@ static int l_unb64url(lua_State *L)
         return 2;
     }
     for (size_t i = 0; i < len; i++) {
-        if (b64url_value(s[i]) < 0) {
+        if (devex_b64_value(s[i], 1) < 0) {
             lua_pushnil(L);
             lua_pushfstring(L, "invalid base64url: bad character at byte %d", (int)(i + 1));
             return 2;
@@ -161,12 +136,12 @@ static int l_unb64url(lua_State *L)
     }
     /* the bits of a partial last group beyond the data must be zero, or two
      * strings would decode to the same bytes (token malleability) */
-    if (len % 4 == 2 && (b64url_value(s[len - 1]) & 0x0f) != 0) {
+    if (len % 4 == 2 && (devex_b64_value(s[len - 1], 1) & 0x0f) != 0) {
         lua_pushnil(L);
         lua_pushstring(L, "invalid base64url: non-zero padding bits");
         return 2;
     }
-    if (len % 4 == 3 && (b64url_value(s[len - 1]) & 0x03) != 0) {
+    if (len % 4 == 3 && (devex_b64_value(s[len - 1], 1) & 0x03) != 0) {
         lua_pushnil(L);
         lua_pushstring(L, "invalid base64url: non-zero padding bits");
         return 2;
@@ -220,7 +195,7 @@ static int l_unhex(lua_State *L)
         return 2;
     }
     for (size_t i = 0; i < len; i++) {
-        if (hex_value(s[i]) < 0) {
+        if (devex_hex_value(s[i]) < 0) {
             lua_pushnil(L);
             lua_pushfstring(L, "invalid hex: bad character at byte %d", (int)(i + 1));
             return 2;
@@ -229,7 +204,7 @@ static int l_unhex(lua_State *L)
     luaL_Buffer b;
     char *p = luaL_buffinitsize(L, &b, len / 2);
     for (size_t i = 0; i < len / 2; i++)
-        p[i] = (char)(hex_value(s[2 * i]) << 4 | hex_value(s[2 * i + 1]));
+        p[i] = (char)(devex_hex_value(s[2 * i]) << 4 | devex_hex_value(s[2 * i + 1]));
     luaL_pushresultsize(&b, len / 2);
     return 1;
 }

@@ -12,6 +12,7 @@
  * Out of memory aborts, as buf.c does.
  */
 #include "k8s_config.h"
+#include "textutil.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -179,21 +180,6 @@ static char *dir_of(const char *path)
 
 /* ---- base64 ---------------------------------------------------------------- */
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 char *devex_k8s_base64_decode(const char *in, size_t len, size_t *outlen)
 {
     char *out = xmalloc(len / 4 * 3 + 4);
@@ -208,7 +194,7 @@ char *devex_k8s_base64_decode(const char *in, size_t len, size_t *outlen)
             pad++;
             continue;
         }
-        int v = b64_value(c);
+        int v = devex_b64_value(c, 0);
         if (v < 0 || pad > 0) { /* a bad character, or data after padding */
             free(out);
             return NULL;

@@ -38,6 +38,7 @@
 #include "crypto.h"
 #include "errors.h"
 #include "json.h"
+#include "textutil.h"
 
 #define PKCE_VERIFIER_MIN 43
 #define PKCE_VERIFIER_MAX 128
@@ -75,21 +76,6 @@ size_t devex_oauth_b64url_encode(const uint8_t *in, size_t n, char *out)
     return o;
 }
 
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
-
 int devex_oauth_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *outlen)
 {
     if (len % 4 == 1)
@@ -98,7 +84,7 @@ int devex_oauth_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *
     int bits = 0;
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
-        int v = b64url_value((unsigned char)in[i]);
+        int v = devex_b64_value((unsigned char)in[i], 1);
         if (v < 0)
             return -1;
         acc = acc << 6 | (uint32_t)v;
@@ -290,17 +276,6 @@ static int l_authorize_url(lua_State *L)
     return 1;
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes one form component (+ is a space, %XX a byte) into out, which has
  * room for len bytes. Returns the decoded length, or -1 on a bad escape. */
 static long form_unescape(const char *s, size_t len, char *out)
@@ -311,9 +286,9 @@ static long form_unescape(const char *s, size_t len, char *out)
         if (c == '+') {
             out[o++] = ' ';
         } else if (c == '%') {
-            if (len - i < 3 || hex_value((unsigned char)s[i + 1]) < 0 || hex_value((unsigned char)s[i + 2]) < 0)
+            if (len - i < 3 || devex_hex_value((unsigned char)s[i + 1]) < 0 || devex_hex_value((unsigned char)s[i + 2]) < 0)
                 return -1;
-            out[o++] = (char)(hex_value((unsigned char)s[i + 1]) << 4 | hex_value((unsigned char)s[i + 2]));
+            out[o++] = (char)(devex_hex_value((unsigned char)s[i + 1]) << 4 | devex_hex_value((unsigned char)s[i + 2]));
             i += 2;
         } else {
             out[o++] = (char)c;

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "server.h"
 #include "settings.h"
+#include "textutil.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -161,26 +162,6 @@ static int valid_path(const char *s, size_t n)
     return 1;
 }
 
-static int valid_token(const char *s, size_t n)
-{
-    if (n == 0 || n > 256)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c) != NULL)
-            return 0;
-    }
-    return 1;
-}
-
-static int valid_value(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
-            return 0;
-    return 1;
-}
-
 /* Headers the proxy itself writes or that would change the framing. */
 static int reserved_header(const char *lname, size_t n)
 {
@@ -239,7 +220,7 @@ static int l_pass(lua_State *L)
                 return luaL_error(L, "proxy.pass: header names must be strings");
             const char *name = lua_tolstring(L, -2, &n);
             char lname[257];
-            if (!valid_token(name, n))
+            if (!devex_http_token(name, n))
                 return luaL_error(L, "proxy.pass: invalid header name");
             for (size_t i = 0; i < n; i++)
                 lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
@@ -249,7 +230,7 @@ static int l_pass(lua_State *L)
             if (vt == LUA_TSTRING || vt == LUA_TNUMBER) {
                 size_t vlen;
                 const char *v = lua_tolstring(L, -1, &vlen);
-                if (!valid_value(v, vlen))
+                if (!devex_http_value(v, vlen))
                     return luaL_error(L, "proxy.pass: invalid value for header %s", name);
             } else if (!(vt == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
                 return luaL_error(L, "proxy.pass: header values must be strings, numbers or false (delete)");

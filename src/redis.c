@@ -17,6 +17,7 @@
 #include "log.h"
 #include "redis.h"
 #include "redis_uv.h"
+#include "textutil.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -133,17 +134,6 @@ static void attempt_ended(rconn_t *c)
 
 /* ---- URL ---- */
 
-static int unhex(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
 {
     size_t o = 0;
@@ -152,7 +142,7 @@ static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
         if (c == '%') {
             if (i + 2 >= n)
                 return -1;
-            int h = unhex(s[i + 1]), l = unhex(s[i + 2]);
+            int h = devex_hex_value(s[i + 1]), l = devex_hex_value(s[i + 2]);
             if (h < 0 || l < 0)
                 return -1;
             c = (char)(h * 16 + l);

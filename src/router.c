@@ -29,6 +29,7 @@
  * Allocation failure aborts, as in buf.c.
  */
 #include "router.h"
+#include "textutil.h"
 
 #include <limits.h>
 #include <stdbool.h>
@@ -364,17 +365,6 @@ int devex_router_add(devex_router_t *r, const char *method, const char *pattern,
 
 /* ---- matching ---------------------------------------------------------- */
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Whether s decodes cleanly into a param value; runs before any allocation so
  * a rejected branch costs nothing. */
 static bool value_ok(const char *s, size_t len, bool raw_slash_ok)
@@ -384,7 +374,7 @@ static bool value_ok(const char *s, size_t len, bool raw_slash_ok)
         if (c == '%') {
             if (len - i < 3)
                 return false;
-            int hi = hexval((unsigned char)s[i + 1]), lo = hexval((unsigned char)s[i + 2]);
+            int hi = devex_hex_value((unsigned char)s[i + 1]), lo = devex_hex_value((unsigned char)s[i + 2]);
             if (hi < 0 || lo < 0)
                 return false;
             int d = hi * 16 + lo;
@@ -404,7 +394,7 @@ static size_t decode(const char *s, size_t len, char *out)
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
-            out[o++] = (char)(hexval((unsigned char)s[i + 1]) * 16 + hexval((unsigned char)s[i + 2]));
+            out[o++] = (char)(devex_hex_value((unsigned char)s[i + 1]) * 16 + devex_hex_value((unsigned char)s[i + 2]));
             i += 2;
         } else {
             out[o++] = s[i];

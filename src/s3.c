@@ -28,6 +28,7 @@
 #include "buf.h"
 #include "errors.h"
 #include "s3_sigv4.h"
+#include "textutil.h"
 
 #define XML_MAX_DEPTH 32
 #define FS_WALK_MAX_DEPTH 64
@@ -372,17 +373,6 @@ static xnode_t *xchild(xnode_t *n, const char *name)
     return NULL;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Pushes the text of child `name` of n (url-decoded, '+' as space, when
  * decode is set), or nil. Returns whether it pushed a string. */
 static bool push_child_text(lua_State *L, xnode_t *n, const char *name, bool decode)
@@ -402,7 +392,7 @@ static bool push_child_text(lua_State *L, xnode_t *n, const char *name, bool dec
     luaL_buffinit(L, &b);
     for (size_t i = 0; i < len; i++) {
         int h1, h2;
-        if (s[i] == '%' && i + 2 < len && (h1 = hexval((unsigned char)s[i + 1])) >= 0 && (h2 = hexval((unsigned char)s[i + 2])) >= 0) {
+        if (s[i] == '%' && i + 2 < len && (h1 = devex_hex_value((unsigned char)s[i + 1])) >= 0 && (h2 = devex_hex_value((unsigned char)s[i + 2])) >= 0) {
             luaL_addchar(&b, (char)(h1 * 16 + h2));
             i += 2;
         } else if (s[i] == '+') {

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "redis.h"
+#include "textutil.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,26 +35,6 @@ static int *listen_fds[DEVEX_MAX_LISTENERS];
 static int nworkers_prepared;
 
 /* ---- responses ---- */
-
-static int valid_token(const char *s, size_t n)
-{
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c <= 0x20 || c >= 0x7f || strchr("()<>@,;:\\\"/[]?={}", c) != NULL)
-            return 0;
-    }
-    return 1;
-}
-
-static int valid_header_value(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
-            return 0;
-    return 1;
-}
 
 static void add_header(h2o_req_t *req, const char *name, size_t nlen, const char *value, size_t vlen)
 {
@@ -161,7 +142,7 @@ static int add_lua_headers(devex_reqctx_t *rc, lua_State *L, int idx, int *has_c
             return -1;
         }
         const char *name = lua_tolstring(L, -2, &nlen);
-        if (!valid_token(name, nlen)) {
+        if (!devex_http_token(name, nlen)) {
             *err = "invalid header name";
             lua_pop(L, 2);
             return -1;
@@ -173,7 +154,7 @@ static int add_lua_headers(devex_reqctx_t *rc, lua_State *L, int idx, int *has_c
             for (lua_Integer i = 1; i <= n; i++) {
                 lua_rawgeti(L, -1, i);
                 const char *v = lua_tolstring(L, -1, &vlen);
-                if (v == NULL || !valid_header_value(v, vlen)) {
+                if (v == NULL || !devex_http_value(v, vlen)) {
                     *err = "invalid header value";
                     lua_pop(L, 3);
                     return -1;
@@ -183,7 +164,7 @@ static int add_lua_headers(devex_reqctx_t *rc, lua_State *L, int idx, int *has_c
             }
         } else if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
             const char *v = lua_tolstring(L, -1, &vlen);
-            if (!valid_header_value(v, vlen)) {
+            if (!devex_http_value(v, vlen)) {
                 *err = "invalid header value";
                 lua_pop(L, 2);
                 return -1;
