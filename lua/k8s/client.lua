@@ -371,7 +371,8 @@ end
 
 -- ---- verbs --------------------------------------------------------------------
 
-function Client:get(ref, opts)
+-- A verb on one named object (GET, PUT): checks, target, one request.
+function Client:_on_named(method, ref, opts, body, idempotent)
   opts = opts or {}
   local ok, err = check_subresource(opts.subresource)
   if not ok then return nil, err end
@@ -379,9 +380,13 @@ function Client:get(ref, opts)
   t, err = self:_target(ref, true)
   if not t then return nil, err end
   local v
-  v, err = self:request{ method = "GET", path = path_of(t, true, opts.subresource), idempotent = true }
+  v, err = self:request{ method = method, path = path_of(t, true, opts.subresource), body = body, idempotent = idempotent }
   if not v then return nil, err end
   return v
+end
+
+function Client:get(ref, opts)
+  return self:_on_named("GET", ref, opts, nil, true)
 end
 
 function Client:create(obj, opts)
@@ -409,16 +414,7 @@ function Client:create(obj, opts)
 end
 
 function Client:replace(obj, opts)
-  opts = opts or {}
-  local ok, err = check_subresource(opts.subresource)
-  if not ok then return nil, err end
-  local t
-  t, err = self:_target(obj, true)
-  if not t then return nil, err end
-  local v
-  v, err = self:request{ method = "PUT", path = path_of(t, true, opts.subresource), body = obj }
-  if not v then return nil, err end
-  return v
+  return self:_on_named("PUT", obj, opts, obj, false)
 end
 
 function Client:list(ref, opts)
