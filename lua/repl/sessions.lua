@@ -86,9 +86,12 @@ function M.start(meta)
   ok, err = store.put_session(meta.id, fields)
   if ok then ok, err = store.transition(meta.id, "running", { "starting" }) end
   if not ok then
-    -- Redis lost what we made: remove the workload rather than leak it
+    -- Redis lost what we made (restarted, or the REPL was deleted meanwhile):
+    -- remove the workload and the session keys rather than leak them
     driver:remove(meta)
+    store.end_session(meta.id)
     store.transition(meta.id, prev, { "starting" })
+    if ok == false then return fail(409, "the repl changed or was deleted during the start") end
     return fail(503, "store unavailable: " .. tostring(err))
   end
   log.info("repl started", { repl = meta.id, driver = driver.name })

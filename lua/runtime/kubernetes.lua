@@ -194,7 +194,13 @@ function Driver:orphans(grace)
 end
 
 function Driver:remove_orphan(o)
-  return self:remove({ id = o.repl })
+  local c, e = client()
+  if not c then return err(503, "kubernetes: " .. tostring(e)) end
+  local res
+  res, e = c:delete({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace, name = o.name },
+    { propagation = "Foreground" })
+  if not res then return err(502, "kubernetes: " .. tostring(e)) end
+  return true
 end
 
 function Driver:remove(meta)
