@@ -33,7 +33,7 @@ local FORM = [[<!doctype html>
 <body><h1>Development sign-in</h1>
 <p>No password: this exists only in a development setup.</p>
 <form method="post" action="/auth/dev/login">
-<label>User name <input name="user" pattern="[A-Za-z0-9][A-Za-z0-9-]{0,38}" required autofocus></label>
+<label>User name <input name="user" pattern="[A-Za-z0-9][A-Za-z0-9\-]{0,38}" required autofocus></label>
 <button type="submit">Sign in</button></form></body></html>
 ]]
 

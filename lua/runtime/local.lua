@@ -79,6 +79,8 @@ function M.save(store, prefix, ws)
   return #files
 end
 
+local function remove_log(dir, id) os.remove(dir .. "/" .. id .. ".log") end
+
 local function rm_rf(path)
   -- only ever a workspace directory of ours
   assert(path:match("/repl%-[0-9a-f%-]+$"), "refusing to remove " .. path)
@@ -108,7 +110,8 @@ function Driver:start(meta, opts)
     command = cmd[1], args = args, cwd = ws,
     env = { REPL_ID = meta.id, TEMPLATE = meta.template, PORT = tostring(port), HOST = "127.0.0.1", RUNNER_TOKEN = opts.token,
             CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id },
-    stdout = ws .. "/.runner.log", stderr = ws .. "/.runner.log",
+    -- the runner's output goes beside the workspace, not into the user's files
+    stdout = self.dir .. "/" .. meta.id .. ".log", stderr = self.dir .. "/" .. meta.id .. ".log",
     on_exit = function(code, signal) driver:child_exited(meta, code, signal) end,
   }
   if not child then return err(502, "could not start the runner: " .. tostring(e)) end

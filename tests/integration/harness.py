@@ -872,3 +872,21 @@ class RedisServer:
             return ""
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
+
+
+def kill_session_runners(redis, prefix="devex:"):
+    """Kills the process groups of the local runners that sessions in this
+    Redis still record (runners are detached from devexd by design, so a
+    test that ends with a session running would leave them behind)."""
+    import signal as _signal
+    try:
+        keys = redis.call("KEYS", prefix + "activeSession:*")
+    except Exception:
+        return
+    for k in keys or []:
+        try:
+            pid = redis.call("HGET", k, "pid")
+            if pid:
+                os.killpg(int(pid), _signal.SIGKILL)
+        except (OSError, ValueError, Exception):
+            pass

@@ -60,6 +60,8 @@ class LocalRuntimeTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        if getattr(cls, "redis", None) is not None:
+            harness.kill_session_runners(cls.redis)
         for name in ("d", "gh", "redis"):
             obj = getattr(cls, name, None)
             if obj is not None:

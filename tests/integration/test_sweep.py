@@ -44,6 +44,7 @@ class SweepTest(unittest.TestCase):
         self.gh = GitHubFake().__enter__()
 
     def tearDown(self):
+        harness.kill_session_runners(self.redis)
         self.gh.__exit__(None, None, None)
         self.redis.__exit__(None, None, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
