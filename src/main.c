@@ -7,6 +7,7 @@
 #include "devex.h"
 #include "http.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 #include "settings.h"
 
@@ -168,6 +169,9 @@ int main(int argc, char **argv)
     }
     devex_log_end(&b);
     devex_buf_free(&b);
+    /* systemd Type=notify: the listeners are bound and the workers run, so
+     * tell systemd we are ready (no-op without $NOTIFY_SOCKET; src/notify.c) */
+    devex_notify_ready();
 
     for (;;) {
         int sig = 0;

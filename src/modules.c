@@ -13,6 +13,7 @@
 #include "s3.h"
 #include "http.h"
 #include "k8s.h"
+#include "metrics.h"
 #include "router.h"
 #include "server.h"
 #include "timer.h"
@@ -30,6 +31,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.k8s", luaopen_devex_k8s},
     {"devex.proxy", luaopen_devex_proxy},
     {"devex.process", luaopen_devex_process},
+    {"devex.metrics", luaopen_devex_metrics},
     {NULL, NULL},
 };
 

@@ -16,6 +16,7 @@
 #include "json.h"
 #include "log.h"
 #include "redis.h"
+#include "metrics.h"
 #include "redis_uv.h"
 #include "textutil.h"
 
@@ -73,6 +74,8 @@ struct rcmd {
     char **script_argv;
     size_t *script_argvlen;
     rcmd_t *prev, *next; /* conn->pending */
+    char mcmd[24];       /* metrics: the command's label (EVAL, PIPELINE or the command name) */
+    uint64_t mstart_ns;  /* metrics: when it was sent */
     int in_pending;
 };
 
@@ -316,8 +319,15 @@ static void push_reply(lua_State *L, const redisReply *r, int depth)
     }
 }
 
+/* metrics: one command answered or failed */
+static void cmd_metric(const rcmd_t *cmd, int ok, const char *code)
+{
+    devex_metrics_redis(cmd->mcmd, ok, code, (double)(devex_now_ns() - cmd->mstart_ns) / 1e9);
+}
+
 static void cmd_fail(rcmd_t *cmd, const char *code, const char *msg)
 {
+    cmd_metric(cmd, 0, code);
     lua_State *co = devex_op_thread(&cmd->op);
     lua_settop(co, cmd->base);
     pending_remove(cmd);
@@ -354,15 +364,18 @@ static void on_reply(redisAsyncContext *ac, void *r_, void *privdata)
                 if (cmd->remaining == 0 && cmd->failed) {
                     cmd_fail(cmd, "unavailable", "redis: connection lost during the pipeline");
                 } else if (cmd->remaining == 0) {
+                    cmd_metric(cmd, 1, NULL);
                     pending_remove(cmd);
                     devex_task_resume(&cmd->op, 1);
                 }
             } else if (r->type == REDIS_REPLY_ERROR) {
+                cmd_metric(cmd, 0, "reply");
                 pending_remove(cmd);
                 lua_pushnil(co);
                 push_reply(co, r, 0);
                 devex_task_resume(&cmd->op, 2);
             } else {
+                cmd_metric(cmd, 1, NULL);
                 pending_remove(cmd);
                 push_reply(co, r, 0);
                 devex_task_resume(&cmd->op, 1);
@@ -644,6 +657,7 @@ static rcmd_t *cmd_new(lua_State *L, client_ud_t *ud)
     cmd->conn = ud->c;
     cmd->op.cancel = cmd_cancel;
     cmd->deadline_ns = devex_now_ns() + ud->timeout_ms * 1000000ull;
+    cmd->mstart_ns = devex_now_ns();
     return cmd;
 }
 
@@ -671,8 +685,9 @@ static int wait_ready(lua_State *L, client_ud_t *ud, lua_KFunction k)
     return devex_task_yieldk(L, &w->op, 1, k);
 }
 
-static int unavailable(lua_State *L, rconn_t *c)
+static int unavailable(lua_State *L, rconn_t *c, const char *mcmd)
 {
+    devex_metrics_redis(mcmd, 0, "unavailable", 0); /* metrics: failed without being sent */
     const char *msg = c->last_error[0] ? c->last_error
                       : c->state == CONN_CONNECTING ? "redis: connecting"
                                                     : "redis is not connected";
@@ -704,13 +719,14 @@ static int call_k(lua_State *L, int status, lua_KContext waited)
             lua_settop(L, argc + 1); /* the continuation starts over from the arguments */
             return wait_ready(L, ud, call_k);
         }
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, argv[0]);
     }
     rcmd_t *cmd = cmd_new(L, ud);
+    snprintf(cmd->mcmd, sizeof(cmd->mcmd), "%s", argv[0]);
     cmd->total = cmd->remaining = 1;
     if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK) {
         free(cmd);
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, argv[0]);
     }
     pending_add(ud->c, cmd);
     lua_settop(L, 0);
@@ -749,9 +765,10 @@ static int pipeline_k(lua_State *L, int status, lua_KContext waited)
     if (!ready(ud->c)) {
         if (!waited && ud->c->state == CONN_CONNECTING)
             return wait_ready(L, ud, pipeline_k);
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, "PIPELINE");
     }
     rcmd_t *cmd = cmd_new(L, ud);
+    strcpy(cmd->mcmd, "PIPELINE");
     cmd->pipeline = 1;
     cmd->total = (int)n;
     for (lua_Integer i = 1; i <= n; i++) {
@@ -773,7 +790,7 @@ static int pipeline_k(lua_State *L, int status, lua_KContext waited)
     }
     if (cmd->failed && cmd->remaining == 0) {
         cmd_free(cmd);
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, "PIPELINE");
     }
     pending_add(ud->c, cmd);
     lua_settop(L, 0);
@@ -823,9 +840,10 @@ static int eval_k(lua_State *L, int status, lua_KContext waited)
     if (!ready(ud->c)) {
         if (!waited && ud->c->state == CONN_CONNECTING)
             return wait_ready(L, ud, eval_k);
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, "EVAL");
     }
     rcmd_t *cmd = cmd_new(L, ud);
+    strcpy(cmd->mcmd, "EVAL");
     cmd->script_argc = argc;
     cmd->script_argv = calloc((size_t)argc, sizeof(char *));
     cmd->script_argvlen = calloc((size_t)argc, sizeof(size_t));
@@ -861,7 +879,7 @@ static int eval_k(lua_State *L, int status, lua_KContext waited)
     if (redisAsyncCommandArgv(ud->c->ac, on_reply, cmd, argc, (const char **)cmd->script_argv, cmd->script_argvlen) !=
         REDIS_OK) {
         cmd_free(cmd);
-        return unavailable(L, ud->c);
+        return unavailable(L, ud->c, "EVAL");
     }
     pending_add(ud->c, cmd);
     lua_settop(L, 0);

@@ -11,6 +11,7 @@
 #include "errjson.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "proxy.h"
 #include "redis.h"
 #include "textutil.h"
@@ -196,6 +197,7 @@ static void request_done(devex_task_t *t, int status, int nres)
     devex_request_detach(rc);
     lua_State *co = t->co;
     if (status != LUA_OK) {
+        devex_metrics_lua_error("request"); /* metrics: an error the app's dispatcher did not catch */
         log_lua_error(rc, "lua error", luaL_tolstring(co, -1, NULL));
         send_error(rc, 500, "internal error");
         return;
@@ -253,6 +255,12 @@ static void request_done(devex_task_t *t, int status, int nres)
 static void reqctx_dispose(void *p)
 {
     devex_reqctx_t *rc = p;
+    /* metrics: every request that reached on_req is counted here, when H2O
+     * frees it, with the status the client got (Lua's answer, an error, or
+     * the proxied upstream's); 0 means the client left before any response */
+    if (rc->req->res.status != 0)
+        devex_metrics_http(rc->metrics_route, rc->req->method.base, rc->req->method.len, rc->req->res.status,
+                           (double)(devex_now_ns() - rc->start_ns) / 1e9);
     if (rc->task != NULL)
         rc->task->rc = NULL;
     devex_request_detach(rc);
@@ -377,6 +385,8 @@ int devex_server_init(int nworkers, char *err, size_t errlen)
     devex_proxy_register(path); /* proxy.c: per-worker upstream client contexts for devex.proxy.pass */
     devex_errjson_register(path);
     devex_errjson_register(&host->fallback_path); /* errors raised before routing, like 413 */
+    devex_metrics_register_filter(path); /* metrics: responses H2O makes itself (no x-request-id) */
+    devex_metrics_register_filter(&host->fallback_path);
 
     for (size_t i = 0; i < s->nlisteners; i++) {
         const devex_listener_conf_t *lc = &s->listeners[i];
@@ -453,6 +463,7 @@ static void reload(devex_worker_t *w)
     devex_vm_t *vm = devex_vm_new(w, err, sizeof(err));
     if (vm == NULL) {
         devex_buf_t b = DEVEX_BUF_INIT;
+        devex_metrics_reload(0); /* metrics */
         devex_log_begin(&b, DEVEX_LOG_ERROR, "reload failed, keeping the running code", NULL);
         devex_log_int(&b, "worker", w->id);
         devex_log_str(&b, "error", err);
@@ -464,6 +475,7 @@ static void reload(devex_worker_t *w)
     w->vm = vm;
     if (old)
         devex_vm_retire(old);
+    devex_metrics_reload(1); /* metrics */
     devex_buf_t b = DEVEX_BUF_INIT;
     devex_log_begin(&b, DEVEX_LOG_INFO, "reloaded", NULL);
     devex_log_int(&b, "worker", w->id);

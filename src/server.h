@@ -44,6 +44,7 @@ struct devex_reqctx {
     void *ud;            /* the Lua request userdata, whose pointer is cleared with us */
     uint64_t start_ns;
     char request_id[40];
+    const char *metrics_route; /* metrics.c: the matched route pattern (devex.metrics.set_route), NULL: unmatched */
 };
 
 /* Prepares H2O's global config, TLS contexts and listening sockets (for

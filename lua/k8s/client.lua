@@ -49,6 +49,7 @@
 -- exponential backoff and full jitter, up to max_attempts, for idempotent verbs only:
 -- get, list, delete, apply, watch's start, discovery. create, replace and patches are
 -- not retried (a merge/strategic patch is retried only when opts.idempotent is set).
+local metrics = require("devex.metrics") -- counting hooks in Client:request
 local kc = require("devex.k8s")
 local http = require("devex.http")
 local json = require("devex.json")
@@ -222,7 +223,10 @@ function Client:request(o)
       timeout = o.timeout or self.timeout, max_size = o.max_size }
     if not opts then return nil, cerr end
     local res, herr
+    local t0 = metrics.now() -- metrics: each attempt
     if o.stream then res, herr = http.stream(opts) else res, herr = http.request(opts) end
+    metrics.counter("devex_k8s_requests_total", { method = o.method, status = res and res.status or "error" })
+    metrics.observe("devex_k8s_request_duration_seconds", { method = o.method }, metrics.now() - t0)
     local retry
     if not res then
       retry = TRANSPORT_RETRY[herr.code]
@@ -231,7 +235,10 @@ function Client:request(o)
       if o.stream then return res, res end
       if res.body == "" then return {}, res end
       local v, jerr = json.decode(res.body)
-      if v == nil then return nil, E("bad_response", "the API answered invalid JSON: " .. tostring(jerr), res.status) end
+      if v == nil then
+        metrics.counter("devex_k8s_request_errors_total", { method = o.method, code = "bad_response" })
+        return nil, E("bad_response", "the API answered invalid JSON: " .. tostring(jerr), res.status)
+      end
       return v, res
     else
       if o.stream then
@@ -254,6 +261,7 @@ function Client:request(o)
       status = last.status, delay = delay })
     timer.sleep(delay)
   end
+  metrics.counter("devex_k8s_request_errors_total", { method = o.method, code = last and last.code or "error" })
   return nil, last
 end
 

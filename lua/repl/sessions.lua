@@ -10,6 +10,12 @@ local log = require("devex.log")
 local policy = require("policy")
 local store = require("repl.store")
 local runtime = require("runtime")
+local metrics = require("devex.metrics")
+
+-- metrics: how long a start took (only starts that made a workload)
+local function start_metric(t0, result)
+  metrics.observe("devex_repl_session_start_duration_seconds", { result = result }, metrics.now() - t0)
+end
 
 local M = {}
 
@@ -70,9 +76,11 @@ function M.start(meta)
   local token = crypto.b64url(crypto.random_bytes(32))
   local driver = runtime.driver()
   local started_at = os.time()
+  local t0 = metrics.now()
   local info
   info, err = driver:start(meta, { token = token, deadline = start_deadline() })
   if not info then
+    start_metric(t0, "error")
     log.error("repl start failed", { repl = meta.id, error = tostring(err and err.message or err) })
     driver:remove(meta) -- whatever it made
     store.transition(meta.id, prev, { "starting" })
@@ -88,12 +96,14 @@ function M.start(meta)
   if not ok then
     -- Redis lost what we made (restarted, or the REPL was deleted meanwhile):
     -- remove the workload and the session keys rather than leak them
+    start_metric(t0, "error")
     driver:remove(meta)
     store.end_session(meta.id)
     store.transition(meta.id, prev, { "starting" })
     if ok == false then return fail(409, "the repl changed or was deleted during the start") end
     return fail(503, "store unavailable: " .. tostring(err))
   end
+  start_metric(t0, "ok")
   log.info("repl started", { repl = meta.id, driver = driver.name })
   return answer(meta, fields)
 end

@@ -166,7 +166,18 @@ function M.start()
   local ttl_ms = math.floor(interval * 3 * 1000)
   return timer.every(interval, function()
     if not M.lead(ttl_ms) then return end
-    local report = M.run()
+    -- metrics: runs, actions, and an error (re-raised with its traceback)
+    local metrics = require("devex.metrics")
+    local ok, report = xpcall(M.run, debug.traceback)
+    if not ok then
+      metrics.counter("devex_sweep_runs_total", { result = "error" })
+      metrics.counter("devex_lua_errors_total", { where = "sweep" })
+      error(report, 0)
+    end
+    metrics.counter("devex_sweep_runs_total", { result = "ok" })
+    for action, n in pairs(report) do
+      if math.type(n) == "integer" and n > 0 then metrics.counter("devex_sweep_actions_total", { action = action }, n) end
+    end
     log.info("sweep", report)
   end)
 end

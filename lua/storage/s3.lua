@@ -10,6 +10,7 @@
 -- (or "timeout"); an S3 error gives {status, code = "NoSuchKey" | ...,
 -- message, request_id}.
 local s3c = require("devex.s3")
+local metrics = require("devex.metrics") -- counting hooks in Client:request
 local http = require("devex.http")
 local timer = require("devex.timer")
 local log = require("devex.log")
@@ -91,11 +92,14 @@ function Client:request(method, key, o)
       region = self.region, service = "s3",
     }
     if not signed then return nil, E("invalid", "cannot sign: " .. tostring(serr.message)) end
+    local t0 = metrics.now() -- metrics: each attempt
     local res, herr = http.request{
       url = self.scheme .. "://" .. host .. signed.target,
       method = method, headers = signed.headers, body = o.body,
       timeout = self.timeout, connect_timeout = self.connect_timeout, max_size = o.max_size,
     }
+    metrics.counter("devex_s3_requests_total", { method = method, status = res and res.status or "error" })
+    metrics.observe("devex_s3_request_duration_seconds", { method = method }, metrics.now() - t0)
     local retry
     if not res then
       retry = TRANSPORT_RETRY[herr.code]
@@ -113,6 +117,7 @@ function Client:request(method, key, o)
     local cap = math.min(2, self.backoff * 2 ^ (attempt - 1))
     timer.sleep(cap / 2 + math.random() * cap / 2)
   end
+  metrics.counter("devex_s3_request_errors_total", { method = method, code = last and last.code or "error" })
   return nil, last
 end
 

@@ -1,0 +1,15 @@
+-- /etc/devexd/policy.lua: the operator's overrides of the REPL lifecycle
+-- policy. The defaults live in /usr/share/devexd/lua/policy/ (each knob is
+-- documented in its file). Tables merge key by key with the defaults, a
+-- function replaces the default one. `devexd --check` reports a broken file
+-- with file:line; `systemctl reload devexd` applies a change (a broken file is
+-- refused and the running policy stays).
+--
+-- As shipped this file changes nothing. Examples:
+--
+-- return {
+--   quota = { repls_per_user = 5, per_template = { go = 1 } },
+--   cleanup = { idle_limit = 15 * 60 },
+--   templates = { registry = "registry.example.com/devex" },
+-- }
+return {}

@@ -1,0 +1,250 @@
+"""deploy/kubernetes/*.yaml against a real kube-apiserver 1.20 (k8s_harness):
+
+  - every manifest is accepted by a server-side dry run (server-side apply
+    with ?dryRun=All; the server parses the YAML itself, so no YAML library is
+    needed here);
+  - the Role is no wider than devexd needs: namespaced (no ClusterRole or
+    ClusterRoleBinding anywhere), no "*" verb, resource or API group, only
+    the resources the runtime touches;
+  - the Role is enough: with a TokenRequest token of the devexd
+    ServiceAccount (kubeconfig with that token, namespace devex-repls) devexd's
+    Kubernetes runtime runs test_k8s_runtime.py's flows (create, start, stop,
+    uploader failure and retry, image pull failure, concurrent starts, delete).
+
+Kubernetes 1.20 does not serve policy/v1 (1.21+): the PodDisruptionBudget,
+written for current clusters, is dry-run as policy/v1beta1 (same spec) when
+the server lacks policy/v1.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
+import k8s_harness  # noqa: E402
+from k8s_harness import api_path  # noqa: E402
+import test_k8s_runtime  # noqa: E402  (the module only: its TestCase is not re-run here)
+
+MANIFESTS = os.path.join(harness.SOURCE_DIR, "deploy", "kubernetes")
+APP_NS = "devexd"
+REPL_NS = "devex-repls"
+PLURALS = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Role": "roles",
+           "RoleBinding": "rolebindings", "ConfigMap": "configmaps", "Secret": "secrets",
+           "Deployment": "deployments", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
+           "Ingress": "ingresses"}
+# what lua/runtime/kubernetes.lua touches, by API group
+ALLOWED = {("apps", "deployments"), ("", "services"), ("networking.k8s.io", "ingresses"),
+           ("traefik.io", "middlewares"), ("", "pods"), ("", "pods/ephemeralcontainers")}
+
+
+class Doc:
+    """One YAML document of a manifest file, with the fields needed for its URL."""
+
+    def __init__(self, path, text):
+        self.path, self.text = path, text
+        self.api_version = re.search(r"^apiVersion:\s*(\S+)", text, re.M).group(1)
+        self.kind = re.search(r"^kind:\s*(\S+)", text, re.M).group(1)
+        meta = re.search(r"^metadata:\n((?:[ #].*\n|\n)*)", text + "\n", re.M).group(1)
+        self.name = re.search(r"^  name:\s*(\S+)", meta, re.M).group(1)
+        m = re.search(r"^  namespace:\s*(\S+)", meta, re.M)
+        self.namespace = m.group(1) if m else None
+
+    def url(self):
+        return api_path(self.api_version, PLURALS[self.kind], self.namespace, self.name)
+
+    def __repr__(self):
+        return "%s %s/%s (%s)" % (self.kind, self.namespace or "-", self.name, os.path.basename(self.path))
+
+
+def load_docs():
+    docs = []
+    for path in sorted(glob.glob(os.path.join(MANIFESTS, "*.yaml"))):
+        with open(path) as f:
+            for part in re.split(r"^---\s*$", f.read(), flags=re.M):
+                body = "\n".join(line for line in part.splitlines() if not line.lstrip().startswith("#"))
+                if body.strip():
+                    docs.append(Doc(path, part))
+    return docs
+
+
+def apply(kc, doc, dry_run):
+    q = {"fieldManager": "devexd-manifests-test", "force": "true"}
+    if dry_run:
+        q["dryRun"] = "All"
+    text = doc.text
+    if doc.kind == "PodDisruptionBudget" and doc.api_version == "policy/v1" and not served(kc, "policy/v1"):
+        text = re.sub(r"^apiVersion:\s*policy/v1\s*$", "apiVersion: policy/v1beta1", text, flags=re.M)
+        doc = Doc(doc.path, text)
+    return kc.api.patch(doc.url(), text, patch_type="apply", query=q)
+
+
+def served(kc, group_version):
+    return kc.api.get_or_none("/apis/" + group_version) is not None
+
+
+def apply_namespaces(kc, docs):
+    for d in docs:
+        if d.kind == "Namespace":
+            apply(kc, d, dry_run=False)
+            kc.create_namespace(d.name)  # exists: waits for its default service account
+
+
+class ManifestsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = load_docs()
+        cls.kc = k8s_harness.KubeCluster(install_crds=True).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.kc.__exit__(None, None, None)
+
+    def test_every_kind_is_there(self):
+        kinds = sorted({d.kind for d in self.docs})
+        self.assertEqual(kinds, sorted(PLURALS))
+        deps = [d for d in self.docs if d.kind == "Deployment"]
+        self.assertEqual(len(deps), 1)
+
+    def test_server_side_dry_run(self):
+        existed = self.kc.api.get_or_none(api_path("v1", "namespaces", name=REPL_NS)) is not None
+        for d in self.docs:  # namespaces first (dry run creates nothing)
+            if d.kind == "Namespace":
+                apply(self.kc, d, dry_run=True)
+        if not existed:  # (another test of this class may have made it)
+            self.assertIsNone(self.kc.api.get_or_none(api_path("v1", "namespaces", name=REPL_NS)))
+        apply_namespaces(self.kc, self.docs)
+        for d in self.docs:
+            with self.subTest(doc=repr(d)):
+                before = self.kc.api.get_or_none(d.url()) if d.kind != "PodDisruptionBudget" else None
+                obj = apply(self.kc, d, dry_run=True)
+                self.assertEqual(obj["metadata"]["name"], d.name)
+                if before is None and d.kind not in ("Namespace", "PodDisruptionBudget"):
+                    self.assertIsNone(self.kc.api.get_or_none(d.url()), "dry run stored %r" % d)
+
+    def test_deployment_settings(self):
+        apply_namespaces(self.kc, self.docs)
+        dep = apply(self.kc, [d for d in self.docs if d.kind == "Deployment"][0], dry_run=True)
+        spec = dep["spec"]
+        self.assertEqual(spec["replicas"], 2)
+        pod = spec["template"]["spec"]
+        self.assertEqual(pod["serviceAccountName"], "devexd")
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        self.assertEqual(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault")
+        c = pod["containers"][0]
+        self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        sc = c["securityContext"]
+        self.assertTrue(sc["readOnlyRootFilesystem"])
+        self.assertFalse(sc["allowPrivilegeEscalation"])
+        self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
+        self.assertIn("limits", c["resources"])
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        self.assertEqual(env["KUBE_NAMESPACE"], REPL_NS)
+
+    def test_role_is_not_wider_than_needed(self):
+        kinds = {d.kind for d in self.docs}
+        self.assertNotIn("ClusterRole", kinds)
+        self.assertNotIn("ClusterRoleBinding", kinds)
+        roles = [d for d in self.docs if d.kind == "Role"]
+        self.assertEqual([(r.namespace, r.name) for r in roles], [(REPL_NS, "devexd-runtime")])
+        apply_namespaces(self.kc, self.docs)
+        role = apply(self.kc, roles[0], dry_run=True)
+        for rule in role["rules"]:
+            for field in ("verbs", "resources", "apiGroups"):
+                self.assertNotIn("*", rule.get(field, []), rule)
+            self.assertNotIn("nonResourceURLs", rule)
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    self.assertIn((g, r), ALLOWED, rule)
+            self.assertFalse(set(rule["verbs"]) - {"get", "list", "watch", "create", "patch", "update", "delete"},
+                             rule)
+            if "pods" in rule["resources"]:
+                self.assertEqual(sorted(rule["verbs"]), ["get", "list", "watch"])
+        (binding,) = [d for d in self.docs if d.kind == "RoleBinding"]
+        self.assertEqual(binding.namespace, REPL_NS)
+        b = apply(self.kc, binding, dry_run=True)
+        self.assertEqual(b["subjects"], [{"kind": "ServiceAccount", "name": "devexd", "namespace": APP_NS}])
+        # and nothing in the app's own namespace or cluster-wide
+        self.kc.api.patch(api_path("v1", "serviceaccounts", APP_NS, "devexd"),
+                          [d for d in self.docs if d.kind == "ServiceAccount"][0].text, patch_type="apply",
+                          query={"fieldManager": "devexd-manifests-test"})
+        self.kc.api.patch(roles[0].url(), roles[0].text, patch_type="apply",
+                          query={"fieldManager": "devexd-manifests-test"})
+        self.kc.api.patch(binding.url(), binding.text, patch_type="apply",
+                          query={"fieldManager": "devexd-manifests-test"})
+        token = self.kc.service_account_token(APP_NS, "devexd", create=False)
+        sa = self.kc.client(token)
+        self.assertEqual(sa.get(api_path("apps/v1", "deployments", REPL_NS))["items"], [])
+        for path in (api_path("apps/v1", "deployments", APP_NS), api_path("v1", "secrets", REPL_NS),
+                     api_path("v1", "pods"), api_path("v1", "namespaces")):
+            with self.assertRaises(k8s_harness.ApiError) as cm:
+                sa.get(path)
+            self.assertEqual(cm.exception.status, 403, path)
+
+
+# The REPL namespace of test_k8s_runtime's flows (its methods read the module's NS)
+test_k8s_runtime.NS = REPL_NS
+
+
+class ServiceAccountRuntimeTest(test_k8s_runtime.K8sRuntimeTest):
+    """test_k8s_runtime.py's flows, with devexd holding only the devexd
+    ServiceAccount's token (the manifests' Role in devex-repls)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-manifests-")
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        os.mkdir(cls.store_dir)
+        cls.kc = k8s_harness.KubeCluster(install_crds=True).__enter__()
+        docs = load_docs()
+        apply_namespaces(cls.kc, docs)
+        for d in docs:
+            if d.kind in ("ServiceAccount", "Role", "RoleBinding", "Secret"):
+                apply(cls.kc, d, dry_run=False)
+        token = cls.kc.service_account_token(APP_NS, "devexd", create=False)
+        kubeconfig = cls.kc.write_kubeconfig(os.path.join(cls.tmp, "kubeconfig"), token=token, user="devexd",
+                                             namespace=REPL_NS)
+        cls.redis = RedisServer().__enter__()
+        cls.gh = GitHubFake().__enter__()
+        conf = {
+            "environment": "production", "frontend_url": FRONTEND,
+            "redis": {"url": cls.redis.url(), "timeout": 2},
+            "github": cls.gh.config(GH_REDIRECT),
+            "storage": {"driver": "fs", "dir": cls.store_dir},
+            "runtime": {"driver": "kubernetes"},
+            "kube": {"config_path": kubeconfig, "namespace": REPL_NS},
+            "runner": {"cluster_ip": "runners.example.test"},
+        }
+        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
+                            os.path.join(harness.SOURCE_DIR, "templates")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    @classmethod
+    def tearDownClass(cls):
+        for name in ("d", "gh", "redis", "kc"):
+            obj = getattr(cls, name, None)
+            if obj is not None:
+                obj.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_forbidden_is_reported(self):
+        """Sanity check of the premise: the token cannot act outside the REPL namespace."""
+        token = self.kc.service_account_token(APP_NS, "devexd", create=False)
+        with self.assertRaises(k8s_harness.ApiError) as cm:
+            self.kc.client(token).get(api_path("apps/v1", "deployments", "default"))
+        self.assertEqual(cm.exception.status, 403)
+
+
+if __name__ == "__main__":
+    harness.main()
