@@ -763,15 +763,23 @@ function Client:add_ephemeral_container(ref, container, opts)
     return self:patch(pr, { spec = { ephemeralContainers = json.array({ container }) } },
       { type = "strategic", subresource = "ephemeralcontainers" })
   end
-  -- < 1.22: GET the EphemeralContainers object, append, PUT it back
-  local ec
-  ec, err = self:get(pr, { subresource = "ephemeralcontainers" })
-  if not ec then return nil, err end
-  ec.ephemeralContainers = ec.ephemeralContainers or json.array({})
-  ec.ephemeralContainers[#ec.ephemeralContainers + 1] = container
-  ec.apiVersion, ec.kind = "v1", "EphemeralContainers"
-  return self:request{ method = "PUT", path = kc.path{ prefix = "/api/v1", resource = "pods",
-    namespace = pr.namespace or self.namespace, name = pr.name, subresource = "ephemeralcontainers" }, body = ec }
+  -- < 1.22: GET the EphemeralContainers object, append, PUT it back. The PUT
+  -- carries the pod's resourceVersion, so a pod that changed in between (the
+  -- kubelet updating its status) answers 409 Conflict: read again and retry.
+  local res
+  for attempt = 1, 6 do
+    local ec
+    ec, err = self:get(pr, { subresource = "ephemeralcontainers" })
+    if not ec then return nil, err end
+    ec.ephemeralContainers = ec.ephemeralContainers or json.array({})
+    ec.ephemeralContainers[#ec.ephemeralContainers + 1] = container
+    ec.apiVersion, ec.kind = "v1", "EphemeralContainers"
+    res, err = self:request{ method = "PUT", path = kc.path{ prefix = "/api/v1", resource = "pods",
+      namespace = pr.namespace or self.namespace, name = pr.name, subresource = "ephemeralcontainers" }, body = ec }
+    if res or not (err and err.status == 409) then return res, err end
+    timer.sleep(0.05 * attempt)
+  end
+  return nil, err
 end
 
 function Client:wait_ephemeral(ref, name, opts)
