@@ -15,7 +15,7 @@ downloaded .debs are kept in the cache's apt-archives/ between runs.
 Environment:
   DEVEXD_PACKAGES_DIR       use the packages found there instead of running scripts/package.sh
   DEVEXD_DEBOOTSTRAP_CACHE  cache directory (default /var/cache/devexd-debootstrap)
-  DEVEXD_DEBIAN_MIRROR      mirror for debootstrap (default $MIRROR_FROM_APT)
+  DEVEXD_DEBIAN_MIRROR      mirror for debootstrap (default: the archive in /etc/apt)
 """
 
 import fcntl
@@ -39,7 +39,26 @@ from harness import Devexd  # noqa: E402
 SRC = harness.SOURCE_DIR
 UNIT = os.path.join(SRC, "packaging", "devexd.service")
 CACHE = os.environ.get("DEVEXD_DEBOOTSTRAP_CACHE") or "/var/cache/devexd-debootstrap"
-MIRROR = os.environ.get("DEVEXD_DEBIAN_MIRROR") or "$MIRROR_FROM_APT"
+def apt_mirror():
+    """The Debian archive this machine's apt uses (first main-archive URI in
+    /etc/apt/sources.list or sources.list.d), so debootstrap fetches from
+    the same place apt-get does."""
+    import glob
+    import re as _re
+    files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*"))
+    for f in files:
+        try:
+            text = open(f).read()
+        except OSError:
+            continue
+        for m in _re.finditer(r"(?m)^(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text):
+            uri = m.group(1)
+            if "security" not in uri and uri.startswith("http"):
+                return uri.rstrip("/")
+    raise AssertionError("no Debian archive found in /etc/apt (needed for debootstrap)")
+
+
+MIRROR = os.environ.get("DEVEXD_DEBIAN_MIRROR") or apt_mirror()
 TARBALL = os.path.join(CACHE, "bookworm-minbase.tar")
 
 

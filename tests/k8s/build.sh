@@ -112,9 +112,9 @@ ensure_deb_src() {
     } | awk 'NR == 1'  # not head: an early exit could SIGPIPE the writers (pipefail)
   )
   if [ -z "$line" ]; then
-    line="deb-src $MIRROR_FROM_APT $codename main"
-    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] &&
-      line="deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR_FROM_APT $codename main"
+    # the mirror is the one this machine's apt already uses: never a host of our own choosing
+    echo "build.sh: no Debian 'deb' source found in /etc/apt to mirror as deb-src" >&2
+    exit 1
   fi
   log "adding $list: $line"
   echo "$line" | "${SUDO[@]}" tee "$list" >/dev/null
