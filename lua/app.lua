@@ -2,7 +2,7 @@
 local framework = require("devex.app")
 
 local app = framework.new()
-require("routes.metrics")(app) -- first: its middleware labels every request by route (GET /metrics)
+require("routes.metrics")(app) -- GET /metrics (the dispatcher labels every request by route)
 
 -- CORS first, so that every answer (a 401, a 403 from CSRF, a 404) carries
 -- the CORS headers an allowed origin needs to read it.

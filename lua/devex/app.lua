@@ -11,6 +11,7 @@
 local router = require("devex.router")
 local json = require("devex.json")
 local log = require("devex.log")
+local metrics = require("devex.metrics")
 
 local M = {}
 
@@ -206,6 +207,7 @@ function App:dispatcher()
     else
       chain = not_found_chain
     end
+    metrics.set_route(req.route) -- the request's label in /metrics (nil: unmatched)
     local ok, status, body, headers = xpcall(chain, on_error, req)
     if ok then
       if math.type(status) ~= "integer" then
@@ -216,6 +218,7 @@ function App:dispatcher()
     end
     local e = status
     if M.is_error(e) then return e.status, e.body, e.headers end
+    metrics.counter("devex_lua_errors_total", { where = "request" })
     log.error("lua error", { error = e.traceback, route = req.route or "" })
     return 500, { error = "internal error", request_id = req.id }
   end

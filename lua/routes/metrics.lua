@@ -11,7 +11,6 @@
 -- (exact addresses; default loopback: 127.0.0.1 and ::1); everyone else gets
 -- the router's 404, so the endpoint is invisible from outside.
 local metrics = require("devex.metrics")
-local framework = require("devex.app")
 local log = require("devex.log")
 local config = require("devex.config").get()
 
@@ -78,25 +77,8 @@ local function scrape()
   return metrics.render()
 end
 
--- Outermost middleware: sets the route label, and counts a Lua error before
--- answering it exactly as devex.app's dispatcher does (log line + 500 body).
-local function middleware(req, next)
-  metrics.set_route(req.route)
-  local ok, status, body, headers = xpcall(next, function(e)
-    if framework.is_error(e) then return e end
-    return { traceback = debug.traceback(tostring(e), 2) }
-  end, req)
-  if ok then return status, body, headers end
-  local e = status
-  if framework.is_error(e) then error(e, 0) end
-  metrics.counter("devex_lua_errors_total", { where = "request" })
-  log.error("lua error", { error = e.traceback, route = req.route or "" })
-  return 500, { error = "internal error", request_id = req.id }
-end
-
 return function(app)
   local allow = allowlist()
-  app:use(middleware)
   app:get("/metrics", function(req)
     local addr = req.raw:remote_addr() or ""
     addr = addr:gsub("^::ffff:(%d+%.%d+%.%d+%.%d+)$", "%1") -- an IPv4 client on a dual-stack socket
