@@ -28,6 +28,17 @@ static void do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size
     }
 }
 
+h2o_ostream_t **devex_errjson_set_body(h2o_req_t *req, h2o_ostream_t **slot, h2o_iovec_t body)
+{
+    req->res.content_length = body.len;
+    h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("application/json"), 1);
+    errjson_ostream_t *os = (errjson_ostream_t *)h2o_add_ostream(req, sizeof(*os), slot);
+    os->body = body;
+    os->sent = 0;
+    os->super.do_send = do_send;
+    return &os->super.next;
+}
+
 static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     if (req->res.status >= 400 && h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
@@ -47,13 +58,7 @@ static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t *
         }
         memcpy(json + n, "\"}", 2);
         n += 2;
-        req->res.content_length = n;
-        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("application/json"), 1);
-        errjson_ostream_t *os = (errjson_ostream_t *)h2o_add_ostream(req, sizeof(*os), slot);
-        os->body = h2o_iovec_init(json, n);
-        os->sent = 0;
-        os->super.do_send = do_send;
-        slot = &os->super.next;
+        slot = devex_errjson_set_body(req, slot, h2o_iovec_init(json, n));
     }
     h2o_setup_next_ostream(req, slot);
 }

@@ -29,6 +29,7 @@
 #include "server.h"
 #include "settings.h"
 #include "textutil.h"
+#include "errjson.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -276,32 +277,12 @@ typedef struct {
     proxied_t *px;
 } prefilter_t;
 
-typedef struct {
-    h2o_ostream_t super;
-    h2o_iovec_t body;
-    int sent;
-} body_ostream_t;
-
 static const h2o_req_error_log_t *proxy_error(h2o_req_t *req)
 {
     for (size_t i = req->error_logs.size; i-- > 0;)
         if (strcmp(req->error_logs.entries[i].module, H2O_PROXY_MODULE) == 0)
             return &req->error_logs.entries[i];
     return NULL;
-}
-
-static void body_do_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt, h2o_send_state_t state)
-{
-    body_ostream_t *os = (body_ostream_t *)self;
-    (void)bufs;
-    (void)bufcnt;
-    int head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
-    if (!os->sent && !head) {
-        os->sent = 1;
-        h2o_ostream_send_next(self, req, &os->body, 1, state);
-    } else {
-        h2o_ostream_send_next(self, req, NULL, 0, state);
-    }
 }
 
 static void on_prefilter_setup(h2o_req_prefilter_t *_self, h2o_req_t *req, h2o_ostream_t **slot)
@@ -318,13 +299,7 @@ static void on_prefilter_setup(h2o_req_prefilter_t *_self, h2o_req_t *req, h2o_o
         devex_buf_free(&b);
         req->res.reason = "Bad Gateway";
         req->res.headers = (h2o_headers_t){NULL, 0, 0};
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
-        req->res.content_length = body.len;
-        body_ostream_t *os = (body_ostream_t *)h2o_add_ostream(req, sizeof(*os), slot);
-        os->body = body;
-        os->sent = 0;
-        os->super.do_send = body_do_send;
-        slot = &os->super.next;
+        slot = devex_errjson_set_body(req, slot, body);
     }
     /* also tells errjson.c to leave the upstream's own error bodies alone */
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, self->px->request_id,
