@@ -84,7 +84,8 @@ function M.run(now)
   end
   -- sessions whose process is gone (the local runtime after a restart)
   local dok, drv = pcall(require("runtime").driver)
-  if dok and drv.alive then
+  if not dok then drv = nil end
+  if drv and drv.alive then
     for _, m in ipairs(metas) do
       if m.state == "running" and not seen[m.id] then
         local sess = store.get_session(m.id)
@@ -122,8 +123,7 @@ function M.run(now)
       if m.state == "stopping" then
         ok, err = sessions.stop(m)
       else
-        local driver = require("runtime").driver()
-        driver:remove(m)
+        if drv then drv:remove(m) end
         store.end_session(m.id)
         ok = store.transition(m.id, "created", { "starting" })
       end
@@ -138,14 +138,13 @@ function M.run(now)
     end
   end
   -- 3. orphan workloads
-  local ok, driver = pcall(require("runtime").driver)
-  if ok and driver.orphans then
-    local list = driver:orphans(c.orphan_grace) or {}
+  if drv and drv.orphans then
+    local list = drv:orphans(c.orphan_grace) or {}
     for _, o in ipairs(list) do
       local m = store.get(o.repl)
       local owned = m and (m.state == "running" or m.state == "starting" or m.state == "stopping")
       if not owned then
-        local removed = driver:remove_orphan(o)
+        local removed = drv:remove_orphan(o)
         if removed then
           report.orphans = report.orphans + 1
           log.info("sweep removed an orphan workload", { repl = o.repl, name = o.name })

@@ -58,7 +58,6 @@ write the pod template itself.
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import itertools
@@ -152,19 +151,9 @@ class ApiError(Exception):
         super().__init__("%s %s: %d %s: %s" % (method, path, status, self.reason or "", msg))
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _set_pdeathsig():
-    """In the child: die with the test process (a killed ctest leaves no server)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+# the same helpers as devexd's own tests (harness.py is beside this file)
+sys.path.insert(0, HERE)
+from harness import free_port, _set_pdeathsig  # noqa: E402
 
 
 def now_rfc3339():
