@@ -11,28 +11,6 @@
 #include "crypto.h"
 #include "unit.h"
 
-static int l_check(lua_State *L)
-{
-    unit_checks++;
-    if (!lua_toboolean(L, 1)) {
-        unit_failures++;
-        luaL_where(L, 1);
-        fprintf(stderr, "%scheck failed: %s\n", lua_tostring(L, -1), luaL_optstring(L, 2, "?"));
-    }
-    return 0;
-}
-
-static void run(lua_State *L, const char *name, const char *code)
-{
-    int top = lua_gettop(L);
-    unit_checks++;
-    if (luaL_loadbuffer(L, code, strlen(code), name) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        unit_failures++;
-        fprintf(stderr, "%s: lua error: %s\n", name, lua_tostring(L, -1));
-    }
-    lua_settop(L, top);
-}
-
 static void hex_of(const uint8_t *p, size_t n, char *out)
 {
     devex_hex_encode(p, n, out);
@@ -215,8 +193,8 @@ int main(void)
     luaL_openlibs(L);
     luaL_requiref(L, "devex.crypto", luaopen_devex_crypto, 0);
     lua_pop(L, 1);
-    lua_register(L, "check", l_check);
-    run(L, "lua", test_lua);
+    lua_register(L, "check", unit_lua_check);
+    unit_lua_run(L, "lua", test_lua);
     lua_close(L);
     return unit_done("test_crypto");
 }

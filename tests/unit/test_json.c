@@ -12,29 +12,6 @@
 #include "json.h"
 #include "unit.h"
 
-static int l_check(lua_State *L)
-{
-    unit_checks++;
-    if (!lua_toboolean(L, 1)) {
-        unit_failures++;
-        luaL_where(L, 1);
-        fprintf(stderr, "%scheck failed: %s\n", lua_tostring(L, -1), luaL_optstring(L, 2, "?"));
-    }
-    return 0;
-}
-
-/* Runs a Lua chunk; a Lua error counts as one failed check. */
-static void run(lua_State *L, const char *name, const char *code)
-{
-    int top = lua_gettop(L);
-    unit_checks++;
-    if (luaL_loadbuffer(L, code, strlen(code), name) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        unit_failures++;
-        fprintf(stderr, "%s: lua error: %s\n", name, lua_tostring(L, -1));
-    }
-    lua_settop(L, top);
-}
-
 static const char *prelude =
     "json = require 'devex.json'\n"
     /* deep comparison that also tells integers from floats */
@@ -294,7 +271,7 @@ static void test_c_api(lua_State *L)
     CHECK(lua_gettop(L) == top + 1);
 
     /* a failure after partial output rolls the buffer back */
-    lua_pushcfunction(L, l_check);
+    lua_pushcfunction(L, unit_lua_check);
     lua_setfield(L, -2, "f");
     size_t before = b.len;
     CHECK(devex_json_encode(L, -1, &b, err, sizeof(err)) == -1);
@@ -397,18 +374,18 @@ int main(void)
     luaL_requiref(L, "devex.json", luaopen_devex_json, 0);
     lua_pop(L, 1);
     /* require 'devex.json' finds the module through package.loaded */
-    lua_register(L, "check", l_check);
+    lua_register(L, "check", unit_lua_check);
 
-    run(L, "prelude", prelude);
-    run(L, "roundtrip", test_roundtrip);
-    run(L, "null", test_null);
-    run(L, "shapes", test_shapes);
-    run(L, "numbers", test_numbers);
-    run(L, "strings", test_strings);
-    run(L, "errors", test_errors);
-    run(L, "depth", test_depth);
-    run(L, "big", test_big);
-    run(L, "coroutine", test_coroutine);
+    unit_lua_run(L, "prelude", prelude);
+    unit_lua_run(L, "roundtrip", test_roundtrip);
+    unit_lua_run(L, "null", test_null);
+    unit_lua_run(L, "shapes", test_shapes);
+    unit_lua_run(L, "numbers", test_numbers);
+    unit_lua_run(L, "strings", test_strings);
+    unit_lua_run(L, "errors", test_errors);
+    unit_lua_run(L, "depth", test_depth);
+    unit_lua_run(L, "big", test_big);
+    unit_lua_run(L, "coroutine", test_coroutine);
     test_c_api(L);
     CHECK(lua_gettop(L) == 0);
     lua_close(L);

@@ -367,24 +367,13 @@ static void test_base64_and_names(void)
     CHECK(D("1svc") != NULL);
 }
 
-static int l_check(lua_State *L)
-{
-    unit_checks++;
-    if (!lua_toboolean(L, 1)) {
-        unit_failures++;
-        luaL_where(L, 1);
-        fprintf(stderr, "%scheck failed: %s\n", lua_tostring(L, -1), luaL_optstring(L, 2, "?"));
-    }
-    return 0;
-}
-
 static void test_lua(void)
 {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     luaL_requiref(L, "k8s", luaopen_devex_k8s, 1);
     lua_pop(L, 1);
-    lua_pushcfunction(L, l_check);
+    lua_pushcfunction(L, unit_lua_check);
     lua_setglobal(L, "check");
     lua_pushstring(L, tmpdir);
     lua_setglobal(L, "TMP");

@@ -19,28 +19,6 @@
 #include "oauth.h"
 #include "unit.h"
 
-static int l_check(lua_State *L)
-{
-    unit_checks++;
-    if (!lua_toboolean(L, 1)) {
-        unit_failures++;
-        luaL_where(L, 1);
-        fprintf(stderr, "%scheck failed: %s\n", lua_tostring(L, -1), luaL_optstring(L, 2, "?"));
-    }
-    return 0;
-}
-
-static void run(lua_State *L, const char *name, const char *code)
-{
-    int top = lua_gettop(L);
-    unit_checks++;
-    if (luaL_loadbuffer(L, code, strlen(code), name) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        unit_failures++;
-        fprintf(stderr, "%s: lua error: %s\n", name, lua_tostring(L, -1));
-    }
-    lua_settop(L, top);
-}
-
 /* ---- C API -------------------------------------------------------------- */
 
 static void test_pkce_vector(void)
@@ -506,11 +484,11 @@ int main(void)
     luaL_requiref(L, "devex.crypto", luaopen_devex_crypto, 0);
     luaL_requiref(L, "devex.json", luaopen_devex_json, 0);
     lua_pop(L, 3);
-    lua_register(L, "check", l_check);
+    lua_register(L, "check", unit_lua_check);
     lua_register(L, "pubjwk", l_pubjwk);
     lua_register(L, "sign", l_sign);
-    run(L, "basics", test_lua_basics);
-    run(L, "jwt", test_lua_jwt);
+    unit_lua_run(L, "basics", test_lua_basics);
+    unit_lua_run(L, "jwt", test_lua_jwt);
     lua_close(L);
     free_keys();
     return unit_done("test_oauth");

@@ -7,6 +7,8 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <lauxlib.h>
+#include <lua.h>
 
 static int unit_checks, unit_failures;
 
@@ -28,6 +30,30 @@ static int unit_checks, unit_failures;
             fprintf(stderr, "%s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__, a_ ? a_ : "(null)", b_ ? b_ : "(null)"); \
         }                                                                                               \
     } while (0)
+
+/* check(cond, [what]) for Lua test code: counts like CHECK, reports file:line. */
+static inline int unit_lua_check(lua_State *L)
+{
+    unit_checks++;
+    if (!lua_toboolean(L, 1)) {
+        unit_failures++;
+        luaL_where(L, 1);
+        fprintf(stderr, "%scheck failed: %s\n", lua_tostring(L, -1), luaL_optstring(L, 2, "?"));
+    }
+    return 0;
+}
+
+/* Runs a Lua chunk; a Lua error counts as one failed check. */
+static inline void unit_lua_run(lua_State *L, const char *name, const char *code)
+{
+    int top = lua_gettop(L);
+    unit_checks++;
+    if (luaL_loadbuffer(L, code, strlen(code), name) != LUA_OK || lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        unit_failures++;
+        fprintf(stderr, "%s: lua error: %s\n", name, lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+}
 
 static inline int unit_done(const char *name)
 {
