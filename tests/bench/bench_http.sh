@@ -28,6 +28,8 @@
 #   ROUNDS       measurement rounds; the order of the servers alternates [2]
 #   RESULTS_DIR  where http.json and http.log go [tests/bench/results]
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -92,18 +94,6 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench_http.XXXXXX")
 devexd_pid=""
 h2o_pid=""
 
-stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
-  local pid=$1 i
-  [[ -n $pid ]] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -116,9 +106,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { # 0 if something accepts on 127.0.0.1:PORT
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 free_port() { # a loopback port nobody listens on (and not the one in $1)
   local p i
   for ((i = 0; i < 200; i++)); do
@@ -330,7 +317,6 @@ hwm_h2o=$(vm_kb "$h2o_pid" VmHWM)
 
 # --- report --------------------------------------------------------------------
 mean() { awk -v s="$1" -v n="$ROUNDS" -v d="${2:-0}" 'BEGIN { printf "%.*f", d, s / n }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "null" }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 h1_d=$(mean "${sum[h1_devexd]}"); h1_h=$(mean "${sum[h1_h2o]}")
@@ -370,7 +356,6 @@ errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o])
 } | tee "$tmp/table.txt"
 
 mkdir -p "$RESULTS_DIR"
-json_str() { printf '"%s"' "$(sed 's/\\/\\\\/g; s/"/\\"/g' <<<"$1")"; }
 cat >"$RESULTS_DIR/http.json" <<EOF
 {
   "benchmark": "http",

@@ -31,6 +31,8 @@
 #   ROUNDS          wrk rounds per server; the order alternates [1]
 #   RESULTS_DIR     where redis.json and redis.log go [tests/bench/results]
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -92,18 +94,6 @@ redis_pid=""
 devexd_pid=""
 node_pid=""
 
-stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
-  local pid=$1 i
-  [[ -n $pid ]] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -117,9 +107,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { # 0 if something accepts on 127.0.0.1:PORT
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 used_ports=" "
 free_port() { # a loopback port nobody listens on, not handed out before
   local p i
@@ -268,7 +255,6 @@ done
 
 # --- report --------------------------------------------------------------------
 mean() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "null" }'; }
 
 devexd_rps=$(mean "${sum[devexd]}")
 node_rps=$(mean "${sum[node]}")
@@ -306,7 +292,6 @@ errors_total=$((errs[devexd] + errs[node]))
 } | tee "$tmp/table.txt"
 
 mkdir -p "$RESULTS_DIR"
-json_str() { printf '"%s"' "$(sed 's/\\/\\\\/g; s/"/\\"/g' <<<"$1")"; }
 cat >"$RESULTS_DIR/redis.json" <<EOF
 {
   "benchmark": "redis",

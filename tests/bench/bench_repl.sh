@@ -37,6 +37,8 @@
 #   KUBELET_POLL    the simulated kubelet's poll interval, seconds [0.2]
 #   RESULTS_DIR     where repl.json and repl.log go [tests/bench/results]
 set -euo pipefail
+# shellcheck source=tests/bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -91,18 +93,6 @@ redis_pid=""
 repl_pid=""
 get_pid=""
 
-stop_pid() { # stop_pid PID: TERM, wait up to 5 s, then KILL
-  local pid=$1 i
-  [[ -n $pid ]] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
@@ -116,7 +106,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 used_ports=" "
 free_port() {
   local p i
@@ -303,7 +292,6 @@ git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 } | tee "$tmp/table.txt"
 
 mkdir -p "$RESULTS_DIR"
-json_str() { printf '"%s"' "$(sed 's/\\/\\\\/g; s/"/\\"/g' <<<"$1")"; }
 cat >"$RESULTS_DIR/repl.json" <<EOF
 {
   "benchmark": "repl",
