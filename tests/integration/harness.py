@@ -314,6 +314,17 @@ class Devexd:
             problems.append("sanitizer errors in the log: %s" % " | ".join(san[:5]))
         return problems
 
+    def sync_templates(self, directory=None, timeout=120):
+        """Runs `devexd templates sync` with this instance's config and
+        environment (the shipped templates by default); fails with its output."""
+        directory = directory or os.path.join(SOURCE_DIR, "templates")
+        p = subprocess.run([DEVEXD_BIN, "-c", self.conf_path, "-L", LUA_DIR, "templates", "sync", directory],
+                           env=dict(os.environ, **self.extra_env), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if p.returncode != 0:
+            raise AssertionError("devexd templates sync exited with %d:\n%s%s" % (p.returncode, p.stderr, p.stdout))
+        return p.stdout
+
     def signal(self, sig):
         self.proc.send_signal(sig)
 

@@ -33,11 +33,7 @@ class DevSetupTest(unittest.TestCase):
                         'return c\n') % json.dumps(DEV_CONF)
                 env = {"DEVEXD_DATA": tmp, "REDIS_URL": redis.url(), "ENVIRONMENT": "development"}
                 with Devexd(app=None, threads=2, config_text=conf, env=env) as d:
-                    e = dict(os.environ, **env)
-                    p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates",
-                                        "sync", os.path.join(harness.SOURCE_DIR, "templates")], env=e,
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-                    self.assertEqual(p.returncode, 0, p.stderr)
+                    d.sync_templates()
                     b = Browser(d)
                     self.assertEqual(b.get("/").header("Location"), "/dashboard")
                     r = b.get("/dashboard")

@@ -62,13 +62,6 @@ def write_policy(path, text):
     return path
 
 
-def sync_templates(test, d):
-    p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
-                        os.path.join(harness.SOURCE_DIR, "templates")],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
-    test.assertEqual(p.returncode, 0, p.stderr + p.stdout)
-
-
 def dev_login(test, d, user=USER):
     """Signs in with the development sign-in; returns a Browser holding the cookie."""
     b = Browser(d)
@@ -167,7 +160,7 @@ class S3DownDuringCreateTest(unittest.TestCase):
         conf["storage"] = {"driver": "s3"}
         conf["s3"] = self.s3.conf(max_attempts=2, timeout=5)
         with Devexd(app=None, threads=2, config=conf) as d:
-            sync_templates(self, d)
+            d.sync_templates()
             self.assertTrue(self.s3.keys("templates/python/"), "the template sync uploaded nothing")
             b = dev_login(self, d)
             self.s3.stop()
@@ -222,7 +215,7 @@ class KubeDownDuringStartTest(unittest.TestCase):
         conf.update({"storage": {"driver": "fs", "dir": store_dir}, "runtime": {"driver": "kubernetes"},
                      "kube": {"config_path": kubeconfig, "namespace": "repls"}})
         with Devexd(app=None, threads=2, config=conf) as d:
-            sync_templates(self, d)
+            d.sync_templates()
             b = dev_login(self, d)
             st, repl = create(b, name="k8s down", template="node")
             self.assertEqual(st, 201, repl)
@@ -285,7 +278,7 @@ class SweepOnKubernetesTest(unittest.TestCase):
                      "kube": {"config_path": kubeconfig, "namespace": self.ns},
                      "runner": {"cluster_ip": "runners.example.test"}})
         self.d = Devexd(app=None, threads=2, config=conf).__enter__()
-        sync_templates(self, self.d)
+        self.d.sync_templates()
         return self.d
 
     def deployments(self, selector="app.kubernetes.io/managed-by=devexd"):

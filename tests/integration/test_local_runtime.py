@@ -53,10 +53,7 @@ class LocalRuntimeTest(unittest.TestCase):
             "runtime": {"driver": "local", "dir": cls.ws_dir, "stop_grace": 2},
         }
         cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
-        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
-                            os.path.join(harness.SOURCE_DIR, "templates")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr
+        cls.d.sync_templates()
 
     @classmethod
     def tearDownClass(cls):

@@ -20,7 +20,6 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -225,10 +224,7 @@ class ServiceAccountRuntimeTest(test_k8s_runtime.K8sRuntimeTest):
             "runner": {"cluster_ip": "runners.example.test"},
         }
         cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
-        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
-                            os.path.join(harness.SOURCE_DIR, "templates")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr
+        cls.d.sync_templates()
 
     @classmethod
     def tearDownClass(cls):

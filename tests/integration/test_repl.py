@@ -40,10 +40,7 @@ class ReplTest(unittest.TestCase):
             "storage": {"driver": "fs", "dir": cls.store_dir},
         }
         cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
-        p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
-                            os.path.join(harness.SOURCE_DIR, "templates")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-        assert p.returncode == 0, p.stderr + p.stdout
+        cls.d.sync_templates()
 
     @classmethod
     def tearDownClass(cls):
@@ -234,10 +231,7 @@ class PolicyOverrideTest(unittest.TestCase):
                         "redis": {"url": redis.url(), "timeout": 2}, "github": gh.config(GH_REDIRECT),
                         "storage": {"driver": "fs", "dir": store_dir}, "policy": {"file": policy}}
                 with Devexd(app=None, threads=2, config=conf) as d:
-                    p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates",
-                                        "sync", os.path.join(harness.SOURCE_DIR, "templates")],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-                    self.assertEqual(p.returncode, 0, p.stderr)
+                    d.sync_templates()
                     t = ReplTest()
                     t.d, t.gh = d, gh
                     b = ReplTest.login(t)

@@ -71,12 +71,7 @@ class SingleHostTest(unittest.TestCase):
             env = {"DEVEXD_DATA": cls.data, "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
             cls.d = cls._enter(Devexd(app=None, threads=2, config_text=conf, env=env))
             cls.origin = "http://localhost:%d" % cls.d.port
-            p = subprocess.run([harness.DEVEXD_BIN, "-c", cls.d.conf_path, "-L", harness.LUA_DIR, "templates",
-                                "sync", os.path.join(harness.SOURCE_DIR, "templates")],
-                               env=dict(os.environ, **env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-            if p.returncode != 0:
-                raise AssertionError("devexd templates sync exited with %d:\n%s" % (p.returncode, p.stderr))
+            cls.d.sync_templates()
         except BaseException:
             cls.tearDownClass()
             raise

@@ -6,7 +6,6 @@ session stopped)."""
 
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import shutil
@@ -59,12 +58,6 @@ class SweepTest(unittest.TestCase):
                 "policy": {"file": self.policy}}
         return Devexd(app=None, threads=2, config=conf, **kw)
 
-    def sync(self, d):
-        p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "templates", "sync",
-                            os.path.join(harness.SOURCE_DIR, "templates")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
-        self.assertEqual(p.returncode, 0, p.stderr)
-
     def state(self, rid):
         v = self.redis.call("HGET", "devex:replMeta:" + rid, "state")
         return v.decode() if v else None
@@ -80,7 +73,7 @@ class SweepTest(unittest.TestCase):
 
     def test_idle_session_is_stopped(self):
         with self.devexd(idle=1) as d:
-            self.sync(d)
+            d.sync_templates()
             b, rid = self.start_session(d)
             ws = os.path.join(self.tmp, "ws", rid)
             with open(os.path.join(ws, "work.txt"), "w") as f:
@@ -109,7 +102,7 @@ class SweepTest(unittest.TestCase):
     def test_restart_repairs_a_dead_runner(self):
         d = self.devexd(expect_exit=None).__enter__()
         try:
-            self.sync(d)
+            d.sync_templates()
             b, rid = self.start_session(d)
             pid = int(self.redis.call("HGET", "devex:activeSession:" + rid, "pid"))
             with open(os.path.join(self.tmp, "ws", rid, "late.txt"), "w") as f:
