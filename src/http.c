@@ -30,6 +30,7 @@
 #include "devex.h"
 #include "errors.h"
 #include "log.h"
+#include "textutil.h"
 
 #include <curl/curl.h>
 #include <math.h>
@@ -716,21 +717,6 @@ static const char *const known_options[] = {
     "http2",   NULL,
 };
 
-static bool is_tchar(unsigned char c)
-{
-    return c > 0x20 && c < 0x7f && strchr("()<>@,;:\\\"/[]?={}", c) == NULL;
-}
-
-static bool is_token(const char *s, size_t n)
-{
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!is_tchar((unsigned char)s[i]))
-            return false;
-    return true;
-}
-
 static const char *opt_string(lua_State *L, const char *fn, const char *key, size_t *len)
 {
     int t = lua_getfield(L, 1, key);
@@ -785,7 +771,7 @@ static void check_headers(lua_State *L, const char *fn, int idx, http_opts_t *o)
             luaL_error(L, "%s: header names must be strings", fn);
         size_t nlen, vlen;
         const char *name = lua_tolstring(L, -2, &nlen);
-        if (!is_token(name, nlen))
+        if (!devex_http_token(name, nlen))
             luaL_error(L, "%s: invalid header name '%s'", fn, name);
         int vt = lua_type(L, -1);
         if (vt != LUA_TSTRING && vt != LUA_TNUMBER)
@@ -842,7 +828,7 @@ static void parse_opts(lua_State *L, const char *fn, http_opts_t *o)
     o->method = opt_string(L, fn, "method", &len);
     if (o->method == NULL)
         o->method = "GET";
-    else if (!is_token(o->method, len))
+    else if (!devex_http_token(o->method, len))
         luaL_error(L, "%s: invalid method '%s'", fn, o->method);
     o->body = opt_string(L, fn, "body", &o->body_len);
     o->timeout = opt_seconds(L, fn, "timeout", HTTP_DEFAULT_TIMEOUT, true);

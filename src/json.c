@@ -14,6 +14,7 @@
  * again here against RFC 3629 in both directions.
  */
 #include "json.h"
+#include "textutil.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -86,36 +87,10 @@ static int utf8_valid(const unsigned char *s, size_t len)
         }
         if (i >= len)
             break;
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 1;
-        } else if (c == 0xE0) {
-            n = 2, lo = 0xA0;
-        } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
-            n = 2;
-        } else if (c == 0xED) {
-            n = 2, hi = 0x9F; /* D800..DFFF are surrogates */
-        } else if (c == 0xF0) {
-            n = 3, lo = 0x90;
-        } else if (c >= 0xF1 && c <= 0xF3) {
-            n = 3;
-        } else if (c == 0xF4) {
-            n = 3, hi = 0x8F;
-        } else {
+        size_t n = devex_utf8_seq(s + i, len - i);
+        if (n == 0)
             return 0;
-        }
-        if (len - i - 1 < n || s[i + 1] < lo || s[i + 1] > hi)
-            return 0;
-        for (size_t k = 2; k <= n; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-        i += n + 1;
+        i += n;
     }
     return 1;
 }

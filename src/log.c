@@ -8,6 +8,7 @@
  */
 #include "log.h"
 #include "devex.h"
+#include "textutil.h"
 
 #include <lauxlib.h>
 #include <stdarg.h>
@@ -42,39 +43,6 @@ int devex_log_parse_level(const char *name, devex_log_level_t *out)
     return -1;
 }
 
-/* Length of a valid UTF-8 sequence at s, or 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    unsigned cp;
-    if (c < 0x80)
-        return 1;
-    if ((c & 0xe0) == 0xc0) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 void devex_json_escape(devex_buf_t *b, const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;
@@ -93,7 +61,7 @@ void devex_json_escape(devex_buf_t *b, const char *str, size_t len)
             devex_buf_append(b, &s[i], 1);
             i++;
         } else {
-            size_t n = utf8_seq(s + i, len - i);
+            size_t n = devex_utf8_seq(s + i, len - i);
             if (n == 0) {
                 devex_buf_append_str(b, "\xef\xbf\xbd");
                 i++;

@@ -221,7 +221,7 @@ static int l_pass(lua_State *L)
                 return luaL_error(L, "proxy.pass: header names must be strings");
             const char *name = lua_tolstring(L, -2, &n);
             char lname[257];
-            if (!devex_http_token(name, n))
+            if (n > 256 || !devex_http_token(name, n)) /* 256: the size of lname */
                 return luaL_error(L, "proxy.pass: invalid header name");
             for (size_t i = 0; i < n; i++)
                 lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);

@@ -15,6 +15,7 @@
  * referred to by offset (the buffer moves when it grows).
  */
 #include "s3_sigv4.h"
+#include "textutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,21 +33,10 @@ static int is_unreserved(unsigned char c)
            c == '.' || c == '~';
 }
 
-/* RFC 9110 tchar */
-static int is_tchar(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
+/* a NUL-terminated HTTP token (RFC 9110) */
 static int is_token(const char *s)
 {
-    if (s == NULL || *s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!is_tchar((unsigned char)*s))
-            return 0;
-    return 1;
+    return s != NULL && devex_http_token(s, strlen(s));
 }
 
 /* access key, region, service: printable ASCII without space, '/' or ',' */

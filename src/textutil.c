@@ -1,7 +1,8 @@
 /*
  * textutil.c: the character classes of textutil.h, in one place so that the
- * router, the crypto and OAuth encoders, the S3 and Redis URL parsers and the
- * response and proxy header checks agree on them.
+ * router, the crypto and OAuth encoders, the S3 and Redis URL parsers, the
+ * JSON and log encoders, and the HTTP client, response and proxy header
+ * checks agree on them.
  */
 #include "textutil.h"
 
@@ -33,9 +34,43 @@ int devex_b64_value(int c, int url)
     return -1;
 }
 
+size_t devex_utf8_seq(const unsigned char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t n;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 1;
+    } else if (c == 0xE0) {
+        n = 2, lo = 0xA0;
+    } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+        n = 2;
+    } else if (c == 0xED) {
+        n = 2, hi = 0x9F; /* D800..DFFF are surrogates */
+    } else if (c == 0xF0) {
+        n = 3, lo = 0x90;
+    } else if (c >= 0xF1 && c <= 0xF3) {
+        n = 3;
+    } else if (c == 0xF4) {
+        n = 3, hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (len - 1 < n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t k = 2; k <= n; k++)
+        if ((s[k] & 0xC0) != 0x80)
+            return 0;
+    return n + 1;
+}
+
 int devex_http_token(const char *s, size_t n)
 {
-    if (n == 0 || n > 256)
+    if (n == 0)
         return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
