@@ -85,34 +85,66 @@ int devex_uuid4(char out[37])
 
 /* ---- hex and base64url for Lua ----------------------------------------- */
 
-/* Whole input units per EVP_*Block call: keeps the int lengths small and the
- * chunk boundaries on 3-byte / 4-char groups. */
-#define B64_CHUNK_IN 3072
-#define B64_CHUNK_CHARS 4096
+static const char b64url_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+size_t devex_b64url_encode(const uint8_t *in, size_t n, char *out)
+{
+    size_t i = 0, o = 0;
+    for (; n - i >= 3; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64url_alphabet[v >> 18];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+        out[o++] = b64url_alphabet[(v >> 6) & 63];
+        out[o++] = b64url_alphabet[v & 63];
+    }
+    if (n - i == 1) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        out[o++] = b64url_alphabet[v >> 18];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+    } else if (n - i == 2) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64url_alphabet[v >> 18];
+        out[o++] = b64url_alphabet[(v >> 12) & 63];
+        out[o++] = b64url_alphabet[(v >> 6) & 63];
+    }
+    out[o] = '\0';
+    return o;
+}
+
+int devex_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *outlen)
+{
+    if (len % 4 == 1)
+        return -1;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        int v = devex_b64_value((unsigned char)in[i], 1);
+        if (v < 0)
+            return -1;
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* the unused bits of a partial last group must be zero, or two strings
+     * would decode to the same bytes (signature malleability) */
+    if (acc != 0)
+        return -1;
+    *outlen = o;
+    return 0;
+}
 
 static int l_b64url(lua_State *L)
 {
     size_t len;
-    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    const uint8_t *s = (const uint8_t *)luaL_checklstring(L, 1, &len);
     luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    while (len > 0) {
-        size_t n = len < B64_CHUNK_IN ? len : B64_CHUNK_IN;
-        unsigned char *p = (unsigned char *)luaL_prepbuffsize(&b, B64_CHUNK_CHARS + 1);
-        int k = EVP_EncodeBlock(p, s, (int)n);
-        while (k > 0 && p[k - 1] == '=')
-            k--;
-        for (int i = 0; i < k; i++) {
-            if (p[i] == '+')
-                p[i] = '-';
-            else if (p[i] == '/')
-                p[i] = '_';
-        }
-        luaL_addsize(&b, (size_t)k);
-        s += n;
-        len -= n;
-    }
-    luaL_pushresult(&b);
+    char *p = luaL_buffinitsize(L, &b, len / 3 * 4 + 5);
+    luaL_pushresultsize(&b, devex_b64url_encode(s, len, p));
     return 1;
 }
 
@@ -120,8 +152,7 @@ static int l_unb64url(lua_State *L)
 {
     size_t len;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
-    /* everything is checked before decoding: EVP_DecodeBlock would skip
-     * whitespace and accept padding in the middle */
+    /* checked here first for the precise message; the decoder checks the same */
     if (len % 4 == 1) {
         lua_pushnil(L);
         lua_pushstring(L, "invalid base64url: bad length");
@@ -134,43 +165,17 @@ static int l_unb64url(lua_State *L)
             return 2;
         }
     }
-    /* the bits of a partial last group beyond the data must be zero, or two
-     * strings would decode to the same bytes (token malleability) */
-    if (len % 4 == 2 && (devex_b64_value(s[len - 1], 1) & 0x0f) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, "invalid base64url: non-zero padding bits");
-        return 2;
-    }
-    if (len % 4 == 3 && (devex_b64_value(s[len - 1], 1) & 0x03) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, "invalid base64url: non-zero padding bits");
-        return 2;
-    }
     luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    unsigned char tmp[B64_CHUNK_CHARS];
-    while (len > 0) {
-        size_t n = len < B64_CHUNK_CHARS ? len : B64_CHUNK_CHARS;
-        size_t pad = 0;
-        for (size_t i = 0; i < n; i++)
-            tmp[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
-        while ((n + pad) % 4 != 0) /* only the last chunk is short, so this fits */
-            tmp[n + pad++] = '=';
-        unsigned char *p = (unsigned char *)luaL_prepbuffsize(&b, B64_CHUNK_IN);
-        int k = EVP_DecodeBlock(p, tmp, (int)(n + pad));
-        if (k < 0) {
-            luaL_pushresult(&b);
-            lua_pop(L, 1);
-            lua_pushnil(L);
-            lua_pushstring(L, "invalid base64url");
-            return 2;
-        }
-        /* EVP_DecodeBlock counts the padding as zero bytes */
-        luaL_addsize(&b, (size_t)k - pad);
-        s += n;
-        len -= n;
+    uint8_t *p = (uint8_t *)luaL_buffinitsize(L, &b, len / 4 * 3 + 3);
+    size_t n = 0;
+    if (devex_b64url_decode((const char *)s, len, p, &n) != 0) {
+        /* the bits of a partial last group beyond the data must be zero, or
+         * two strings would decode to the same bytes (token malleability) */
+        lua_pushnil(L);
+        lua_pushstring(L, "invalid base64url: non-zero padding bits");
+        return 2;
     }
-    luaL_pushresult(&b);
+    luaL_pushresultsize(&b, n);
     return 1;
 }
 

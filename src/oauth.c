@@ -50,58 +50,6 @@
 
 /* ---- base64url and PKCE ------------------------------------------------ */
 
-static const char b64url_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-size_t devex_oauth_b64url_encode(const uint8_t *in, size_t n, char *out)
-{
-    size_t i = 0, o = 0;
-    for (; n - i >= 3; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64url_alphabet[v >> 18];
-        out[o++] = b64url_alphabet[(v >> 12) & 63];
-        out[o++] = b64url_alphabet[(v >> 6) & 63];
-        out[o++] = b64url_alphabet[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        out[o++] = b64url_alphabet[v >> 18];
-        out[o++] = b64url_alphabet[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        out[o++] = b64url_alphabet[v >> 18];
-        out[o++] = b64url_alphabet[(v >> 12) & 63];
-        out[o++] = b64url_alphabet[(v >> 6) & 63];
-    }
-    out[o] = '\0';
-    return o;
-}
-
-int devex_oauth_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *outlen)
-{
-    if (len % 4 == 1)
-        return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = devex_b64_value((unsigned char)in[i], 1);
-        if (v < 0)
-            return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    /* the unused bits of a partial last group must be zero, or two strings
-     * would decode to the same bytes (signature malleability) */
-    if (acc != 0)
-        return -1;
-    *outlen = o;
-    return 0;
-}
 
 static int is_unreserved(unsigned char c)
 {
@@ -118,7 +66,7 @@ int devex_oauth_pkce_challenge(const char *verifier, size_t len, char out[DEVEX_
             return -1;
     uint8_t md[DEVEX_SHA256_LEN];
     devex_sha256(verifier, len, md);
-    devex_oauth_b64url_encode(md, sizeof(md), out);
+    devex_b64url_encode(md, sizeof(md), out);
     return 0;
 }
 
@@ -129,7 +77,7 @@ static void push_random_token(lua_State *L)
     char s[DEVEX_OAUTH_B64_32_LEN + 1];
     if (devex_random_bytes(r, sizeof(r)) != 0)
         luaL_error(L, "random number generator failed");
-    size_t n = devex_oauth_b64url_encode(r, sizeof(r), s);
+    size_t n = devex_b64url_encode(r, sizeof(r), s);
     OPENSSL_cleanse(r, sizeof(r));
     lua_pushlstring(L, s, n);
     OPENSSL_cleanse(s, sizeof(s));
@@ -630,7 +578,7 @@ static const uint8_t *push_jwk_bytes(lua_State *L, int k, const char *name, size
     if (len == 0 || len > JWK_FIELD_MAX)
         return NULL;
     uint8_t *p = lua_newuserdatauv(L, len * 3 / 4 + 1, 0);
-    return devex_oauth_b64url_decode(s, len, p, outlen) == 0 ? p : NULL;
+    return devex_b64url_decode(s, len, p, outlen) == 0 ? p : NULL;
 }
 
 /* Pushes the JSON object in a base64url segment and returns 0; or returns -1
@@ -639,7 +587,7 @@ static int push_segment(lua_State *L, const char *s, size_t len, const char **wh
 {
     size_t n;
     uint8_t *p = lua_newuserdatauv(L, len * 3 / 4 + 1, 0);
-    if (devex_oauth_b64url_decode(s, len, p, &n) != 0) {
+    if (devex_b64url_decode(s, len, p, &n) != 0) {
         lua_pop(L, 1);
         *why = "not valid base64url";
         return -1;
@@ -760,7 +708,7 @@ static int l_verify_jwt(lua_State *L)
         return jwt_fail(L, "malformed", "payload is %s", why);
     size_t siglen = (size_t)(end - d2 - 1);
     uint8_t *sig = lua_newuserdatauv(L, siglen * 3 / 4 + 1, 0);
-    if (devex_oauth_b64url_decode(d2 + 1, siglen, sig, &siglen) != 0)
+    if (devex_b64url_decode(d2 + 1, siglen, sig, &siglen) != 0)
         return jwt_fail(L, "malformed", "signature is not valid base64url");
     if (siglen == 0)
         return jwt_fail(L, "signature", "the signature is empty");

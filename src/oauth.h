@@ -37,13 +37,7 @@
 /* base64url of 32 bytes (a verifier, a state, a nonce, a PKCE challenge) */
 #define DEVEX_OAUTH_B64_32_LEN 43
 
-/* Writes the unpadded base64url form of n bytes and a NUL into out, which must
- * hold (4n + 2) / 3 + 1 chars. Returns the length written (without the NUL). */
-size_t devex_oauth_b64url_encode(const uint8_t *in, size_t n, char *out);
-/* Strict unpadded base64url decode (no padding, whitespace or non-zero
- * trailing bits) into out, which must hold len * 3 / 4 bytes. Returns 0 and
- * the decoded length in *outlen, or -1. */
-int devex_oauth_b64url_decode(const char *in, size_t len, uint8_t *out, size_t *outlen);
+/* base64url: devex_b64url_encode / devex_b64url_decode in crypto.h */
 /* The S256 challenge of a PKCE verifier: base64url(SHA-256(verifier)) and a
  * NUL into out. The verifier must be 43 to 128 unreserved characters
  * (RFC 7636 section 4.1); returns 0, or -1 when it is not. */

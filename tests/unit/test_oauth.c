@@ -35,7 +35,7 @@ static void test_pkce_vector(void)
     static const uint8_t octets[32] = {116, 24, 223, 180, 151, 153, 224, 37,  79,  250, 96,  125, 216, 173, 187, 186,
                                        22,  212, 37,  77,  105, 214, 191, 240, 91,  88,  5,   88,  83,  132, 141, 121};
     char v[DEVEX_OAUTH_B64_32_LEN + 1];
-    CHECK(devex_oauth_b64url_encode(octets, sizeof(octets), v) == 43);
+    CHECK(devex_b64url_encode(octets, sizeof(octets), v) == 43);
     CHECK_STR(v, verifier);
 
     /* RFC 7636 4.1: 43 to 128 unreserved characters */
@@ -63,14 +63,14 @@ static void test_b64url(void)
     uint8_t dec[16];
     size_t n;
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-        CHECK(devex_oauth_b64url_encode((const uint8_t *)v[i].plain, strlen(v[i].plain), out) == strlen(v[i].enc));
+        CHECK(devex_b64url_encode((const uint8_t *)v[i].plain, strlen(v[i].plain), out) == strlen(v[i].enc));
         CHECK_STR(out, v[i].enc);
-        CHECK(devex_oauth_b64url_decode(v[i].enc, strlen(v[i].enc), dec, &n) == 0);
+        CHECK(devex_b64url_decode(v[i].enc, strlen(v[i].enc), dec, &n) == 0);
         CHECK(n == strlen(v[i].plain) && memcmp(dec, v[i].plain, n) == 0);
     }
     static const char *bad[] = {"Zg==", "Zm9v=", "Zm+v", "Zm/v", "Z", "Zm9vY", "Zh", "Zm9", " Zm9v", "Zm9v\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        CHECK(devex_oauth_b64url_decode(bad[i], strlen(bad[i]), dec, &n) == -1);
+        CHECK(devex_b64url_decode(bad[i], strlen(bad[i]), dec, &n) == -1);
 }
 
 /* ---- keys and signatures for the JWT tests ------------------------------ */
@@ -120,7 +120,7 @@ static int set_bn_field(lua_State *L, const BIGNUM *bn, int pad, const char *fie
     int n = pad > 0 ? BN_bn2binpad(bn, bin, pad) : BN_bn2bin(bn, bin);
     if (n <= 0)
         return -1;
-    devex_oauth_b64url_encode(bin, (size_t)n, b64);
+    devex_b64url_encode(bin, (size_t)n, b64);
     lua_pushstring(L, b64);
     lua_setfield(L, -2, field);
     return 0;
