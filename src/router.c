@@ -589,9 +589,15 @@ typedef struct lrouter {
     devex_router_t *r; /* NULL once closed */
 } lrouter_t;
 
+/* add and match carry the metatable as their upvalue: comparing with it is
+ * cheaper than luaL_checkudata's lookup of the name in the registry, and
+ * match runs for every request */
 static devex_router_t *check_router(lua_State *L)
 {
-    lrouter_t *u = luaL_checkudata(L, 1, ROUTER_MT);
+    lrouter_t *u = lua_touserdata(L, 1);
+    if (u == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, 1, ROUTER_MT);
+    lua_pop(L, 1);
     if (u->r == NULL)
         luaL_error(L, "router is closed");
     return u->r;
@@ -636,7 +642,8 @@ static int l_match(lua_State *L)
     const char *path = luaL_checklstring(L, 3, &plen);
 
     /* Matched on the C stack: most requests have no params and then nothing
-     * is allocated. Params move into a userdata before any Lua call that
+     * is allocated (the params table is left out: the caller supplies its own
+     * empty one). Params move into a userdata before any Lua call that
      * could raise, so a memory error cannot leak the decoded values. */
     devex_route_match_t sm;
     sm.nparams = 0;
@@ -644,8 +651,7 @@ static int l_match(lua_State *L)
     case DEVEX_ROUTE_FOUND: {
         if (sm.nparams == 0) {
             lua_pushinteger(L, sm.handler_id);
-            lua_createtable(L, 0, 0);
-            return 2;
+            return 1;
         }
         devex_route_match_t *m = lua_newuserdatauv(L, sizeof *m, 0); /* may raise: sm leaks only then */
         *m = sm;
@@ -707,7 +713,9 @@ int luaopen_devex_router(lua_State *L)
 {
     if (luaL_newmetatable(L, ROUTER_MT)) {
         luaL_setfuncs(L, router_meta, 0);
-        luaL_newlib(L, router_methods);
+        luaL_newlibtable(L, router_methods);
+        lua_pushvalue(L, -2);
+        luaL_setfuncs(L, router_methods, 1); /* upvalue: the metatable, for check_router */
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
