@@ -221,10 +221,9 @@ static void do_count(family_t *f, char vals[][LV_MAX], uint64_t n)
         add_u64(&s->count, n);
 }
 
-static void do_observe(family_t *f, char vals[][LV_MAX], double v)
+static void observe_series(family_t *f, series_t *s, double v)
 {
-    series_t *s = get_series(f, vals);
-    if (s == NULL || !isfinite(v))
+    if (!isfinite(v))
         return;
     int i = 0;
     while (i < f->nbuckets && v > f->buckets[i])
@@ -233,6 +232,13 @@ static void do_observe(family_t *f, char vals[][LV_MAX], double v)
         add_u64(&s->buckets[i], 1); /* cumulated at render */
     add_double(&s->bits, v);
     add_u64(&s->count, 1);
+}
+
+static void do_observe(family_t *f, char vals[][LV_MAX], double v)
+{
+    series_t *s = get_series(f, vals);
+    if (s != NULL)
+        observe_series(f, s, v);
 }
 
 static void do_set(family_t *f, char vals[][LV_MAX], double v)
@@ -256,17 +262,44 @@ static const char *method_label(const char *m, size_t n)
     return "OTHER"; /* a client chooses the method: keep the label bounded */
 }
 
+/* Per-thread cache of the two series of an HTTP (route, method, status):
+ * series never move or go away, so pointers found once stay right, and the
+ * common case costs no hashing of label strings. Keys are pointers: route is
+ * an interned pattern (or NULL), method one of method_label's constants. */
+#define HTTP_CACHE_SIZE 64 /* power of two */
+typedef struct {
+    const char *route, *method;
+    int status;
+    series_t *req, *dur;
+} http_cache_t;
+static _Thread_local http_cache_t http_cache[HTTP_CACHE_SIZE];
+
 void devex_metrics_http(const char *route, const char *method, size_t mlen, int status, double seconds)
 {
-    char v[3][LV_MAX];
-    clean_value(v[0], route ? route : "unmatched", strlen(route ? route : "unmatched"));
     const char *m = method_label(method, mlen);
-    clean_value(v[1], m, strlen(m));
-    char st[16];
-    snprintf(st, sizeof(st), "%d", status >= 100 && status <= 999 ? status : 0);
-    clean_value(v[2], st, strlen(st));
-    do_count(&families[F_HTTP_REQ], v, 1);
-    do_observe(&families[F_HTTP_DUR], v, seconds);
+    if (status < 100 || status > 999)
+        status = 0;
+    uintptr_t h = ((uintptr_t)route >> 3) ^ ((uintptr_t)m >> 3) ^ (uintptr_t)status * 31u;
+    http_cache_t *c = &http_cache[(h ^ (h >> 7)) & (HTTP_CACHE_SIZE - 1)];
+    if (c->req == NULL || c->route != route || c->method != m || c->status != status) {
+        char v[3][LV_MAX];
+        clean_value(v[0], route ? route : "unmatched", strlen(route ? route : "unmatched"));
+        clean_value(v[1], m, strlen(m));
+        char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10), (char)('0' + status % 10), '\0'};
+        clean_value(v[2], status ? st : "0", status ? 3 : 1);
+        series_t *req = get_series(&families[F_HTTP_REQ], v);
+        series_t *dur = get_series(&families[F_HTTP_DUR], v);
+        if (req == NULL || dur == NULL) { /* a family is full: counted as dropped, not cached */
+            if (req != NULL)
+                add_u64(&req->count, 1);
+            if (dur != NULL)
+                observe_series(&families[F_HTTP_DUR], dur, seconds);
+            return;
+        }
+        *c = (http_cache_t){route, m, status, req, dur};
+    }
+    add_u64(&c->req->count, 1);
+    observe_series(&families[F_HTTP_DUR], c->dur, seconds);
 }
 
 void devex_metrics_redis(const char *command, int ok, const char *code, double seconds)
@@ -561,6 +594,7 @@ static int l_gauge(lua_State *L)
 #define MAX_ROUTES 256
 static char routes[MAX_ROUTES][LV_MAX];
 static int nroutes;
+static const char other_route[] = "other";
 
 static const char *intern_route(const char *p, size_t len)
 {
@@ -570,7 +604,7 @@ static const char *intern_route(const char *p, size_t len)
     for (int i = 0; i < n; i++)
         if (strcmp(routes[i], v) == 0)
             return routes[i];
-    const char *r = "other";
+    const char *r = other_route;
     pthread_mutex_lock(&insert_lock);
     n = nroutes;
     int i;
@@ -588,15 +622,38 @@ static const char *intern_route(const char *p, size_t len)
     return r;
 }
 
-/* metrics.set_route(pattern | nil): the route label of the current request */
+/* metrics.route_label(pattern): the interned route label as a light
+ * userdata, made once per route when the app builds its dispatcher, so that
+ * set_route costs a pointer store per request instead of a lookup */
+static int l_route_label(lua_State *L)
+{
+    size_t len;
+    const char *p = luaL_checklstring(L, 1, &len);
+    lua_pushlightuserdata(L, (void *)intern_route(p, len));
+    return 1;
+}
+
+/* metrics.set_route(label | pattern | nil): the route label of the current
+ * request (a label from route_label, or a pattern interned here) */
 static int l_set_route(lua_State *L)
 {
     devex_task_t *t = devex_task_of(L);
-    size_t len;
-    const char *p = luaL_optlstring(L, 1, NULL, &len);
     if (t == NULL || t->rc == NULL)
         return 0;
-    t->rc->metrics_route = p ? intern_route(p, len) : NULL;
+    const char *r = NULL;
+    if (lua_type(L, 1) == LUA_TLIGHTUSERDATA) {
+        r = lua_touserdata(L, 1);
+        int n = __atomic_load_n(&nroutes, __ATOMIC_ACQUIRE);
+        /* only a pointer route_label gave out is trusted */
+        uintptr_t off = (uintptr_t)r - (uintptr_t)routes[0];
+        if (r != other_route && (off >= (uintptr_t)n * LV_MAX || off % LV_MAX != 0))
+            return luaL_argerror(L, 1, "not a route label from metrics.route_label");
+    } else if (!lua_isnoneornil(L, 1)) {
+        size_t len;
+        const char *p = luaL_checklstring(L, 1, &len);
+        r = intern_route(p, len);
+    }
+    t->rc->metrics_route = r;
     return 0;
 }
 
@@ -620,7 +677,7 @@ static int l_render(lua_State *L)
 int luaopen_devex_metrics(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"counter", l_counter}, {"observe", l_observe}, {"gauge", l_gauge},
-                                   {"set_route", l_set_route}, {"now", l_now}, {"render", l_render},
+                                   {"set_route", l_set_route}, {"route_label", l_route_label}, {"now", l_now}, {"render", l_render},
                                    {NULL, NULL}};
     luaL_newlib(L, fns);
     lua_pushliteral(L, "text/plain; version=0.0.4; charset=utf-8");

@@ -186,28 +186,40 @@ local function on_error(e)
   return { traceback = debug.traceback(tostring(e), 2) }
 end
 
+-- Shared by every request of a route without parameters; read-only so that a
+-- handler cannot leak a value into other requests through it.
+local NO_PARAMS = setmetatable({}, { __newindex = function() error("req.params of a route without parameters is read-only", 2) end })
+
 -- The function the C core calls for every request, in the request's task.
+-- Per request it builds one table (the request, sized for its usual fields
+-- in one go) and calls the route's chain; everything else is prepared here.
 function App:dispatcher()
-  local chains = {}
-  for id, r in ipairs(self._routes) do chains[id] = build_chain(self._middleware, r.fns) end
+  local routes = {}
+  for id, r in ipairs(self._routes) do
+    routes[id] = { chain = build_chain(self._middleware, r.fns), pattern = r.pattern, label = metrics.route_label(r.pattern) }
+  end
   local not_found_chain = build_chain(self._middleware, { not_found })
-  self._chains = chains
+  self._chains = routes
   local rt = self._router
   local global = self._middleware
+  local set_route = metrics.set_route
 
   return function(raw, method, path)
     local id, params, allow = rt:match(method, path)
-    local req = setmetatable({ raw = raw, method = method, path = path, params = id and params or {} }, Request)
-    local chain
-    if id then
-      chain = chains[id]
-      req.route = self._routes[id].pattern
-    elseif params == "method_not_allowed" then
-      chain = build_chain(global, { function() return 405, { error = "method not allowed" }, { Allow = allow } end })
+    local route = routes[id]
+    local req, chain
+    if route then
+      req = setmetatable({ raw = raw, method = method, path = path, params = params or NO_PARAMS, route = route.pattern }, Request)
+      chain = route.chain
+      set_route(route.label) -- the request's label in /metrics
     else
-      chain = not_found_chain
+      req = setmetatable({ raw = raw, method = method, path = path, params = NO_PARAMS }, Request)
+      if params == "method_not_allowed" then
+        chain = build_chain(global, { function() return 405, { error = "method not allowed" }, { Allow = allow } end })
+      else
+        chain = not_found_chain
+      end
     end
-    metrics.set_route(req.route) -- the request's label in /metrics (nil: unmatched)
     local ok, status, body, headers = xpcall(chain, on_error, req)
     if ok then
       if math.type(status) ~= "integer" then
