@@ -3,6 +3,11 @@
  * request. Accessors read H2O's data lazily, so a handler that never looks at
  * headers or the body costs nothing for them. Once the response is sent or
  * the client is gone the userdata is detached and every accessor returns nil.
+ *
+ * The userdata has no __gc: the task's stack holds it until the task ends, and
+ * the request detaches it (request_done, or reqctx_dispose when the client
+ * leaves first) before it can become garbage. Finalizers cost a second pass
+ * of the collector for every request.
  */
 #include "server.h"
 
@@ -14,12 +19,16 @@ typedef struct {
     devex_reqctx_t *rc;
 } request_ud_t;
 
+/* the metatable's registry key: a pointer lookup, no string hashing per request */
+static const char request_mt_key = 0;
+
 void devex_request_push(lua_State *L, devex_reqctx_t *rc)
 {
     request_ud_t *ud = lua_newuserdatauv(L, sizeof(*ud), 0);
     ud->rc = rc;
     rc->ud = ud;
-    luaL_setmetatable(L, "devex.request");
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &request_mt_key);
+    lua_setmetatable(L, -2);
 }
 
 void devex_request_detach(devex_reqctx_t *rc)
@@ -29,9 +38,20 @@ void devex_request_detach(devex_reqctx_t *rc)
     rc->ud = NULL;
 }
 
+/* The methods carry the metatable as their upvalue: comparing with it is
+ * cheaper than luaL_checkudata's lookup of the name in the registry. */
+static request_ud_t *check_ud(lua_State *L)
+{
+    request_ud_t *ud = lua_touserdata(L, 1);
+    if (ud == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, 1, "devex.request");
+    lua_pop(L, 1);
+    return ud;
+}
+
 static h2o_req_t *check_req(lua_State *L)
 {
-    request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
+    request_ud_t *ud = check_ud(L);
     return ud->rc ? ud->rc->req : NULL;
 }
 
@@ -157,7 +177,7 @@ static int l_http_version(lua_State *L)
 /* The request id; it stays readable after the response is sent (log lines). */
 static int l_id(lua_State *L)
 {
-    request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
+    request_ud_t *ud = check_ud(L);
     if (ud->rc == NULL) {
         devex_task_t *t = devex_task_of(L);
         if (t == NULL || t->request_id[0] == '\0')
@@ -171,18 +191,9 @@ static int l_id(lua_State *L)
 
 static int l_aborted(lua_State *L)
 {
-    request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
+    request_ud_t *ud = check_ud(L);
     lua_pushboolean(L, ud->rc == NULL);
     return 1;
-}
-
-static int l_gc(lua_State *L)
-{
-    request_ud_t *ud = luaL_checkudata(L, 1, "devex.request");
-    if (ud->rc != NULL)
-        ud->rc->ud = NULL;
-    ud->rc = NULL;
-    return 0;
 }
 
 int luaopen_devex_request(lua_State *L)
@@ -197,12 +208,14 @@ int luaopen_devex_request(lua_State *L)
                                        {"http_version", l_http_version},
                                        {"aborted", l_aborted},
                                        {"id", l_id},
-                                       {"__gc", l_gc},
                                        {NULL, NULL}};
     if (luaL_newmetatable(L, "devex.request")) {
-        luaL_setfuncs(L, methods, 0);
+        lua_pushvalue(L, -1);
+        luaL_setfuncs(L, methods, 1); /* upvalue: the metatable, for check_ud */
         lua_pushvalue(L, -1);
         lua_setfield(L, -2, "__index");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &request_mt_key);
     }
     return 1;
 }
