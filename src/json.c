@@ -18,6 +18,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -148,9 +149,40 @@ typedef struct {
     } path[DEVEX_JSON_MAX_DEPTH];
 } encoder_t;
 
-static void print_to_buf(void *ctx, const char *str, size_t len)
+/* One generator per thread, kept between calls: allocating one per encode
+ * cost more than encoding a small response. It writes into its own buffer,
+ * copied out once at the end. The pthread key frees it when a thread ends. */
+static pthread_key_t gen_key;
+#define GEN_KEEP_MAX (64 * 1024)
+static pthread_once_t gen_once = PTHREAD_ONCE_INIT;
+
+static void gen_free(void *g)
 {
-    devex_buf_append(ctx, str, len);
+    yajl_gen_free(g);
+}
+
+static void gen_key_make(void)
+{
+    if (pthread_key_create(&gen_key, gen_free) != 0)
+        abort();
+}
+
+static yajl_gen thread_gen(void)
+{
+    pthread_once(&gen_once, gen_key_make);
+    yajl_gen g = pthread_getspecific(gen_key);
+    if (g == NULL) {
+        g = yajl_gen_alloc(NULL);
+        if (g == NULL || pthread_setspecific(gen_key, g) != 0) {
+            if (g != NULL)
+                yajl_gen_free(g);
+            return NULL;
+        }
+    }
+    /* a previous encode may have stopped halfway (an error) */
+    yajl_gen_reset(g, NULL);
+    yajl_gen_clear(g);
+    return g;
 }
 
 /* Records the error message followed by the first nseg path segments. */
@@ -330,23 +362,27 @@ int devex_json_encode(lua_State *L, int idx, devex_buf_t *out, char *err, size_t
 {
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
-    size_t start = out->len;
     encoder_t e = {.L = L, .err = err, .errlen = errlen};
-    e.g = yajl_gen_alloc(NULL);
+    /* yajl's validate_utf8 is off: utf8_valid() is stricter and runs first */
+    e.g = thread_gen();
     if (e.g == NULL) {
         if (err && errlen)
             snprintf(err, errlen, "out of memory");
         return -1;
     }
-    /* yajl's validate_utf8 is off: utf8_valid() is stricter and runs first */
-    yajl_gen_config(e.g, yajl_gen_print_callback, print_to_buf, (void *)out);
     int rc = encode_value(&e, idx);
-    yajl_gen_free(e.g);
     lua_settop(L, top); /* error paths return with the walk's keys still pushed */
-    if (rc) {
-        out->len = start;
-        if (out->data)
-            out->data[start] = '\0';
+    const unsigned char *text;
+    size_t len;
+    yajl_gen_get_buf(e.g, &text, &len);
+    if (rc == 0)
+        devex_buf_append(out, (const char *)text, len);
+    if (len > GEN_KEEP_MAX) {
+        /* yajl's buffer never shrinks: do not keep a large one per thread */
+        pthread_setspecific(gen_key, NULL);
+        yajl_gen_free(e.g);
+    } else {
+        yajl_gen_clear(e.g);
     }
     return rc;
 }
