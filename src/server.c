@@ -281,6 +281,7 @@ static int valid_request_id(const char *s, size_t n)
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
+    w->served++;
     devex_reqctx_t *rc = h2o_mem_alloc_shared(&req->pool, sizeof(*rc), reqctx_dispose);
     memset(rc, 0, sizeof(*rc));
     rc->req = req;
@@ -541,6 +542,7 @@ static void *worker_main(void *arg)
         if (r != 0)
             devex_logf(DEVEX_LOG_ERROR, "worker %d: listen failed: %s", w->id, uv_strerror(r));
     }
+    devex_idle_start(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     devex_redis_thread_cleanup();
     return NULL;

@@ -33,6 +33,10 @@ struct devex_worker {
     uint64_t reqid_prefix;
     uint64_t reqid_counter;
     devex_buf_t scratch; /* response body encoding */
+    /* idle.c: memory given back in the first quiet second after traffic */
+    uv_timer_t idle_timer;
+    uint64_t served, served_at_tick;
+    bool dirty;
 };
 
 /* One request handed to Lua. Lives in the request's memory pool; when H2O
@@ -59,6 +63,8 @@ void devex_workers_join(devex_worker_t *ws, int n);
 /* Runs require("devex.cli").main(args) as a task on w's loop (in the calling
  * thread) until it ends; returns its exit code. */
 int devex_worker_run_cli(devex_worker_t *w, int argc, char **argv);
+/* idle.c: starts the worker's once-a-second check that returns memory after traffic */
+void devex_idle_start(devex_worker_t *w);
 
 /* request.c */
 void devex_request_push(lua_State *L, devex_reqctx_t *rc);

@@ -1,0 +1,46 @@
+/*
+ * idle.c: gives memory back after a burst. A request burst leaves garbage in
+ * the worker's Lua heap and freed blocks in the allocator, which together kept
+ * an idle devexd several MB above its startup size. Once a second each worker
+ * looks whether it served requests since the last look; the first quiet
+ * second after some traffic it runs a full Lua collection and asks the
+ * allocator to return free pages to the OS. A busy worker never pays for it.
+ */
+#include "server.h"
+
+#ifdef DEVEX_MIMALLOC
+#include <mimalloc.h>
+#else
+#include <malloc.h>
+#endif
+
+#define IDLE_TICK_MS 1000
+
+static void on_tick(uv_timer_t *h)
+{
+    devex_worker_t *w = h->data;
+    uint64_t served = w->served;
+    if (served != w->served_at_tick) {
+        w->served_at_tick = served;
+        w->dirty = true;
+        return;
+    }
+    if (!w->dirty || w->inflight > 0)
+        return;
+    w->dirty = false;
+    if (w->vm != NULL)
+        lua_gc(w->vm->L, LUA_GCCOLLECT);
+#ifdef DEVEX_MIMALLOC
+    mi_collect(true);
+#else
+    malloc_trim(0);
+#endif
+}
+
+void devex_idle_start(devex_worker_t *w)
+{
+    uv_timer_init(&w->loop, &w->idle_timer);
+    w->idle_timer.data = w;
+    uv_timer_start(&w->idle_timer, on_tick, IDLE_TICK_MS, IDLE_TICK_MS);
+    uv_unref((uv_handle_t *)&w->idle_timer); /* never what keeps the loop running */
+}
