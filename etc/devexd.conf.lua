@@ -23,6 +23,9 @@ return {
     shutdown_timeout = 15, -- seconds in-flight requests get on SIGTERM
     log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
     access_log = env.bool("ACCESS_LOG", true),
+    -- X-Request-Id on responses: "errors" (status >= 400, or the client sent
+    -- one) or "always" (costs HTTP/2 throughput: README "Request ids")
+    request_id_header = env.enum("DEVEXD_REQUEST_ID_HEADER", "errors", { "always", "errors" }),
   },
 
   redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },

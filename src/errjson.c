@@ -3,12 +3,14 @@
  * H2O writes by itself (413 for a body over the limit, 400 for a malformed
  * request...) into JSON {"error": "..."}, so a client of devexd sees the same
  * error shape whether the error came from the Lua app or from the server.
- * Responses made by devexd carry x-request-id and pass untouched.
+ * Responses made by devexd (server.c) and proxied ones (which carry
+ * x-request-id) pass untouched.
  */
 #include <h2o.h>
 #include <string.h>
 
 #include "errjson.h"
+#include "server.h"
 
 typedef struct {
     h2o_ostream_t super;
@@ -41,7 +43,8 @@ h2o_ostream_t **devex_errjson_set_body(h2o_req_t *req, h2o_ostream_t **slot, h2o
 
 static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
-    if (req->res.status >= 400 && h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
+    if (req->res.status >= 400 && !devex_server_own_response(req) &&
+        h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
         const char *reason = req->res.reason ? req->res.reason : "error";
         size_t rlen = strlen(reason);
         if (rlen > 100)

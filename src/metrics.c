@@ -338,9 +338,9 @@ void devex_metrics_reload(int ok)
 
 static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
-    /* devexd's own responses (and proxied ones) carry x-request-id and are
-     * counted when their request ends (server.c reqctx_dispose) */
-    if (h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
+    /* devexd's own responses (and proxied ones, which carry x-request-id)
+     * are counted when their request ends (server.c reqctx_dispose) */
+    if (!devex_server_own_response(req) && h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
         struct timeval now;
         gettimeofday(&now, NULL);
         double secs = 0;

@@ -96,18 +96,38 @@ static const char *reason_phrase(int status)
     }
 }
 
+static _Thread_local h2o_req_t *own_response;
+
+int devex_server_own_response(h2o_req_t *req)
+{
+    return req == own_response;
+}
+
+/* Sends a copy of body (which may be the worker's scratch buffer, which
+ * access_log reuses, or a Lua string the collector may free). */
 static void send_body(devex_reqctx_t *rc, int status, const char *ctype, const char *body, size_t len)
 {
+    static h2o_generator_t generator = {NULL, NULL};
     h2o_req_t *req = rc->req;
+    h2o_iovec_t buf = h2o_strdup(&req->pool, body, len);
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     if (ctype != NULL)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, rc->request_id,
-                          strlen(rc->request_id));
+    /* A new value in every response is costly over HTTP/2: H2O's HPACK
+     * encoder adds each one to the connection's header table, evicting the
+     * entries that repeat. By default the id goes where it is needed: errors,
+     * and clients that sent their own. */
+    if (devex_settings.request_id_always || status >= 400 || rc->client_request_id)
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, rc->request_id,
+                              strlen(rc->request_id));
     req->res.content_length = len;
-    access_log(rc, status, h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD")) ? 0 : len);
-    h2o_send_inline(req, body, len);
+    int head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
+    access_log(rc, status, head ? 0 : len);
+    own_response = req;
+    h2o_start_response(req, &generator);
+    own_response = NULL;
+    h2o_send(req, head ? NULL : &buf, head ? 0 : 1, H2O_SEND_STATE_FINAL);
 }
 
 static void send_error(devex_reqctx_t *rc, int status, const char *msg)
@@ -235,10 +255,8 @@ static void request_done(devex_task_t *t, int status, int nres)
             send_error(rc, 500, "internal error");
             return;
         }
-        /* send_body's access log reuses scratch: hand H2O a pool copy first */
-        h2o_iovec_t body = h2o_strdup(&rc->req->pool, b->data, b->len);
+        send_body(rc, code, has_ctype ? NULL : "application/json", b->data, b->len);
         devex_buf_reset(b);
-        send_body(rc, code, has_ctype ? NULL : "application/json", body.base, body.len);
     } else if (btype == LUA_TSTRING) {
         size_t len;
         const char *s = lua_tolstring(co, base + 1, &len);
@@ -288,6 +306,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     rc->w = w;
     rc->start_ns = devex_now_ns();
     ssize_t hi = h2o_find_header_by_str(&req->headers, H2O_STRLIT("x-request-id"), -1);
+    /* a client that sends an id gets back the one used (its own, or a new
+     * one in place of a malformed one) */
+    rc->client_request_id = hi != -1;
     if (hi != -1 && valid_request_id(req->headers.entries[hi].value.base, req->headers.entries[hi].value.len)) {
         h2o_iovec_t v = req->headers.entries[hi].value;
         memcpy(rc->request_id, v.base, v.len);

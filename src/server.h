@@ -48,6 +48,7 @@ struct devex_reqctx {
     void *ud;            /* the Lua request userdata, whose pointer is cleared with us */
     uint64_t start_ns;
     char request_id[40];
+    bool client_request_id; /* the id came from the client's X-Request-Id */
     const char *metrics_route; /* metrics.c: the matched route pattern (devex.metrics.set_route), NULL: unmatched */
 };
 
@@ -63,6 +64,10 @@ void devex_workers_join(devex_worker_t *ws, int n);
 /* Runs require("devex.cli").main(args) as a task on w's loop (in the calling
  * thread) until it ends; returns its exit code. */
 int devex_worker_run_cli(devex_worker_t *w, int argc, char **argv);
+/* Whether devexd's own code is sending req's response right now (H2O's
+ * filters run inside h2o_start_response): errjson and the metrics filter
+ * leave such responses alone, with or without an x-request-id header. */
+int devex_server_own_response(h2o_req_t *req);
 /* idle.c: starts the worker's once-a-second check that returns memory after traffic */
 void devex_idle_start(devex_worker_t *w);
 

@@ -71,6 +71,9 @@ static void read_server(lua_State *L, int conf)
     lua_getfield(L, srv, "access_log");
     s->access_log = lua_isnil(L, -1) ? true : lua_toboolean(L, -1);
     lua_pop(L, 1);
+    char *reqid = dup_field(L, srv, "request_id_header");
+    s->request_id_always = reqid != NULL && strcmp(reqid, "always") == 0;
+    free(reqid);
     char *level = dup_field(L, srv, "log_level");
     s->log_level = DEVEX_LOG_INFO;
     if (level)

@@ -33,6 +33,9 @@ typedef struct devex_settings {
     double shutdown_timeout;
     devex_log_level_t log_level;
     bool access_log;
+    /* X-Request-Id on every response (true) or only on errors and when the
+     * client sent one (false, the default): see README "Request ids" */
+    bool request_id_always;
 } devex_settings_t;
 
 /* The process-wide settings (read-only once workers run). */

@@ -46,6 +46,9 @@ local schema = {
           if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then return "must be debug, info, warn or error" end
         end },
         access_log = { type = "boolean", default = true },
+        request_id_header = { type = "string", default = "errors", check = function(v)
+          if v ~= "always" and v ~= "errors" then return "must be always or errors" end
+        end },
       },
     },
     lua = {

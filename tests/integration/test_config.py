@@ -88,6 +88,7 @@ class ConfigTest(unittest.TestCase):
             ({"listen": [{"host": "127.0.0.1", "port": 70000}]}, r"server\.listen\[1\]\.port"),
             ({"log_level": "loud"}, "server.log_level"),
             ({"access_log": "yes"}, "server.access_log"),
+            ({"request_id_header": "sometimes"}, "server.request_id_header"),
         ]
         for extra, name in cases:
             p = self.check(self.conf(server_extra=extra))
@@ -104,9 +105,10 @@ class ConfigTest(unittest.TestCase):
             self.assertIn("PORT", p.stderr)
             self.assertIn(value, p.stderr)
         # several bad variables are all named at once
-        p = self.check(SHIPPED_CONF, env=clean_env(PORT="abc", LOG_LEVEL="loud", ACCESS_LOG="maybe"))
+        p = self.check(SHIPPED_CONF, env=clean_env(PORT="abc", LOG_LEVEL="loud", ACCESS_LOG="maybe",
+                                                   DEVEXD_REQUEST_ID_HEADER="never"))
         self.assertNotEqual(p.returncode, 0)
-        for name in ("PORT", "LOG_LEVEL", "ACCESS_LOG"):
+        for name in ("PORT", "LOG_LEVEL", "ACCESS_LOG", "DEVEXD_REQUEST_ID_HEADER"):
             self.assertIn(name, p.stderr)
 
     def test_start_with_bad_env_port_fails(self):

@@ -200,11 +200,26 @@ class HttpTest(unittest.TestCase):
             got = r.header("X-Request-Id")
             self.assertNotEqual(got, bad)
             self.assertRegex(got, GENERATED_ID, "for %r" % bad)
-        # generated ids are unique
-        ids = {self.d.get("/healthz").header("X-Request-Id") for _ in range(20)}
+        # generated ids are unique (an error carries its id without being asked)
+        ids = {self.d.get("/no/such/route").header("X-Request-Id") for _ in range(20)}
         self.assertEqual(len(ids), 20)
         for i in ids:
             self.assertRegex(i, GENERATED_ID)
+
+    def test_request_id_only_where_needed_by_default(self):
+        # request_id_header = "errors": a success the client did not tag has none ...
+        r = self.d.get("/hello/x")
+        self.assertEqual(r.status, 200)
+        self.assertIsNone(r.header("X-Request-Id"))
+        # ... but its access line still has an id
+        self.assertTrue(any(e.get("msg") == "access" and e.get("path") == "/hello/x" and
+                            GENERATED_ID.match(e.get("request_id") or "") for e in self.d.logs()))
+        # errors always carry it: 404, 500, 405
+        for path in ("/no/such/route", "/boom"):
+            self.assertRegex(self.d.get(path).header("X-Request-Id") or "", GENERATED_ID, path)
+        r = self.d.request("PUT", "/hello/x", body=b"")
+        self.assertEqual(r.status, 405)
+        self.assertRegex(r.header("X-Request-Id") or "", GENERATED_ID)
 
     # ---- access log ----
 
@@ -274,6 +289,18 @@ class HttpTest(unittest.TestCase):
             self.assertRegex(body.get("version", ""), r"^\d+\.\d+\.\d+")
             self.assertEqual(d2.get("/hello/x").status, 404)
 
+
+
+class RequestIdAlwaysTest(unittest.TestCase):
+    def test_every_response_has_an_id(self):
+        with harness.Devexd(app="testapp", threads=1, server={"request_id_header": "always"}) as d:
+            ids = set()
+            for _ in range(5):
+                r = d.get("/hello/x")
+                self.assertEqual(r.status, 200)
+                self.assertRegex(r.header("X-Request-Id") or "", GENERATED_ID)
+                ids.add(r.header("X-Request-Id"))
+            self.assertEqual(len(ids), 5)
 
 if __name__ == "__main__":
     harness.main()

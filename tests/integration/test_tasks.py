@@ -93,9 +93,10 @@ class TasksTest(unittest.TestCase):
         self.assertEqual(b["waiter"], [True, True, "child result"])
 
     def test_child_outlives_its_request(self):
-        r = self.d.get("/fire-and-forget?tag=outlive1")
+        rid = "outlive1-request"
+        r = self.d.get("/fire-and-forget?tag=outlive1", headers={"X-Request-Id": rid})
         self.assertEqual((r.status, r.json()), (200, {"spawned": True}))
-        rid = r.header("X-Request-Id")
+        self.assertEqual(r.header("X-Request-Id"), rid)
         lines = self.d.wait_log(lambda e: e.get("msg") == "child finished" and e.get("tag") == "outlive1",
                                 what="the child's log line")
         # the child logs under its parent's request id
