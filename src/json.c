@@ -88,6 +88,10 @@ static int utf8_valid(const unsigned char *s, size_t len)
         }
         if (i >= len)
             break;
+        if (s[i] < 0x80) { /* the ASCII tail of a short string */
+            i++;
+            continue;
+        }
         size_t n = devex_utf8_seq(s + i, len - i);
         if (n == 0)
             return 0;
@@ -362,7 +366,11 @@ int devex_json_encode(lua_State *L, int idx, devex_buf_t *out, char *err, size_t
 {
     idx = lua_absindex(L, idx);
     int top = lua_gettop(L);
-    encoder_t e = {.L = L, .err = err, .errlen = errlen};
+    encoder_t e; /* path[] is written before it is read: not cleared */
+    e.L = L;
+    e.depth = 0;
+    e.err = err;
+    e.errlen = errlen;
     /* yajl's validate_utf8 is off: utf8_valid() is stricter and runs first */
     e.g = thread_gen();
     if (e.g == NULL) {
