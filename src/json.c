@@ -356,7 +356,16 @@ static int encode_value(encoder_t *e, int idx)
     case LUA_TLIGHTUSERDATA:
         if (is_null(L, idx))
             return gen_check(e, yajl_gen_null(e->g));
-        /* fall through */
+        return enc_fail(e, e->depth, "cannot encode %s", luaL_typename(L, idx));
+    case LUA_TUSERDATA: {
+        size_t len;
+        const char *text = devex_json_frozen(L, idx, &len);
+        if (text == NULL)
+            return enc_fail(e, e->depth, "cannot encode %s", luaL_typename(L, idx));
+        /* yajl has no call for a pre-encoded value; its number call writes
+         * the given text as one value, which keeps its state machine right */
+        return gen_check(e, yajl_gen_number(e->g, text, len));
+    }
     default:
         return enc_fail(e, e->depth, "cannot encode %s", luaL_typename(L, idx));
     }
@@ -628,6 +637,61 @@ int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, siz
     return 0;
 }
 
+/* ---- frozen values ---------------------------------------------------- */
+
+/* json.frozen(v): v encoded once, kept as an immutable userdata. A handler
+ * can return it as a response body (sent as it is, no encoding per request)
+ * or put it inside a table given to json.encode. */
+static const char frozen_mt_key = 0;
+
+typedef struct {
+    size_t len;
+    char text[];
+} frozen_t;
+
+const char *devex_json_frozen(lua_State *L, int idx, size_t *len)
+{
+    frozen_t *f = lua_touserdata(L, idx);
+    if (f == NULL || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+        return NULL;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &frozen_mt_key);
+    int is = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!is)
+        return NULL;
+    *len = f->len;
+    return f->text;
+}
+
+static int l_frozen(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    devex_buf_t b = DEVEX_BUF_INIT;
+    char err[256];
+    if (devex_json_encode(L, 1, &b, err, sizeof(err)) != 0) {
+        devex_buf_free(&b);
+        return luaL_error(L, "json.frozen: %s", err);
+    }
+    frozen_t *f = lua_newuserdatauv(L, sizeof(frozen_t) + b.len + 1, 0);
+    f->len = b.len;
+    memcpy(f->text, b.data ? b.data : "", b.len);
+    f->text[b.len] = '\0';
+    devex_buf_free(&b);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &frozen_mt_key);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int l_frozen_tostring(lua_State *L)
+{
+    size_t len;
+    const char *s = devex_json_frozen(L, 1, &len);
+    if (s == NULL)
+        return luaL_typeerror(L, 1, "devex.json.frozen");
+    lua_pushlstring(L, s, len);
+    return 1;
+}
+
 /* ---- Lua module -------------------------------------------------------- */
 
 static int l_encode(lua_State *L)
@@ -695,8 +759,17 @@ int luaopen_devex_json(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"encode", l_encode}, {"decode", l_decode}, {"array", l_array},
-        {"object", l_object}, {"is_array", l_is_array}, {NULL, NULL},
+        {"object", l_object}, {"is_array", l_is_array}, {"frozen", l_frozen}, {NULL, NULL},
     };
+    if (luaL_newmetatable(L, "devex.json.frozen")) {
+        lua_pushcfunction(L, l_frozen_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushliteral(L, "frozen JSON value");
+        lua_setfield(L, -2, "__metatable"); /* getmetatable cannot reach it */
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &frozen_mt_key);
+    }
+    lua_pop(L, 1);
     luaL_newlib(L, funcs);
     devex_json_push_null(L);
     lua_setfield(L, -2, "null");

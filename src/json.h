@@ -24,5 +24,7 @@ void devex_json_mark_array(lua_State *L, int idx);
 void devex_json_push_null(lua_State *L);
 
 int luaopen_devex_json(lua_State *L);
+/* The JSON text of the json.frozen value at idx, or NULL when it is not one. */
+const char *devex_json_frozen(lua_State *L, int idx, size_t *len);
 
 #endif

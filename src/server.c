@@ -245,7 +245,11 @@ static void request_done(devex_task_t *t, int status, int nres)
         return;
     }
     int btype = nres >= 2 ? lua_type(co, base + 1) : LUA_TNIL;
-    if (btype == LUA_TTABLE || (btype == LUA_TLIGHTUSERDATA)) {
+    size_t flen;
+    const char *frozen = btype == LUA_TUSERDATA ? devex_json_frozen(co, base + 1, &flen) : NULL;
+    if (frozen != NULL) {
+        send_body(rc, code, has_ctype ? NULL : "application/json", frozen, flen);
+    } else if (btype == LUA_TTABLE || (btype == LUA_TLIGHTUSERDATA)) {
         devex_buf_t *b = &w->scratch;
         char err[256];
         devex_buf_reset(b);

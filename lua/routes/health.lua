@@ -2,8 +2,9 @@
 -- dependency: it answers as long as the worker's loop and Lua VM run.
 -- /readyz answers 200 once the app is loaded and Redis answers a PING.
 local runtime = require("devex.runtime")
+local json = require("devex.json")
 
-local OK = { status = "ok" } -- constant: encoded per request, never modified
+local OK = json.frozen({ status = "ok" }) -- encoded once: probes hit this often
 
 return function(app)
   app:get("/healthz", function() return 200, OK end)

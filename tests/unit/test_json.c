@@ -181,6 +181,22 @@ static const char *test_strings =
     "local big = string.rep('\\u{e9}abc', 10000)\n"
     "check(json.decode(json.encode(big)) == big, 'long string round trip')\n";
 
+static const char *test_frozen =
+    "local f = json.frozen({status = 'ok'})\n"
+    "check(type(f) == 'userdata', 'frozen is a userdata')\n"
+    "check(tostring(f) == '{\"status\":\"ok\"}', 'tostring gives the JSON text: ' .. tostring(f))\n"
+    "check(json.encode(f) == '{\"status\":\"ok\"}', 'encode of a frozen value is its text')\n"
+    "check(json.encode({a = f, b = {f, 1}}):find('\"a\":{\"status\":\"ok\"}', 1, true), 'nested in an object')\n"
+    "check(json.encode({f, f}) == '[{\"status\":\"ok\"},{\"status\":\"ok\"}]', 'nested in an array')\n"
+    "check(json.decode(json.encode({x = f})).x.status == 'ok', 'round trip')\n"
+    "check(tostring(json.frozen('a\"b')) == '\"a\\\\\"b\"', 'a string: ' .. tostring(json.frozen('a\"b')))\n"
+    "check(tostring(json.frozen(json.array())) == '[]', 'an empty array')\n"
+    "check(getmetatable(f) == 'frozen JSON value', 'metatable is protected')\n"
+    "local ok, err = pcall(json.frozen, {f = print})\n"
+    "check(not ok and err:find('cannot encode function'), 'frozen of a bad value raises: ' .. tostring(err))\n"
+    "local s, err = json.encode({io.stdout})\n"
+    "check(s == nil and err:find('cannot encode'), 'other userdata still refused: ' .. tostring(err))\n";
+
 static const char *test_errors =
     "local v, err = json.decode('{\"a\":1,}')\n"
     "check(v == nil and err:find('at byte 8', 1, true), 'error has the byte position: ' .. tostring(err))\n"
@@ -383,6 +399,7 @@ int main(void)
     unit_lua_run(L, "numbers", test_numbers);
     unit_lua_run(L, "strings", test_strings);
     unit_lua_run(L, "errors", test_errors);
+    unit_lua_run(L, "frozen", test_frozen);
     unit_lua_run(L, "depth", test_depth);
     unit_lua_run(L, "big", test_big);
     unit_lua_run(L, "coroutine", test_coroutine);
