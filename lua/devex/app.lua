@@ -160,7 +160,7 @@ local function make_chain_runner(fns)
   for i = #fns, 1, -1 do
     local f = fns[i]
     if i == #fns then
-      nexts[i] = function(req) return f(req) end
+      nexts[i] = f -- the handler: called as f(req), no wrapper
     else
       local after = nexts[i + 1]
       nexts[i] = function(req)
