@@ -2,8 +2,11 @@
 # bench_http.sh: a benchmark (not a test) of devexd against Debian's h2o.
 #
 # Side by side in one run, on loopback, with the same number of server threads:
-#   devexd  GET /healthz  (Lua router, JSON body {"status":"ok"}, 15 bytes)
+#   devexd  GET /healthz  (Lua router, middleware, handler; its body
+#                          {"status":"ok"} is a json.frozen value, 15 bytes)
 #   h2o     GET /healthz  (static file with the same 15-byte body)
+# and, over HTTP/2 only, devexd GET /version, whose handler builds a table
+# that is JSON-encoded per request (the cost of encoding, side by side).
 # over HTTP/1.1 keep-alive (wrk) and HTTP/2 cleartext prior knowledge (h2load),
 # plus the resident memory (VmRSS) of devexd after startup and after the load.
 # Besides req/s it reports each server's own CPU time per request (utime+stime
@@ -27,6 +30,8 @@
 #   WARMUP       seconds of warm-up load per server and protocol, not counted [2]
 #   ROUNDS       measurement rounds; the order of the servers alternates [2]
 #   RESULTS_DIR  where http.json and http.log go [tests/bench/results]
+#   DEVEXD_SERVER_EXTRA  Lua fields added to devexd's server settings, e.g.
+#                'request_id_header = "always"' []
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -47,6 +52,7 @@ H2_REQUESTS=${H2_REQUESTS:-200000}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-2}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
+DEVEXD_SERVER_EXTRA=${DEVEXD_SERVER_EXTRA:-}
 RSS_GOAL_KB=$((20 * 1024))
 
 die() { echo "bench_http: $*" >&2; exit 1; }
@@ -143,7 +149,8 @@ vm_kb() { # vm_kb PID FIELD -> kB
 # devexd
 devexd_port=$(free_port)
 cat >"$tmp/devexd.conf.lua" <<EOF
-return { server = { listen = { { host = "127.0.0.1", port = $devexd_port } }, access_log = false } }
+return { server = { listen = { { host = "127.0.0.1", port = $devexd_port } }, access_log = false,
+  ${DEVEXD_SERVER_EXTRA} } }
 EOF
 "$DEVEXD_BIN" -c "$tmp/devexd.conf.lua" -L "$LUA_DIR" -t "$THREADS" >"$tmp/devexd.log" 2>&1 &
 devexd_pid=$!
@@ -185,9 +192,11 @@ rss_start_h2o=$(vm_kb "$h2o_pid" VmRSS)
 threads_devexd=$(vm_kb "$devexd_pid" Threads)
 threads_h2o=$(vm_kb "$h2o_pid" Threads)
 
-declare -A port=([devexd]=$devexd_port [h2o]=$h2o_port)
-declare -A server_pid=([devexd]=$devexd_pid [h2o]=$h2o_pid)
-declare -A server_log=([devexd]=$tmp/devexd.log [h2o]=$tmp/h2o.log)
+# "devexd_v" is devexd again, asked for /version
+declare -A port=([devexd]=$devexd_port [h2o]=$h2o_port [devexd_v]=$devexd_port)
+declare -A server_pid=([devexd]=$devexd_pid [h2o]=$h2o_pid [devexd_v]=$devexd_pid)
+declare -A server_log=([devexd]=$tmp/devexd.log [h2o]=$tmp/h2o.log [devexd_v]=$tmp/devexd.log)
+declare -A target=([devexd]=/healthz [h2o]=/healthz [devexd_v]=/version)
 
 alive() { # alive SERVER: die with the tail of its log if it has exited
   kill -0 "${server_pid[$1]}" 2>/dev/null && return 0
@@ -223,7 +232,7 @@ cpu_us() { awk -v t="$1" -v hz="$clk_tck" -v n="$2" 'BEGIN { if (n > 0) printf "
 run_wrk() {
   local out t0 t1
   t0=$(cpu_ticks "${server_pid[$1]}")
-  out=$(wrk -t "$CLIENT_THREADS" -c "$CONNECTIONS" -d "${2}s" --latency "http://127.0.0.1:${port[$1]}/healthz" 2>&1) ||
+  out=$(wrk -t "$CLIENT_THREADS" -c "$CONNECTIONS" -d "${2}s" --latency "http://127.0.0.1:${port[$1]}${target[$1]}" 2>&1) ||
     { echo "$out" >&2; die "wrk against $1 failed"; }
   alive "$1"
   t1=$(cpu_ticks "${server_pid[$1]}")
@@ -242,7 +251,7 @@ run_h2load() {
   local out t0 t1 args=(-c "$CONNECTIONS" -m "$STREAMS" -t "$CLIENT_THREADS")
   if ((h2load_has_duration)); then args+=(-D "$2"); else args+=(-n "$H2_REQUESTS"); fi
   t0=$(cpu_ticks "${server_pid[$1]}")
-  out=$(h2load "${args[@]}" "http://127.0.0.1:${port[$1]}/healthz" 2>&1) ||
+  out=$(h2load "${args[@]}" "http://127.0.0.1:${port[$1]}${target[$1]}" 2>&1) ||
     { echo "$out" >&2; die "h2load against $1 failed"; }
   alive "$1"
   t1=$(cpu_ticks "${server_pid[$1]}")
@@ -277,7 +286,7 @@ if ((WARMUP > 0)); then
 fi
 
 declare -A sum=() errs=() runs=() cpu=()
-for k in h1_devexd h1_h2o h2_devexd h2_h2o; do sum[$k]=0; errs[$k]=0; runs[$k]=""; cpu[$k]=0; done
+for k in h1_devexd h1_h2o h2_devexd h2_h2o h2_devexd_v; do sum[$k]=0; errs[$k]=0; runs[$k]=""; cpu[$k]=0; done
 
 measure() { # measure PROTO SERVER
   local k=$1_$2 out rps e c
@@ -299,6 +308,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then first=devexd second=h2o; else first=h2o second=devexd; fi
   measure h1 "$first"; measure h1 "$second"
   measure h2 "$second"; measure h2 "$first"
+  measure h2 devexd_v
 done
 busy_after=$(cpu_busy)
 
@@ -321,6 +331,7 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 h1_d=$(mean "${sum[h1_devexd]}"); h1_h=$(mean "${sum[h1_h2o]}")
 h2_d=$(mean "${sum[h2_devexd]}"); h2_h=$(mean "${sum[h2_h2o]}")
+h2_v=$(mean "${sum[h2_devexd_v]}"); h2_cv=$(mean "${cpu[h2_devexd_v]}" 2); h2_vratio=$(ratio "$h2_v" "$h2_h")
 h1_ratio=$(ratio "$h1_d" "$h1_h"); h2_ratio=$(ratio "$h2_d" "$h2_h")
 h1_cd=$(mean "${cpu[h1_devexd]}" 2); h1_ch=$(mean "${cpu[h1_h2o]}" 2)
 h2_cd=$(mean "${cpu[h2_devexd]}" 2); h2_ch=$(mean "${cpu[h2_h2o]}" 2)
@@ -328,7 +339,7 @@ h1_cratio=$(ratio "$h1_cd" "$h1_ch"); h2_cratio=$(ratio "$h2_cd" "$h2_ch")
 rss_ok=true
 ((rss_start_devexd <= RSS_GOAL_KB && rss_after_devexd <= RSS_GOAL_KB)) || rss_ok=false
 
-errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o]))
+errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o] + errs[h2_devexd_v]))
 
 {
   echo
@@ -340,6 +351,9 @@ errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o])
   printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "throughput" "devexd req/s" "h2o req/s" "devexd/h2o" "server CPU/req:" "devexd us" "h2o us"
   printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "HTTP/1.1 keep-alive (wrk)" "$h1_d" "$h1_h" "$h1_ratio" "" "$h1_cd" "$h1_ch"
   printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "HTTP/2 h2c (h2load)" "$h2_d" "$h2_h" "$h2_ratio" "" "$h2_cd" "$h2_ch"
+  printf '%-26s %13s %13s %11s   %15s %12s %11s\n' "HTTP/2, devexd /version" "$h2_v" "$h2_h" "$h2_vratio" "" "$h2_cv" "$h2_ch"
+  echo "(/version: a table JSON-encoded per request; /healthz: a json.frozen body)"
+  [[ -z $DEVEXD_SERVER_EXTRA ]] || echo "devexd server settings added: $DEVEXD_SERVER_EXTRA"
   echo
   printf '%-26s %13s %13s\n' "VmRSS (idle)" "devexd" "h2o"
   printf '%-26s %10s MB %10s MB\n' "after startup" "$(mb "$rss_start_devexd")" "$(mb "$rss_start_h2o")"
@@ -349,9 +363,9 @@ errors_total=$((errs[h1_devexd] + errs[h1_h2o] + errs[h2_devexd] + errs[h2_h2o])
   echo "devexd idle VmRSS goal <= 20 MB ($THREADS workers): $([[ $rss_ok == true ]] && echo met || echo NOT MET)"
   echo
   echo "per round req/s: h1 devexd [${runs[h1_devexd]}] h2o [${runs[h1_h2o]}]"
-  echo "                 h2 devexd [${runs[h2_devexd]}] h2o [${runs[h2_h2o]}]"
+  echo "                 h2 devexd [${runs[h2_devexd]}] h2o [${runs[h2_h2o]}] devexd /version [${runs[h2_devexd_v]}]"
   if ((errors_total > 0)); then
-    echo "WARNING: errors or non-2xx responses: h1 devexd ${errs[h1_devexd]}, h1 h2o ${errs[h1_h2o]}, h2 devexd ${errs[h2_devexd]}, h2 h2o ${errs[h2_h2o]} (see http.log)"
+    echo "WARNING: errors or non-2xx responses: h1 devexd ${errs[h1_devexd]}, h1 h2o ${errs[h1_h2o]}, h2 devexd ${errs[h2_devexd]}, h2 h2o ${errs[h2_h2o]}, h2 devexd /version ${errs[h2_devexd_v]} (see http.log)"
   fi
 } | tee "$tmp/table.txt"
 
@@ -361,7 +375,7 @@ cat >"$RESULTS_DIR/http.json" <<EOF
   "benchmark": "http",
   "time": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
   "host": { "cpus": $(nproc), "kernel": $(json_str "$(uname -r)"), "cpu_busy_before_pct": $busy_before, "cpu_busy_after_pct": $busy_after },
-  "devexd": { "binary": $(json_str "$DEVEXD_BIN"), "version": $(json_str "$devexd_version"), "git": $(json_str "$git_rev"), "sha256": $(json_str "$devexd_sha"), "threads": $THREADS, "os_threads": $threads_devexd, "target": "GET /healthz (Lua router, JSON)" },
+  "devexd": { "binary": $(json_str "$DEVEXD_BIN"), "version": $(json_str "$devexd_version"), "git": $(json_str "$git_rev"), "sha256": $(json_str "$devexd_sha"), "threads": $THREADS, "os_threads": $threads_devexd, "target": "GET /healthz (Lua router, json.frozen body); GET /version (table encoded per request)", "server_extra": $(json_str "$DEVEXD_SERVER_EXTRA") },
   "h2o": { "binary": $(json_str "$(command -v "$H2O_BIN")"), "version": $(json_str "$h2o_version"), "threads": $THREADS, "os_threads": $threads_h2o, "target": "GET /healthz (file.file, same 15-byte body)" },
   "clients": { "wrk": $(json_str "$wrk_version"), "h2load": $(json_str "$h2load_version") },
   "load": { "connections": $CONNECTIONS, "client_threads": $CLIENT_THREADS, "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP, "h2_streams": $STREAMS, "h2load_args": $(json_str "$h2_mode") },
@@ -377,7 +391,9 @@ cat >"$RESULTS_DIR/http.json" <<EOF
     "devexd_rps": $h2_d, "h2o_rps": $h2_h, "ratio": $h2_ratio,
     "devexd_cpu_us_per_req": $h2_cd, "h2o_cpu_us_per_req": $h2_ch, "cpu_ratio": $h2_cratio,
     "devexd_rounds": [${runs[h2_devexd]}], "h2o_rounds": [${runs[h2_h2o]}],
-    "devexd_errors": ${errs[h2_devexd]}, "h2o_errors": ${errs[h2_h2o]}
+    "devexd_errors": ${errs[h2_devexd]}, "h2o_errors": ${errs[h2_h2o]},
+    "devexd_version_rps": $h2_v, "devexd_version_ratio": $h2_vratio, "devexd_version_cpu_us_per_req": $h2_cv,
+    "devexd_version_rounds": [${runs[h2_devexd_v]}], "devexd_version_errors": ${errs[h2_devexd_v]}
   },
   "rss_kb": {
     "devexd_start": $rss_start_devexd, "devexd_after_load": $rss_after_devexd, "devexd_peak": $hwm_devexd,
