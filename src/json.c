@@ -14,6 +14,7 @@
  * again here against RFC 3629 in both directions.
  */
 #include "json.h"
+#include "devex.h"
 #include "textutil.h"
 
 #include <lauxlib.h>
@@ -651,14 +652,9 @@ typedef struct {
 
 const char *devex_json_frozen(lua_State *L, int idx, size_t *len)
 {
+    if (!devex_udata_is(L, idx, &frozen_mt_key))
+        return NULL;
     frozen_t *f = lua_touserdata(L, idx);
-    if (f == NULL || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
-        return NULL;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &frozen_mt_key);
-    int is = lua_rawequal(L, -1, -2);
-    lua_pop(L, 2);
-    if (!is)
-        return NULL;
     *len = f->len;
     return f->text;
 }

@@ -36,6 +36,7 @@
 #include <strings.h>
 
 #define PASS_MT "devex.proxy.pass"
+static const char pass_mt_key = 0; /* the same metatable, by pointer (devex_udata_is) */
 #define WS_IDLE_TIMEOUT_MS (600 * 1000) /* a tunnel with no traffic either way for this long is closed */
 #define MAX_PATH_LEN 8192
 #define H2O_PROXY_MODULE "lib/core/proxy.c" /* the module name H2O's proxy logs its errors under */
@@ -255,9 +256,9 @@ static int l_pass(lua_State *L)
 
 int devex_proxy_find(lua_State *L, int base, int nres)
 {
-    if (nres >= 2 && luaL_testudata(L, base + 1, PASS_MT) != NULL)
+    if (nres >= 2 && devex_udata_is(L, base + 1, &pass_mt_key))
         return base + 1;
-    if (nres >= 1 && luaL_testudata(L, base, PASS_MT) != NULL)
+    if (nres >= 1 && devex_udata_is(L, base, &pass_mt_key))
         return base;
     return 0;
 }
@@ -422,6 +423,8 @@ int luaopen_devex_proxy(lua_State *L)
         lua_setfield(L, -2, "__name");
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "__metatable"); /* getmetatable() cannot reach it */
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &pass_mt_key);
     }
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {{"pass", l_pass}, {NULL, NULL}};

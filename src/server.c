@@ -223,9 +223,12 @@ static void request_done(devex_task_t *t, int status, int nres)
         return;
     }
     int base = lua_gettop(co) - nres + 1;
+    int btype = nres >= 2 ? lua_type(co, base + 1) : LUA_TNIL;
+    size_t flen;
+    const char *frozen = btype == LUA_TUSERDATA ? devex_json_frozen(co, base + 1, &flen) : NULL;
     /* proxy.c: a handler that returned require("devex.proxy").pass{...} has
      * its request handed to H2O's reverse proxy instead of a response */
-    int pidx = devex_proxy_find(co, base, nres);
+    int pidx = frozen == NULL ? devex_proxy_find(co, base, nres) : 0;
     if (pidx != 0) {
         devex_proxy_start(rc, co, pidx);
         return;
@@ -244,9 +247,6 @@ static void request_done(devex_task_t *t, int status, int nres)
         send_error(rc, 500, "internal error");
         return;
     }
-    int btype = nres >= 2 ? lua_type(co, base + 1) : LUA_TNIL;
-    size_t flen;
-    const char *frozen = btype == LUA_TUSERDATA ? devex_json_frozen(co, base + 1, &flen) : NULL;
     if (frozen != NULL) {
         send_body(rc, code, has_ctype ? NULL : "application/json", frozen, flen);
     } else if (btype == LUA_TTABLE || (btype == LUA_TLIGHTUSERDATA)) {
