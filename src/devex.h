@@ -35,6 +35,10 @@ static inline int devex_udata_is(lua_State *L, int idx, const void *key)
     return is;
 }
 
+/* The methods whose Lua strings a VM keeps at hand (vm.c), in this order. */
+#define DEVEX_NMETHODS 7
+extern const char *const devex_methods[DEVEX_NMETHODS];
+
 typedef struct devex_worker devex_worker_t;
 typedef struct devex_vm devex_vm_t;
 typedef struct devex_task devex_task_t;
@@ -108,6 +112,7 @@ struct devex_vm {
     lua_State *L;
     devex_worker_t *worker;
     int dispatch_ref;     /* registry ref of the app's request dispatcher */
+    int method_refs[DEVEX_NMETHODS]; /* registry refs of devex_methods' strings, pushed per request */
     int ntasks;
     devex_task_t *tasks;  /* live tasks, for cancellation at close */
     bool retired;         /* replaced by a reload: closes when ntasks drops to 0 */

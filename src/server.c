@@ -39,12 +39,21 @@ static int nworkers_prepared;
 
 static void add_header(h2o_req_t *req, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    char *lname = h2o_mem_alloc_pool(&req->pool, nlen + 1);
+    h2o_iovec_t v = h2o_strdup(&req->pool, value, vlen);
+    char small[64];
+    char *lname = nlen < sizeof(small) ? small : h2o_mem_alloc_pool(&req->pool, nlen + 1);
     for (size_t i = 0; i < nlen; i++)
         lname[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
     lname[nlen] = '\0';
-    h2o_iovec_t v = h2o_strdup(&req->pool, value, vlen);
-    h2o_add_header_by_str(&req->pool, &req->res.headers, lname, nlen, 1, NULL, v.base, v.len);
+    /* a name H2O knows (content-type, vary, set-cookie...) needs no copy */
+    const h2o_token_t *token = h2o_lookup_token(lname, nlen);
+    if (token != NULL) {
+        h2o_add_header(&req->pool, &req->res.headers, token, NULL, v.base, v.len);
+        return;
+    }
+    if (lname == small)
+        lname = h2o_strdup(&req->pool, small, nlen).base;
+    h2o_add_header_by_str(&req->pool, &req->res.headers, lname, nlen, 0, NULL, v.base, v.len);
 }
 
 static void access_log(devex_reqctx_t *rc, int status, size_t bytes)
@@ -300,6 +309,17 @@ static int valid_request_id(const char *s, size_t n)
     return 1;
 }
 
+static void push_method(lua_State *L, devex_vm_t *vm, h2o_iovec_t m)
+{
+    for (int i = 0; i < DEVEX_NMETHODS; i++) {
+        if (h2o_memis(m.base, m.len, devex_methods[i], strlen(devex_methods[i]))) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, vm->method_refs[i]);
+            return;
+        }
+    }
+    lua_pushlstring(L, m.base, m.len);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
@@ -335,7 +355,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     lua_State *L = vm->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->dispatch_ref);
     devex_request_push(L, rc);
-    lua_pushlstring(L, req->method.base, req->method.len);
+    push_method(L, vm, req->method);
     lua_pushlstring(L, req->path.base, req->query_at != SIZE_MAX ? req->query_at : req->path.len);
     w->inflight++;
     /* rc->task is set before the first run: a handler that never yields

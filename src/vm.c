@@ -16,6 +16,10 @@
 
 static uint64_t next_generation = 1;
 
+/* the methods nearly every request has: their strings are pushed from the
+ * registry instead of being looked up in Lua's string table each time */
+const char *const devex_methods[DEVEX_NMETHODS] = {"GET", "POST", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"};
+
 static int traceback_handler(lua_State *L)
 {
     const char *msg = lua_tostring(L, 1);
@@ -32,6 +36,8 @@ devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen)
         abort();
     vm->worker = w;
     vm->dispatch_ref = LUA_NOREF;
+    for (int i = 0; i < DEVEX_NMETHODS; i++)
+        vm->method_refs[i] = LUA_NOREF;
     vm->generation = __atomic_fetch_add(&next_generation, 1, __ATOMIC_RELAXED);
     lua_State *L = luaL_newstate();
     if (L == NULL)
@@ -44,6 +50,10 @@ devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen)
     lua_gc(L, LUA_GCGEN, 0, 0);
     lua_pushlightuserdata(L, vm);
     lua_setfield(L, LUA_REGISTRYINDEX, "devex.vm");
+    for (int i = 0; i < DEVEX_NMETHODS; i++) {
+        lua_pushstring(L, devex_methods[i]);
+        vm->method_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     devex_modules_preload(L);
     devex_settings_apply_path(L);
 
