@@ -203,9 +203,10 @@ function App:dispatcher()
   local rt = self._router
   local global = self._middleware
   local set_route = metrics.set_route
+  local match = rt.match
 
   return function(raw, method, path)
-    local id, params, allow = rt:match(method, path)
+    local id, params, allow = match(rt, method, path)
     local route = routes[id]
     local req, chain
     if route then
@@ -221,13 +222,8 @@ function App:dispatcher()
       end
     end
     local ok, status, body, headers = xpcall(chain, on_error, req)
-    if ok then
-      if math.type(status) ~= "integer" then
-        log.error("handler returned no status", { route = req.route or path })
-        return 500, { error = "internal error", request_id = req.id }
-      end
-      return status, body, headers
-    end
+    -- (a status that is not an integer is answered 500 and logged by the C core)
+    if ok then return status, body, headers end
     local e = status
     if M.is_error(e) then return e.status, e.body, e.headers end
     metrics.counter("devex_lua_errors_total", { where = "request" })

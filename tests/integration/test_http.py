@@ -138,6 +138,16 @@ class HttpTest(unittest.TestCase):
 
     # ---- errors ----
 
+    def test_handler_without_a_valid_status_500(self):
+        for path in ("/nostatus", "/badstatus", "/bigstatus"):
+            rid = "badstatus-" + path.strip("/")
+            r = self.d.get(path, headers={"X-Request-Id": rid})
+            self.assertEqual(r.status, 500, path)
+            self.assertEqual(r.json(), {"error": "internal error", "request_id": rid})
+            self.d.wait_log(lambda e: e.get("level") == "error" and e.get("request_id") == rid and
+                            e.get("msg") == "handler returned an invalid status", what="the log line for " + path)
+        self.assertEqual(self.d.get_json("/hello/after"), (200, {"hello": "after"}))
+
     def test_lua_error_500(self):
         r = self.d.get("/boom")
         self.assertEqual(r.status, 500)

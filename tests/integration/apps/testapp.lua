@@ -45,6 +45,10 @@ app:get("/boom", function(req)
   error("kaboom from the test app") -- BOOM_LINE
 end)
 
+app:get("/nostatus", function() end)
+app:get("/badstatus", function() return "200", { ok = true } end)
+app:get("/bigstatus", function() return 1000 end)
+
 app:post("/json", function(req)
   local v = req:json()
   return 200, { got = v }
