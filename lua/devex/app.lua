@@ -12,6 +12,7 @@ local router = require("devex.router")
 local json = require("devex.json")
 local log = require("devex.log")
 local metrics = require("devex.metrics")
+local setmetatable, xpcall = setmetatable, xpcall -- per request: no global lookups
 
 local M = {}
 
