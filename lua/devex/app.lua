@@ -165,7 +165,7 @@ local function make_chain_runner(fns)
     else
       local after = nexts[i + 1]
       nexts[i] = function(req)
-        if req == nil then error("middleware must call next(req) with the request", 2) end
+        if not req then error("middleware must call next(req) with the request", 2) end
         return f(req, after)
       end
     end

@@ -59,7 +59,7 @@ function M.middleware(req, next)
     return preflight(req, origin)
   end
   local status, body, headers = next(req)
-  if origin == nil and headers == nil then
+  if not origin and not headers then
     return status, body, VARY_ONLY -- the common case for non-browser clients: no table to build
   end
   headers = add_header(headers, "Vary", "Origin")
