@@ -256,10 +256,8 @@ static int l_pass(lua_State *L)
 
 int devex_proxy_find(lua_State *L, int base, int nres)
 {
-    if (nres >= 2 && devex_udata_is(L, base + 1, &pass_mt_key))
+    if (nres >= 2 && lua_isinteger(L, base) && lua_tointeger(L, base) == 0 && devex_udata_is(L, base + 1, &pass_mt_key))
         return base + 1;
-    if (nres >= 1 && devex_udata_is(L, base, &pass_mt_key))
-        return base;
     return 0;
 }
 

@@ -32,8 +32,9 @@
 void devex_proxy_register(h2o_pathconf_t *pathconf);
 
 /* The stack index of a pass() instruction among the nres results starting at
- * base (checked at base+1, where `return proxy.pass{...}` puts it, and at
- * base), or 0 when the handler returned a normal response. */
+ * base (at base+1, where `return proxy.pass{...}` puts it after its status
+ * 0), or 0 when the handler returned a normal response. An instruction in
+ * any other place is not one: the response is then invalid (500). */
 int devex_proxy_find(lua_State *L, int base, int nres);
 
 /* Hands the request to H2O's proxy as the instruction at idx says. The

@@ -47,7 +47,7 @@ app:get("/bad/header", function()
 end)
 
 -- the instruction returned as a plain value, not through `return pass{}`:
--- app.lua rejects a non-integer status, so this is a 500 too
+-- not a status, so the C core answers 500
 app:get("/bad/shape", function()
   local _, instr = proxy.pass { upstream = UPSTREAMS.ok, path = "/" }
   return instr
