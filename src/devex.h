@@ -35,6 +35,19 @@ static inline int devex_udata_is(lua_State *L, int idx, const void *key)
     return is;
 }
 
+/* The userdata at idx when its metatable is the running C function's first
+ * upvalue (methods registered with luaL_setfuncs and their metatable as the
+ * upvalue), else raises a type error naming tname: cheaper than
+ * luaL_checkudata's lookup of the name in the registry. */
+static inline void *devex_check_udata_up(lua_State *L, int idx, const char *tname)
+{
+    void *u = lua_touserdata(L, idx);
+    if (u == NULL || !lua_getmetatable(L, idx) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+        luaL_typeerror(L, idx, tname);
+    lua_pop(L, 1);
+    return u;
+}
+
 /* The methods whose Lua strings a VM keeps at hand (vm.c), in this order. */
 #define DEVEX_NMETHODS 7
 extern const char *const devex_methods[DEVEX_NMETHODS];

@@ -38,15 +38,9 @@ void devex_request_detach(devex_reqctx_t *rc)
     rc->ud = NULL;
 }
 
-/* The methods carry the metatable as their upvalue: comparing with it is
- * cheaper than luaL_checkudata's lookup of the name in the registry. */
 static request_ud_t *check_ud(lua_State *L)
 {
-    request_ud_t *ud = lua_touserdata(L, 1);
-    if (ud == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
-        luaL_typeerror(L, 1, "devex.request");
-    lua_pop(L, 1);
-    return ud;
+    return devex_check_udata_up(L, 1, "devex.request");
 }
 
 static h2o_req_t *check_req(lua_State *L)

@@ -29,6 +29,7 @@
  * Allocation failure aborts, as in buf.c.
  */
 #include "router.h"
+#include "devex.h"
 #include "textutil.h"
 
 #include <limits.h>
@@ -589,15 +590,11 @@ typedef struct lrouter {
     devex_router_t *r; /* NULL once closed */
 } lrouter_t;
 
-/* add and match carry the metatable as their upvalue: comparing with it is
- * cheaper than luaL_checkudata's lookup of the name in the registry, and
- * match runs for every request */
+/* add and match carry the metatable as their upvalue (match runs for every
+ * request) */
 static devex_router_t *check_router(lua_State *L)
 {
-    lrouter_t *u = lua_touserdata(L, 1);
-    if (u == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
-        luaL_typeerror(L, 1, ROUTER_MT);
-    lua_pop(L, 1);
+    lrouter_t *u = devex_check_udata_up(L, 1, ROUTER_MT);
     if (u->r == NULL)
         luaL_error(L, "router is closed");
     return u->r;
