@@ -48,9 +48,12 @@ static inline void *devex_check_udata_up(lua_State *L, int idx, const char *tnam
     return u;
 }
 
-/* The methods whose Lua strings a VM keeps at hand (vm.c), in this order. */
-#define DEVEX_NMETHODS 7
+/* The HTTP methods devexd names (vm.c): a VM keeps their Lua strings at
+ * hand, and they are the method labels of the metrics (any other: OTHER). */
+#define DEVEX_NMETHODS 9
 extern const char *const devex_methods[DEVEX_NMETHODS];
+/* The index of method m (n bytes) in devex_methods, or -1. */
+int devex_method_index(const char *m, size_t n);
 
 typedef struct devex_worker devex_worker_t;
 typedef struct devex_vm devex_vm_t;

@@ -43,8 +43,7 @@ h2o_ostream_t **devex_errjson_set_body(h2o_req_t *req, h2o_ostream_t **slot, h2o
 
 static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
-    if (req->res.status >= 400 && !devex_server_own_response(req) &&
-        h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
+    if (req->res.status >= 400 && !devex_server_made_response(req)) {
         const char *reason = req->res.reason ? req->res.reason : "error";
         size_t rlen = strlen(reason);
         if (rlen > 100)

@@ -255,11 +255,8 @@ static void do_set(family_t *f, char vals[][LV_MAX], double v)
 
 static const char *method_label(const char *m, size_t n)
 {
-    static const char *known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"};
-    for (size_t i = 0; i < DEVEX_ARRAY_SIZE(known); i++)
-        if (strlen(known[i]) == n && memcmp(known[i], m, n) == 0)
-            return known[i];
-    return "OTHER"; /* a client chooses the method: keep the label bounded */
+    int i = devex_method_index(m, n);
+    return i >= 0 ? devex_methods[i] : "OTHER"; /* a client chooses the method: keep the label bounded */
 }
 
 /* Per-thread cache of the two series of an HTTP (route, method, status):
@@ -281,25 +278,22 @@ void devex_metrics_http(const char *route, const char *method, size_t mlen, int 
         status = 0;
     uintptr_t h = ((uintptr_t)route >> 3) ^ ((uintptr_t)m >> 3) ^ (uintptr_t)status * 31u;
     http_cache_t *c = &http_cache[(h ^ (h >> 7)) & (HTTP_CACHE_SIZE - 1)];
-    if (c->req == NULL || c->route != route || c->method != m || c->status != status) {
+    series_t *req = c->req, *dur = c->dur;
+    if (req == NULL || c->route != route || c->method != m || c->status != status) {
         char v[3][LV_MAX];
         clean_value(v[0], route ? route : "unmatched", strlen(route ? route : "unmatched"));
         clean_value(v[1], m, strlen(m));
         char st[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10), (char)('0' + status % 10), '\0'};
         clean_value(v[2], status ? st : "0", status ? 3 : 1);
-        series_t *req = get_series(&families[F_HTTP_REQ], v);
-        series_t *dur = get_series(&families[F_HTTP_DUR], v);
-        if (req == NULL || dur == NULL) { /* a family is full: counted as dropped, not cached */
-            if (req != NULL)
-                add_u64(&req->count, 1);
-            if (dur != NULL)
-                observe_series(&families[F_HTTP_DUR], dur, seconds);
-            return;
-        }
-        *c = (http_cache_t){route, m, status, req, dur};
+        req = get_series(&families[F_HTTP_REQ], v);
+        dur = get_series(&families[F_HTTP_DUR], v);
+        if (req != NULL && dur != NULL) /* a full family drops (and counts) the update: not cached */
+            *c = (http_cache_t){route, m, status, req, dur};
     }
-    add_u64(&c->req->count, 1);
-    observe_series(&families[F_HTTP_DUR], c->dur, seconds);
+    if (req != NULL)
+        add_u64(&req->count, 1);
+    if (dur != NULL)
+        observe_series(&families[F_HTTP_DUR], dur, seconds);
 }
 
 void devex_metrics_redis(const char *command, int ok, const char *code, double seconds)
@@ -338,9 +332,9 @@ void devex_metrics_reload(int ok)
 
 static void on_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
-    /* devexd's own responses (and proxied ones, which carry x-request-id)
-     * are counted when their request ends (server.c reqctx_dispose) */
-    if (!devex_server_own_response(req) && h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) == -1) {
+    /* devexd's own and proxied responses are counted when their request ends
+     * (server.c reqctx_dispose) */
+    if (!devex_server_made_response(req)) {
         struct timeval now;
         gettimeofday(&now, NULL);
         double secs = 0;

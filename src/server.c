@@ -107,9 +107,9 @@ static const char *reason_phrase(int status)
 
 static _Thread_local h2o_req_t *own_response;
 
-int devex_server_own_response(h2o_req_t *req)
+int devex_server_made_response(h2o_req_t *req)
 {
-    return req == own_response;
+    return req == own_response || h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) != -1;
 }
 
 /* Sends a copy of body (which may be the worker's scratch buffer, which
@@ -311,13 +311,11 @@ static int valid_request_id(const char *s, size_t n)
 
 static void push_method(lua_State *L, devex_vm_t *vm, h2o_iovec_t m)
 {
-    for (int i = 0; i < DEVEX_NMETHODS; i++) {
-        if (h2o_memis(m.base, m.len, devex_methods[i], strlen(devex_methods[i]))) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, vm->method_refs[i]);
-            return;
-        }
-    }
-    lua_pushlstring(L, m.base, m.len);
+    int i = devex_method_index(m.base, m.len);
+    if (i >= 0)
+        lua_rawgeti(L, LUA_REGISTRYINDEX, vm->method_refs[i]);
+    else
+        lua_pushlstring(L, m.base, m.len);
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req)

@@ -64,10 +64,11 @@ void devex_workers_join(devex_worker_t *ws, int n);
 /* Runs require("devex.cli").main(args) as a task on w's loop (in the calling
  * thread) until it ends; returns its exit code. */
 int devex_worker_run_cli(devex_worker_t *w, int argc, char **argv);
-/* Whether devexd's own code is sending req's response right now (H2O's
- * filters run inside h2o_start_response): errjson and the metrics filter
- * leave such responses alone, with or without an x-request-id header. */
-int devex_server_own_response(h2o_req_t *req);
+/* Whether req's response comes from devexd: sent by its own code right now
+ * (H2O's filters run inside h2o_start_response), or proxied by devex.proxy
+ * (which always adds x-request-id). errjson and the metrics filter leave
+ * such responses alone; the others are H2O's own (413, 400...). */
+int devex_server_made_response(h2o_req_t *req);
 /* idle.c: starts the worker's once-a-second check that returns memory after traffic */
 void devex_idle_start(devex_worker_t *w);
 

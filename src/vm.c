@@ -16,9 +16,19 @@
 
 static uint64_t next_generation = 1;
 
-/* the methods nearly every request has: their strings are pushed from the
- * registry instead of being looked up in Lua's string table each time */
-const char *const devex_methods[DEVEX_NMETHODS] = {"GET", "POST", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS"};
+/* the methods nearly every request has, most frequent first: their strings
+ * are pushed from the registry instead of being looked up in Lua's string
+ * table each time */
+const char *const devex_methods[DEVEX_NMETHODS] = {"GET",   "POST",    "HEAD",    "DELETE", "PUT",
+                                                   "PATCH", "OPTIONS", "CONNECT", "TRACE"};
+
+int devex_method_index(const char *m, size_t n)
+{
+    for (int i = 0; i < DEVEX_NMETHODS; i++)
+        if (strlen(devex_methods[i]) == n && memcmp(devex_methods[i], m, n) == 0)
+            return i;
+    return -1;
+}
 
 static int traceback_handler(lua_State *L)
 {
