@@ -885,6 +885,19 @@ class RedisServer:
             return f.read().decode("utf-8", "replace")
 
 
+def stop_class_servers(cls, *names):
+    """Stops what a test class started in setUpClass: the servers in the class
+    attributes names (in that order; one never set is skipped), then removes
+    cls.tmp when the class has one."""
+    for name in names:
+        obj = getattr(cls, name, None)
+        if obj is not None:
+            obj.__exit__(None, None, None)
+    tmp = getattr(cls, "tmp", None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def kill_session_runners(redis, prefix="devex:"):
     """Kills the process groups of the local runners that sessions in this
     Redis still record (runners are detached from devexd by design, so a

@@ -178,10 +178,7 @@ class AuthTestBase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("d", "oidc", "gh", "redis"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
+        harness.stop_class_servers(cls, "d", "oidc", "gh", "redis")
 
     def setUp(self):
         self.redis.call("FLUSHALL")

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import tempfile
-import shutil
 import threading
 import time
 import unittest
@@ -30,6 +29,21 @@ KINDS = [("apps/v1", "deployments"), ("v1", "services"), ("networking.k8s.io/v1"
          ("traefik.io/v1alpha1", "middlewares")]
 
 
+
+def cluster_config(cls, kubeconfig, namespace):
+    """The shipped app's config for a test class that started cls.redis and
+    cls.gh: production, fs storage in cls.store_dir, runtime kubernetes on the
+    cluster of kubeconfig, REPLs in namespace."""
+    return {
+        "environment": "production", "frontend_url": FRONTEND,
+        "redis": {"url": cls.redis.url(), "timeout": 2},
+        "github": cls.gh.config(GH_REDIRECT),
+        "storage": {"driver": "fs", "dir": cls.store_dir},
+        "runtime": {"driver": "kubernetes"},
+        "kube": {"config_path": kubeconfig, "namespace": namespace},
+        "runner": {"cluster_ip": "runners.example.test"},
+    }
+
 class K8sRuntimeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -41,25 +55,12 @@ class K8sRuntimeTest(unittest.TestCase):
         kubeconfig = cls.kc.write_kubeconfig(os.path.join(cls.tmp, "kubeconfig"))
         cls.redis = RedisServer().__enter__()
         cls.gh = GitHubFake().__enter__()
-        conf = {
-            "environment": "production", "frontend_url": FRONTEND,
-            "redis": {"url": cls.redis.url(), "timeout": 2},
-            "github": cls.gh.config(GH_REDIRECT),
-            "storage": {"driver": "fs", "dir": cls.store_dir},
-            "runtime": {"driver": "kubernetes"},
-            "kube": {"config_path": kubeconfig, "namespace": NS},
-            "runner": {"cluster_ip": "runners.example.test"},
-        }
-        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        cls.d = Devexd(app=None, threads=2, config=cluster_config(cls, kubeconfig, NS)).__enter__()
         cls.d.sync_templates()
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("d", "gh", "redis", "kc"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_class_servers(cls, "d", "gh", "redis", "kc")
 
     def setUp(self):
         self.redis.call("FLUSHALL")

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import shutil
 import threading
 import time
 import unittest
@@ -59,11 +58,7 @@ class LocalRuntimeTest(unittest.TestCase):
     def tearDownClass(cls):
         if getattr(cls, "redis", None) is not None:
             harness.kill_session_runners(cls.redis)
-        for name in ("d", "gh", "redis"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_class_servers(cls, "d", "gh", "redis")
 
     def login(self):
         return test_repl.ReplTest.login(self)

@@ -19,7 +19,6 @@ the server lacks policy/v1.
 import glob
 import os
 import re
-import shutil
 import sys
 import tempfile
 import unittest
@@ -28,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
-from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
 import k8s_harness  # noqa: E402
 from k8s_harness import api_path  # noqa: E402
 import test_k8s_runtime  # noqa: E402  (the module only: its TestCase is not re-run here)
@@ -214,25 +212,12 @@ class ServiceAccountRuntimeTest(test_k8s_runtime.K8sRuntimeTest):
                                              namespace=REPL_NS)
         cls.redis = RedisServer().__enter__()
         cls.gh = GitHubFake().__enter__()
-        conf = {
-            "environment": "production", "frontend_url": FRONTEND,
-            "redis": {"url": cls.redis.url(), "timeout": 2},
-            "github": cls.gh.config(GH_REDIRECT),
-            "storage": {"driver": "fs", "dir": cls.store_dir},
-            "runtime": {"driver": "kubernetes"},
-            "kube": {"config_path": kubeconfig, "namespace": REPL_NS},
-            "runner": {"cluster_ip": "runners.example.test"},
-        }
-        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        cls.d = Devexd(app=None, threads=2, config=test_k8s_runtime.cluster_config(cls, kubeconfig, REPL_NS)).__enter__()
         cls.d.sync_templates()
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("d", "gh", "redis", "kc"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_class_servers(cls, "d", "gh", "redis", "kc")
 
     def test_forbidden_is_reported(self):
         """Sanity check of the premise: the token cannot act outside the REPL namespace."""

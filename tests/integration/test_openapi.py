@@ -15,7 +15,6 @@ YAML is read with python3-yaml (Debian package python3-yaml)."""
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import unittest
@@ -67,11 +66,7 @@ class OpenApiTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("d", "redis"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_class_servers(cls, "d", "redis")
 
     def operations(self):
         for path, item in self.spec["paths"].items():

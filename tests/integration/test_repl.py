@@ -44,11 +44,7 @@ class ReplTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for name in ("d", "gh", "redis"):
-            obj = getattr(cls, name, None)
-            if obj is not None:
-                obj.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        harness.stop_class_servers(cls, "d", "gh", "redis")
 
     def setUp(self):
         self.redis.call("FLUSHALL")
