@@ -24,7 +24,6 @@ test asserts how long something took.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -89,39 +88,8 @@ def base_config(redis, policy=None):
 
 
 class RestartableS3Server(test_s3.S3Server):
-    """test_s3.S3Server that can be stopped and started again on the same
-    port with the same data directory (the bucket's objects survive)."""
-
-    def start(self):
-        if self.port is None:
-            return super().start()
-        self.log = open(os.path.join(self.tmp, "server.log"), "ab")
-        self.proc = subprocess.Popen(
-            [test_s3.NODE, "--openssl-legacy-provider", os.path.join(test_s3.S3_SERVER_DIR, "server.js"),
-             "--port", str(self.port), "--dir", os.path.join(self.tmp, "data"),
-             "--access-key", self.access_key, "--secret-key", self.secret_key, "--bucket", self.bucket,
-             "--region", self.region],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, preexec_fn=harness._set_pdeathsig)
-        line = self.proc.stdout.readline().decode()
-        if not line.startswith("READY "):
-            raise AssertionError("S3 test server did not start again on port %d: %r\n%s"
-                                 % (self.port, line, self.raw_log()[-3000:]))
-        return self
-
-    def stop(self):
-        """Stops the process only (the data directory and the port are kept)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout:
-            self.proc.stdout.close()
-        if getattr(self, "log", None):
-            self.log.close()
-            self.log = None
+    """test_s3.S3Server (which can be stopped and started again on the same
+    port with the same data directory) that also lists the stored keys."""
 
     def keys(self, prefix):
         """The object keys under prefix, read from s3rver's directory (it keeps

@@ -58,14 +58,21 @@ class S3Server:
         self.port = None
 
     def start(self):
-        self.log = open(os.path.join(self.tmp, "server.log"), "wb")
+        """Starts the server on a free port; after stop(), again on the same
+        port with the same data directory (the bucket's objects survive)."""
+        again = self.port is not None
+        self.log = open(os.path.join(self.tmp, "server.log"), "ab" if again else "wb")
         self.proc = subprocess.Popen(
-            [NODE, "--openssl-legacy-provider", os.path.join(S3_SERVER_DIR, "server.js"), "--port", "0", "--dir", os.path.join(self.tmp, "data"),
+            [NODE, "--openssl-legacy-provider", os.path.join(S3_SERVER_DIR, "server.js"),
+             "--port", str(self.port if again else 0), "--dir", os.path.join(self.tmp, "data"),
              "--access-key", self.access_key, "--secret-key", self.secret_key, "--bucket", self.bucket,
              "--region", self.region],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, preexec_fn=harness._set_pdeathsig)
         line = self.proc.stdout.readline().decode()
         if not line.startswith("READY "):
+            if again:
+                raise AssertionError("S3 test server did not start again on port %d: %r\n%s"
+                                     % (self.port, line, self.raw_log()[-3000:]))
             self.close()
             raise AssertionError("S3 test server did not start: %r" % line)
         self.port = int(line.split()[1])
@@ -78,7 +85,8 @@ class S3Server:
         self.close()
         return False
 
-    def close(self):
+    def stop(self):
+        """Stops the process only (the data directory is kept)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -90,6 +98,10 @@ class S3Server:
             self.proc.stdout.close()
         if getattr(self, "log", None):
             self.log.close()
+            self.log = None
+
+    def close(self):
+        self.stop()
         if os.environ.get("DEVEXD_KEEP_TMP"):
             sys.stderr.write("S3 server files kept in %s\n" % self.tmp)
         else:
