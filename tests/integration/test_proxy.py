@@ -24,6 +24,43 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # ---- WebSocket frames (RFC 6455) ----
 
+def ws_accept(key):
+    """The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455)."""
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_open(port, path, host, extra=""):
+    """Sends a WebSocket handshake for path on a new connection to port
+    (extra: more header lines, each ending in CRLF). Returns (socket, key,
+    the response head as text, read) where read(n) returns the next n bytes
+    after the head, or b"" when the connection ends first."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (path, host, key, extra)).encode())
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            s.close()
+            raise AssertionError("connection closed during the handshake: %r" % bytes(buf))
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    pending = bytearray(rest)
+
+    def read(n):
+        while len(pending) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                return b""
+            pending.extend(chunk)
+        data = bytes(pending[:n])
+        del pending[:n]
+        return data
+
+    return s, key, head.decode("latin-1"), read
+
+
 def ws_frame(opcode, payload, mask):
     head = bytes([0x80 | opcode])
     n = len(payload)
@@ -75,7 +112,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
 
     def _websocket(self):
         key = self.headers.get("Sec-WebSocket-Key", "")
-        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        accept = ws_accept(key)
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -355,31 +392,7 @@ class ProxyTest(unittest.TestCase):
     # ---- WebSocket ----
 
     def ws_connect(self, path="/repl/ok/ws?room=1"):
-        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nX-Request-Id: proxy-ws-1\r\n\r\n"
-                   % (path, self.d.port, key)).encode())
-        buf = bytearray()
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise AssertionError("connection closed during the handshake: %r" % bytes(buf))
-            buf += chunk
-        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-        pending = bytearray(rest)
-
-        def read(n):
-            while len(pending) < n:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return b""
-                pending.extend(chunk)
-            out = bytes(pending[:n])
-            del pending[:n]
-            return out
-
-        return s, key, head.decode("latin-1"), read
+        return ws_open(self.d.port, path, "127.0.0.1:%d" % self.d.port, "X-Request-Id: proxy-ws-1\r\n")
 
     def test_websocket_echo(self):
         s, key, head, read = self.ws_connect()
@@ -390,7 +403,7 @@ class ProxyTest(unittest.TestCase):
             for line in lines[1:]:
                 k, _, v = line.partition(":")
                 hdrs[k.strip().lower()] = v.strip()
-            want = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+            want = ws_accept(key)
             self.assertEqual(hdrs.get("sec-websocket-accept"), want)
             self.assertEqual(hdrs.get("upgrade", "").lower(), "websocket")
             self.assertEqual(hdrs.get("x-upstream-path"), "/ws?room=1")

@@ -20,13 +20,10 @@ test_browser_auth.py; the test fails (it never skips) when that is not possible.
 Run: python3 tests/integration/test_single_host_browser.py   (DEVEXD_BIN picks the binary)
 """
 
-import base64
-import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -38,7 +35,7 @@ import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from test_auth import Browser  # noqa: E402
 from test_browser_auth import BROWSER_DIR, CHROMIUM, ensure_chromium, ensure_playwright  # noqa: E402
-from test_proxy import WS_GUID, ws_frame, ws_read_frame  # noqa: E402
+from test_proxy import ws_accept, ws_frame, ws_open, ws_read_frame  # noqa: E402
 
 DEV_CONF = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
 JSON = {"Content-Type": "application/json"}
@@ -130,37 +127,13 @@ class SingleHostTest(unittest.TestCase):
 
     def ws_connect(self, path, cookie=None, request_id=None):
         """Opens a WebSocket handshake to devexd; returns (socket, key, status line, headers, read)."""
-        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        extra = ""
+        extra = "Origin: %s\r\n" % self.origin
         if cookie:
             extra += "Cookie: %s\r\n" % cookie
         if request_id:
             extra += "X-Request-Id: %s\r\n" % request_id
-        s.sendall(("GET %s HTTP/1.1\r\nHost: localhost:%d\r\nOrigin: %s\r\nUpgrade: websocket\r\n"
-                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
-                   % (path, self.d.port, self.origin, key, extra)).encode())
-        buf = bytearray()
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                s.close()
-                raise AssertionError("connection closed during the handshake: %r" % bytes(buf))
-            buf += chunk
-        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-        pending = bytearray(rest)
-
-        def read(n):
-            while len(pending) < n:
-                chunk = s.recv(65536)
-                if not chunk:
-                    return b""
-                pending.extend(chunk)
-            data = bytes(pending[:n])
-            del pending[:n]
-            return data
-
-        lines = head.decode("latin-1").split("\r\n")
+        s, key, head, read = ws_open(self.d.port, path, "localhost:%d" % self.d.port, extra)
+        lines = head.split("\r\n")
         headers = {}
         for line in lines[1:]:
             k, _, v = line.partition(":")
@@ -278,7 +251,7 @@ class SingleHostTest(unittest.TestCase):
         s, key, status, headers, read = self.ws_connect(path, cookie=b.cookie_header(), request_id="single-host-ws-1")
         try:
             self.assertTrue(status.startswith("HTTP/1.1 101"), status)
-            want = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+            want = ws_accept(key)
             self.assertEqual(headers.get("sec-websocket-accept"), want)
             self.assertEqual(headers.get("upgrade", "").lower(), "websocket")
             for msg in (b"hello through devexd", "\u00e9t\u00e9 \u2603".encode(), b"x" * 300, b"y" * 70000):
