@@ -182,40 +182,26 @@ class BrowserSignInTest(unittest.TestCase):
     def setUpClass(cls):
         ensure_chromium()
         cls.node = ensure_playwright()
-        cls._open = []
-        try:
-            cls.redis = cls._enter(RedisServer())
-            cls.gh = cls._enter(GitHubFake())
-            cls.fe = cls._enter(Frontend())
+        # each server is stopped by a class cleanup (last started, first
+        # stopped), also when setUpClass fails halfway
+        cls.redis = cls.enterClassContext(RedisServer())
+        cls.gh = cls.enterClassContext(GitHubFake())
+        cls.fe = cls.enterClassContext(Frontend())
 
-            def config_for(port):
-                return {
-                    "environment": "production",
-                    "frontend_url": cls.fe.origin,
-                    "redis": {"url": cls.redis.url(), "timeout": 2},
-                    "github": cls.gh.config("http://localhost:%d/auth/github/callback" % port),
-                    "session": {"secret": "browser-test-secret", "ttl": 3600, "state_ttl": 600},
-                    "oauth": {"timeout": 5},
-                }
+        def config_for(port):
+            return {
+                "environment": "production",
+                "frontend_url": cls.fe.origin,
+                "redis": {"url": cls.redis.url(), "timeout": 2},
+                "github": cls.gh.config("http://localhost:%d/auth/github/callback" % port),
+                "session": {"secret": "browser-test-secret", "ttl": 3600, "state_ttl": 600},
+                "oauth": {"timeout": 5},
+            }
 
-            cls.d = cls._enter(PortConfiguredDevexd(config_for, app=None, threads=2))
-            cls.api = "http://localhost:%d" % cls.d.port
-            cls.fe.devexd_origin = cls.api
-            cls.gh.redirect_uri = cls.api + "/auth/github/callback"  # the registered callback
-        except BaseException:
-            cls.tearDownClass()
-            raise
-
-    @classmethod
-    def _enter(cls, obj):
-        obj.__enter__()
-        cls._open.append(obj)
-        return obj
-
-    @classmethod
-    def tearDownClass(cls):
-        while cls._open:
-            cls._open.pop().__exit__(None, None, None)
+        cls.d = cls.enterClassContext(PortConfiguredDevexd(config_for, app=None, threads=2))
+        cls.api = "http://localhost:%d" % cls.d.port
+        cls.fe.devexd_origin = cls.api
+        cls.gh.redirect_uri = cls.api + "/auth/github/callback"  # the registered callback
 
     def drive(self):
         """Runs tests/browser/drive.mjs; returns what it saw (a dict)."""

@@ -57,38 +57,24 @@ class SingleHostTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="devexd-single-host-")
         cls.data = os.path.join(cls.tmp, "data")
-        cls._open = []
-        try:
-            cls.redis = cls._enter(RedisServer())
-            conf = ('local c = dofile(%s)\n'
-                    'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
-                    'c.public_url = "http://localhost:@PORT@"\n'
-                    'c.frontend_url = c.public_url\n'
-                    'return c\n') % json.dumps(DEV_CONF)
-            env = {"DEVEXD_DATA": cls.data, "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
-            cls.d = cls._enter(Devexd(app=None, threads=2, config_text=conf, env=env))
-            cls.origin = "http://localhost:%d" % cls.d.port
-            cls.d.sync_templates()
-        except BaseException:
-            cls.tearDownClass()
-            raise
+        # class cleanups run last first, also when setUpClass fails halfway
+        cls.addClassCleanup(cls.remove_tmp)
+        cls.redis = cls.enterClassContext(RedisServer())
+        conf = ('local c = dofile(%s)\n'
+                'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
+                'c.public_url = "http://localhost:@PORT@"\n'
+                'c.frontend_url = c.public_url\n'
+                'return c\n') % json.dumps(DEV_CONF)
+        env = {"DEVEXD_DATA": cls.data, "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
+        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
+        cls.addClassCleanup(harness.kill_session_runners, cls.redis)  # before devexd and redis stop
+        cls.origin = "http://localhost:%d" % cls.d.port
+        cls.d.sync_templates()
 
     @classmethod
-    def _enter(cls, obj):
-        obj.__enter__()
-        cls._open.append(obj)
-        return obj
-
-    @classmethod
-    def tearDownClass(cls):
-        if getattr(cls, "redis", None) is not None:
-            harness.kill_session_runners(cls.redis)
-        try:
-            while cls._open:
-                cls._open.pop().__exit__(None, None, None)
-        finally:
-            if not keep_tmp() and not getattr(cls, "keep", False):
-                shutil.rmtree(cls.tmp, ignore_errors=True)
+    def remove_tmp(cls):
+        if not keep_tmp() and not getattr(cls, "keep", False):
+            shutil.rmtree(cls.tmp, ignore_errors=True)
 
     # ---- helpers ----
 
