@@ -12,8 +12,8 @@
 // browser's cookies for devexd, document.cookie and the console. On a failure
 // the object has "error" (and what was seen so far) and the exit code is 1.
 //
-// CHROMIUM_BIN: the browser (default /usr/bin/chromium).
-import { chromium } from "playwright-core";
+// CHROMIUM_BIN: the browser (default /usr/bin/chromium; launch.mjs).
+import { openPage, recordFailure } from "./launch.mjs";
 
 const [frontend, devexd] = process.argv.slice(2);
 if (!frontend || !devexd) {
@@ -29,25 +29,8 @@ function result(text) {
 
 let browser, page;
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
-    headless: true,           // --headless
-    chromiumSandbox: false,   // --no-sandbox (the tests run as root)
-    // Playwright gives it a fresh --user-data-dir (under $TMPDIR) and removes it
-    args: ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"],
-    timeout: 30000,
-  });
-  out.browser_version = browser.version();
-  const context = await browser.newContext();
-  context.setDefaultTimeout(STEP_TIMEOUT);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT);
-  page = await context.newPage();
-  page.on("console", (m) => out.console.push(m.type() + ": " + m.text()));
-  page.on("pageerror", (e) => out.console.push("pageerror: " + e.message));
-  page.on("request", (r) => {
-    if (r.isNavigationRequest() && r.frame() === page.mainFrame()) out.navigations.push(r.url());
-  });
+  let context;
+  ({ browser, context, page } = await openPage(out, STEP_TIMEOUT));
   // what Chromium really sent (the Cookie header included) to devexd, in order
   const pending = [];
   page.on("request", (r) => {
@@ -85,12 +68,7 @@ try {
   out.step = "done";
   await Promise.all(pending);
 } catch (e) {
-  out.error = String(e && e.stack || e);
-  process.exitCode = 1;
-  if (page) {
-    out.page_url = page.url();
-    out.page_text = await page.locator("body").innerText({ timeout: 2000 }).catch((e2) => String(e2));
-  }
+  await recordFailure(out, page, e);
 } finally {
   if (browser) await browser.close().catch(() => {});
 }

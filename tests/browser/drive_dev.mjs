@@ -14,8 +14,8 @@
 // console. On a failure the object has "error" (and what was seen so far),
 // a screenshot is still taken, and the exit code is 1.
 //
-// CHROMIUM_BIN: the browser (default /usr/bin/chromium).
-import { chromium } from "playwright-core";
+// CHROMIUM_BIN: the browser (default /usr/bin/chromium; launch.mjs).
+import { openPage, recordFailure } from "./launch.mjs";
 
 const [devexd, user, replName, screenshot] = process.argv.slice(2);
 if (!devexd || !user || !replName || !screenshot) {
@@ -28,24 +28,8 @@ const out = { navigations: [], responses: [], console: [] };
 
 let browser, page;
 try {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
-    headless: true,
-    chromiumSandbox: false, // the tests run as root
-    args: ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync"],
-    timeout: 30000,
-  });
-  out.browser_version = browser.version();
-  const context = await browser.newContext();
-  context.setDefaultTimeout(STEP_TIMEOUT);
-  context.setDefaultNavigationTimeout(STEP_TIMEOUT);
-  page = await context.newPage();
-  page.on("console", (m) => out.console.push(m.type() + ": " + m.text()));
-  page.on("pageerror", (e) => out.console.push("pageerror: " + e.message));
-  page.on("request", (r) => {
-    if (r.isNavigationRequest() && r.frame() === page.mainFrame()) out.navigations.push(r.url());
-  });
+  let context;
+  ({ browser, context, page } = await openPage(out, STEP_TIMEOUT));
   page.on("response", (r) => {
     if (r.url().startsWith(devexd + "/")) {
       out.responses.push({ method: r.request().method(), path: r.url().slice(devexd.length), status: r.status() });
@@ -120,12 +104,7 @@ try {
   }, new URL(out.open_href).pathname);
   out.step = "done";
 } catch (e) {
-  out.error = String(e && e.stack || e);
-  process.exitCode = 1;
-  if (page) {
-    out.page_url = page.url();
-    out.page_text = await page.locator("body").innerText({ timeout: 2000 }).catch((e2) => String(e2));
-  }
+  await recordFailure(out, page, e);
 } finally {
   if (page) {
     await page.screenshot({ path: screenshot, fullPage: true, timeout: 5000 })
