@@ -112,16 +112,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { # a loopback port nobody listens on (and not the one in $1)
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $p != "${1:-}" ]] || continue
-    port_in_use "$p" || { echo "$p"; return 0; }
-  done
-  die "found no free loopback port"
-}
-
 wait_ready() { # wait_ready NAME PID PORT SERVER_HEADER_PREFIX LOGFILE
   local name=$1 pid=$2 port=$3 want=$4 logf=$5 i hdrs body
   for ((i = 0; i < 100; i++)); do

@@ -107,38 +107,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-used_ports=" "
-free_port() { # a loopback port nobody listens on, not handed out before
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $used_ports != *" $p "* ]] || continue
-    if ! port_in_use "$p"; then
-      used_ports+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  die "found no free loopback port"
-}
-
 # redis-server: nothing persisted
-redis_port=$(free_port)
-"$REDIS_SERVER" --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
-  --daemonize no --logfile "" >"$tmp/redis.log" 2>&1 &
-redis_pid=$!
-for ((i = 0; i < 100; i++)); do
-  kill -0 "$redis_pid" 2>/dev/null || { cat "$tmp/redis.log" >&2; die "redis-server exited at startup"; }
-  [[ $(redis-cli -h 127.0.0.1 -p "$redis_port" PING 2>/dev/null) == PONG ]] && break
-  sleep 0.1
-done
-[[ $(redis-cli -h 127.0.0.1 -p "$redis_port" PING 2>/dev/null) == PONG ]] || die "redis-server did not answer PING on port $redis_port"
+start_redis "$tmp"
 redis-cli -h 127.0.0.1 -p "$redis_port" SET "$KEY" "$VALUE" >/dev/null
-redis_url="redis://127.0.0.1:$redis_port"
 expected_body="{\"value\":\"$VALUE\"}"
 
 # devexd with a one-route app
-devexd_port=$(free_port)
+devexd_port=$(free_port "$redis_port")
 mkdir -p "$tmp/app"
 cat >"$tmp/app/benchredis.lua" <<EOF
 -- bench app: GET /get/:key -> one Redis GET
@@ -165,7 +140,7 @@ EOF
 devexd_pid=$!
 
 # Node.js: cluster with THREADS workers (WORKERS=1: one process)
-node_port=$(free_port)
+node_port=$(free_port "$redis_port" "$devexd_port")
 (cd "$NODE_DIR" && PORT=$node_port REDIS_URL=$redis_url WORKERS=$THREADS exec "$NODE_BIN" server.js) >"$tmp/node.log" 2>&1 &
 node_pid=$!
 

@@ -106,37 +106,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-used_ports=" "
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $used_ports != *" $p "* ]] || continue
-    if ! port_in_use "$p"; then
-      used_ports+="$p "
-      echo "$p"
-      return 0
-    fi
-  done
-  die "found no free loopback port"
-}
-
 # redis-server: nothing persisted
-redis_port=$(free_port)
-"$REDIS_SERVER" --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" \
-  --daemonize no --logfile "" >"$tmp/redis.log" 2>&1 &
-redis_pid=$!
-for ((i = 0; i < 100; i++)); do
-  kill -0 "$redis_pid" 2>/dev/null || { cat "$tmp/redis.log" >&2; die "redis-server exited at startup"; }
-  [[ $(redis-cli -h 127.0.0.1 -p "$redis_port" PING 2>/dev/null) == PONG ]] && break
-  sleep 0.1
-done
-[[ $(redis-cli -h 127.0.0.1 -p "$redis_port" PING 2>/dev/null) == PONG ]] || die "redis-server did not answer PING"
+start_redis "$tmp"
 redis-cli -h 127.0.0.1 -p "$redis_port" SET "$KEY" "$VALUE" >/dev/null
-redis_url="redis://127.0.0.1:$redis_port"
 
 # (a) devexd, the shipped app: dev sign-in, fs storage, quota raised to $REPLS
-repl_port=$(free_port)
+repl_port=$(free_port "$redis_port")
 mkdir -p "$tmp/bucket" "$tmp/ws"
 cat >"$tmp/policy.lua" <<EOF
 return { quota = { repls_per_user = $REPLS }, cleanup = { sweep_interval = 3600 } }
@@ -159,7 +134,7 @@ EOF
 repl_pid=$!
 
 # (b) devexd, redisapp.lua's GET /get/:key
-get_port=$(free_port)
+get_port=$(free_port "$redis_port" "$repl_port")
 cat >"$tmp/get.conf.lua" <<EOF
 return {
   server = { listen = { { host = "127.0.0.1", port = $get_port } }, access_log = false },
