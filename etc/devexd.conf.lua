@@ -85,5 +85,15 @@ return {
     namespace = env.str("KUBE_NAMESPACE", "default"),
   },
 
-  runner = { cluster_ip = env.str("RUNNER_CLUSTER_IP") },
+  -- Where the IDE page reaches a REPL's runner (README "Runner gateway").
+  runner = {
+    -- the runner domain: https://<domain>/<replId>/... (RUNNER_CLUSTER_IP is the original service's name)
+    domain = env.str("RUNNER_DOMAIN", env.str("RUNNER_CLUSTER_IP")),
+    cluster_ip = env.str("RUNNER_CLUSTER_IP"),
+    -- "gateway": devexd serves the runner domain itself (owner only, activity
+    -- seen); "ingress": a per-REPL Ingress as the original service (unauthenticated)
+    exposure = env.enum("RUNNER_EXPOSURE", "gateway", { "gateway", "ingress" }),
+    -- scheme of the runner URLs handed to the frontend
+    scheme = env.enum("RUNNER_SCHEME", "https", { "http", "https" }),
+  },
 }
