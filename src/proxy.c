@@ -30,6 +30,9 @@
 #include "settings.h"
 #include "textutil.h"
 #include "errjson.h"
+#include "tunnel_watch.h"
+
+#include <arpa/inet.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -89,37 +92,65 @@ void devex_proxy_register(h2o_pathconf_t *pathconf)
 /* ---- the instruction made by pass{} ---- */
 
 typedef struct {
-    char host[16];      /* what is connected to: "127.0.0.1" or "::1" */
+    char host[256];      /* what is connected to: an IP address or a DNS name */
     uint16_t port;
-    char authority[48]; /* Host sent upstream and logged: as given, e.g. "localhost:8123" */
+    char authority[264]; /* Host sent upstream and logged: as given, e.g. "localhost:8123" */
     int preserve_host;
 } pass_t;
 /* user values: 1 = path (string), 2 = headers: { name1, value1 or false, ... },
- * 3 = location_prefix (string) or nil */
+ * 3 = location_prefix (string) or nil, 4 = activity key (string) or nil */
 
-static int is_loopback_host(const char *s, size_t n, char *out, size_t outlen)
+/* An IPv4 or IPv6 address (inside brackets in the authority), or a DNS name:
+ * the runner gateway sends a REPL to its pod's address or its Service's
+ * name, which Lua takes from what devexd created, never from the request.
+ * "localhost" is pinned to 127.0.0.1 (no DNS: it could resolve elsewhere). */
+static int valid_upstream_host(const char *s, size_t n, int bracketed, char *out, size_t outlen)
 {
-    const char *ip = NULL;
-    if (n == 9 && memcmp(s, "127.0.0.1", 9) == 0)
-        ip = "127.0.0.1";
-    else if (n == 9 && strncasecmp(s, "localhost", 9) == 0)
-        ip = "127.0.0.1"; /* no DNS: "localhost" could resolve elsewhere */
-    else if (n == 3 && memcmp(s, "::1", 3) == 0)
-        ip = "::1";
-    if (ip == NULL)
+    if (n == 0 || n >= outlen)
         return 0;
-    snprintf(out, outlen, "%s", ip);
+    if (n == 9 && strncasecmp(s, "localhost", 9) == 0) {
+        snprintf(out, outlen, "127.0.0.1");
+        return 1;
+    }
+    char tmp[256];
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    struct in6_addr a6;
+    struct in_addr a4;
+    if (bracketed) {
+        if (inet_pton(AF_INET6, tmp, &a6) != 1)
+            return 0;
+    } else if (inet_pton(AF_INET, tmp, &a4) != 1) {
+        /* a DNS name: letters, digits, '-' and '.', labels of 1..63 */
+        size_t label = 0;
+        for (size_t i = 0; i < n; i++) {
+            char c = s[i];
+            if (c == '.') {
+                if (label == 0)
+                    return 0;
+                label = 0;
+            } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-') {
+                if (++label > 63)
+                    return 0;
+            } else {
+                return 0;
+            }
+        }
+    }
+    memcpy(out, tmp, n + 1);
     return 1;
 }
 
-/* "127.0.0.1:P", "localhost:P" or "[::1]:P" with P in 1..65535. */
+/* "HOST:P", "[IPv6]:P" with P in 1..65535 (valid_upstream_host says which HOST). */
 static int parse_upstream(const char *s, size_t n, pass_t *p)
 {
     const char *host, *colon;
     size_t hlen;
+    int bracketed = 0;
     if (n == 0 || n >= sizeof(p->authority))
         return 0;
     if (s[0] == '[') {
+        bracketed = 1;
         const char *rb = memchr(s, ']', n);
         if (rb == NULL || rb + 1 >= s + n || rb[1] != ':')
             return 0;
@@ -133,7 +164,7 @@ static int parse_upstream(const char *s, size_t n, pass_t *p)
         host = s;
         hlen = (size_t)(colon - s);
     }
-    if (!is_loopback_host(host, hlen, p->host, sizeof(p->host)))
+    if (!valid_upstream_host(host, hlen, bracketed, p->host, sizeof(p->host)))
         return 0;
     const char *d = colon + 1, *end = s + n;
     if (d == end || end - d > 5)
@@ -176,18 +207,30 @@ static int reserved_header(const char *lname, size_t n)
     return 0;
 }
 
-/* proxy.pass{upstream=, path=, headers=, preserve_host=, location_prefix=} -> 0, instruction */
+static int valid_activity_key(const char *s, size_t n)
+{
+    if (n == 0 || n > DEVEX_ACTIVITY_KEY_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* proxy.pass{upstream=, path=, headers=, preserve_host=, location_prefix=, activity=} -> 0, instruction */
 static int l_pass(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    pass_t *p = lua_newuserdatauv(L, sizeof(*p), 3); /* index 2 */
+    pass_t *p = lua_newuserdatauv(L, sizeof(*p), 4); /* index 2 */
     memset(p, 0, sizeof(*p));
 
     size_t n;
     lua_getfield(L, 1, "upstream");
     const char *up = lua_tolstring(L, -1, &n);
     if (lua_type(L, -1) != LUA_TSTRING || !parse_upstream(up, n, p))
-        return luaL_error(L, "proxy.pass: upstream must be \"127.0.0.1:PORT\", \"localhost:PORT\" or \"[::1]:PORT\" (got %s)",
+        return luaL_error(L, "proxy.pass: upstream must be \"HOST:PORT\" (an IPv4 address, a DNS name or localhost) or \"[IPv6]:PORT\" (got %s)",
                           lua_type(L, -1) == LUA_TSTRING ? up : luaL_typename(L, -1));
     lua_pop(L, 1);
 
@@ -204,6 +247,14 @@ static int l_pass(lua_State *L)
             return luaL_error(L, "proxy.pass: location_prefix must be a path that starts and ends with '/'");
     }
     lua_setiuservalue(L, 2, 3);
+
+    lua_getfield(L, 1, "activity");
+    if (!lua_isnil(L, -1)) {
+        const char *ak = lua_tolstring(L, -1, &n);
+        if (lua_type(L, -1) != LUA_TSTRING || !valid_activity_key(ak, n))
+            return luaL_error(L, "proxy.pass: activity must be 1..%d characters of [A-Za-z0-9._-]", DEVEX_ACTIVITY_KEY_MAX);
+    }
+    lua_setiuservalue(L, 2, 4);
 
     lua_getfield(L, 1, "preserve_host");
     p->preserve_host = lua_toboolean(L, -1);
@@ -409,6 +460,15 @@ void devex_proxy_start(devex_reqctx_t *rc, lua_State *L, int idx)
     }
     lua_pop(L, 1);
 
+    /* a WebSocket handshake: the tunnel H2O makes if the upstream accepts
+     * is watched for traffic under this key (tunnel_watch.c) */
+    if (req->upgrade.base != NULL && lua_getiuservalue(L, idx, 4) == LUA_TSTRING) {
+        size_t klen;
+        const char *key = lua_tolstring(L, -1, &klen);
+        devex_tunnel_expect(req, key, klen);
+    }
+    lua_pop(L, 1);
+
     /* with overrides set this goes straight to H2O's proxy (no host/path
      * lookup); it may answer (502) before returning: req is not ours anymore */
     h2o_reprocess_request(req, req->method, &H2O_URL_SCHEME_HTTP, authority, upath, ov, 0);
@@ -425,7 +485,10 @@ int luaopen_devex_proxy(lua_State *L)
         lua_rawsetp(L, LUA_REGISTRYINDEX, &pass_mt_key);
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"pass", l_pass}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"pass", l_pass},
+                                   {"tunnel_activity", devex_tunnel_activity},
+                                   {"tunnels", devex_tunnel_count},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

@@ -6,12 +6,18 @@
  * Lua module devex.proxy:
  *
  *   return require("devex.proxy").pass{
- *     upstream = "127.0.0.1:8123",      -- loopback only: 127.0.0.1, localhost or [::1], port 1..65535
+ *     upstream = "127.0.0.1:8123",      -- IPv4:PORT, [IPv6]:PORT, dns-name:PORT or localhost:PORT (127.0.0.1);
+ *                                        --   Lua takes it from what devexd created, never from the request
  *     path = "/rest/of/path?query",      -- starts with '/', no controls or spaces
  *     headers = { ["x-user"] = "42", cookie = false },  -- optional: set (replace) or delete request headers
  *     preserve_host = false,             -- optional: send the client's Host instead of the upstream's
  *     location_prefix = "/repl/abc/",    -- optional: rewrite the upstream's absolute Location
- *   }                                    --   http://<upstream>/x to <scheme>://<our host>/repl/abc/x
+ *                                        --   http://<upstream>/x to <scheme>://<our host>/repl/abc/x
+ *     activity = "repl-...",             -- optional: a WebSocket tunnel made for this request is
+ *   }                                    --   watched for traffic under this key (tunnel_watch.h)
+ *
+ *   proxy.tunnel_activity() -> { key, ... }  keys of this worker's tunnels that moved bytes since the last call
+ *   proxy.tunnels() -> n                    this worker's open watched tunnels
  *
  * pass() validates everything and raises a Lua error when something is wrong
  * (the dispatcher turns it into 500). It returns two values, `0, instruction`,

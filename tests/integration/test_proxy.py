@@ -441,6 +441,61 @@ class ProxyTest(unittest.TestCase):
         self.assertTrue(head.startswith("HTTP/1.1 502"), head)
 
 
+class TunnelActivityTest(unittest.TestCase):
+    """Bytes inside a proxied WebSocket are seen (tunnel_watch.c): one
+    worker, so /tunnels reads the same worker's tunnels."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.up = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+        cls.up.daemon_threads = True
+        threading.Thread(target=cls.up.serve_forever, daemon=True).start()
+        cls.d = harness.Devexd(app="proxyapp", threads=1, env={
+            "PROXY_TEST_UPSTREAM": "127.0.0.1:%d" % cls.up.server_address[1],
+            "PROXY_TEST_DOWN": "127.0.0.1:%d" % harness.free_port()}).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.__exit__(None, None, None)
+        cls.up.shutdown()
+        cls.up.server_close()
+
+    def tunnels(self):
+        return self.d.get("/tunnels").json()
+
+    def test_traffic_inside_a_tunnel_is_seen_and_silence_is_not(self):
+        self.tunnels()  # drains what earlier tests left
+        s, _, head, read = ws_open(self.d.port, "/repl/ok/ws", "127.0.0.1:%d" % self.d.port)
+        try:
+            self.assertTrue(head.startswith("HTTP/1.1 101"), head)
+            t = self.tunnels()
+            self.assertEqual(t["count"], 1)
+            self.assertEqual(self.tunnels()["active"], "")  # nothing moved since
+            s.sendall(ws_frame(1, b"typing", mask=True))
+            self.assertEqual(ws_read_frame(read), (1, b"typing"))
+            self.assertEqual(self.tunnels()["active"], "ok")
+            self.assertEqual(self.tunnels()["active"], "")
+            for i in range(50):  # many frames, still one key per drain
+                s.sendall(ws_frame(1, b"k%d" % i, mask=True))
+                ws_read_frame(read)
+            self.assertEqual(self.tunnels()["active"], "ok")
+        finally:
+            s.close()
+        deadline = time.monotonic() + 10
+        while self.tunnels()["count"] != 0:
+            self.assertLess(time.monotonic(), deadline, "the tunnel's watch did not end")
+            time.sleep(0.05)
+
+    def test_refused_upgrade_leaves_no_watch(self):
+        s, _, head, read = ws_open(self.d.port, "/repl/down/ws", "127.0.0.1:%d" % self.d.port)
+        s.close()
+        self.assertTrue(head.startswith("HTTP/1.1 502"), head)
+        self.assertEqual(self.tunnels()["count"], 0)
+
+    def test_invalid_activity_key_is_refused(self):
+        self.assertEqual(self.d.get("/bad/activity").status, 500)
+
+
 class ProxyShutdownTest(unittest.TestCase):
     def test_sigterm_lets_a_proxied_response_finish(self):
         up = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)

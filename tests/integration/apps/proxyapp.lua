@@ -28,14 +28,25 @@ app:route("*", "/repl/:id/*rest", function(req)
     upstream = upstream,
     path = rest,
     headers = { ["X-Devex-Repl"] = req.params.id, ["x-strip-me"] = false },
+    activity = req.params.id, -- a WebSocket tunnel is watched under the repl id
     preserve_host = req.params.id == "ph",
     location_prefix = req.params.id == "ph" and "/repl/ph/" or nil,
   }
 end)
 
--- a handler that names an upstream that is not loopback: pass() raises
+-- the WebSocket tunnels of this worker: how many, and which moved bytes
+-- since the last call (comma-separated)
+app:get("/tunnels", function()
+  return 200, { count = proxy.tunnels(), active = table.concat(proxy.tunnel_activity(), ",") }
+end)
+
+app:get("/bad/activity", function()
+  return proxy.pass { upstream = UPSTREAMS.ok, path = "/", activity = "no spaces" }
+end)
+
+-- a handler that names an upstream that is not a host:port (a URL, a space): pass() raises
 app:get("/bad/upstream", function()
-  return proxy.pass { upstream = "10.1.2.3:80", path = "/" }
+  return proxy.pass { upstream = "http://10.1.2.3:80", path = "/" }
 end)
 
 app:get("/bad/path", function()
