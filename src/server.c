@@ -318,6 +318,18 @@ static void push_method(lua_State *L, devex_vm_t *vm, h2o_iovec_t m)
         lua_pushlstring(L, m.base, m.len);
 }
 
+/* Whether the request's Host (HTTP/1) or :authority (HTTP/2), without its
+ * port, is the runner gateway's domain. */
+static int is_runner_domain(h2o_iovec_t authority)
+{
+    const char *d = devex_settings.runner_domain;
+    size_t n = authority.len;
+    const char *colon = memrchr(authority.base, ':', n);
+    if (colon != NULL && memchr(authority.base, ']', n) == NULL)
+        n = (size_t)(colon - authority.base);
+    return strlen(d) == n && strncasecmp(authority.base, d, n) == 0;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
@@ -355,10 +367,15 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     devex_request_push(L, rc);
     push_method(L, vm, req->method);
     lua_pushlstring(L, req->path.base, req->query_at != SIZE_MAX ? req->query_at : req->path.len);
+    int nargs = 3;
+    if (devex_settings.runner_domain != NULL && is_runner_domain(req->authority)) {
+        lua_pushboolean(L, 1); /* the dispatcher's `gateway` argument */
+        nargs = 4;
+    }
     w->inflight++;
     /* rc->task is set before the first run: a handler that never yields
      * finishes inside spawn and clears it again in request_done */
-    devex_task_t *t = devex_task_spawn(vm, L, 3, request_done, NULL, rc->request_id, rc);
+    devex_task_t *t = devex_task_spawn(vm, L, nargs, request_done, NULL, rc->request_id, rc);
     if (t != NULL)
         rc->task = t;
     return 0;

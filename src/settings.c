@@ -10,6 +10,7 @@
 #include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 devex_settings_t devex_settings;
@@ -102,6 +103,29 @@ static void read_server(lua_State *L, int conf)
     lua_pop(L, 2);
 }
 
+static void read_runner(lua_State *L, int conf)
+{
+    devex_settings_t *s = &devex_settings;
+    free(s->runner_domain);
+    s->runner_domain = NULL;
+    lua_getfield(L, conf, "runner");
+    if (lua_istable(L, -1)) {
+        int r = lua_gettop(L);
+        char *exposure = dup_field(L, r, "exposure");
+        char *domain = dup_field(L, r, "domain");
+        if (domain != NULL && domain[0] != '\0' && (exposure == NULL || strcmp(exposure, "gateway") == 0)) {
+            domain[strcspn(domain, ":")] = '\0'; /* config.lua checked it is host[:port] */
+            for (char *c = domain; *c; c++)
+                *c = (char)tolower((unsigned char)*c);
+            s->runner_domain = domain;
+            domain = NULL;
+        }
+        free(domain);
+        free(exposure);
+    }
+    lua_pop(L, 1);
+}
+
 int devex_settings_load(const char *conf_path, const char *lua_dirs, char *err, size_t errlen)
 {
     devex_settings_t *s = &devex_settings;
@@ -144,6 +168,7 @@ int devex_settings_load(const char *conf_path, const char *lua_dirs, char *err, 
     lua_pop(L, 1);
     int conf = lua_gettop(L);
     read_server(L, conf);
+    read_runner(L, conf);
 
     /* extra Lua directories from the config go in front of the built-in ones */
     lua_getfield(L, conf, "lua");

@@ -36,6 +36,10 @@ typedef struct devex_settings {
     /* X-Request-Id on every response (true) or only on errors and when the
      * client sent one (false, the default): see README "Request ids" */
     bool request_id_always;
+    /* the runner gateway's domain (config runner.domain, lower case, no
+     * port) when runner.exposure is "gateway", else NULL: requests whose
+     * Host names it go to the app's gateway (README "Runner gateway") */
+    char *runner_domain;
 } devex_settings_t;
 
 /* The process-wide settings (read-only once workers run). */

@@ -120,7 +120,19 @@ local App = {}
 App.__index = App
 
 function M.new()
-  return setmetatable({ _router = router.new(), _routes = {}, _middleware = {}, _chains = nil }, App)
+  return setmetatable({ _router = router.new(), _routes = {}, _middleware = {}, _chains = nil, _gateway = nil }, App)
+end
+
+-- app:gateway([middleware...], handler): what answers every request whose
+-- Host is the runner domain (config runner.domain; the C core tells the
+-- dispatcher). The app's global middleware does not run there: that domain
+-- is not the API (no CORS, no API routes), only the runner gateway.
+function App:gateway(...)
+  local fns = { ... }
+  assert(#fns >= 1, "gateway needs a handler")
+  for i, f in ipairs(fns) do assert(type(f) == "function", "gateway argument " .. i .. " must be a function") end
+  self._gateway = fns
+  return self
 end
 
 function App:use(mw)
@@ -200,26 +212,35 @@ function App:dispatcher()
     routes[id] = { chain = build_chain(self._middleware, r.fns), pattern = r.pattern, label = metrics.route_label(r.pattern) }
   end
   local not_found_chain = build_chain(self._middleware, { not_found })
+  local gateway_chain = make_chain_runner(self._gateway or { not_found })
+  local gateway_label = metrics.route_label("(runner gateway)")
   self._chains = routes
   local rt = self._router
   local global = self._middleware
   local set_route = metrics.set_route
   local match = rt.match
 
-  return function(raw, method, path)
-    local id, params, allow = match(rt, method, path)
-    local route = routes[id]
+  return function(raw, method, path, gateway)
     local req, chain
-    if route then
-      req = setmetatable({ raw = raw, method = method, path = path, params = params or NO_PARAMS, route = route.pattern }, Request)
-      chain = route.chain
-      set_route(route.label) -- the request's label in /metrics
+    local route
+    if gateway then
+      req = setmetatable({ raw = raw, method = method, path = path, params = NO_PARAMS, gateway = true }, Request)
+      chain = gateway_chain
+      set_route(gateway_label)
     else
-      req = setmetatable({ raw = raw, method = method, path = path, params = NO_PARAMS }, Request)
-      if params == "method_not_allowed" then
-        chain = build_chain(global, { function() return 405, { error = "method not allowed" }, { Allow = allow } end })
+      local id, params, allow = match(rt, method, path)
+      route = routes[id]
+      if route then
+        req = setmetatable({ raw = raw, method = method, path = path, params = params or NO_PARAMS, route = route.pattern }, Request)
+        chain = route.chain
+        set_route(route.label) -- the request's label in /metrics
       else
-        chain = not_found_chain
+        req = setmetatable({ raw = raw, method = method, path = path, params = NO_PARAMS }, Request)
+        if params == "method_not_allowed" then
+          chain = build_chain(global, { function() return 405, { error = "method not allowed" }, { Allow = allow } end })
+        else
+          chain = not_found_chain
+        end
       end
     end
     local ok, status, body, headers = xpcall(chain, on_error, req)

@@ -61,7 +61,13 @@ local schema = {
     oauth = { type = "table", optional = true, open = true },
     session = { type = "table", optional = true, open = true },
     kube = { type = "table", optional = true, open = true },
-    runner = { type = "table", optional = true, open = true },
+    runner = { type = "table", optional = true, open = true, check = function(v)
+      local d = v.domain
+      if d ~= nil and (type(d) ~= "string" or not d:match("^[%w][%w%-%.]*(:?%d*)$") or d:match(":$")) then
+        return "domain must be a host name with an optional :port (no scheme, no path)"
+      end
+    end },
+    auth = { type = "table", optional = true, open = true },
     runtime = { type = "table", optional = true, open = true },
     dev_login = { type = "table", optional = true, fields = { enabled = { type = "boolean", default = false } } },
     storage = { type = "table", optional = true, open = true },
@@ -134,6 +140,12 @@ function M.load(path)
   local errs = {}
   for _, p in ipairs(env.problems()) do errs[#errs + 1] = p end
   validate(conf, schema, "", errs)
+  -- the runner domain is answered by the gateway alone: it cannot also be the API's host
+  local rd = type(conf.runner) == "table" and type(conf.runner.domain) == "string" and conf.runner.domain:lower():gsub(":%d+$", "")
+  local ph = type(conf.public_url) == "string" and conf.public_url:lower():match("^%a+://([^/:]+)")
+  if rd and ph and rd == ph and conf.runner.exposure ~= "ingress" then
+    errs[#errs + 1] = "runner.domain: must differ from public_url's host (the gateway answers every request to it)"
+  end
   if #errs > 0 then return nil, errs end
   return conf
 end
