@@ -58,6 +58,13 @@ return {
     ca_file = env.str("GITHUB_CA_FILE"), -- PEM CA bundle for GitHub's TLS (default: the system's)
   },
 
+  auth = {
+    -- Domain of the session cookie: the parent of the API and runner domains
+    -- (api.example.com and runner.example.com -> example.com), so that the
+    -- browser also sends it to the runner gateway. Unset: host-only cookie.
+    cookie_domain = env.str("COOKIE_DOMAIN"),
+  },
+
   session = {
     secret = env.str("SESSION_SECRET"),
     ttl = env.int("SESSION_TTL", 7 * 24 * 3600, 60), -- seconds; renewed when used with less than half left

@@ -6,9 +6,11 @@ local settings = require("auth.settings")
 
 local M = {}
 
--- build(name, value, max_age, path) -> "name=value; Path=/; Max-Age=N; HttpOnly; SameSite=Lax[; Secure]"
-function M.build(name, value, max_age, path)
+-- build(name, value, max_age, path, domain) ->
+--   "name=value; Path=/; Max-Age=N[; Domain=d]; HttpOnly; SameSite=Lax[; Secure]"
+function M.build(name, value, max_age, path, domain)
   local parts = { name .. "=" .. value, "Path=" .. (path or "/"), "Max-Age=" .. math.floor(max_age) }
+  if domain then parts[#parts + 1] = "Domain=" .. domain end
   if max_age <= 0 then parts[#parts + 1] = "Expires=Thu, 01 Jan 1970 00:00:00 GMT" end
   parts[#parts + 1] = "HttpOnly"
   parts[#parts + 1] = "SameSite=Lax"
@@ -16,10 +18,14 @@ function M.build(name, value, max_age, path)
   return table.concat(parts, "; ")
 end
 
-function M.clear(name, path) return M.build(name, "", 0, path) end
+function M.clear(name, path, domain) return M.build(name, "", 0, path, domain) end
 
-function M.session(id, max_age) return M.build(settings.cookie_name, id, max_age or settings.session_ttl, "/") end
-function M.clear_session() return M.clear(settings.cookie_name, "/") end
+-- The session cookie carries auth.cookie_domain (when set) so that the
+-- browser also sends it to the runner domain under the same parent.
+function M.session(id, max_age)
+  return M.build(settings.cookie_name, id, max_age or settings.session_ttl, "/", settings.cookie_domain)
+end
+function M.clear_session() return M.clear(settings.cookie_name, "/", settings.cookie_domain) end
 
 -- The login-attempt cookie only goes to /auth/ (where the callbacks are).
 function M.state(value) return M.build(settings.state_cookie, value, settings.state_ttl, "/auth/") end

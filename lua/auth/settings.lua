@@ -9,6 +9,7 @@
 --   oauth.refresh_margin    refresh a provider token this many seconds before
 --                           it expires (300), where a refresh token was issued
 --   oauth.timeout           seconds for each call to a provider (10)
+--   auth.cookie_domain      Domain attribute of the session cookie (nil: host-only)
 --   oauth.providers         { name = { issuer=, client_id=, client_secret=,
 --                             redirect_url=, scopes=, ca_file= } } (OpenID Connect)
 local config = require("devex.config").get()
@@ -32,6 +33,18 @@ M.cookie_name = session.cookie_name or "devex_session"
 M.state_cookie = session.state_cookie or "devex_oauth_state"
 M.refresh_margin = num(oauth.refresh_margin, 300, "oauth.refresh_margin", true)
 M.timeout = num(oauth.timeout, 10, "oauth.timeout")
+
+-- auth.cookie_domain (COOKIE_DOMAIN): the session cookie's Domain, so that it
+-- also reaches the runner domain (README "Runner gateway"); nil: host-only.
+local auth_conf = config.auth or {}
+M.cookie_domain = auth_conf.cookie_domain
+if M.cookie_domain ~= nil then
+  if type(M.cookie_domain) ~= "string" or not M.cookie_domain:match("^%.?[%w][%w%-%.]*[%w]$")
+     or M.cookie_domain:find("..", 1, true) then
+    error("auth.cookie_domain must be a domain name such as example.com", 0)
+  end
+  M.cookie_domain = M.cookie_domain:gsub("^%.", ""):lower()
+end
 
 M.environment = config.environment or "development"
 M.public_url = config.public_url

@@ -160,6 +160,20 @@ function M.get_session(id)
   return t
 end
 
+-- The live session's upstream addresses: endpoint, mcp_endpoint (either
+-- may be nil); false when no session runs. One HMGET: the runner gateway
+-- calls it per proxied request.
+function M.session_endpoints(id)
+  local r, err = client()
+  if not r then return nil, err end
+  local v
+  v, err = r:call("HMGET", M.session_key(id), "endpoint", "mcp_endpoint")
+  if v == nil then return nil, err end
+  local ep = v[1]
+  if type(ep) ~= "string" or ep == "" then return false end
+  return ep, type(v[2]) == "string" and v[2] ~= "" and v[2] or nil
+end
+
 function M.put_session(id, fields)
   local r, err = client()
   if not r then return nil, err end

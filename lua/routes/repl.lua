@@ -25,36 +25,8 @@ local function runner(req, next)
   return next(req)
 end
 
--- /repl/<replId>/... reaches that REPL's runner (single-host runtime): only
--- its owner, signed in by the session cookie, gets through; everyone else
--- gets the same 404 as for a REPL that does not exist. The session cookie is
--- not passed on to the runner.
-local function runner_proxy(req)
-  local id = req.params.id
-  local nf = { error = "repl not found" }
-  if not req.user or not service.valid_id(id) then return 404, nf end
-  local meta = store.get(id)
-  if not meta or meta.user ~= req.user.owner or meta.state ~= "running" then return 404, nf end
-  local sess = store.get_session(id)
-  if not sess or sess.driver ~= "local" or not sess.endpoint or sess.endpoint == "" then return 404, nf end
-  local prefix = "/repl/" .. id
-  local rest = req.path:sub(#prefix + 1)
-  if rest == "" then rest = "/" end
-  local q = req.raw:query()
-  if q then rest = rest .. "?" .. q end
-  store.touch(id)
-  return require("devex.proxy").pass{
-    upstream = sess.endpoint, path = rest, location_prefix = prefix .. "/",
-    headers = { cookie = false, authorization = false, ["X-Devex-Repl"] = id },
-  }
-end
-
 return function(app)
-  local session_mw = require("middleware.session")
-  app:route("*", "/repl/:id/*rest", session_mw, runner_proxy)
-  app:route("*", "/repl/:id", session_mw, function(req)
-    return 308, nil, { Location = "/repl/" .. req.params.id .. "/" }
-  end)
+  require("routes.gateway").register(app) -- /repl/<replId>/... and the runner domain
 
   app:get("/api/repl", auth, function(req)
     return reply(service.list(req.user))

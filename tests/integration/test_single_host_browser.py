@@ -126,13 +126,13 @@ class SingleHostTest(unittest.TestCase):
             headers[k.strip().lower()] = v.strip()
         return s, key, lines[0], headers, read
 
-    def assert_ws_refused(self, path, cookie=None):
+    def assert_ws_refused(self, path, cookie=None, error="repl not found"):
         s, _, status, headers, read = self.ws_connect(path, cookie=cookie)
         try:
             self.assertTrue(status.startswith("HTTP/1.1 404 "), status)
             self.assertNotIn("sec-websocket-accept", headers)
             n = int(headers.get("content-length", "0"))
-            self.assertEqual(json.loads(read(n)), {"error": "repl not found"})
+            self.assertEqual(json.loads(read(n)), {"error": error})
         finally:
             s.close()
 
@@ -262,11 +262,11 @@ class SingleHostTest(unittest.TestCase):
         self.assert_ws_refused(path, cookie=self.sign_in("mallory").cookie_header())
         self.assert_ws_refused("/repl/repl-00000000-0000-4000-8000-000000000000/ws", cookie=b.cookie_header())
 
-        # stopped: the owner's upgrade gets 404 too
+        # stopped: the owner's upgrade gets 404 too, saying why
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
         self.assertEqual(r.status, 200, r.body)
         self.assertFalse(self.repl_of(b, rid)["isActive"])
-        self.assert_ws_refused(path, cookie=b.cookie_header())
+        self.assert_ws_refused(path, cookie=b.cookie_header(), error="this repl is not running: start its session first")
 
 
 if __name__ == "__main__":
