@@ -159,6 +159,17 @@ static int l_authority(lua_State *L)
     return 1;
 }
 
+/* The Upgrade header of an HTTP/1.1 request (H2O keeps it apart from the
+ * other headers), or nothing. */
+static int l_upgrade(lua_State *L)
+{
+    h2o_req_t *req = check_req(L);
+    if (req == NULL || req->upgrade.base == NULL)
+        return 0;
+    lua_pushlstring(L, req->upgrade.base, req->upgrade.len);
+    return 1;
+}
+
 static int l_http_version(lua_State *L)
 {
     h2o_req_t *req = check_req(L);
@@ -200,6 +211,7 @@ int luaopen_devex_request(lua_State *L)
                                        {"scheme", l_scheme},
                                        {"authority", l_authority},
                                        {"http_version", l_http_version},
+                                       {"upgrade", l_upgrade},
                                        {"aborted", l_aborted},
                                        {"id", l_id},
                                        {NULL, NULL}};

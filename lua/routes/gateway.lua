@@ -17,7 +17,7 @@
 -- MCP sidecar when it has one (policy.workload).
 local proxy = require("devex.proxy")
 local current = require("auth.current")
-local cors = require("middleware.cors")
+local auth_settings = require("auth.settings")
 local activity = require("repl.activity")
 local service = require("repl.service")
 local store = require("repl.store")
@@ -50,9 +50,9 @@ end
 -- after the prefix ("" or "/..."), prefix what the browser sees before it.
 local function pass(req, id, rest, prefix, mcp)
   local origin = req.headers["origin"]
-  local upgrade = req.headers["upgrade"]
+  local upgrade = req.raw:upgrade()
   if upgrade or (req.method ~= "GET" and req.method ~= "HEAD") then
-    if (upgrade or origin) and not cors.allowed(origin) then
+    if (upgrade or origin) and not (origin and auth_settings.allowed_origins[origin:lower()]) then
       return 403, { error = "origin not allowed" }
     end
   end

@@ -11,6 +11,15 @@ local config = require("devex.config").get()
 local M = {}
 local drivers = {}
 
+-- The URL the frontend gets for a REPL's runner in gateway exposure, when a
+-- runner domain is configured: <runner.scheme>://<runner.domain>/<replId>/
+-- (devexd answers it: lua/routes/gateway.lua); nil otherwise.
+function M.gateway_url(id)
+  local r = config.runner or {}
+  if (r.exposure or "gateway") ~= "gateway" or type(r.domain) ~= "string" or r.domain == "" then return nil end
+  return (r.scheme or "https") .. "://" .. r.domain .. "/" .. id .. "/"
+end
+
 function M.driver()
   local name = (config.runtime or {}).driver or "kubernetes"
   local d = drivers[name]

@@ -128,7 +128,7 @@ function Driver:start(meta, opts)
     timer.sleep(0.1)
   end
   return {
-    url = self.public_url .. "/repl/" .. meta.id .. "/",
+    url = require("runtime").gateway_url(meta.id) or (self.public_url .. "/repl/" .. meta.id .. "/"),
     endpoint = "127.0.0.1:" .. port,
     session = { pid = child.pid, port = port, workspace = ws },
   }
