@@ -30,13 +30,22 @@ typedef struct {
     child_t *c;
 } join_op_t;
 
-static void child_unref(child_t *c)
+/* Gives up n references to c at once; frees it when none are left. Callers
+ * holding several references drop them in one call, so that nothing touches c
+ * after the call that may have freed it. */
+static void child_release(child_t *c, int n)
 {
-    if (--c->refs > 0)
+    c->refs -= n;
+    if (c->refs > 0)
         return;
     if (c->results_ref != LUA_NOREF && !c->vm->retired)
         luaL_unref(c->vm->L, LUA_REGISTRYINDEX, c->results_ref);
     free(c);
+}
+
+static void child_unref(child_t *c)
+{
+    child_release(c, 1);
 }
 
 /* Pushes `ok, results...` of a finished child onto L. */
@@ -85,22 +94,26 @@ static void child_done(devex_task_t *t, int status, int nres)
         devex_buf_free(&b);
         lua_pop(t->co, 1);
     }
+    /* The references this call gives up, all at the end: the task's own, and
+     * the join op's when a waiter parked on us is dealt with here. Until then
+     * c stays valid whatever the resumed waiter does with its handle. */
+    int refs = 1;
     devex_op_t *w = c->waiter;
     c->waiter = NULL;
     if (w != NULL && status == DEVEX_TASK_KILLED) {
         /* the VM is closing: the waiter is killed next, never resumed */
         join_op_t *j = (join_op_t *)w;
         j->c = NULL;
-        child_unref(c);
+        refs++;
     } else if (w != NULL && w->task != NULL) {
         join_op_t *j = (join_op_t *)w;
         int n = push_results(devex_op_thread(w), c);
         j->c = NULL;
-        child_unref(c); /* the join op's reference */
+        refs++;
         devex_task_resume(w, n);
         free(j);
     }
-    child_unref(c); /* the task's reference */
+    child_release(c, refs);
 }
 
 static int l_spawn(lua_State *L)
