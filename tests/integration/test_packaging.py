@@ -241,9 +241,13 @@ def debootstrap_root():
             assert shutil.which("debootstrap"), "debootstrap is missing: scripts/deps.sh --test installs it"
             work = tempfile.mkdtemp(prefix="root-", dir=CACHE)
             try:
+                # mkdtemp makes it 0700, and the tarball's "." entry (the
+                # chroot's /) keeps that mode: users other than root could not
+                # reach anything in the root
+                os.chmod(work, 0o755)
                 t0 = time.monotonic()
                 run(["debootstrap", "--variant=minbase", "bookworm", work, MIRROR], timeout=1200)
-                run(["tar", "-C", work, "-cf", TARBALL + ".tmp", "."])
+                run(["tar", "--numeric-owner", "-C", work, "-cf", TARBALL + ".tmp", "."])
                 os.rename(TARBALL + ".tmp", TARBALL)
                 sys.stderr.write("debootstrap: %.0fs (cached in %s)\n" % (time.monotonic() - t0, TARBALL))
             finally:
@@ -270,7 +274,12 @@ class Debian12InstallTest(unittest.TestCase):
         cls.deb = packages()["deb"]
         tarball = debootstrap_root()
         cls.root = tempfile.mkdtemp(prefix="devexd-deb12-", dir="/var/tmp")
-        run(["tar", "-C", cls.root, "-xf", tarball])
+        # owners as numbers: the root's own /etc/passwd is what counts in the chroot
+        run(["tar", "--numeric-owner", "-C", cls.root, "-xf", tarball])
+        # the chroot's / must be 0755 for the devexd user (mkdtemp makes 0700;
+        # tar sets the mode of the tarball's "." entry, 0700 in tarballs cached
+        # before that was fixed)
+        os.chmod(cls.root, 0o755)
         shutil.copy("/etc/resolv.conf", os.path.join(cls.root, "etc", "resolv.conf"))
         cls.apt_cache = os.path.join(CACHE, "apt-archives")
         os.makedirs(os.path.join(cls.apt_cache, "partial"), exist_ok=True)
@@ -296,6 +305,14 @@ class Debian12InstallTest(unittest.TestCase):
         e.update(env or {})
         return run(["unshare", "--mount", "--propagation", "private", "sh", "-c", CHROOT_SH, "sh", cls.root]
                    + list(cmd), timeout=timeout, check=check, env=e)
+
+    def test_root_is_traversable(self):
+        """The chroot's / and the library directories are open to every user
+        (devexd runs as the devexd user)."""
+        for d in ("", "usr", "usr/lib", "usr/lib/x86_64-linux-gnu", "etc", "tmp"):
+            mode = os.stat(os.path.join(self.root, d)).st_mode & 0o7777
+            self.assertEqual(mode & 0o005, 0o005, "/%s is %o" % (d, mode))
+        self.assertEqual(os.stat(self.root).st_mode & 0o7777, 0o755)
 
     def test_install_check_and_serve(self):
         t0 = time.monotonic()
