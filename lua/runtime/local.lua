@@ -81,10 +81,17 @@ end
 
 local function remove_log(dir, id) os.remove(dir .. "/" .. id .. ".log") end
 
+-- Removes a workspace directory: rm run directly (no shell, so no quoting
+-- of the path), waited for on the loop without blocking the worker.
 local function rm_rf(path)
   -- only ever a workspace directory of ours
   assert(path:match("/repl%-[0-9a-f%-]+$"), "refusing to remove " .. path)
-  os.execute("rm -rf -- '" .. path:gsub("'", "") .. "'")
+  local child, e = process.spawn{ command = "rm", args = { "-rf", "--", path } }
+  if not child then
+    log.error("could not remove a workspace", { path = path, error = tostring(e) })
+    return
+  end
+  child:wait()
 end
 
 function Driver:start(meta, opts)
