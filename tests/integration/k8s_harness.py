@@ -9,8 +9,11 @@ state in a temporary directory:
                             collector, namespace, service accounts and their
                             token secrets, endpoints, root CA config map...)
   a simulated kubelet       a Python thread (SimKubelet, below): no container
-                            runs anywhere, but pods go through the states a
-                            real node gives them
+                            image runs anywhere, but pods go through the states
+                            a real node gives them, and each Running pod's
+                            runner container is played by a real HTTP server
+                            (runner_standin.py) on the pod's own loopback
+                            address (podIP 127.0.0.2, 127.0.0.3, ...)
 
 and installs Traefik's Middleware CRD (traefik.io/v1alpha1). It waits until
 the API server is ready, the CRD is established, the controller manager has
@@ -39,6 +42,8 @@ Environment:
   DEVEXD_ETCD_BIN        etcd binary (default: etcd on PATH, /usr/bin/etcd)
   DEVEXD_KEEP_TMP        keep the temporary directory (logs, certs, etcd data)
   DEVEXD_K8S_VERBOSE     print component log tails even when nothing failed
+  DEVEXD_K8S_STANDINS    "0": no runner stand-ins by default (podIP 10.244.x.y,
+                         status only, as before they existed)
 
 Things to know about Kubernetes 1.20 (this API server):
   - Ephemeral containers are added with PUT/PATCH on the pod's
@@ -59,6 +64,7 @@ write the pod template itself.
 import base64
 import contextlib
 import hashlib
+import heapq
 import http.client
 import itertools
 import json
@@ -108,6 +114,11 @@ POD_IP = ANN + "pod-ip"
 TERMINATION_DELAY = ANN + "termination-delay"
 EPHEMERAL_EXIT_CODE = ANN + "ephemeral-exit-code"      # or ephemeral-exit-code.<container>
 EPHEMERAL_RUN_SECONDS = ANN + "ephemeral-run-seconds"  # or ephemeral-run-seconds.<container>
+
+# The runner stand-in the kubelet runs per Running pod (see SimKubelet)
+STANDIN_SCRIPT = os.path.join(HERE, "runner_standin.py")
+STANDIN_DEFAULT_PORT = 8081   # the original runner image's port
+PROBE_USER_AGENT = "kube-probe/1.20"   # the stand-in leaves these out of /_standin/last-request
 
 TRAEFIK_MIDDLEWARE_CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -538,12 +549,15 @@ class KubeCluster:
     users:            more static-token users {name: [groups]}; tokens in .tokens[name]
     apiserver_args:   extra kube-apiserver flags
     pod_ip:           give every pod this IP (e.g. "127.0.0.1", to reach a fake
-                      runner); default: a distinct 10.244.x.y per pod
+                      runner; no stand-in runs then); default: a distinct
+                      loopback address per pod with a runner stand-in on it
+    standins:         run a runner stand-in per Running pod (default True, or
+                      $DEVEXD_K8S_STANDINS); False: status only, podIP 10.244.x.y
     start_timeout:    seconds for the whole start
     """
 
     def __init__(self, kubelet=True, node_name=NODE_NAME, controllers=None, install_crds=True, extra_crds=(),
-                 users=None, apiserver_args=(), controller_manager_args=(), pod_ip=None,
+                 users=None, apiserver_args=(), controller_manager_args=(), pod_ip=None, standins=None,
                  poll_interval=0.2, lease_interval=5.0, ephemeral_run_seconds=0.3, start_timeout=180):
         self.paths = check_binaries()
         self.want_kubelet = kubelet
@@ -555,6 +569,7 @@ class KubeCluster:
         self.apiserver_args = list(apiserver_args)
         self.controller_manager_args = list(controller_manager_args)
         self.pod_ip = pod_ip
+        self.standins = standins
         self.poll_interval = poll_interval
         self.lease_interval = lease_interval
         self.ephemeral_run_seconds = ephemeral_run_seconds
@@ -635,6 +650,7 @@ class KubeCluster:
         if self.want_kubelet:
             self.kubelet = SimKubelet(self, self.node_name, poll_interval=self.poll_interval,
                                       lease_interval=self.lease_interval, pod_ip=self.pod_ip,
+                                      standins=self.standins,
                                       ephemeral_run_seconds=self.ephemeral_run_seconds,
                                       log_path=os.path.join(self.tmp, "kubelet.log"))
             self.kubelet.register()
@@ -981,22 +997,53 @@ class SimKubelet(threading.Thread):
     - binds every unscheduled pod to the node (POST pods/NAME/binding);
     - sets the status of the node's pods: Running and Ready with a podIP,
       container statuses (running) and init container statuses (completed);
+    - runs a runner stand-in per Running pod (below);
     - finishes deletions: a pod with a deletionTimestamp is deleted with
       gracePeriodSeconds=0 (else it would stay Terminating for ever);
     - ephemeral containers added to a pod run for ephemeral_run_seconds, then
       terminate with exit code 0.
 
+    Runner stand-ins (standins=True, the default): each pod gets its own
+    loopback address as podIP (127.0.0.2, 127.0.0.3, ...; any 127/8 address
+    is local on Linux), and once its containers would be running, the
+    kubelet starts runner_standin.py on that address and the port of the
+    runner container (the container named "runner", else the first one; its
+    first containerPort, else 8081). Log: standin-NS-NAME.log beside
+    kubelet.log. The runner container is Ready when:
+      - the stand-in answers (GET /_standin/info from this very process), and
+      - its readinessProbe passes: httpGet GETs http://podIP:port/path for
+        real (port by number or by the container port's name; 2xx/3xx is a
+        success; the stand-in answers 404 on "/", so a probe there never
+        passes, and 200 on /ping); tcpSocket connects; exec is not run (a
+        success). initialDelaySeconds, periodSeconds, successThreshold and
+        failureThreshold count as on a node, except that until the first
+        success the probe runs at every poll (not every periodSeconds).
+        Probes carry "User-Agent: kube-probe/1.20"; the stand-in leaves them
+        out of /_standin/last-request.
+    A stand-in that exits by itself is a container restart (restartCount,
+    lastState terminated, not Ready; started again after a second). It is
+    stopped (SIGTERM, then SIGKILL) before the kubelet's final delete of its
+    pod, when its pod vanishes, when a rule makes the container stop running
+    (fail-image, crash), and when the kubelet stops; processes die with the
+    kubelet thread anyway (PR_SET_PDEATHSIG). An address is handed out again
+    only once its process is gone and its pod forgotten; one that another
+    process holds (another test cluster) is skipped. A pod whose IP is set
+    explicitly (devex.test/pod-ip, or the pod_ip argument) gets no stand-in:
+    its readiness is status only, as with standins=False (podIP 10.244.x.y).
+    kc.kubelet.standin("ns", "pod") tells the address, port and pid.
+
     Behaviour per pod, from its annotations or labels (values are strings):
       devex.test/fail-image: "true" (every container) or "a,b" (these
           containers, init containers included): waiting ErrImagePull, after
           a second ImagePullBackOff; the pod stays Pending, never Ready
-      devex.test/never-ready: "true": Running, containers running, not Ready
+      devex.test/never-ready: "true": Running, containers running (the
+          stand-in too), not Ready
       devex.test/ready-after: seconds: Running, Ready only after that long
       devex.test/crash: "true": containers in CrashLoopBackOff (exit code 1)
       devex.test/init-exit-code: N: the first init container exits with N
           (non-zero: Init:CrashLoopBackOff, the pod stays Pending)
       devex.test/unschedulable: "true": never bound (PodScheduled False)
-      devex.test/pod-ip: the podIP to report
+      devex.test/pod-ip: the podIP to report (and no stand-in runs)
       devex.test/termination-delay: seconds between the deletionTimestamp
           and the final delete
       devex.test/ephemeral-exit-code: N, or devex.test/ephemeral-exit-code.NAME
@@ -1011,7 +1058,7 @@ class SimKubelet(threading.Thread):
     """
 
     def __init__(self, cluster, node_name=NODE_NAME, poll_interval=0.2, lease_interval=5.0, pod_ip=None,
-                 ephemeral_run_seconds=0.3, log_path=None):
+                 ephemeral_run_seconds=0.3, log_path=None, standins=None, log_dir=None):
         super().__init__(name="sim-kubelet", daemon=True)
         self.cluster = cluster
         self.api = cluster.client(user="admin")
@@ -1031,6 +1078,17 @@ class SimKubelet(threading.Thread):
         self._rule_ids = itertools.count(1)
         self._pods = {}  # uid -> state
         self._ips = itertools.count(2)
+        if standins is None:
+            standins = os.environ.get("DEVEXD_K8S_STANDINS", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.standins = bool(standins)
+        self.log_dir = log_dir or (os.path.dirname(os.path.abspath(log_path)) if log_path else None) or \
+            getattr(cluster, "tmp", None) or tempfile.gettempdir()
+        self._standin_lock = threading.Lock()  # the address pool, _reaping, _closed
+        self._loop_free = []       # loopback address numbers free again (process gone, pod forgotten)
+        self._loop_next = 2        # 127.0.0.2 first
+        self._loop_held = set()    # numbers given to pods we still know
+        self._reaping = []         # (Popen, address number or None) not gone yet after SIGKILL
+        self._closed = False       # stopped: start no stand-in any more
         self.errors = []  # (time, message) of unexpected API errors
         self.node_uid = None
         self._last_lease = 0.0
@@ -1078,6 +1136,7 @@ class SimKubelet(threading.Thread):
         self._running.set()
         if self.is_alive():
             self.join(10)
+        self._stop_all_standins()
         self.api.close()
         if self._log:
             self._log.close()
@@ -1095,17 +1154,20 @@ class SimKubelet(threading.Thread):
         del self.errors[:-200]
 
     def run(self):
-        while not self._stop_ev.is_set():
-            self._running.wait()
-            if self._stop_ev.is_set():
-                break
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the thread must survive anything
-                self._error(traceback.format_exc())
-                self.api.close()
-            self.iterations += 1
-            self._stop_ev.wait(self.poll_interval)
+        try:
+            while not self._stop_ev.is_set():
+                self._running.wait()
+                if self._stop_ev.is_set():
+                    break
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - the thread must survive anything
+                    self._error(traceback.format_exc())
+                    self.api.close()
+                self.iterations += 1
+                self._stop_ev.wait(self.poll_interval)
+        finally:
+            self._stop_all_standins()
 
     def tick(self):
         now = time.monotonic()
@@ -1126,7 +1188,229 @@ class SimKubelet(threading.Thread):
                     self._error(str(e))
         for uid in list(self._pods):
             if uid not in seen:
-                del self._pods[uid]
+                self._forget(self._pods.pop(uid))
+        self._reap()
+
+    # ---- runner stand-ins ----
+
+    def standin(self, namespace, name):
+        """The runner stand-in of pod namespace/name: {"ip", "port", "pid"
+        (None when no process runs), "ready", "restarts", "log"}, or None
+        when the pod has none (unknown pod, explicit IP, standins=False)."""
+        for st in list(self._pods.values()):
+            sa = st.get("sa")
+            if sa is not None and st.get("ns") == namespace and st.get("name") == name:
+                p = sa["proc"]
+                return {"ip": st["ip"], "port": sa["port"], "pid": p.pid if p is not None and p.poll() is None else None,
+                        "ready": sa.get("ready", False), "restarts": sa["restarts"], "log": sa.get("log")}
+        return None
+
+    def _alloc_loopback(self, port, avoid=()):
+        """A loopback address number (see _loopback) nobody else uses, on which
+        port can be bound right now (another test cluster may hold some)."""
+        with self._standin_lock:
+            skipped = []
+            try:
+                for attempt in itertools.count():
+                    if self._loop_free:
+                        n = heapq.heappop(self._loop_free)
+                    else:
+                        n = self._loop_next
+                        self._loop_next = _next_loopback(n)
+                    if n in avoid or (attempt < 64 and not _port_bindable(_loopback(n), port)):
+                        skipped.append(n)
+                        continue
+                    if attempt >= 64:
+                        self._error("port %d cannot be bound on 64 loopback addresses (a listener on 0.0.0.0?)" % port)
+                    self._loop_held.add(n)
+                    return n
+            finally:
+                for n in skipped:
+                    heapq.heappush(self._loop_free, n)
+
+    def _release_loopback(self, n):
+        with self._standin_lock:
+            if n in self._loop_held:
+                self._loop_held.discard(n)
+                heapq.heappush(self._loop_free, n)
+
+    def _start_standin(self, pod, st):
+        """Starts the stand-in of st (returns False once the kubelet is stopped)."""
+        sa = st["sa"]
+        md = pod["metadata"]
+        with self._standin_lock:
+            if self._closed:
+                return False
+            sa["log"] = os.path.join(self.log_dir, "standin-%s-%s.log" % (md["namespace"], md["name"]))
+            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+            with open(sa["log"], "ab") as log:
+                p = subprocess.Popen([sys.executable, STANDIN_SCRIPT, "--host", st["ip"], "--port", str(sa["port"])],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_set_pdeathsig)
+        sa.update(proc=p, pid=p.pid, started_mono=time.monotonic(), answered=False, ready=False, succ=0, fails=0,
+                  last_probe=0.0, probe_what=None)
+        sa["started_at"] = st["start_time"] if sa["restarts"] == 0 and not sa.get("ever") else now_rfc3339()
+        sa["ever"] = True
+        self.log("stand-in %s/%s: pid %d on %s:%d", md["namespace"], md["name"], p.pid, st["ip"], sa["port"])
+        return True
+
+    def _terminate(self, p):
+        """SIGTERM, then SIGKILL; True once the process is gone."""
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                p.terminate()
+            try:
+                p.wait(2)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    p.kill()
+                try:
+                    p.wait(2)
+                except subprocess.TimeoutExpired:
+                    return False
+        return True
+
+    def _stop_standin(self, st, why):
+        sa = st.get("sa")
+        if sa is None or sa["proc"] is None:
+            return
+        p, sa["proc"] = sa["proc"], None
+        sa.update(answered=False, ready=False)
+        if not self._terminate(p):
+            sa["zombie"] = p
+            with self._standin_lock:
+                self._reaping.append([p, None])
+        self.log("stand-in %s/%s (pid %d) stopped: %s", st.get("ns"), st.get("name"), p.pid, why)
+
+    def _forget(self, st):
+        """A pod gone from the API server: its stand-in ends, its address is free
+        again once the process is gone."""
+        self._stop_standin(st, "pod gone")
+        n = st.pop("ip_n", None)
+        if n is None:
+            return
+        z = (st.get("sa") or {}).get("zombie")
+        if z is not None and z.poll() is None:
+            with self._standin_lock:
+                for entry in self._reaping:
+                    if entry[0] is z:
+                        entry[1] = n
+        else:
+            self._release_loopback(n)
+
+    def _reap(self):
+        with self._standin_lock:
+            done = [e for e in self._reaping if e[0].poll() is not None]
+            self._reaping = [e for e in self._reaping if e[0].poll() is None]
+        for p, n in done:
+            if n is not None:
+                self._release_loopback(n)
+
+    def _stop_all_standins(self):
+        """Ends every stand-in (SIGTERM to all, then wait, SIGKILL the rest)."""
+        with self._standin_lock:
+            self._closed = True
+            procs = [e[0] for e in self._reaping]
+        for st in list(self._pods.values()):
+            sa = st.get("sa")
+            if sa is not None and sa["proc"] is not None:
+                procs.append(sa["proc"])
+                sa.update(proc=None, answered=False, ready=False)
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.terminate()
+        deadline = time.monotonic() + 3
+        for p in procs:
+            try:
+                p.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(2)
+        if procs:
+            self.log("stopped %d stand-in(s)", len(procs))
+
+    def _standin_container(self, pod, c, st, s):
+        """Runs the stand-in of the runner container c (status s, running):
+        starts or restarts it, fills s's state, restartCount and lastState,
+        and returns its readiness."""
+        sa = st["sa"]
+        md = pod["metadata"]
+        where = "%s/%s" % (md["namespace"], md["name"])
+        now = time.monotonic()
+        p = sa["proc"]
+        if p is not None and p.poll() is not None:
+            rc = p.returncode
+            sa["proc"] = None
+            if rc == 98 and not sa.get("answered") and sa.get("moves", 0) < 5 and "ip_n" in st:
+                # its address was taken after all (another test cluster): another address
+                old, old_n = st["ip"], st["ip_n"]
+                st["ip_n"] = self._alloc_loopback(sa["port"], avoid={old_n})
+                st["ip"] = _loopback(st["ip_n"])
+                self._release_loopback(old_n)
+                sa["moves"] = sa.get("moves", 0) + 1
+                self.log("stand-in %s: %s:%d in use, moving to %s", where, old, sa["port"], st["ip"])
+            else:
+                code = rc if rc >= 0 else 128 - rc
+                sa["restarts"] += 1
+                sa["last"] = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                             "startedAt": sa["started_at"], "finishedAt": now_rfc3339(),
+                                             "containerID": s.get("containerID", "")}}
+                sa["next_start"] = now + 1.0
+                self.log("stand-in %s (pid %d) exited with %d: restart %d", where, p.pid, rc, sa["restarts"])
+        s["restartCount"] = sa["restarts"]
+        if sa["last"]:
+            s["lastState"] = sa["last"]
+        if sa["proc"] is None:
+            if now < sa["next_start"] or not self._start_standin(pod, st):
+                s["state"] = {"waiting": {"reason": "CrashLoopBackOff",
+                                          "message": "back-off 1s restarting failed container=%s" % c["name"]}}
+                s["started"] = False
+                return False
+        s["state"] = {"running": {"startedAt": sa["started_at"]}}
+        if not sa["answered"]:
+            try:
+                with contextlib.closing(http.client.HTTPConnection(st["ip"], sa["port"], timeout=0.5)) as conn:
+                    conn.request("GET", "/_standin/info", headers={"User-Agent": PROBE_USER_AGENT})
+                    r = conn.getresponse()
+                    info = json.loads(r.read())
+                if r.status != 200 or info.get("pid") != sa["pid"]:
+                    return False
+            except (OSError, ValueError, http.client.HTTPException):
+                return False
+            sa["answered"] = True
+            sa["answered_mono"] = now
+            self.log("stand-in %s answers on %s:%d", where, st["ip"], sa["port"])
+        return self._readiness(c, st, now, where)
+
+    def _readiness(self, c, st, now, where):
+        sa = st["sa"]
+        probe = c.get("readinessProbe")
+        if not probe:
+            return True
+        if now - sa["started_mono"] < _num(probe.get("initialDelaySeconds"), 0):
+            return False
+        period = max(_num(probe.get("periodSeconds"), 10), 0.1)
+        if sa["ready"] and now - sa["last_probe"] < period:
+            return True
+        ok, what = _probe(probe, c, st["ip"])
+        sa["last_probe"] = now
+        if what != sa["probe_what"]:
+            self.log("readiness probe %s: %s%s", where, what, "" if ok else " (failure)")
+            sa["probe_what"] = what
+        if ok:
+            sa["fails"] = 0
+            sa["succ"] += 1
+            if sa["succ"] >= _num(probe.get("successThreshold"), 1):
+                sa["ready"] = True
+        else:
+            sa["succ"] = 0
+            sa["fails"] += 1
+            if sa["ready"] and sa["fails"] >= _num(probe.get("failureThreshold"), 3):
+                sa["ready"] = False
+        return sa["ready"]
 
     # ---- node and lease ----
 
@@ -1224,7 +1508,8 @@ class SimKubelet(threading.Thread):
         keys = self.effective_keys(pod)
         st = self._pods.get(uid)
         if st is None:
-            st = self._pods[uid] = {"seen": time.monotonic(), "eph": {}, "eph_fin": {}, "sent": None, "cid": {}}
+            st = self._pods[uid] = {"seen": time.monotonic(), "eph": {}, "eph_fin": {}, "sent": None, "cid": {},
+                                    "ns": ns, "name": name}
         path = api_path("v1", "pods", ns, name)
 
         if md.get("deletionTimestamp"):
@@ -1232,6 +1517,7 @@ class SimKubelet(threading.Thread):
             if time.monotonic() - st["deleting_since"] < _num(keys.get(TERMINATION_DELAY), 0):
                 return
             if not st.get("deleted"):
+                self._stop_standin(st, "pod %s/%s deleted" % (ns, name))
                 self.log("delete %s/%s (grace 0)", ns, name)
                 self.api.delete(path, grace_period=0, preconditions={"uid": uid}, missing_ok=True)
                 st["deleted"] = True
@@ -1273,11 +1559,18 @@ class SimKubelet(threading.Thread):
             st["start_time"] = now_rfc3339()
             st["started"] = now
         t0 = st["start_time"]
+        runner_i = _runner_index(spec)
         if "ip" not in st:
             if keys.get(POD_IP):
                 st["ip"] = keys[POD_IP]
             elif self.pod_ip:
                 st["ip"] = self.pod_ip
+            elif self.standins and runner_i is not None:
+                port = _container_port(spec["containers"][runner_i])
+                st["ip_n"] = self._alloc_loopback(port)
+                st["ip"] = _loopback(st["ip_n"])
+                st["sa"] = {"port": port, "proc": None, "pid": None, "restarts": 0, "last": None,
+                            "next_start": 0.0, "started_at": None}
             else:
                 n = next(self._ips)
                 st["ip"] = "10.244.%d.%d" % (n // 250, n % 250 + 2)
@@ -1335,7 +1628,8 @@ class SimKubelet(threading.Thread):
         statuses = []
         all_ready = initialized
         any_failing = False
-        for c in spec.get("containers", []):
+        runner_running = False
+        for i, c in enumerate(spec.get("containers", [])):
             s = {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "restartCount": 0,
                  "started": False}
             if not initialized:
@@ -1357,8 +1651,14 @@ class SimKubelet(threading.Thread):
                 ready = not never_ready and age >= ready_after
                 s.update(imageID=image_id(c), containerID=self._cid(st, c["name"]), ready=ready, started=True)
                 s["state"] = {"running": {"startedAt": t0}}
+                if i == runner_i and st.get("sa") is not None:
+                    runner_running = True
+                    ready = self._standin_container(pod, c, st, s) and ready
+                    s["ready"] = ready
                 all_ready = all_ready and ready
             statuses.append(s)
+        if not runner_running and st.get("sa") is not None and st["sa"]["proc"] is not None:
+            self._stop_standin(st, "container %s/%s not running" % (md["namespace"], md["name"]))
 
         eph_statuses = []
         for c in spec.get("ephemeralContainers") or []:
@@ -1425,3 +1725,98 @@ def _ready_of(sig):
     except (TypeError, ValueError, KeyError):
         pass
     return None
+
+
+def _runner_index(spec):
+    """Index of the runner container: the one named "runner", else the first."""
+    cs = spec.get("containers") or []
+    for i, c in enumerate(cs):
+        if c.get("name") == "runner":
+            return i
+    return 0 if cs else None
+
+
+def _container_port(c):
+    """The container's first containerPort, else the runner image's 8081."""
+    for p in c.get("ports") or []:
+        if p.get("containerPort"):
+            return int(p["containerPort"])
+    return STANDIN_DEFAULT_PORT
+
+
+def _loopback(n):
+    """Loopback address number n: 2 -> 127.0.0.2, 256 + 1 -> 127.0.1.1."""
+    return "127.%d.%d.%d" % ((n >> 16) & 255, (n >> 8) & 255, n & 255)
+
+
+def _next_loopback(n):
+    n += 1
+    while n & 255 in (0, 255):
+        n += 1
+    if n >= 1 << 24:
+        raise AssertionError("out of loopback addresses")
+    return n
+
+
+def _port_bindable(host, port):
+    """Whether a server could listen on host:port now (as the stand-in binds: SO_REUSEADDR)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _probe_port(port, c):
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    if isinstance(port, str):
+        if port.isdigit():
+            return int(port)
+        for p in c.get("ports") or []:
+            if p.get("name") == port:
+                return int(p["containerPort"])
+    return None
+
+
+def _probe(probe, c, ip):
+    """Runs a readiness probe once against the pod at ip; returns (ok, what happened)."""
+    timeout = min(max(_num(probe.get("timeoutSeconds"), 1), 0.2), 2)
+    for kind in ("httpGet", "tcpSocket"):
+        if kind in probe:
+            action = probe[kind] or {}
+            port = _probe_port(action.get("port"), c)
+            host = action.get("host") or ip
+            if port is None:
+                return False, "%s port %r: no such container port" % (kind, action.get("port"))
+            break
+    else:
+        return True, "%s probe not run (simulated success)" % (",".join(sorted(probe)) or "empty")
+    if kind == "tcpSocket":
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            return False, "tcp %s:%d: %s" % (host, port, e)
+        return True, "tcp %s:%d: connected" % (host, port)
+    path = action.get("path") or "/"
+    if not path.startswith("/"):
+        path = "/" + path
+    url = "http://%s:%d%s" % (host, port, path)
+    if (action.get("scheme") or "HTTP").upper() != "HTTP":
+        return False, "%s: scheme %s (the stand-in speaks HTTP only)" % (url, action.get("scheme"))
+    headers = {"User-Agent": PROBE_USER_AGENT, "Accept": "*/*", "Connection": "close"}
+    for h in action.get("httpHeaders") or []:
+        headers[h.get("name", "")] = h.get("value", "")
+    try:
+        with contextlib.closing(http.client.HTTPConnection(host, port, timeout=timeout)) as conn:
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            r.read()
+    except (OSError, http.client.HTTPException) as e:
+        return False, "GET %s: %s" % (url, e)
+    return 200 <= r.status < 400, "GET %s: %d" % (url, r.status)
