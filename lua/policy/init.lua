@@ -5,7 +5,10 @@
 --   return { quota = { repls_per_user = 5 }, cleanup = { idle_limit = 600 } }
 -- Tables merge key by key (nested tables too); a function replaces the
 -- default. A file that fails to load stops `devexd --check` and makes SIGHUP
--- keep the running policy (the new VM is refused).
+-- keep the running policy (the new VM is refused). With the Kubernetes
+-- runtime, policy.workload.build must build every template with a valid
+-- identity (lua/runtime/kubernetes.lua, M.check): a build that raises or
+-- returns no Deployment is refused the same way, not found at the first start.
 local config = require("devex.config").get()
 
 local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync" }
@@ -72,6 +75,11 @@ for name, t in pairs(policy.templates.catalogue) do
 end
 for _, k in ipairs({ "idle_limit", "max_lifetime", "sweep_interval", "stuck_after", "orphan_grace" }) do
   assert(type(policy.cleanup[k]) == "number" and policy.cleanup[k] > 0, "policy: cleanup." .. k .. " must be a positive number")
+end
+
+if ((config.runtime or {}).driver or "kubernetes") == "kubernetes" then
+  local ok, e = pcall(require("runtime.kubernetes").check, policy)
+  if not ok then error("policy: workload: " .. tostring(e), 0) end
 end
 
 return policy

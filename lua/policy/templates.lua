@@ -1,10 +1,23 @@
--- policy.templates: the catalogue of REPL templates. Each entry:
---   image      the runner image (prefixed with `registry` when relative)
---   port       the runner's HTTP port inside the pod
+-- policy.templates: the catalogue of REPL templates. Each entry may set
+-- (a field left out takes the value of `defaults` below):
+--   image      the runner image; a relative name (no "/") is prefixed with
+--              `registry` + "/", an absolute one (with a "/") is used as is
+--   port       the runner's HTTP port inside the pod (HTTP and the WebSocket
+--              at /api/v1/repl/ws); the gateway and the readiness probe use it
+--   grpc_port  the runner's gRPC port, exposed on the pod and the Service
+--              (false: none)
+--   readiness_path  the path of the readiness probe (GET, on `port`)
+--   image_pull_policy  imagePullPolicy of the runner container
+--   mcp        true/false: this template's pods get the MCP sidecar (nil:
+--              the global workload.mcp_sidecar decides)
 --   command    the runner command in the image (nil: the image's own)
 --   local_command  the command the single-host runtime runs in the
---              workspace (a stand-in for the runner image on a bare machine)
+--              workspace (a stand-in for the runner image on a bare machine;
+--              that runtime picks a free port of its own and ignores `port`)
 --   resources  Kubernetes requests and limits of the runner container
+-- The defaults fit the original service's runner images
+-- (ghcr.io/parthkapoor-dev/devex/runner-<t>:latest: HTTP on 8081 answering
+-- GET /ping, gRPC on 50051, pulled Always).
 -- Files of a template come from templates/<name>/ in storage (`devexd templates sync`).
 local default_resources = {
   requests = { cpu = "100m", memory = "128Mi" },
@@ -12,10 +25,17 @@ local default_resources = {
 }
 
 return {
-  registry = "devex",
+  registry = "ghcr.io/parthkapoor-dev/devex",
+  defaults = {
+    port = 8081,
+    grpc_port = 50051,
+    readiness_path = "/ping",
+    image_pull_policy = "Always",
+    resources = default_resources,
+  },
   catalogue = {
-    node = { image = "runner-node", port = 8080, local_command = { "node", "index.js" }, resources = default_resources },
-    python = { image = "runner-python", port = 8080, local_command = { "python3", "main.py" }, resources = default_resources },
-    go = { image = "runner-go", port = 8080, local_command = { "go", "run", "." }, resources = default_resources },
+    node = { image = "runner-node:latest", local_command = { "node", "index.js" } },
+    python = { image = "runner-python:latest", local_command = { "python3", "main.py" } },
+    go = { image = "runner-go:latest", local_command = { "go", "run", "." } },
   },
 }

@@ -1,16 +1,39 @@
 -- runtime.kubernetes: sessions as Kubernetes workloads (policy.workload).
 -- start applies the Deployment (server-side apply, so a retry changes
--- nothing), then the Service, Ingress and Middleware concurrently with the
--- Deployment as their owner, and watches the pod until Ready; an image that
--- cannot be pulled or a container that crashes fails the start at once with
--- the reason. stop injects the uploader (policy.sync) and deletes the
--- Deployment (its owned objects follow) only when the upload exited 0.
+-- nothing), then the Service, Ingress and Middleware (those the policy made)
+-- concurrently with the Deployment as their owner, and watches the pod until
+-- Ready; an image that cannot be pulled or a container that crashes fails the
+-- start at once with the reason. stop injects the uploader (policy.sync) and
+-- deletes the Deployment (its owned objects follow) only when the upload
+-- exited 0.
+--
+-- Everything the driver needs to find, reach and remove a session's objects
+-- comes from the identity policy.workload.build returns (see the header of
+-- lua/policy/workload.lua): the pod selector, the object names, the upstream
+-- ports, the public URL, the orphan selector and repl label. Nothing is
+-- re-derived from names or labels here.
+--
+-- Where the identity comes from when no build result is at hand:
+--   * stop: from the session hash, where start stored it (k8s_selector,
+--     k8s_deployment). A policy changed (SIGHUP) between start and stop then
+--     still finds the objects the old policy made, and a template removed
+--     from the catalogue meanwhile does not make the session unstoppable.
+--     A session stored without those fields is served by a rebuild.
+--   * remove(meta) after a failed start (same request, same VM, so the same
+--     policy) and the sweep's repair of a start interrupted by a crash:
+--     build() again with the same ctx (build is a pure function of ctx).
+--     What a changed policy no longer finds is left to the orphan sweep.
+--   * orphans: build() for a probe REPL, for managed_selector and repl_label,
+--     which must not depend on the REPL (the policy check verifies it).
 local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
 local log = require("devex.log")
-local policy = require("policy")
+local json = require("devex.json")
 local config = require("devex.config").get()
+
+-- required lazily: policy/init.lua calls M.check while it is being loaded
+local function P() return require("policy") end
 
 local Driver = {}
 Driver.__index = Driver
@@ -30,20 +53,267 @@ local function client()
   return c
 end
 
-local function object_name(id) return id end -- repl-<uuid>: a valid DNS label
+local function nonempty(s)
+  if type(s) == "string" and s ~= "" then return s end
+  return nil
+end
 
-local function selector(id) return "devex.io/repl=" .. id end
+-- ---------------------------------------------------------------------------
+-- The workload contract: ctx for policy.workload.build, and the identity
+-- ---------------------------------------------------------------------------
+
+-- The catalogue entry filled from templates.defaults, or nil.
+function M.template(policy, name)
+  local cat = policy.templates.catalogue[name]
+  if type(cat) ~= "table" then return nil end
+  local t = {}
+  for k, v in pairs(policy.templates.defaults or {}) do t[k] = v end
+  for k, v in pairs(cat) do t[k] = v end
+  return t
+end
+
+-- A relative image name (no "/") gets the registry in front; an absolute one is used as is.
+function M.image(policy, t)
+  local img = t.image
+  if type(img) ~= "string" or img == "" then return nil end
+  local reg = nonempty(policy.templates.registry)
+  if not img:find("/", 1, true) and reg then img = reg:gsub("/+$", "") .. "/" .. img end
+  return img
+end
+
+-- ctx of policy.workload.build for the REPL meta (id, user, template, prefix).
+-- opts: token, namespace. Raises on what no build can do without (an unknown
+-- template, ingress mode without a host).
+function M.context(policy, meta, opts)
+  opts = opts or {}
+  local wp = policy.workload
+  local t = M.template(policy, meta.template)
+  if not t then error(string.format("unknown template '%s'", tostring(meta.template)), 0) end
+  local image = M.image(policy, t)
+  if not image then error(string.format("templates.catalogue.%s has no image", meta.template), 0) end
+  local r = config.runner or {}
+  local exposure = r.exposure or "gateway"
+  local public = (config.public_url or "http://localhost:8080"):gsub("/+$", "")
+  local host, url
+  if exposure == "ingress" then
+    host = nonempty(wp.host) or nonempty(r.domain) or nonempty(r.cluster_ip)
+    if not host then
+      error('runner.exposure is "ingress" but no runner host is set (RUNNER_DOMAIN, RUNNER_CLUSTER_IP or workload.host)', 0)
+    end
+    url = "https://" .. host .. "/" .. meta.id .. "/"
+  else
+    -- the gateway answers the runner domain, and devexd's own /repl/<id>/ without one
+    host = nonempty(r.domain)
+    url = host and ((r.scheme or "https") .. "://" .. host .. "/" .. meta.id .. "/")
+      or (public .. "/repl/" .. meta.id .. "/")
+  end
+  local mcp = t.mcp
+  if mcp == nil then mcp = wp.mcp_sidecar end
+  return {
+    repl = meta, template = t, image = image, name = meta.id, namespace = opts.namespace,
+    token = opts.token, callback_url = public .. "/api/runner/" .. meta.id, s3 = config.s3,
+    exposure = exposure, host = host, url = url, mcp = mcp and true or false, policy = wp,
+  }
+end
+
+local NAMED = { "deployment", "service", "ingress", "middleware" }
+
+-- equality-based selectors only ("k=v,k2==v2"); nil for anything else
+local function parse_selector(sel)
+  local out = {}
+  for part in (sel .. ","):gmatch("([^,]*),") do
+    local k, v = part:match("^%s*([^=!%s]+)%s*==?%s*([^=!%s]*)%s*$")
+    if not k then return nil end
+    out[k] = v
+  end
+  return out
+end
+
+-- whether labels satisfy sel: true, false, or nil when sel is not equality-based
+local function selects(labels, sel)
+  local want = parse_selector(sel)
+  if not want then return nil end
+  for k, v in pairs(want) do
+    if type(labels) ~= "table" or labels[k] ~= v then return false end
+  end
+  return true
+end
+local function may_match(labels, sel) return selects(labels, sel) ~= false end
+
+local function pod_labels_of(dep)
+  local tpl = type(dep.spec) == "table" and dep.spec.template
+  return type(tpl) == "table" and type(tpl.metadata) == "table" and tpl.metadata.labels or {}
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = k end
+  table.sort(ks)
+  return ks
+end
+
+-- The identity of build's result: the one it returned, with what it left out
+-- derived from the objects. Raises a message naming what is wrong.
+function M.identity(objs, ctx)
+  local function fail(fmt, ...) error(string.format(fmt, ...), 0) end
+  if type(objs) ~= "table" then fail("build must return a table of objects, not %s", type(objs)) end
+  local dep = objs.deployment
+  if type(dep) ~= "table" then fail("build returned no deployment") end
+  if dep.kind ~= "Deployment" or dep.apiVersion ~= "apps/v1" then
+    fail("the deployment must be an apps/v1 Deployment, not %s %s", tostring(dep.apiVersion), tostring(dep.kind))
+  end
+  local meta = type(dep.metadata) == "table" and dep.metadata or {}
+  if not nonempty(meta.name) then fail("the deployment has no metadata.name") end
+  local given = objs.identity
+  if given ~= nil and type(given) ~= "table" then fail("identity must be a table, not %s", type(given)) end
+  given = given or {}
+  local gnames = type(given.names) == "table" and given.names or {}
+  local id = {}
+  for k, v in pairs(given) do id[k] = v end
+
+  id.names = {}
+  for _, k in ipairs(NAMED) do
+    local o = objs[k]
+    id.names[k] = gnames[k] or (type(o) == "table" and type(o.metadata) == "table" and o.metadata.name) or nil
+  end
+  if id.names.deployment ~= meta.name then
+    fail("identity.names.deployment (%s) is not the deployment's name (%s)", tostring(id.names.deployment), meta.name)
+  end
+  local labels = type(meta.labels) == "table" and meta.labels or {}
+  if id.labels == nil then id.labels = labels end
+  if id.selector == nil then
+    local ml = type(dep.spec) == "table" and type(dep.spec.selector) == "table" and dep.spec.selector.matchLabels
+    if type(ml) == "table" and next(ml) then
+      local parts = {}
+      for _, k in ipairs(sorted_keys(ml)) do parts[#parts + 1] = k .. "=" .. tostring(ml[k]) end
+      id.selector = table.concat(parts, ",")
+    end
+  end
+  if id.port == nil then id.port = ctx.template.port end
+  if id.url == nil then id.url = ctx.url end
+  if given.mcp_port == nil then
+    local pod = type(dep.spec) == "table" and type(dep.spec.template) == "table" and dep.spec.template.spec
+    for _, c in ipairs(type(pod) == "table" and pod.containers or {}) do
+      if c.name == "mcp-server" and type(c.ports) == "table" and c.ports[1] then id.mcp_port = c.ports[1].containerPort end
+    end
+  end
+  if id.repl_label == nil then
+    local preferred = ctx.policy and ctx.policy.repl_label
+    if preferred and labels[preferred] == ctx.repl.id then
+      id.repl_label = preferred
+    else
+      for _, k in ipairs(sorted_keys(labels)) do
+        if labels[k] == ctx.repl.id then id.repl_label = k; break end
+      end
+    end
+  end
+  if id.managed_selector == nil and labels["app.kubernetes.io/managed-by"] == "devexd" then
+    id.managed_selector = "app.kubernetes.io/managed-by=devexd"
+  end
+
+  for _, k in ipairs({ "selector", "url", "managed_selector", "repl_label" }) do
+    if not nonempty(id[k]) then fail("identity.%s is missing and cannot be derived from the objects", k) end
+  end
+  for _, k in ipairs({ "port", "mcp_port" }) do
+    local v = id[k]
+    if (k == "port" or v ~= nil) and (math.type(v) ~= "integer" or v < 1 or v > 65535) then
+      fail("identity.%s must be a port number, not %s", k, tostring(v))
+    end
+  end
+  if not may_match(pod_labels_of(dep), id.selector) then
+    fail("identity.selector (%s) does not match the labels of the deployment's pods", id.selector)
+  end
+  if not may_match(labels, id.managed_selector) then
+    fail("identity.managed_selector (%s) does not match the deployment's labels", id.managed_selector)
+  end
+  if labels[id.repl_label] ~= ctx.repl.id then
+    fail("the deployment's label %s must be the REPL id (identity.repl_label)", id.repl_label)
+  end
+  return id
+end
+
+-- build(policy, meta, opts) -> objs, identity (raises with a clear message)
+function M.build(policy, meta, opts)
+  local ctx = M.context(policy, meta, opts)
+  local wp = policy.workload
+  local build = type(wp.build) == "function" and wp.build or require("policy.workload").build
+  local ok, objs = pcall(build, ctx)
+  if not ok then error("policy.workload.build failed: " .. tostring(objs), 0) end
+  local ok2, id = pcall(M.identity, objs, ctx)
+  if not ok2 then error("policy.workload.build: " .. tostring(id), 0) end
+  return objs, id, ctx
+end
+
+-- A REPL that exists nowhere, for rendering, checking and the orphan listing.
+local PROBE_IDS = { "repl-00000000-0000-4000-8000-000000000001", "repl-00000000-0000-4000-8000-000000000002" }
+function M.probe(policy, template, n, user)
+  local naming = policy.naming or {}
+  local id = PROBE_IDS[n or 1] or PROBE_IDS[1]
+  if type(naming.id_pattern) == "string" and not id:match(naming.id_pattern) then id = naming.new_id() end
+  user = user or "devexd-probe"
+  return { id = id, user = user, template = template, name = "probe", prefix = "repl/" .. user .. "/" .. id .. "/" }
+end
+
+-- The policy check (run when the policy loads, so --check and SIGHUP refuse
+-- a build that fails): every template builds, with a valid identity, and the
+-- identity's REPL-independent parts do not depend on the REPL or template.
+function M.check(policy)
+  local r = config.runner or {}
+  if r.exposure == "ingress" and not (nonempty(policy.workload.host) or nonempty(r.domain) or nonempty(r.cluster_ip)) then
+    error('runner.exposure is "ingress" but no runner host is set (RUNNER_DOMAIN, RUNNER_CLUSTER_IP or workload.host)', 0)
+  end
+  local opts = { token = "check", namespace = "default" }
+  local first
+  for _, name in ipairs(sorted_keys(policy.templates.catalogue)) do
+    local ok, e, id = pcall(M.build, policy, M.probe(policy, name), opts)
+    if not ok then error("templates.catalogue." .. name .. ": " .. tostring(e), 0) end
+    local other = first
+    if not first then
+      first = id
+      -- a second REPL of the same template: its selector must not select the first one's pods
+      local objs2
+      ok, objs2, other = pcall(M.build, policy, M.probe(policy, name, 2), opts)
+      if not ok then error("templates.catalogue." .. name .. ": " .. tostring(objs2), 0) end
+      if other.selector == id.selector or selects(pod_labels_of(objs2.deployment), id.selector) then
+        error("policy.workload.build: identity.selector is the same for two REPLs (" .. id.selector .. ")", 0)
+      end
+    end
+    for _, k in ipairs({ "managed_selector", "repl_label" }) do
+      if id[k] ~= other[k] then
+        error(string.format("policy.workload.build: identity.%s must not depend on the REPL or template (%s, %s)",
+          k, tostring(other[k]), tostring(id[k])), 0)
+      end
+    end
+  end
+  return true
+end
+
+-- What `devexd workload render` prints: the objects in apply order and the identity.
+function M.render(policy, meta, opts)
+  local objs, id = M.build(policy, meta, opts)
+  local list = {}
+  for _, k in ipairs(NAMED) do if objs[k] then list[#list + 1] = objs[k] end end
+  return { objects = json.array(list), identity = id }
+end
+
+-- The identity of a session's objects: stored by start in the session, else built again.
+local function session_identity(self, meta, sess)
+  if type(sess) == "table" and nonempty(sess.k8s_selector) and nonempty(sess.k8s_deployment) then
+    return { selector = sess.k8s_selector, names = { deployment = sess.k8s_deployment } }
+  end
+  local ok, _, id = pcall(M.build, P(), meta, { namespace = self.namespace })
+  if not ok then return nil, _ end
+  return id
+end
+
+-- ---------------------------------------------------------------------------
+-- The driver
+-- ---------------------------------------------------------------------------
 
 function Driver:ping()
   local c, e = client()
   if not c then return nil, e end
   return c:version()
-end
-
-local function image_of(t)
-  local img = t.image
-  if not img:find("/", 1, true) and policy.templates.registry then img = policy.templates.registry .. "/" .. img end
-  return img
 end
 
 -- A reason the pod can never become Ready (so the start fails now, not at the deadline).
@@ -67,11 +337,11 @@ local function pod_state(pod)
   return nil
 end
 
--- Watches the session's pods until one is Ready or fails.
-function Driver:wait_ready(c, id, timeout)
+-- Watches the pods of selector until one is Ready or fails.
+function Driver:wait_ready(c, selector, timeout)
   local deadline = timer.now() + timeout
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
-  local l, e = c:list(ref, { label_selector = selector(id) })
+  local l, e = c:list(ref, { label_selector = selector })
   if not l then return err(502, "kubernetes: " .. tostring(e)) end
   for _, p in ipairs(l.items) do
     local s, why = pod_state(p)
@@ -79,7 +349,7 @@ function Driver:wait_ready(c, id, timeout)
     if s == "failed" then return err(502, why) end
   end
   local w
-  w, e = c:watch(ref, { label_selector = selector(id), resource_version = l.resourceVersion,
+  w, e = c:watch(ref, { label_selector = selector, resource_version = l.resourceVersion,
                         timeout = math.max(0.1, deadline - timer.now()) })
   if not w then return err(502, "kubernetes: " .. tostring(e)) end
   while true do
@@ -104,19 +374,12 @@ end
 function Driver:start(meta, opts)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
-  local t = policy.templates.catalogue[meta.template]
-  local wp = policy.workload
-  local host = wp.host or (config.runner or {}).cluster_ip or "localhost"
-  local public = (config.public_url or "http://localhost:8080"):gsub("/+$", "")
-  local ctx = {
-    repl = meta, template = t, name = object_name(meta.id), token = opts.token, namespace = self.namespace,
-    callback_url = public .. "/api/runner/" .. meta.id, image = image_of(t), s3 = config.s3, host = host,
-    policy = wp,
-  }
-  local objs = (type(wp.build) == "function" and wp.build or require("policy.workload").build)(ctx)
+  local policy = P()
+  local ok, objs, id = pcall(M.build, policy, meta, { token = opts.token, namespace = self.namespace })
+  if not ok then return err(500, tostring(objs)) end
   local dep
   dep, e = c:apply(objs.deployment, { force = true })
-  if not dep then return err(e and e.status == 403 and 502 or 502, "kubernetes: deployment: " .. tostring(e)) end
+  if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
   local owner = { apiVersion = "apps/v1", kind = "Deployment", name = dep.metadata.name, uid = dep.metadata.uid,
                   controller = true, blockOwnerDeletion = true }
   local others = {}
@@ -132,28 +395,38 @@ function Driver:start(meta, opts)
       return err(502, "kubernetes: " .. tostring(r[3] or r[2]) .. " (object " .. i .. ")")
     end
   end
-  local timeout = math.min(opts.deadline or 120, wp.start_timeout or 120)
+  local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
   local pod
-  pod, e = self:wait_ready(c, meta.id, timeout)
+  pod, e = self:wait_ready(c, id.selector, timeout)
   if not pod then return nil, e end
+  local ip = pod.status and pod.status.podIP or ""
   return {
-    url = "https://" .. host .. "/" .. meta.id .. "/",
-    endpoint = (pod.status and pod.status.podIP or "") .. ":" .. tostring(t.port or 8080),
-    session = { pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "" },
+    url = id.url,
+    endpoint = ip .. ":" .. tostring(id.port),
+    session = {
+      pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
+      mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
+      -- what stop needs, as this policy made it (see the header)
+      k8s_selector = id.selector, k8s_deployment = id.names.deployment,
+    },
   }
 end
 
 function Driver:stop(meta, sess)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
+  local id
+  id, e = session_identity(self, meta, sess)
+  if not id then return err(500, "cannot tell which objects are this session's: " .. tostring(e)) end
   local l
-  l, e = c:list({ apiVersion = "v1", kind = "Pod", namespace = self.namespace }, { label_selector = selector(meta.id) })
+  l, e = c:list({ apiVersion = "v1", kind = "Pod", namespace = self.namespace }, { label_selector = id.selector })
   if not l then return err(502, "kubernetes: " .. tostring(e)) end
   local pod
   for _, p in ipairs(l.items) do
     if not (p.metadata and p.metadata.deletionTimestamp) then pod = p end
   end
   if pod then
+    local policy = P()
     local sp = policy.sync
     local ctx = { repl = meta, s3 = config.s3, policy = sp, workload_policy = policy.workload }
     local container = (type(sp.container) == "function" and sp.container or require("policy.sync").container)(ctx)
@@ -168,26 +441,40 @@ function Driver:stop(meta, sess)
   else
     log.warn("repl stop: no running pod, nothing to save", { repl = meta.id })
   end
-  return self:remove(meta)
+  return self:delete_deployment(c, id.names.deployment)
 end
 
--- Labelled Deployments older than grace seconds: { {repl=, name=}, ... }.
+function Driver:delete_deployment(c, name)
+  local res, e = c:delete({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace, name = name },
+    { propagation = "Foreground" })
+  if not res then return err(502, "kubernetes: " .. tostring(e)) end
+  return true
+end
+
+-- Deployments of managed_selector older than grace seconds: { {repl=, name=}, ... }.
 function Driver:orphans(grace)
+  local policy = P()
+  local names = sorted_keys(policy.templates.catalogue)
+  if not names[1] then return {} end
+  local ok, _, id = pcall(M.build, policy, M.probe(policy, names[1]), { namespace = self.namespace })
+  if not ok then
+    log.warn("sweep: cannot list orphans, the policy does not build", { error = tostring(_) })
+    return {}
+  end
   local c = client()
   if not c then return {} end
   local l = c:list({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace },
-    { label_selector = "app.kubernetes.io/managed-by=devexd" })
+    { label_selector = id.managed_selector })
   if not l then return {} end
   local out = {}
   local now = os.time()
+  -- os.time reads a date table as local time; creationTimestamp is UTC
+  local offset = os.time(os.date("!*t", now)) - now
   for _, d in ipairs(l.items) do
     local created = d.metadata.creationTimestamp or ""
     local y, mo, da, h, mi, se = created:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
-    local t = y and os.time({ year = y, month = mo, day = da, hour = h, min = mi, sec = se, isdst = false }) or now
-    -- os.time reads the table as local time; creationTimestamp is UTC
-    local offset = os.time(os.date("!*t", now)) - now
-    t = t - offset
-    local repl = d.metadata.labels and d.metadata.labels["devex.io/repl"]
+    local t = y and os.time({ year = y, month = mo, day = da, hour = h, min = mi, sec = se, isdst = false }) - offset or now
+    local repl = d.metadata.labels and d.metadata.labels[id.repl_label]
     if repl and now - t >= grace then out[#out + 1] = { repl = repl, name = d.metadata.name } end
   end
   return out
@@ -196,21 +483,17 @@ end
 function Driver:remove_orphan(o)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
-  local res
-  res, e = c:delete({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace, name = o.name },
-    { propagation = "Foreground" })
-  if not res then return err(502, "kubernetes: " .. tostring(e)) end
-  return true
+  return self:delete_deployment(c, o.name)
 end
 
-function Driver:remove(meta)
+-- Removes what a start made (a failed start, a start interrupted by a crash).
+function Driver:remove(meta, sess)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
-  local res
-  res, e = c:delete({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace,
-                      name = object_name(meta.id) }, { propagation = "Foreground" })
-  if not res then return err(502, "kubernetes: " .. tostring(e)) end
-  return true
+  local id
+  id, e = session_identity(self, meta, sess)
+  if not id then return err(500, "cannot tell which objects are this session's: " .. tostring(e)) end
+  return self:delete_deployment(c, id.names.deployment)
 end
 
 return M

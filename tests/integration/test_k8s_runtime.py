@@ -1,14 +1,18 @@
 """REPL sessions on a real Kubernetes API server (lua/runtime/kubernetes.lua,
 policy.workload, policy.sync): the whole flow as the frontend does it against
 kube-apiserver 1.20 with the controller manager and the simulated kubelet of
-k8s_harness: sign in, list (empty), create, start (the pod becomes Ready),
-stop (the uploader exits 0; every object gone), start again, delete. Also:
+k8s_harness: sign in, list (empty), create, start (the pod becomes Ready:
+the default readiness probe GET /ping on 8081 passes against the runner
+stand-in), stop (the uploader exits 0; every object gone), start again,
+delete. The default exposure is the gateway: a Deployment and a Service, no
+Ingress or Middleware (ingress mode: test_workload_render.py). Also:
 the uploader failing (workload kept, REPL stopping, a retry succeeds), an
 image that cannot be pulled (502 with the reason, nothing left), two
 concurrent starts (one Deployment)."""
 
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -41,8 +45,13 @@ def cluster_config(cls, kubeconfig, namespace):
         "storage": {"driver": "fs", "dir": cls.store_dir},
         "runtime": {"driver": "kubernetes"},
         "kube": {"config_path": kubeconfig, "namespace": namespace},
-        "runner": {"cluster_ip": "runners.example.test"},
+        "runner": {"cluster_ip": "runners.example.test", "domain": "runners.example.test"},
     }
+
+def label_value(s):
+    """policy.workload.label_value: what a REPL's owner looks like as a label value."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", s)[:63].strip("._-")
+
 
 class K8sRuntimeTest(unittest.TestCase):
     @classmethod
@@ -106,21 +115,36 @@ class K8sRuntimeTest(unittest.TestCase):
         self.assertEqual(r.json(), {"replId": rid, "replName": "k8s",
                                     "url": "https://runners.example.test/%s/" % rid})
         objs = self.objects(rid)
-        for plural in ("deployments", "services", "ingresses", "middlewares"):
+        owner = self.redis.call("HGET", "devex:replMeta:" + rid, "user").decode()
+        for plural in ("deployments", "services"):
             self.assertEqual(len(objs[plural]), 1, plural)
             labels = objs[plural][0]["metadata"]["labels"]
             self.assertEqual(labels["app.kubernetes.io/managed-by"], "devexd")
-            self.assertEqual(labels["devex.io/user"], "octocat")
+            self.assertEqual(labels["devex.io/user"], label_value(owner))
+        for plural in ("ingresses", "middlewares"):  # gateway mode: devexd serves the runner domain
+            self.assertEqual(objs[plural], [], plural)
         dep = objs["deployments"][0]
-        for plural in ("services", "ingresses", "middlewares"):
-            refs = objs[plural][0]["metadata"].get("ownerReferences") or []
-            self.assertEqual([(o["kind"], o["uid"]) for o in refs], [("Deployment", dep["metadata"]["uid"])], plural)
+        refs = objs["services"][0]["metadata"].get("ownerReferences") or []
+        self.assertEqual([(o["kind"], o["uid"]) for o in refs], [("Deployment", dep["metadata"]["uid"])])
+        self.assertEqual([(p["name"], p["port"]) for p in objs["services"][0]["spec"]["ports"]],
+                         [("http", 8081), ("grpc", 50051)])
         pod_spec = dep["spec"]["template"]["spec"]
         self.assertFalse(pod_spec["automountServiceAccountToken"])
         runner = pod_spec["containers"][0]
+        self.assertEqual(runner["image"], "ghcr.io/parthkapoor-dev/devex/runner-node:latest")
+        self.assertEqual(runner["imagePullPolicy"], "Always")
+        self.assertEqual([p["containerPort"] for p in runner["ports"]], [8081, 50051])
+        probe = runner["readinessProbe"]["httpGet"]
+        self.assertEqual((probe["path"], probe["port"]), ("/ping", 8081))
         env = {e["name"]: e for e in runner["env"]}
         self.assertEqual(env["REPL_ID"]["value"], rid)
         self.assertIn("RUNNER_TOKEN", env)
+        # the session records where the runner is (the gateway's upstream) and what stop needs
+        sess = self.redis.call("HGETALL", "devex:activeSession:" + rid)
+        sess = {sess[i].decode(): sess[i + 1].decode() for i in range(0, len(sess), 2)}
+        self.assertTrue(sess["endpoint"].endswith(":8081"), sess)
+        self.assertEqual(sess["k8s_selector"], "devex.io/repl=" + rid)
+        self.assertEqual(sess["k8s_deployment"], rid)
         init_env = {e["name"]: e for e in pod_spec["initContainers"][0]["env"]}
         self.assertIn("secretKeyRef", init_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"])  # never inlined
         self.assertEqual(self.state(rid), "running")
