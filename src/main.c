@@ -38,6 +38,7 @@ static void usage(FILE *f)
             "\n"
             "Commands (run once, then exit):\n"
             "  templates sync [DIR]  upload DIR/<name>/** (default: the shipped templates) to templates/<name>/ in storage\n"
+            "  workload render --template T [--repl ID] [--user U]  print the session's Kubernetes objects and identity as JSON (no cluster contacted)\n"
             "\n"
             "Signals: HUP reloads the Lua app and policy; TERM and INT finish in-flight requests and exit.\n",
             DEVEX_DEFAULT_CONF, DEVEX_DEFAULT_LUA_DIR);
@@ -56,7 +57,9 @@ int main(int argc, char **argv)
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:L:t:vh", longopts, NULL)) != -1) {
+    /* "+": options end at the first command word, so a command's own options
+     * (templates sync --dry-run, workload render --template T) reach it */
+    while ((opt = getopt_long(argc, argv, "+c:L:t:vh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             conf = optarg;
