@@ -8,11 +8,17 @@
 -- (settings.session_ttl) renewed when the session is used with less than half
 -- of it left (sliding expiry). Expiry and logout are Redis's TTL and DEL, so
 -- they hold at once on every replica.
+--
+-- user.owner is an owner key made from the provider's stable subject
+-- (auth.providers.common). A session written before owner keys existed
+-- holds the login as owner; load() gives it the key of its subject instead,
+-- so such a session never acts for a login (which may have changed hands).
 local crypto = require("devex.crypto")
 local json = require("devex.json")
 local log = require("devex.log")
 local redis = require("services.redis")
 local settings = require("auth.settings")
+local owners = require("auth.providers.common")
 
 local M = {}
 
@@ -67,6 +73,7 @@ end
 -- user: { id, login, name, email, avatar_url, created_at, subject, owner };
 -- tokens: { access_token, refresh_token, expires_at (epoch s) }.
 function M.create(user, provider, tokens)
+  if not owners.is_owner_key(user.owner) then return nil, "the user has no valid owner key" end
   local r, err = client()
   if not r then return nil, err end
   local id = crypto.b64url(crypto.random_bytes(32))
@@ -119,6 +126,15 @@ function M.load(id)
   end
   -- Redis's TTL is the authority; this only guards against clock-skewed renewals.
   if s.expires_at and s.expires_at < now then return false end
+  if not owners.is_owner_key(s.user.owner) then
+    -- a session from before owner keys: its subject was always the stable id
+    local owner, why = owners.owner_of_subject(s.user.subject)
+    if not owner then
+      log.warn("session: no owner key for the session's subject, ignored", { detail = why })
+      return false
+    end
+    s.user.owner = owner
+  end
   return s
 end
 

@@ -6,8 +6,10 @@
 --   app:get("/api/repl", auth, function(req) ... req.user.owner ... end)
 --
 -- req.user: { id, login, name, email, avatar_url, created_at, provider,
---   subject = "<provider>:<provider's stable id>", owner = the lowercased login
---   (other providers than github: "<provider>:<login>") }.
+--   subject = "<provider>:<provider's stable id>", owner = the owner key made
+--   from that subject (gh_<GitHub user id>, oidc_<hash of issuer and sub>,
+--   dev_<name>; see auth.providers.common): everything a user owns is keyed
+--   on owner; login and name are for display only }.
 local current = require("auth.current")
 
 return function(req, next)

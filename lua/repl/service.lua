@@ -6,6 +6,7 @@ local policy = require("policy")
 local store = require("repl.store")
 local log = require("devex.log")
 local json = require("devex.json")
+local owners = require("auth.providers.common")
 
 local M = {}
 
@@ -33,8 +34,14 @@ function M.valid_name(name)
   return len >= n.name_min and len <= n.name_max and name:match(n.name_pattern) ~= nil
 end
 
--- The storage prefix of a REPL's files: repl/<user>/<replId>/
-function M.prefix(user, id) return "repl/" .. user .. "/" .. id .. "/" end
+-- The storage prefix of a REPL's files: repl/<owner>/<replId>/. The owner is
+-- an owner key ([a-z0-9_-], auth.providers.common) and the id matches the
+-- naming policy, so no part of it can reach into another owner's prefix.
+function M.prefix(owner, id)
+  assert(owners.is_owner_key(owner), "repl.service.prefix: not an owner key")
+  assert(M.valid_id(id), "repl.service.prefix: not a REPL id")
+  return "repl/" .. owner .. "/" .. id .. "/"
+end
 
 local function limit_for(user, template)
   local q = policy.quota
@@ -45,17 +52,30 @@ local function limit_for(user, template)
   return q.repls_per_user
 end
 
--- The shape the frontend reads.
-function M.view(meta, active)
-  return { user = meta.user, id = meta.id, name = meta.name, template = meta.template, isActive = active and true or false }
+-- The shape the frontend reads. `user` is what the dashboard shows in its
+-- Owner column: the owner's login (the signed-in user's current one when
+-- given), never the owner key, which is for ownership only.
+function M.view(meta, active, login)
+  return { user = login or meta.login or meta.user, id = meta.id, name = meta.name, template = meta.template,
+           isActive = active and true or false }
+end
+
+-- The owner key of a signed-in user; nil for anything else (a login-keyed
+-- value never owns anything).
+local function owner_of(user)
+  local o = user and user.owner
+  if owners.is_owner_key(o) then return o end
+  return nil
 end
 
 -- list(user) -> array | nil, err
 function M.list(user)
-  local repls, err = store.list(user.owner)
+  local owner = owner_of(user)
+  if not owner then return json.array() end
+  local repls, err = store.list(owner)
   if not repls then return fail(503, "store unavailable: " .. tostring(err)) end
   local out = json.array()
-  for _, m in ipairs(repls) do out[#out + 1] = M.view(m, m.active) end
+  for _, m in ipairs(repls) do out[#out + 1] = M.view(m, m.active, user.login) end
   return out
 end
 
@@ -73,7 +93,8 @@ function M.create(user, input)
   local per_template = policy.quota.per_template and policy.quota.per_template[template]
   local id = policy.naming.new_id()
   assert(M.valid_id(id), "policy.naming.new_id made an id that does not match id_pattern")
-  local owner = user.owner
+  local owner = owner_of(user)
+  if not owner then return fail(403, "this sign-in has no owner key") end
   local limit = limit_for(owner, template)
   if per_template then
     local repls = store.list(owner) or {}
@@ -84,7 +105,7 @@ function M.create(user, input)
   local now = os.time()
   local prefix = M.prefix(owner, id)
   local ok, err = store.reserve(owner, limit, {
-    id = id, name = name, user = owner, template = template, state = "creating",
+    id = id, name = name, user = owner, login = user.login, template = template, state = "creating",
     created_at = now, last_active = now, prefix = prefix,
   })
   if ok == nil then return fail(503, "store unavailable: " .. tostring(err)) end
@@ -116,7 +137,7 @@ function M.create(user, input)
     return fail(503, "store unavailable: " .. tostring(err))
   end
   log.info("repl created", { repl = id, template = template, files = res.copied })
-  return M.view({ user = owner, id = id, name = name, template = template }, false)
+  return M.view({ user = owner, id = id, name = name, template = template }, false, user.login)
 end
 
 -- The REPL if `user` owns it; 404 for missing and for someone else's (so
@@ -125,7 +146,8 @@ function M.owned(user, id)
   if not M.valid_id(id) then return fail(404, "repl not found") end
   local meta, err = store.get(id)
   if meta == nil then return fail(503, "store unavailable: " .. tostring(err)) end
-  if not meta or meta.user ~= user.owner then return fail(404, "repl not found") end
+  local owner = owner_of(user)
+  if not meta or not owner or meta.user ~= owner then return fail(404, "repl not found") end
   return meta
 end
 
@@ -145,7 +167,7 @@ function M.delete(user, id)
   s, err = storage()
   if not s then return fail(502, "storage unavailable: " .. tostring(err)) end
   local res
-  res, err = s:delete_prefix(meta.prefix or M.prefix(meta.user, id))
+  res, err = s:delete_prefix(meta.prefix ~= nil and meta.prefix ~= "" and meta.prefix or M.prefix(meta.user, id))
   if not res or #res.failures > 0 then
     local why = err and tostring(err) or tostring(res.failures[1].error)
     log.error("repl delete: files not removed, REPL kept", { repl = id, error = why })

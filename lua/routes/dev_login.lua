@@ -5,12 +5,14 @@
 -- passwordless sign-in must never face the internet).
 --   GET  /auth/dev/login            a small form
 --   POST /auth/dev/login            user=<name> (form or JSON): session cookie, 302 to FRONTEND_URL/dashboard
+-- The user's owner key is dev_<lowercased name> (auth.providers.common).
 local config = require("devex.config").get()
 local session = require("auth.session")
 local cookies = require("auth.cookies")
 local settings = require("auth.settings")
 local log = require("devex.log")
 local app_mod = require("devex.app")
+local providers = require("auth.providers.common")
 
 local M = {}
 
@@ -74,7 +76,8 @@ function M.register(app)
     local user = {
       id = login, login = name, name = name, email = login .. "@dev.invalid",
       avatar_url = "", created_at = session.rfc3339(os.time()),
-      provider = "dev", subject = "dev:" .. login, owner = login,
+      -- the name is the subject here (no password: anyone may take any name)
+      provider = "dev", subject = "dev:" .. login, owner = assert(providers.owner_dev(login)),
     }
     local old = req.cookies[settings.cookie_name]
     if old then session.destroy(old) end

@@ -266,7 +266,7 @@ class GitHubFlowTest(AuthTestBase):
         stored = dict(zip(*[iter(self.redis.call("HGETALL", key))] * 2))
         token = stored[b"access_token"].decode()
         self.assertTrue(token.startswith("gho_"))
-        self.assertEqual(json.loads(stored[b"user"])["owner"], "octocat")
+        self.assertEqual(json.loads(stored[b"user"])["owner"], "gh_583231")  # the numeric id, not the login
 
         # the token exchange: form POST, Accept: application/json, PKCE verifier
         (_, _, h, body), = self.gh.requests_to("/login/oauth/access_token")

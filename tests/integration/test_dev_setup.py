@@ -71,7 +71,7 @@ class DevSetupTest(unittest.TestCase):
                         f.write("kept\n")
                     r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
                     self.assertEqual(r.status, 200, r.body)
-                    with open(os.path.join(tmp, "storage", "repl", "ada", rid, "saved.txt")) as f:
+                    with open(os.path.join(tmp, "storage", "repl", "dev_ada", rid, "saved.txt")) as f:
                         self.assertEqual(f.read(), "kept\n")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -138,7 +138,7 @@ class S3DownDuringCreateTest(unittest.TestCase):
             # nothing left in Redis: no REPL, no quota slot used
             self.assertEqual(self.redis.call("KEYS", "devex:replMeta:*"), [])
             self.assertEqual(self.redis.call("KEYS", "devex:activeSession:*"), [])
-            self.assertEqual(self.redis.call("SCARD", "devex:userRepls:" + USER), 0)
+            self.assertEqual(self.redis.call("SCARD", "devex:userRepls:dev_" + USER), 0)
             self.assertEqual(b.get("/api/repl").body, b"[]")
             # S3 back: the default quota (2) is all there, and the refused
             # create left no object under repl/

@@ -77,7 +77,7 @@ class LocalRuntimeTest(unittest.TestCase):
     def saved(self, rid, rel):
         # the fs driver stores a segment starting with "." as "%2E..."
         rel = "/".join(("%2E" + seg[1:]) if seg.startswith(".") else seg for seg in rel.split("/"))
-        path = os.path.join(self.store_dir, "repl", "octocat", rid, rel)
+        path = os.path.join(self.store_dir, "repl", "gh_583231", rid, rel)
         if not os.path.exists(path):
             return None
         with open(path) as f:
@@ -149,7 +149,7 @@ class LocalRuntimeTest(unittest.TestCase):
         # delete removes everything
         r = b.request("DELETE", "/api/repl/" + rid, headers=JSON)
         self.assertEqual(r.status, 200, r.body)
-        self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "octocat", rid)))
+        self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "gh_583231", rid)))
 
     def test_concurrent_starts_make_one_runner(self):
         self.redis.call("FLUSHALL")

@@ -89,22 +89,22 @@ class ReplTest(unittest.TestCase):
         self.assertEqual((r.status, r.body), (200, b"[]"))
         st, repl = self.create(b)
         self.assertEqual(st, 201, repl)
-        self.assertEqual(repl["user"], "octocat")
+        self.assertEqual(repl["user"], "OctoCat")  # the login, shown as the owner
         self.assertEqual(repl["name"], "my repl")
         self.assertEqual(repl["template"], "python")
         self.assertIs(repl["isActive"], False)
         self.assertRegex(repl["id"], r"^repl-[0-9a-f-]{36}$")
-        self.assertEqual(self.files_of("octocat", repl["id"]), ["main.py"])
+        self.assertEqual(self.files_of("gh_583231", repl["id"]), ["main.py"])
         r = b.get("/api/repl")
         self.assertEqual(r.json(), [repl])
         meta = self.redis.call("HGETALL", "devex:replMeta:" + repl["id"])
         self.assertIn(b"created", meta)
-        self.assertEqual(self.redis.call("SMEMBERS", "devex:userRepls:octocat"), [repl["id"].encode()])
+        self.assertEqual(self.redis.call("SMEMBERS", "devex:userRepls:gh_583231"), [repl["id"].encode()])
         r = b.request("DELETE", "/api/repl/" + repl["id"], headers=JSON)
         self.assertEqual(r.status, 200, r.body)
-        self.assertEqual(self.repl_dirs("octocat"), [])
+        self.assertEqual(self.repl_dirs("gh_583231"), [])
         self.assertEqual(self.redis.call("EXISTS", "devex:replMeta:" + repl["id"]), 0)
-        self.assertEqual(self.redis.call("SCARD", "devex:userRepls:octocat"), 0)
+        self.assertEqual(self.redis.call("SCARD", "devex:userRepls:gh_583231"), 0)
         self.assertEqual(b.get("/api/repl").body, b"[]")
 
     def test_input_validation(self):
@@ -116,7 +116,7 @@ class ReplTest(unittest.TestCase):
         r = b.request("POST", "/api/repl/new", headers=JSON, body="{not json")
         self.assertEqual(r.status, 400)
         self.assertEqual(b.request("DELETE", "/api/repl/..%2F..%2Fetc", headers=JSON).status, 404)
-        self.assertEqual(self.repl_dirs("octocat"), [])
+        self.assertEqual(self.repl_dirs("gh_583231"), [])
 
     def test_signed_out(self):
         self.assertEqual(self.d.get("/api/repl").status, 401)
@@ -145,7 +145,7 @@ class ReplTest(unittest.TestCase):
             if st == 429:
                 self.assertEqual(body, {"error": "repl limit reached", "limit": 2})
         made = sorted(body["id"] for st, body in results if st == 201)
-        self.assertEqual(self.repl_dirs("octocat"), made, "objects of refused creates were left in storage")
+        self.assertEqual(self.repl_dirs("gh_583231"), made, "objects of refused creates were left in storage")
         self.assertEqual(len(b.get("/api/repl").json()), 2)
 
     def test_other_users_repl_is_404(self):
@@ -161,7 +161,7 @@ class ReplTest(unittest.TestCase):
         # the same answer as for an id that does not exist
         r = bob.request("DELETE", "/api/repl/repl-00000000-0000-4000-8000-000000000000", headers=JSON)
         self.assertEqual((r.status, r.json()), (404, {"error": "repl not found"}))
-        self.assertEqual(self.files_of("alice", repl["id"]), ["main.py"])
+        self.assertEqual(self.files_of("gh_1001", repl["id"]), ["main.py"])
 
     def test_rollback_when_template_is_missing(self):
         b = self.login()
@@ -171,8 +171,8 @@ class ReplTest(unittest.TestCase):
         finally:
             shutil.move(os.path.join(self.tmp, "go-aside"), os.path.join(self.store_dir, "templates", "go"))
         self.assertEqual(st, 500, body)
-        self.assertEqual(self.repl_dirs("octocat"), [])
-        self.assertEqual(self.redis.call("SCARD", "devex:userRepls:octocat"), 0)
+        self.assertEqual(self.repl_dirs("gh_583231"), [])
+        self.assertEqual(self.redis.call("SCARD", "devex:userRepls:gh_583231"), 0)
         self.assertEqual(self.redis.call("KEYS", "devex:replMeta:*"), [])
         # the quota slot was given back
         self.assertEqual(self.create(b, name="a")[0], 201)

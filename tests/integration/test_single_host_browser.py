@@ -212,7 +212,7 @@ class SingleHostTest(unittest.TestCase):
         self.assertFalse(mine[0]["isActive"], info)
         self.assertEqual(r["after"]["proxy_status"], 404, info)
         self.assertFalse(os.path.exists(os.path.join(self.data, "workspaces", rid)), "workspace left behind")
-        self.assertIn("main.py", os.listdir(os.path.join(self.data, "storage", "repl", "ada", rid)))
+        self.assertIn("main.py", os.listdir(os.path.join(self.data, "storage", "repl", "dev_ada", rid)))
 
         # no script error; the only console errors are the signed-out dashboard's 401 of /auth/me,
         # the 404 of the last fetch through the proxy, and Chromium's complaint about the sign-in

@@ -79,7 +79,7 @@ class SweepTest(unittest.TestCase):
             with open(os.path.join(ws, "work.txt"), "w") as f:
                 f.write("unsaved work\n")
             poll(lambda: self.state(rid) == "stopped", "the idle session to be stopped")
-            with open(os.path.join(self.store_dir, "repl", "octocat", rid, "work.txt")) as f:
+            with open(os.path.join(self.store_dir, "repl", "gh_583231", rid, "work.txt")) as f:
                 self.assertEqual(f.read(), "unsaved work\n")
             self.assertFalse(os.path.exists(ws))
             d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "idle",
@@ -115,7 +115,7 @@ class SweepTest(unittest.TestCase):
         self.assertEqual(self.state(rid), "running")
         with self.devexd() as d2:
             poll(lambda: self.state(rid) == "stopped", "the restarted devexd to repair the session")
-            with open(os.path.join(self.store_dir, "repl", "octocat", rid, "late.txt")) as f:
+            with open(os.path.join(self.store_dir, "repl", "gh_583231", rid, "late.txt")) as f:
                 self.assertEqual(f.read(), "before the crash\n")
             self.assertEqual(self.redis.call("EXISTS", "devex:activeSession:" + rid), 0)
 

@@ -2,6 +2,8 @@
 // oauth2-mock-server on 127.0.0.1 (port from argv[2], 0 = any), with a
 // signing key made at start. ID tokens and userinfo carry a profile for the
 // user "johndoe". Prints {"issuer": "...", "port": N} once it listens.
+// An authorization request with login_hint=<sub> signs in the user <sub>
+// instead, with the same profile (two accounts, one preferred_username).
 import { OAuth2Server } from "oauth2-mock-server";
 
 const port = Number(process.argv[2] || 0);
@@ -16,11 +18,29 @@ const profile = {
   picture: "https://example.com/johndoe.png",
 };
 
-server.service.on("beforeTokenSigning", (token) => {
-  Object.assign(token.payload, profile);
+const subjects = new Map(); // authorization code -> the login_hint's subject
+server.service.on("beforeAuthorizeRedirect", (redirect, req) => {
+  const hint = req.query.login_hint;
+  const code = redirect.url.searchParams.get("code");
+  if (typeof hint === "string" && hint !== "" && code) subjects.set(code, hint);
 });
-server.service.on("beforeUserinfo", (res) => {
-  res.body = { sub: "johndoe", ...profile };
+const accessSubjects = new Map(); // access token -> subject, for userinfo
+
+server.service.on("beforeTokenSigning", (token, req) => {
+  Object.assign(token.payload, profile);
+  const sub = req.body && subjects.get(req.body.code);
+  if (sub) token.payload.sub = sub;
+});
+server.service.on("beforeResponse", (response, req) => {
+  const sub = req.body && subjects.get(req.body.code);
+  if (sub) {
+    subjects.delete(req.body.code);
+    accessSubjects.set(response.body.access_token, sub);
+  }
+});
+server.service.on("beforeUserinfo", (res, req) => {
+  const token = (req.headers.authorization || "").replace(/^Bearer /i, "");
+  res.body = { sub: accessSubjects.get(token) || "johndoe", ...profile };
 });
 
 await server.start(port, "127.0.0.1");

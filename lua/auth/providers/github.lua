@@ -4,7 +4,9 @@
 -- token_url (https://github.com/login/oauth/access_token), api_url
 -- (https://api.github.com), ca_file, scopes ("read:user user:email").
 -- The user is GET {api}/user; when it has no public email, the primary
--- verified address of GET {api}/user/emails.
+-- verified address of GET {api}/user/emails. The owner key is the numeric
+-- user id (gh_<id>; common.owner_github): the login is a display field, as
+-- GitHub frees it for anyone when its user renames the account.
 local json = require("devex.json")
 local log = require("devex.log")
 local oauth = require("devex.oauth")
@@ -77,6 +79,8 @@ function P:user(tokens)
   if (math.type(id) ~= "integer" and type(id) ~= "string") or type(u.login) ~= "string" or u.login == "" then
     return nil, "GET /user answered without id or login"
   end
+  local owner, why = common.owner_github(self.name, id)
+  if not owner then return nil, "GET /user answered an unusable id: " .. why end
   local email = null_or(u.email)
   if email == json.null then
     local eres, list = api(self, "/user/emails", tokens.access_token)
@@ -100,7 +104,7 @@ function P:user(tokens)
     avatar_url = null_or(u.avatar_url),
     created_at = null_or(u.created_at),
     subject = self.name .. ":" .. tostring(id),
-    owner = u.login:lower(),
+    owner = owner,
     provider = self.name,
   }
 end

@@ -10,7 +10,11 @@
 -- does not hold (key rotation). The ID token is verified with
 -- devex.oauth.verify_jwt: signature, issuer, audience (client_id), expiry and
 -- the login attempt's nonce. The user comes from the ID token's claims, with
--- the userinfo endpoint filling in what the token lacks.
+-- the userinfo endpoint filling in what the token lacks. The owner key is
+-- made from the issuer and the sub claim (common.owner_oidc), never from
+-- preferred_username or email, which the user or the provider's admin may
+-- set to anything; the login (preferred_username, else a verified email,
+-- else sub) is only shown.
 local json = require("devex.json")
 local log = require("devex.log")
 local oauth = require("devex.oauth")
@@ -175,7 +179,9 @@ function P:user(tokens)
   local verified = c.email_verified
   if verified == nil then verified = info.email_verified end
   if verified == false then email = nil end
-  local login = claim("preferred_username") or email or c.sub
+  local login = claim("preferred_username") or (verified == true and email) or c.sub
+  local owner, why = common.owner_oidc(self.issuer, c.sub)
+  if not owner then return nil, "no owner key: " .. why end
   return {
     id = c.sub,
     login = login,
@@ -184,7 +190,7 @@ function P:user(tokens)
     avatar_url = claim("picture") or json.null,
     created_at = json.null,
     subject = self.name .. ":" .. c.sub,
-    owner = self.name .. ":" .. login:lower(),
+    owner = owner,
     provider = self.name,
   }
 end
