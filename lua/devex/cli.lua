@@ -105,8 +105,13 @@ commands["workload render"] = function(args)
   return 0
 end
 
+-- devexd owners migrate [--map FILE] [--apply] | owners suggest: REPLs keyed on
+-- a login moved to their owner's key (lua/repl/migrate.lua)
+commands["owners migrate"] = function(args) return require("repl.migrate").cli({ table.unpack(args, 3) }) end
+commands["owners suggest"] = function() return require("repl.migrate").suggest() end
+
 local function usage(args)
-  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T\n",
+  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T, owners migrate [--map FILE] [--apply], owners suggest\n",
     table.concat(args, " "):gsub("[%c]", "?")))
   return 2
 end

@@ -12,6 +12,12 @@ single-host runtime.
 - Owner keys and storage prefixes are [a-z0-9_-] whatever the login holds.
 - A session written before owner keys (owner = the login) acts as the owner
   key of its subject, never as the login.
+- `devexd owners migrate`: the dry run (with and without a map) changes
+  nothing; --apply moves a login-keyed REPL (metadata, userRepls set, files,
+  byte for byte) to the subject's key, leaves running, unmapped and nested
+  ones alone, and a second run changes nothing; leftovers of an interrupted
+  run are finished. `devexd owners suggest` proposes lines from sign-in
+  sessions and flags logins that changed hands.
 """
 
 import base64
@@ -21,6 +27,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -220,6 +227,210 @@ class IdentityTest(IdentityBase):
         # the account signing in anew has the same owner
         self.assertEqual(self.gh_login("OctoCat", 583231).get("/api/repl").json(), [repl])
 
+
+def tree(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+class OwnersMigrateTest(IdentityBase):
+    runtime = False
+
+    A = "repl-00000000-0000-4000-8000-00000000000a"  # octocat, stopped
+    B = "repl-00000000-0000-4000-8000-00000000000b"  # octocat, running
+    C = "repl-00000000-0000-4000-8000-00000000000c"  # mock:johndoe (OpenID Connect)
+    D = "repl-00000000-0000-4000-8000-00000000000d"  # carol, not in the map
+    E = "repl-00000000-0000-4000-8000-00000000000e"  # "mock:johndoe/<C>": nested inside C's prefix
+    F = "repl-00000000-0000-4000-8000-00000000000f"  # dave, whose login went to a newer account
+
+    FILES = {"main.py": b"print('hi')\n", "src/.hidden": b"dot\n", "empty.txt": b"",
+             "dir with space/\u00fc.txt": "non-ASCII \u00fc\n".encode()}
+
+    def cli(self, *args, ok=True):
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", self.d.conf_path, "-L", harness.LUA_DIR] + list(args),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+        if ok:
+            self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+        return p
+
+    def put_files(self, prefix, files):
+        for rel, data in files.items():
+            # the fs driver stores a segment starting with "." as "%2E..."
+            rel = "/".join(("%2E" + s[1:]) if s.startswith(".") else s for s in rel.split("/"))
+            path = os.path.join(self.store_dir, prefix, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
+    def legacy(self, rid, owner, state="stopped", files=None, prefix=None, created=1700000000):
+        prefix = prefix or "repl/%s/%s/" % (owner, rid)
+        self.redis.call("HSET", "devex:replMeta:" + rid, "id", rid, "name", "r " + rid[-1], "user", owner,
+                        "template", "python", "state", state, "created_at", str(created),
+                        "last_active", str(created), "prefix", prefix)
+        self.redis.call("SADD", "devex:userRepls:" + owner, rid)
+        self.put_files(prefix, files if files is not None else {"main.py": rid.encode()})
+
+    def snapshot(self):
+        data = {}
+        for k in self.redis.call("KEYS", "devex:*"):
+            k = k.decode()
+            if k.startswith("devex:session:"):
+                continue
+            t = self.redis.call("TYPE", k)
+            t = t.decode() if isinstance(t, bytes) else t
+            if t == "hash":
+                flat = self.redis.call("HGETALL", k)
+                data[k] = sorted(zip(flat[0::2], flat[1::2]))
+            elif t == "set":
+                data[k] = sorted(self.redis.call("SMEMBERS", k))
+            else:
+                data[k] = t
+        return data, tree(self.store_dir)
+
+    def session(self, owner, subject, login, account_created):
+        sid = secrets.token_hex(16)
+        user = {"id": subject.split(":", 1)[1], "login": login, "provider": subject.split(":", 1)[0],
+                "subject": subject, "owner": owner, "created_at": account_created}
+        self.redis.call("HSET", "devex:session:" + sid, "user", json.dumps(user), "created_at", str(int(time.time())))
+
+    def write_map(self, text):
+        path = os.path.join(self.tmp, "owners.map")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def setUp(self):
+        super().setUp()
+        self.legacy(self.A, "octocat", files=self.FILES)
+        self.legacy(self.B, "octocat", state="running")
+        self.redis.call("HSET", "devex:activeSession:" + self.B, "started_at", "1", "endpoint", "127.0.0.1:9")
+        self.legacy(self.C, "mock:johndoe", state="created")
+        self.legacy(self.D, "carol")
+        self.legacy(self.E, "mock:johndoe/" + self.C, prefix="repl/mock:johndoe/%s/%s/" % (self.C, self.E),
+                    files={"nested.txt": b"not C's\n"})
+        self.legacy(self.F, "dave")
+        self.redis.call("SADD", "devex:userRepls:octocat", "repl-00000000-0000-4000-8000-000000000999")  # stale
+        self.key_c = oidc_key(self.oidc.issuer, "johndoe")
+        self.map = self.write_map("# legacy key, then whose it is\n"
+                                  "OctoCat github:583231\n"
+                                  "mock:johndoe   mock:johndoe\n"
+                                  "nobody github:5\n")
+
+    def test_dry_runs_change_nothing(self):
+        before = self.snapshot()
+        p = self.cli("owners", "migrate")
+        self.assertIn("skip   %s \"r a\" of octocat: not in the map" % self.A, p.stdout)
+        self.assertIn("would 0 moved", p.stdout)
+        p = self.cli("owners", "migrate", "--map", self.map)
+        out = p.stdout
+        self.assertIn("would move %s \"r a\" of octocat to gh_583231 (github:583231): 4 file(s), %d bytes, "
+                      "repl/octocat/%s/ -> repl/gh_583231/%s/"
+                      % (self.A, sum(map(len, self.FILES.values())), self.A, self.A), out)
+        self.assertIn("would move %s \"r c\" of mock:johndoe to %s (mock:johndoe)" % (self.C, self.key_c), out)
+        self.assertIn("(leaving 1 other REPL(s) nested under it)", out)
+        self.assertIn("skip   %s \"r b\" of octocat: it is running with a session" % self.B, out)
+        self.assertIn("skip   %s \"r d\" of carol: not in the map" % self.D, out)
+        self.assertIn("would remove repl-00000000-0000-4000-8000-000000000999 from userRepls:octocat", out)
+        self.assertIn("note   map line 4: nobody has no REPL to move", out)
+        self.assertIn("would 2 moved", out)
+        self.assertEqual(self.snapshot(), before)
+
+    def test_bad_maps_are_refused(self):
+        before = self.snapshot()
+        for text, why in (("octocat\n", "expected"), ("octocat github:1\noctocat github:2\n", "mapped twice"),
+                          ("octocat github:abc\n", "not a number"), ("octocat nosuch:1\n", "no sign-in provider"),
+                          ("gh_1 github:1\n", "already an owner key")):
+            p = self.cli("owners", "migrate", "--map", self.write_map(text), "--apply", ok=False)
+            self.assertEqual(p.returncode, 2, p.stdout)
+            self.assertIn(why, p.stderr)
+        self.assertEqual(self.snapshot(), before)
+
+    def test_apply_then_again(self):
+        p = self.cli("owners", "migrate", "--map", self.map, "--apply")
+        self.assertIn("2 moved, 0 old file set(s) deleted, 1 stale set member(s) removed; 3 not in the map, "
+                      "1 skipped, 0 failed", p.stdout)
+        # A: metadata, set and files under the subject's key
+        meta = self.meta(self.A)
+        self.assertEqual(meta["user"], "gh_583231")
+        self.assertEqual(meta["prefix"], "repl/gh_583231/%s/" % self.A)
+        self.assertEqual(meta["state"], "stopped")
+        self.assertEqual(meta["legacy_owner"], "octocat")
+        self.assertNotIn("legacy_prefix", meta)
+        self.assertNotIn("migrating_from", meta)
+        self.assertEqual(self.members("gh_583231"), [self.A])
+        self.assertEqual(self.members("octocat"), [self.B])  # the running one waits; the stale member is gone
+        want = {("/".join(("%2E" + s[1:]) if s.startswith(".") else s for s in k.split("/"))): v
+                for k, v in self.FILES.items()}
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), want)
+        self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "octocat", self.A)))
+        # C moved; E, nested in C's old prefix, is left where it is, whole
+        self.assertEqual(self.meta(self.C)["user"], self.key_c)
+        self.assertEqual(self.meta(self.C)["state"], "created")
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", self.key_c, self.C)), {"main.py": self.C.encode()})
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "mock:johndoe", self.C)),
+                         {os.path.join(self.E, "nested.txt"): b"not C's\n"})
+        self.assertEqual(self.meta(self.E)["user"], "mock:johndoe/" + self.C)
+        self.assertEqual(self.meta(self.D)["user"], "carol")
+        # the accounts see their REPLs
+        gh = self.gh_login("OctoCat", 583231)
+        listed = gh.get("/api/repl").json()
+        self.assertEqual([(x["id"], x["user"]) for x in listed], [(self.A, "OctoCat")])
+        self.assertEqual(self.oidc_login("johndoe").get("/api/repl").json()[0]["id"], self.C)
+
+        # a second run changes nothing
+        before = self.snapshot()
+        p = self.cli("owners", "migrate", "--map", self.map, "--apply")
+        self.assertIn("0 moved, 0 old file set(s) deleted, 0 stale set member(s) removed", p.stdout)
+        self.assertEqual(self.snapshot(), before)
+
+        # B once its session is over
+        self.redis.call("DEL", "devex:activeSession:" + self.B)
+        self.redis.call("HSET", "devex:replMeta:" + self.B, "state", "stopped")
+        p = self.cli("owners", "migrate", "--map", self.map, "--apply")
+        self.assertIn("1 moved", p.stdout)
+        self.assertEqual(self.members("gh_583231"), [self.A, self.B])
+        self.assertEqual(self.redis.call("EXISTS", "devex:userRepls:octocat"), 0)
+
+        # an interrupted run (moved, old files not yet deleted) is finished by the next
+        old = "repl/octocat/%s/" % self.A
+        self.put_files(old, {"stale.txt": b"x"})
+        self.redis.call("HSET", "devex:replMeta:" + self.A, "legacy_prefix", old)
+        p = self.cli("owners", "migrate", "--map", self.map)
+        self.assertIn("would delete the old files of %s \"r a\" (moved to gh_583231): 1 file(s)" % self.A, p.stdout)
+        self.assertTrue(os.path.exists(os.path.join(self.store_dir, old, "stale.txt")))
+        self.cli("owners", "migrate", "--map", self.map, "--apply")
+        self.assertFalse(os.path.exists(os.path.join(self.store_dir, old)))
+        self.assertNotIn("legacy_prefix", self.meta(self.A))
+        self.assertEqual(len(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A))), 4)
+
+    def test_suggest(self):
+        # octocat: one account, older than the REPLs; carol: two accounts; dave: an account made after his REPL
+        self.session("octocat", "github:583231", "OctoCat", "2011-01-25T18:44:36Z")
+        self.session("gh_583231", "github:583231", "OctoCat", "2011-01-25T18:44:36Z")  # a later sign-in
+        self.session("carol", "github:11", "carol", "2010-01-01T00:00:00Z")
+        self.session("gh_12", "github:12", "Carol", "2012-01-01T00:00:00Z")
+        self.session("gh_13", "github:13", "Dave", "2030-01-01T00:00:00Z")
+        self.session("mock:johndoe", "mock:johndoe", "JohnDoe", None)
+        before = self.snapshot()
+        out = self.cli("owners", "suggest").stdout
+        lines = [x for x in out.splitlines() if x and not x.startswith("#")]
+        self.assertEqual(sorted(lines), ["mock:johndoe mock:johndoe", "octocat github:583231"])
+        self.assertIn("# carol: 1 REPL(s)", out)
+        self.assertIn("claimed by 2 accounts: github:11", out)
+        self.assertIn("which did not exist yet when %s was created" % self.F, out)
+        self.assertIn("# mock:johndoe/%s: 1 REPL(s)" % self.C, out)
+        self.assertIn("no sign-in seen", out)
+        self.assertEqual(self.snapshot(), before)
+        # its lines are a map migrate takes
+        p = self.cli("owners", "migrate", "--map", self.write_map(out))
+        self.assertIn("would 2 moved", p.stdout)
 
 
 if __name__ == "__main__":
