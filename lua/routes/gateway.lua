@@ -21,24 +21,32 @@ local auth_settings = require("auth.settings")
 local activity = require("repl.activity")
 local service = require("repl.service")
 local store = require("repl.store")
+local timer = require("devex.timer")
 
 local M = {}
 
 local NOT_FOUND = { error = "repl not found" }
 local OWNERS_MAX = 10000
+local OWNER_TTL = 30 -- seconds: `devexd owners migrate` may re-key a REPL's owner
 
--- replId -> owner: a REPL's owner never changes, so a worker remembers it
--- (bounded); whether a session runs, and where, is read per request (one
--- HMGET), so a stopped session is never reached through a stale entry
+-- replId -> { owner, expires }: a page load makes dozens of requests, and a
+-- REPL's owner changes only through a migration, so a worker remembers it
+-- for a while (bounded); whether a session runs, and where, is read per
+-- request (one HMGET), so a stopped session is never reached through a
+-- stale entry
 local owners, nowners = {}, 0
 
 local function owner_of(id)
+  local now = timer.now()
   local o = owners[id]
-  if o then return o end
+  if o and o.expires > now then return o.owner end
   local meta = store.get(id)
   if not meta then return nil end
-  if nowners >= OWNERS_MAX then owners, nowners = {}, 0 end
-  owners[id], nowners = meta.user, nowners + 1
+  if not o then
+    if nowners >= OWNERS_MAX then owners, nowners = {}, 0 end
+    nowners = nowners + 1
+  end
+  owners[id] = { owner = meta.user, expires = now + OWNER_TTL }
   return meta.user
 end
 

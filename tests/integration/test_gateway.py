@@ -252,7 +252,7 @@ class GatewayTest(unittest.TestCase):
         window = time.monotonic() - t0
         self.assertIsNotNone(quiet_stopped_at, "the silent session was not stopped")
         # the silent session's files were saved before its runner went away
-        saved = os.path.join(self.tmp, "data", "storage", "repl", "bob", quiet, "README.md")
+        saved = os.path.join(self.tmp, "data", "storage", "repl", "dev_bob", quiet, "README.md")
         self.assertTrue(os.path.exists(saved), saved)
         writes = mon.count(b'"ZADD"', b'"XX"', busy.encode())
         self.assertGreaterEqual(writes, 2, "gateway traffic was not recorded")
