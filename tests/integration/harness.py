@@ -607,6 +607,37 @@ def _next_seq():
         return _seq[0]
 
 
+def npm_ci(directory, package, timeout=600):
+    """Installs directory's node_modules from its package-lock.json (npm ci)
+    when `package` is missing there or the lockfile changed since the last
+    install (npm writes node_modules/.package-lock.json), under a lock so that
+    tests running at once (ctest -j) never install into the same directory
+    together or use a half-made node_modules. Fails, never skips."""
+    import fcntl
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            raise AssertionError("%s is not installed: the tests need Node.js and npm (scripts/deps.sh --test)" % tool)
+    marker = os.path.join(directory, "node_modules", package, "package.json")
+    installed = os.path.join(directory, "node_modules", ".package-lock.json")
+    lockfile = os.path.join(directory, "package-lock.json")
+
+    def current():
+        return (os.path.exists(marker) and os.path.exists(installed)
+                and os.path.getmtime(installed) >= os.path.getmtime(lockfile))
+
+    if current():
+        return
+    name = re.sub(r"[^A-Za-z0-9]+", "-", os.path.relpath(directory, SOURCE_DIR))
+    with open(os.path.join(tempfile.gettempdir(), "devexd-npm-%s.lock" % name), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if current():
+            return
+        r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0 or not os.path.exists(marker):
+            raise AssertionError("npm ci in %s failed:\n%s%s" % (directory, r.stdout, r.stderr))
+
+
 def main():
     """unittest.main() that exits non-zero on any failure or error."""
     unittest.main(verbosity=2)

@@ -2,7 +2,7 @@
 shipped app (lua/routes/auth.lua), against a real redis-server, a GitHub-shaped
 OAuth fake (fakes/github_fake.py, GitHub itself is out of reach) and a real
 OpenID Connect provider, the npm package oauth2-mock-server (tests/oidc/,
-installed with `npm ci` when node_modules is missing).
+installed with `npm ci` when node_modules is missing or stale).
 
 The browser is simulated with a small cookie jar; redirects are followed by
 hand with http.client, so every hop is checked.
@@ -44,12 +44,8 @@ class OidcServer:
     """oauth2-mock-server run with node (tests/oidc/server.mjs)."""
 
     def __enter__(self):
+        harness.npm_ci(OIDC_DIR, "oauth2-mock-server")  # fails (never skips) without node and npm
         node = shutil.which("node")
-        if not node:
-            raise unittest.SkipTest("node is not installed")
-        if not os.path.isdir(os.path.join(OIDC_DIR, "node_modules", "oauth2-mock-server")):
-            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=OIDC_DIR, check=True,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, timeout=300)
         self.proc = subprocess.Popen([node, "server.mjs", "0"], cwd=OIDC_DIR, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=harness._set_pdeathsig)

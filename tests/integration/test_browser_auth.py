@@ -93,12 +93,7 @@ def ensure_playwright():
     node = shutil.which("node")
     if not node:
         raise AssertionError("node is needed to drive the browser (Debian's nodejs; scripts/deps.sh --test)")
-    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
-        npm = shutil.which("npm")
-        if not npm:
-            raise AssertionError("npm is needed to install playwright-core in %s (scripts/deps.sh --test)"
-                                 % BROWSER_DIR)
-        _run_or_fail([npm, "ci", "--no-audit", "--no-fund"], "installing playwright-core", 600, cwd=BROWSER_DIR)
+    harness.npm_ci(BROWSER_DIR, "playwright-core")
     return node
 
 

@@ -32,19 +32,8 @@ NODE = shutil.which("node")
 
 
 def ensure_s3_server():
-    """Installs the test S3 server (npm ci) when missing; fails, never skips."""
-    if NODE is None or shutil.which("npm") is None:
-        raise AssertionError("node and npm are needed for the S3 server of these tests (scripts/deps.sh --test)")
-    if os.path.isdir(os.path.join(S3_SERVER_DIR, "node_modules", "s3rver")):
-        return
-    import fcntl
-    with open(os.path.join(tempfile.gettempdir(), "devexd-s3-server-npm.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.isdir(os.path.join(S3_SERVER_DIR, "node_modules", "s3rver")):
-            r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=S3_SERVER_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
-            if r.returncode != 0:
-                raise AssertionError("npm ci in %s failed:\n%s%s" % (S3_SERVER_DIR, r.stdout, r.stderr))
+    """Installs the test S3 server (npm ci) when missing or stale; fails, never skips."""
+    harness.npm_ci(S3_SERVER_DIR, "s3rver")
 
 
 class S3Server:

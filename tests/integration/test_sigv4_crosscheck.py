@@ -15,17 +15,18 @@ test_sigv4 unit-test binary: $DEVEXD_SIGV4_BIN, else $DEVEXD_BUILD_DIR/test_sigv
 else build/ or build-asan/ under the source tree.
 """
 
-import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
 import subprocess
-import tempfile
+import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import harness  # noqa: E402
 SOURCE_DIR = os.environ.get("DEVEXD_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
 SIGNER_DIR = os.path.join(SOURCE_DIR, "tests", "s3", "signer")
 
@@ -51,19 +52,7 @@ def find_c_signer():
 
 
 def ensure_node_modules():
-    for tool in ("node", "npm"):
-        if shutil.which(tool) is None:
-            raise AssertionError("%s is not installed: the SigV4 cross-check needs Node.js and npm" % tool)
-    marker = os.path.join(SIGNER_DIR, "node_modules", "@smithy", "signature-v4", "package.json")
-    lock_path = os.path.join(tempfile.gettempdir(), "devexd-sigv4-signer-npm.lock")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two test runs must not both install
-        if not os.path.exists(marker):
-            r = subprocess.run(
-                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                cwd=SIGNER_DIR, capture_output=True, text=True, timeout=300)
-            if r.returncode != 0 or not os.path.exists(marker):
-                raise AssertionError("npm ci in %s failed:\n%s%s" % (SIGNER_DIR, r.stdout, r.stderr))
+    harness.npm_ci(SIGNER_DIR, "@smithy/signature-v4")
 
 
 def split_query(q):
