@@ -15,6 +15,14 @@
 --              workspace (a stand-in for the runner image on a bare machine;
 --              that runtime picks a free port of its own and ignores `port`)
 --   resources  Kubernetes requests and limits of the runner container
+--   security   the pod's security for this template, merged key by key over
+--              workload.security (lua/policy/workload.lua, where the fields
+--              are documented): by default the pod runs as uid/gid 1000
+--              with runAsNonRoot, RuntimeDefault seccomp, no privilege
+--              escalation and every capability dropped. A template loosens
+--              only what it names, e.g. an image that must run as root:
+--                security = { run_as_non_root = false, run_as_user = 0, run_as_group = 0 }
+--              (the init container and the uploader stay locked down)
 -- The defaults fit the original service's runner images
 -- (ghcr.io/parthkapoor-dev/devex/runner-<t>:latest: HTTP on 8081 answering
 -- GET /ping, gRPC on 50051, pulled Always).

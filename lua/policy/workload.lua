@@ -26,8 +26,52 @@
 --     Middleware: devexd serves the runner domain itself, owner only.
 -- What differs from the original on purpose: S3 credentials come from a
 -- Secret by reference (never inlined), objects carry the managed-by, repl and
--- user labels, the runtime makes the Deployment the owner of the others, and
--- the Ingress class is Traefik (ingress_class) rather than nginx.
+-- user labels, the runtime makes the Deployment the owner of the others, the
+-- Ingress class is Traefik (ingress_class) rather than nginx, and the pod is
+-- locked down (below: `security`).
+--
+-- The pod's security (workspaces run untrusted code). Every pod gets
+-- automountServiceAccountToken: false (no Kubernetes credential in the pod)
+-- and enableServiceLinks: false (no environment listing the namespace's
+-- Services); pod level: runAsNonRoot, runAsUser/runAsGroup/fsGroup and
+-- seccompProfile from `security`; every container (the init container, the
+-- runner, the MCP sidecar, and the uploader policy.sync adds at stop):
+-- allowPrivilegeEscalation false and capabilities drop ALL.
+--   security   the default for every template; a template's own `security`
+--              table (templates.catalogue.<t>.security) merges over it key
+--              by key, so a template loosens only what it names, visibly in
+--              the policy file. Fields (defaults in brackets):
+--     run_as_non_root   [true] pod runAsNonRoot: the kubelet refuses to start
+--                       a container that would run as uid 0
+--     run_as_user, run_as_group  [1000, 1000] pod runAsUser/runAsGroup;
+--                       false: the image's own USER (for the original
+--                       runner images that is root, so it needs
+--                       run_as_non_root = false too)
+--     fs_group          [1000] pod fsGroup (the emptyDir volumes get this
+--                       group); false: none
+--     seccomp_profile   ["RuntimeDefault"] pod seccompProfile: "RuntimeDefault",
+--                       "Unconfined" or "Localhost:<profile path>"
+--     allow_privilege_escalation  [false] runner and sidecar containers
+--     drop_capabilities ["ALL"], add_capabilities [{}]  runner and sidecar
+--                       containers (add e.g. { "NET_BIND_SERVICE" })
+--     read_only_root_filesystem  [false] runner and sidecar containers (the
+--                       original images write outside /workspaces)
+--     home              ["/home/devex"] with a non-root run_as_user: an
+--                       emptyDir mounted there in the runner and HOME set to
+--                       it (the original images have no home for uid 1000,
+--                       so npm, pip and go caches would fail); false: none
+--   Why non-root by default: the original runner images declare no USER
+--   (root), but their runner binary is executable by any uid, works in
+--   /workspaces (an emptyDir, writable by all) and needs no capability; what
+--   a user loses as uid 1000 is installing into the image's system
+--   directories (apt-get, npm -g, pip without a venv), which dropping every
+--   capability already breaks for root. A template whose image really needs
+--   root says so:  security = { run_as_non_root = false, run_as_user = 0, run_as_group = 0 }.
+--   The init container and the uploader always drop every capability, never
+--   escalate and use RuntimeDefault seccomp whatever the template says; they
+--   run as the pod's user, the same as the runner, so the runner owns the
+--   files it restores and the uploader can read every file it wrote (a
+--   different uid could do neither without capabilities).
 --
 -- Knobs:
 --   s3_secret        Secret with keys access_key and secret_key
@@ -108,6 +152,18 @@ local M = {
   mcp_image = "ghcr.io/parthkapoor-dev/devex/mcp:latest",
   mcp_port = 8080,
   start_timeout = 120,
+  security = {
+    run_as_non_root = true,
+    run_as_user = 1000,
+    run_as_group = 1000,
+    fs_group = 1000,
+    seccomp_profile = "RuntimeDefault",
+    allow_privilege_escalation = false,
+    drop_capabilities = { "ALL" },
+    add_capabilities = {},
+    read_only_root_filesystem = false,
+    home = "/home/devex",
+  },
 }
 
 -- label values: at most 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric
@@ -146,6 +202,117 @@ M.s3_env = s3_env
 
 local function workspace_mount() return json.array({ { name = "workspaces", mountPath = "/workspaces" } }) end
 
+-- security: the checks of each field (nil: valid; else what was expected)
+local function uid_or_false(v)
+  if v == false or (math.type(v) == "integer" and v >= 0) then return nil end
+  return "an integer >= 0 or false"
+end
+local function boolean(v) if type(v) == "boolean" then return nil end return "true or false" end
+local function caps(v)
+  if type(v) ~= "table" then return "a list of capability names" end
+  for k, c in pairs(v) do
+    if math.type(k) ~= "integer" or type(c) ~= "string" or not c:match("^[A-Z_]+$") then
+      return 'a list of capability names (e.g. { "ALL" } or { "NET_BIND_SERVICE" })'
+    end
+  end
+  return nil
+end
+local SECURITY = {
+  run_as_non_root = boolean,
+  run_as_user = uid_or_false,
+  run_as_group = uid_or_false,
+  fs_group = uid_or_false,
+  seccomp_profile = function(v)
+    if v == "RuntimeDefault" or v == "Unconfined" or (type(v) == "string" and v:match("^Localhost:%S+$")) then
+      return nil
+    end
+    return '"RuntimeDefault", "Unconfined" or "Localhost:<profile>"'
+  end,
+  allow_privilege_escalation = boolean,
+  drop_capabilities = caps,
+  add_capabilities = caps,
+  read_only_root_filesystem = boolean,
+  home = function(v)
+    if v == false or (type(v) == "string" and v:match("^/[%w%._/-]*$") and not v:find("..", 1, true)) then
+      return nil
+    end
+    return "an absolute path or false"
+  end,
+}
+
+local function list_copy(t)
+  local out = {}
+  for i, v in ipairs(t) do out[i] = v end
+  return out
+end
+
+-- The security of ctx's session: workload.security with the template's own
+-- `security` merged over it key by key (a capability list is replaced
+-- whole). Raises, naming the field, on an unknown field or a wrong value, so
+-- `devexd --check` refuses a typo instead of silently not applying it.
+function M.security_of(ctx)
+  local p = ctx.policy or M
+  if p.security ~= nil and type(p.security) ~= "table" then error("workload.security must be a table", 0) end
+  local base = p.security or M.security
+  local tsec = ctx.template and ctx.template.security
+  local tname = "templates.catalogue." .. tostring(ctx.repl and ctx.repl.template) .. ".security"
+  if tsec ~= nil and type(tsec) ~= "table" then error(tname .. " must be a table", 0) end
+  local out = {}
+  for _, layer in ipairs({ { M.security, "workload.security" }, { base, "workload.security" }, { tsec or {}, tname } }) do
+    for k, v in pairs(layer[1]) do
+      local check = SECURITY[k]
+      if not check then
+        error(string.format("%s: unknown field '%s'", layer[2], tostring(k)), 0)
+      end
+      local expected = check(v)
+      if expected then
+        error(string.format("%s.%s: expected %s, got %s", layer[2], k, expected, tostring(v)), 0)
+      end
+      out[k] = type(v) == "table" and list_copy(v) or v
+    end
+  end
+  if out.run_as_non_root and out.run_as_user == 0 then
+    error(tname .. ": run_as_non_root with run_as_user 0 never starts (the kubelet refuses it)", 0)
+  end
+  return out
+end
+
+local function seccomp(profile)
+  local localhost = profile:match("^Localhost:(.+)$")
+  if localhost then return { type = "Localhost", localhostProfile = localhost } end
+  return { type = profile }
+end
+
+-- pod-level securityContext of a session's pod
+function M.pod_security_context(sec)
+  local sc = { runAsNonRoot = sec.run_as_non_root, seccompProfile = seccomp(sec.seccomp_profile) }
+  if sec.run_as_user then sc.runAsUser = sec.run_as_user end
+  if sec.run_as_group then sc.runAsGroup = sec.run_as_group end
+  if sec.fs_group then sc.fsGroup = sec.fs_group end
+  return sc
+end
+
+-- securityContext of the runner and the MCP sidecar: the template's
+function M.container_security_context(sec)
+  local c = { drop = json.array(list_copy(sec.drop_capabilities)) }
+  if sec.add_capabilities[1] then c.add = json.array(list_copy(sec.add_capabilities)) end
+  return {
+    allowPrivilegeEscalation = sec.allow_privilege_escalation,
+    capabilities = c,
+    readOnlyRootFilesystem = sec.read_only_root_filesystem,
+  }
+end
+
+-- securityContext of the init container and the uploader: never loosened.
+-- They run as the pod's user (the runner's), see the header.
+function M.helper_security_context()
+  return {
+    allowPrivilegeEscalation = false,
+    capabilities = { drop = json.array({ "ALL" }) },
+    seccompProfile = { type = "RuntimeDefault" },
+  }
+end
+
 function M.build(ctx)
   local p = ctx.policy or M
   local labels = (p.labels or M.labels)(ctx)
@@ -157,6 +324,23 @@ function M.build(ctx)
   if grpc == nil then grpc = 50051 end
   local mcp_port = ctx.mcp and (p.mcp_port or 8080) or nil
   local pod_match = { [repl_label] = id }
+  local sec = M.security_of(ctx)
+  -- a home for a uid the image does not know (see `security.home`)
+  local home = sec.home and math.type(sec.run_as_user) == "integer" and sec.run_as_user > 0 and sec.home or nil
+  local runner_env = {
+    { name = "REPL_ID", value = id },
+    { name = "TEMPLATE", value = ctx.repl.template },
+    { name = "PORT", value = tostring(port) },
+    { name = "RUNNER_TOKEN", value = ctx.token },
+    { name = "CALLBACK_URL", value = ctx.callback_url },
+  }
+  local runner_mounts = { { name = "workspaces", mountPath = "/workspaces" } }
+  local volumes = { { name = "workspaces", emptyDir = json.object({}) } }
+  if home then
+    runner_env[#runner_env + 1] = { name = "HOME", value = home }
+    runner_mounts[#runner_mounts + 1] = { name = "home", mountPath = home }
+    volumes[#volumes + 1] = { name = "home", emptyDir = json.object({}) }
+  end
 
   local ports = { { name = "http", containerPort = port, protocol = "TCP" } }
   local svc_ports = { { name = "http", port = port, targetPort = port, protocol = "TCP" } }
@@ -171,17 +355,12 @@ function M.build(ctx)
     command = t.command and json.array(t.command) or nil,
     workingDir = "/workspaces",
     ports = json.array(ports),
-    env = json.array({
-      { name = "REPL_ID", value = id },
-      { name = "TEMPLATE", value = ctx.repl.template },
-      { name = "PORT", value = tostring(port) },
-      { name = "RUNNER_TOKEN", value = ctx.token },
-      { name = "CALLBACK_URL", value = ctx.callback_url },
-    }),
+    env = json.array(runner_env),
     readinessProbe = { httpGet = { path = t.readiness_path or "/ping", port = port },
                        periodSeconds = 2, failureThreshold = 3 },
     resources = t.resources,
-    volumeMounts = workspace_mount(),
+    securityContext = M.container_security_context(sec),
+    volumeMounts = json.array(runner_mounts),
   } }
   if mcp_port then
     containers[#containers + 1] = {
@@ -193,6 +372,7 @@ function M.build(ctx)
         { name = "REPL_ID", value = id },
         { name = "TEMPLATE", value = ctx.repl.template },
       }),
+      securityContext = M.container_security_context(sec),
       volumeMounts = workspace_mount(),
     }
     svc_ports[#svc_ports + 1] = { name = "mcp", port = mcp_port, targetPort = mcp_port, protocol = "TCP" }
@@ -209,13 +389,15 @@ function M.build(ctx)
         spec = {
           automountServiceAccountToken = false,
           enableServiceLinks = false,
-          volumes = json.array({ { name = "workspaces", emptyDir = json.object({}) } }),
+          securityContext = M.pod_security_context(sec),
+          volumes = json.array(volumes),
           initContainers = json.array({ {
             name = "download",
             image = p.downloader_image,
             command = json.array({ "sh", "-c",
               'aws s3 cp --recursive --endpoint-url "$S3_ENDPOINT" "s3://$S3_BUCKET/$REPL_PREFIX" /workspaces/' }),
             env = s3_env(ctx, p.s3_secret),
+            securityContext = M.helper_security_context(),
             volumeMounts = workspace_mount(),
           } }),
           containers = json.array(containers),

@@ -10,6 +10,13 @@ lua/runtime/kubernetes.lua; issue 13, items 4 to 6):
     identity gets one derived from its objects.
   * `devexd --check` refuses a policy whose build() raises, returns no
     Deployment, or whose identity selects every REPL's pods.
+  * The pod's security (issue 14, item 4): by default runAsNonRoot as uid/gid
+    1000, RuntimeDefault seccomp, no service-account token, no service links,
+    and on every container (init, runner, MCP sidecar) no privilege
+    escalation and every capability dropped; a template's `security` loosens
+    only what it names and never the init container; a typo is refused. On
+    the cluster the Deployment read back and the uploader added at stop carry
+    them.
   * On the real kube-apiserver of k8s_harness: an operator build() with other
     labels and other names still gets readiness, stop (the uploader goes to
     the pod its selector finds), orphan cleanup (by its managed selector and
@@ -250,6 +257,113 @@ class WorkloadRenderTest(unittest.TestCase):
         objs, _, _ = self.render("--template", "node", conf=conf)
         self.assertEqual(self.containers(objs)["runner"]["image"], "mirror.example/devex/runner-node:latest")
 
+    LOCKED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+    def assert_locked(self, sc, what):
+        for k, v in self.LOCKED.items():
+            self.assertEqual(sc.get(k), v, "%s: %s" % (what, k))
+
+    def test_security_defaults(self):
+        for env in ({}, {"ENABLE_MCP_SIDECAR": "true", "RUNNER_EXPOSURE": "ingress", "RUNNER_DOMAIN": "r.example.test"}):
+            for t in ("node", "python", "go"):
+                objs, _, _ = self.render("--template", t, **env)
+                pod = objs["Deployment"]["spec"]["template"]["spec"]
+                self.assertIs(pod["automountServiceAccountToken"], False)
+                self.assertIs(pod["enableServiceLinks"], False)
+                self.assertEqual(pod["securityContext"], {
+                    "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"}})
+                containers = pod["initContainers"] + pod["containers"]
+                self.assertEqual([c["name"] for c in containers],
+                                 ["download", "runner"] + (["mcp-server"] if env else []))
+                for c in containers:
+                    self.assert_locked(c["securityContext"], c["name"])
+                    self.assertNotIn("add", c["securityContext"]["capabilities"])
+                    self.assertNotIn("privileged", c["securityContext"])
+                    self.assertNotIn("runAsUser", c["securityContext"])  # the pod's user for all of them
+                self.assertEqual(pod["initContainers"][0]["securityContext"]["seccompProfile"], {"type": "RuntimeDefault"})
+                # uid 1000 has no home in the original images: one on an emptyDir
+                runner = self.containers(objs)["runner"]
+                env_ = {e["name"]: e.get("value") for e in runner["env"]}
+                self.assertEqual(env_["HOME"], "/home/devex")
+                self.assertIn({"name": "home", "mountPath": "/home/devex"}, runner["volumeMounts"])
+                self.assertIn({"name": "home", "emptyDir": {}}, pod["volumes"])
+
+    def test_security_loosened_per_template_only(self):
+        conf = self.policy_conf(
+            'return { templates = { catalogue = {\n'
+            '  node = { security = { run_as_non_root = false, run_as_user = 0, run_as_group = 0,\n'
+            '                        add_capabilities = { "NET_BIND_SERVICE" }, seccomp_profile = "Unconfined" } },\n'
+            '  python = { security = { read_only_root_filesystem = true, home = false } } } },\n'
+            '  workload = { security = { run_as_user = 2000 } } }\n')
+        objs, _, _ = self.render("--template", "node", conf=conf)
+        pod = objs["Deployment"]["spec"]["template"]["spec"]
+        self.assertEqual(pod["securityContext"], {"runAsNonRoot": False, "runAsUser": 0, "runAsGroup": 0,
+                                                  "fsGroup": 1000, "seccompProfile": {"type": "Unconfined"}})
+        runner = self.containers(objs)["runner"]
+        self.assertEqual(runner["securityContext"]["capabilities"], {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})
+        self.assertFalse(runner["securityContext"]["allowPrivilegeEscalation"])
+        self.assertNotIn("HOME", [e["name"] for e in runner["env"]])  # root has its own
+        self.assertEqual([v["name"] for v in pod["volumes"]], ["workspaces"])
+        # the init container is not loosened by the template
+        init = pod["initContainers"][0]["securityContext"]
+        self.assertEqual(init, {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}})
+        # python: only what it names; workload.security changes every template's default
+        objs, _, _ = self.render("--template", "python", conf=conf)
+        pod = objs["Deployment"]["spec"]["template"]["spec"]
+        self.assertEqual(pod["securityContext"]["runAsUser"], 2000)
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        runner = self.containers(objs)["runner"]
+        self.assertTrue(runner["securityContext"]["readOnlyRootFilesystem"])
+        self.assertNotIn("HOME", [e["name"] for e in runner["env"]])
+        objs, _, _ = self.render("--template", "go", conf=conf)
+        self.assertEqual(objs["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"], 2000)
+        self.assertEqual(self.run_devexd("--check", conf=conf).returncode, 0)
+
+    def test_uploader_security(self):
+        """policy.sync's uploader, rendered through a build() that calls it
+        for a 1.28 and a 1.20 API server and shows the result."""
+        conf = self.policy_conf(r'''
+local json = require("devex.json")
+local workload, sync = require("policy.workload"), require("policy.sync")
+return { workload = { build = function(ctx)
+  local o = workload.build(ctx)
+  local show = {}
+  for _, minor in ipairs({ 28, 20 }) do
+    local c = sync.container({ repl = ctx.repl, s3 = ctx.s3, server_version = { major_n = 1, minor_n = minor } })
+    show["test.example/uploader-1." .. minor] = json.encode({ securityContext = c.securityContext or json.null,
+                                                              target = c.targetContainerName })
+  end
+  o.deployment.metadata.annotations = show
+  return o
+end } }
+''')
+        objs, _, _ = self.render("--template", "node", conf=conf)
+        ann = objs["Deployment"]["metadata"]["annotations"]
+        self.assertEqual(json.loads(ann["test.example/uploader-1.28"]), {
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "target": "runner"})
+        self.assertEqual(json.loads(ann["test.example/uploader-1.20"]), {"securityContext": None, "target": "runner"})
+
+    def test_security_mistakes_are_refused(self):
+        cases = {
+            "templates = { catalogue = { node = { security = { run_as_nonroot = false } } } }":
+                "templates.catalogue.node.security: unknown field 'run_as_nonroot'",
+            "templates = { catalogue = { node = { security = { run_as_user = 0 } } } }":
+                "run_as_non_root with run_as_user 0",
+            'workload = { security = { seccomp_profile = "none" } }': "workload.security.seccomp_profile: expected",
+            'templates = { catalogue = { go = { security = { drop_capabilities = "ALL" } } } }':
+                "templates.catalogue.go.security.drop_capabilities: expected a list",
+            'templates = { catalogue = { go = { security = "off" } } }': "templates.catalogue.go.security must be a table",
+        }
+        for text, message in cases.items():
+            conf = self.policy_conf("return { %s }\n" % text)
+            p = self.run_devexd("--check", conf=conf)
+            self.assertEqual(p.returncode, 1, (text, p.stdout))
+            self.assertIn(message, p.stderr, text)
+
     def test_unknown_template_and_bad_arguments(self):
         for args in (["--template", "cobol"], [], ["--template"], ["--template", "node", "--repl", "../etc"],
                      ["--template", "node", "--colour", "red"]):
@@ -416,6 +530,13 @@ class OperatorPolicyOnKubernetesTest(unittest.TestCase):
         self.assertEqual(self.names("apps/v1", "deployments", "example.com/workspace=" + rid), [name])
         pod = self.get("v1", "pods", pod["metadata"]["name"])
         self.assertTrue(pod["spec"].get("ephemeralContainers"), "no uploader was added to the session's pod")
+        # the uploader runs as the pod's user; Kubernetes 1.20 refuses a
+        # securityContext on an ephemeral container, so it has none of its own
+        # here (test_uploader_security: 1.21+ gets the init container's)
+        for c in pod["spec"]["ephemeralContainers"]:
+            self.assertNotIn("securityContext", c)
+        self.assertEqual(pod["spec"]["securityContext"]["runAsUser"], 1000)
+        self.assertTrue(pod["spec"]["securityContext"]["runAsNonRoot"])
         self.kc.kubelet.remove_rule(rule)
         # ... and once it exits 0 the Deployment of that name goes, its Service with it
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
@@ -479,6 +600,15 @@ class OperatorPolicyOnKubernetesTest(unittest.TestCase):
         self.assertEqual(sess["mcp_endpoint"], ip + ":8080")
         dep = self.get("apps/v1", "deployments", rid)
         self.assertEqual([c["name"] for c in dep["spec"]["template"]["spec"]["containers"]], ["runner", "mcp-server"])
+        # the API server kept the securityContext of the pod and of every container
+        spec = dep["spec"]["template"]["spec"]
+        self.assertEqual(spec["securityContext"], {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                                                   "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}})
+        self.assertIs(spec["automountServiceAccountToken"], False)
+        self.assertIs(spec["enableServiceLinks"], False)
+        for c in spec["initContainers"] + spec["containers"]:
+            self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"], c["name"])
+            self.assertEqual(c["securityContext"]["capabilities"], {"drop": ["ALL"]}, c["name"])
         self.assertEqual(b.request("DELETE", "/api/repl/" + rid, headers=JSON).status, 200)
         poll(lambda: self.names("apps/v1", "deployments", "devex.io/repl=" + rid) == [], "the Deployment to go")
 
