@@ -6,6 +6,11 @@
   - the Role is no wider than devexd needs: namespaced (no ClusterRole or
     ClusterRoleBinding anywhere), no "*" verb, resource or API group, only
     the resources the runtime touches;
+  - the NetworkPolicies (networkpolicy.yaml): devex-repls denies by default;
+    the runner pods (selected by the labels `devexd workload render` gives
+    them) accept only devexd's pods on the ports the gateway uses, and reach
+    only kube-dns, devexd and the internet minus the private and link-local
+    ranges; devexd reaches DNS, Redis, the runners' ports and 443/6443;
   - the Role is enough: with a TokenRequest token of the devexd
     ServiceAccount (kubeconfig with that token, namespace devex-repls) devexd's
     Kubernetes runtime runs test_k8s_runtime.py's flows (create, start, stop,
@@ -17,8 +22,11 @@ the server lacks policy/v1.
 """
 
 import glob
+import ipaddress
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -37,7 +45,7 @@ REPL_NS = "devex-repls"
 PLURALS = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Role": "roles",
            "RoleBinding": "rolebindings", "ConfigMap": "configmaps", "Secret": "secrets",
            "Deployment": "deployments", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
-           "Ingress": "ingresses"}
+           "Ingress": "ingresses", "NetworkPolicy": "networkpolicies"}
 # what lua/runtime/kubernetes.lua touches, by API group
 ALLOWED = {("apps", "deployments"), ("", "services"), ("networking.k8s.io", "ingresses"),
            ("traefik.io", "middlewares"), ("", "pods"), ("", "pods/ephemeralcontainers")}
@@ -146,6 +154,103 @@ class ManifestsTest(unittest.TestCase):
         self.assertIn("limits", c["resources"])
         env = {e["name"]: e.get("value") for e in c["env"]}
         self.assertEqual(env["KUBE_NAMESPACE"], REPL_NS)
+
+    def render(self, template="node"):
+        """`devexd workload render` with the shipped config and the MCP sidecar on."""
+        from test_config import SHIPPED_CONF, clean_env
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", SHIPPED_CONF, "-L", harness.LUA_DIR, "workload", "render",
+                            "--template", template], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=30,
+                           env=clean_env(ENABLE_MCP_SIDECAR="true", KUBE_NAMESPACE=REPL_NS))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return json.loads(p.stdout)
+
+    def test_network_policies(self):
+        apply_namespaces(self.kc, self.docs)
+        pols = {(d.namespace, d.name): apply(self.kc, d, dry_run=True)["spec"]
+                for d in self.docs if d.kind == "NetworkPolicy"}
+        self.assertEqual(sorted(pols), sorted([(APP_NS, "devexd"), (REPL_NS, "default-deny"), (REPL_NS, "runners")]))
+        # everything in the REPL namespace that no other policy allows is denied
+        deny = pols[(REPL_NS, "default-deny")]
+        self.assertEqual(deny["podSelector"], {})
+        self.assertEqual(sorted(deny["policyTypes"]), ["Egress", "Ingress"])
+        self.assertNotIn("ingress", deny)
+        self.assertNotIn("egress", deny)
+
+        out = self.render()
+        self.assertEqual(out["objects"][0]["metadata"]["namespace"], REPL_NS)
+        pod = out["objects"][0]["spec"]["template"]
+        gateway_ports = {out["identity"]["port"], out["identity"]["mcp_port"]}
+        app_dep = apply(self.kc, [d for d in self.docs if d.kind == "Deployment"][0], dry_run=True)
+        app_labels = app_dep["spec"]["template"]["metadata"]["labels"]
+
+        def selects(selector, labels):
+            return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) \
+                and not selector.get("matchExpressions")
+
+        def ns_is(peer, ns):
+            return peer.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": ns}}
+
+        # the runner pods: selected by the labels devexd gives them
+        run = pols[(REPL_NS, "runners")]
+        self.assertTrue(selects(run["podSelector"], pod["metadata"]["labels"]), run["podSelector"])
+        self.assertTrue(run["podSelector"]["matchLabels"], "must not select every pod")
+        self.assertEqual(sorted(run["policyTypes"]), ["Egress", "Ingress"])
+        # ingress: from devexd's pods only, on the ports the gateway uses
+        (rule,) = run["ingress"]
+        (peer,) = rule["from"]
+        self.assertTrue(ns_is(peer, APP_NS), peer)
+        self.assertTrue(selects(peer["podSelector"], app_labels), peer)
+        self.assertEqual({(p["protocol"], p["port"]) for p in rule["ports"]}, {("TCP", p) for p in gateway_ports})
+        # egress: every rule names its destination; DNS only to kube-dns; the
+        # internet without the private and link-local ranges
+        private = [ipaddress.ip_network(n) for n in
+                   ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+                    "fc00::/7", "fe80::/10")]
+        blocks = []
+        for r in run["egress"]:
+            self.assertIn("to", r, r)
+            for peer in r["to"]:
+                if "ipBlock" in peer:
+                    blocks.append(peer["ipBlock"])
+                    self.assertNotIn("ports", r)  # any port, but only outside the cluster
+                else:
+                    self.assertTrue(peer.get("namespaceSelector", {}).get("matchLabels"), r)
+                    self.assertTrue(peer.get("podSelector", {}).get("matchLabels"), r)
+                    if ns_is(peer, "kube-system"):
+                        self.assertEqual(peer["podSelector"], {"matchLabels": {"k8s-app": "kube-dns"}})
+                        self.assertEqual(sorted((p["protocol"], p["port"]) for p in r["ports"]),
+                                         [("TCP", 53), ("UDP", 53)])
+                    else:
+                        self.assertTrue(ns_is(peer, APP_NS) and selects(peer["podSelector"], app_labels), r)
+                        self.assertEqual([p["port"] for p in r["ports"]], [8080])
+        self.assertEqual(sorted(b["cidr"] for b in blocks), ["0.0.0.0/0", "::/0"])
+        for b in blocks:
+            excepts = [ipaddress.ip_network(e) for e in b["except"]]
+            for net in private:
+                if net.version == ipaddress.ip_network(b["cidr"]).version:
+                    self.assertTrue(any(net.subnet_of(e) for e in excepts), (net, b))
+        # what an address inside the cluster would match: nothing but the selector rules
+        for addr in ("10.96.0.1", "10.244.1.7", "172.17.0.2", "192.168.1.1", "169.254.169.254", "100.64.0.10",
+                     "fd00::1", "fe80::1"):
+            a = ipaddress.ip_address(addr)
+            allowed = [b for b in blocks if a in ipaddress.ip_network(b["cidr"])
+                       and not any(a in ipaddress.ip_network(e) for e in b["except"])]
+            self.assertEqual(allowed, [], addr)
+
+        # devexd: DNS, Redis, the runners' ports, HTTPS
+        app = pols[(APP_NS, "devexd")]
+        self.assertTrue(selects(app["podSelector"], app_labels))
+        self.assertEqual(app["policyTypes"], ["Egress"])
+        by_port = {}
+        for r in app["egress"]:
+            for p in r["ports"]:
+                by_port.setdefault((p["protocol"], p["port"]), []).append(r.get("to"))
+        for port in (("UDP", 53), ("TCP", 53), ("TCP", 6379), ("TCP", 443), ("TCP", 6443)):
+            self.assertIn(port, by_port)
+        for port in gateway_ports:
+            (to,) = by_port[("TCP", port)]
+            self.assertTrue(ns_is(to[0], REPL_NS) and selects(to[0]["podSelector"], pod["metadata"]["labels"]), to)
 
     def test_role_is_not_wider_than_needed(self):
         kinds = {d.kind for d in self.docs}
