@@ -64,15 +64,50 @@ function M.enum(name, default, allowed)
   return default
 end
 
+-- A URL as it may be shown in an error: the userinfo's password replaced by
+-- *** ("scheme://user:***@host..."), and a userinfo without a colon, which a
+-- redis:// URL uses for the password alone, replaced whole ("***@host...").
+local function redact(v)
+  local pre, userinfo, rest = v:match("^(%a[%w+.-]*://)(.*)@(.*)$")
+  if not pre then
+    pre = ""
+    userinfo, rest = v:match("^(.*)@(.*)$")
+    if not userinfo then return v end
+  end
+  local user = userinfo:match("^([^:]*):")
+  if user and user ~= "" then return pre .. user .. ":***@" .. rest end
+  return pre .. "***@" .. rest
+end
+M.redact = redact
+
+-- Schemes that look right but that this build cannot speak, and what to do instead.
+local UNSUPPORTED = {
+  rediss = "TLS to Redis (rediss://) is not available: the hiredis devexd is built with (0.14, Debian 12) "
+    .. "has no TLS. Reach Redis over a private network, or run a TLS tunnel (such as stunnel) beside devexd "
+    .. "and point REDIS_URL at its local end (redis://user:password@127.0.0.1:PORT/0)",
+}
+
 -- A URL whose scheme is one of `schemes` (for example {"http", "https"}).
+-- unix:///path (a socket path, no host) is accepted when "unix" is one of
+-- them. A rejected value is reported without its password.
 function M.url(name, default, schemes)
   local v = raw(name)
   if v == nil then return default end
-  local scheme = v:match("^(%a[%w+.-]*)://[^%s/?#]+")
+  local scheme = v:match("^(%a[%w+.-]*)://")
   local ok = false
   for _, s in ipairs(schemes) do if scheme == s then ok = true end end
+  if ok then
+    if scheme == "unix" then
+      ok = v:match("^unix:///[^%s?#]") ~= nil
+    else
+      ok = v:match("^%a[%w+.-]*://[^%s/?#]+") ~= nil
+    end
+  end
   if not ok or v:find("[%s]") then
-    bad(name, v, "a " .. table.concat(schemes, " or ") .. " URL")
+    local expected = "a " .. table.concat(schemes, " or ") .. " URL"
+    local note = scheme and UNSUPPORTED[scheme:lower()]
+    problems[#problems + 1] = string.format("%s: expected %s, got %q%s", name, expected, redact(v),
+      note and ("; " .. note) or "")
     return default
   end
   return v
