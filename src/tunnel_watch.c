@@ -20,6 +20,16 @@
  * was there before). The lists are shared by the workers under one mutex:
  * they change once per WebSocket, and each worker reads only its own
  * tunnels' counters (a socket is written by its owner thread only).
+ *
+ * The same place tunes every tunnel for throughput (tests/bench/bench_gateway.sh
+ * measured 0.11 of direct bulk throughput without it): TCP_NODELAY on both
+ * sockets (H2O sets it only on sockets it accepts, so a message written to
+ * the runner in two segments waited for the runner's delayed ACK, ~40 ms),
+ * and reads of up to 256 KB instead of the ~8 KB of H2O's socket buffers
+ * (its tunnel stops reading a side until the write to the other finishes, so
+ * the read size sets how many round steps a large message takes). The big
+ * buffers come from a prototype without recycling: allocated per read burst
+ * and freed when the tunnel has written them, from any thread.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -28,7 +38,10 @@
 #include "log.h"
 
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <h2o/tunnel.h>
@@ -61,6 +74,21 @@ typedef struct {
     watch_t *w;
     int index;
 } close_ref_t;
+
+#define TUNNEL_READ_SIZE (256 * 1024)
+
+/* allocator.max 0: every buffer is malloc'd and freed, nothing is kept, so
+ * one prototype serves every thread */
+static h2o_buffer_prototype_t tunnel_buffer_prototype = {.allocator = {.max = 0}, ._initial_buf = {.capacity = TUNNEL_READ_SIZE}};
+
+static void tune_socket(h2o_socket_t *sock)
+{
+    int fd = h2o_socket_get_fd(sock);
+    int one = 1;
+    if (fd >= 0)
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* not TCP (a unix socket): no matter */
+    h2o_buffer_set_prototype(&sock->input, &tunnel_buffer_prototype);
+}
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pending_t *pendings;
@@ -161,6 +189,8 @@ h2o_tunnel_t *h2o_tunnel_establish(h2o_context_t *ctx, h2o_socket_t *sock1, h2o_
         if (real == NULL)
             abort(); /* libh2o without it cannot have called us */
     }
+    tune_socket(sock1);
+    tune_socket(sock2);
     struct sockaddr_storage ss;
     socklen_t len = h2o_socket_getpeername(sock1, (struct sockaddr *)&ss);
     pending_t *p = len != 0 ? take_pending((struct sockaddr *)&ss, len) : NULL;
