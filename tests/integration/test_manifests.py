@@ -161,7 +161,7 @@ class ManifestsTest(unittest.TestCase):
         p = subprocess.run([harness.DEVEXD_BIN, "-c", SHIPPED_CONF, "-L", harness.LUA_DIR, "workload", "render",
                             "--template", template], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, timeout=30,
-                           env=clean_env(ENABLE_MCP_SIDECAR="true", KUBE_NAMESPACE=REPL_NS))
+                           env=clean_env(ENABLE_MCP_SIDECAR="true", KUBE_NAMESPACE=REPL_NS, ENVIRONMENT="test"))
         self.assertEqual(p.returncode, 0, p.stderr)
         return json.loads(p.stdout)
 

@@ -121,6 +121,7 @@ class WorkloadRenderTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.tmp, True)
 
     def run_devexd(self, *args, conf=SHIPPED_CONF, **env):
+        env.setdefault("ENVIRONMENT", "test")  # rendering is not about production's https rules
         p = subprocess.run([harness.DEVEXD_BIN, "-c", conf, "-L", harness.LUA_DIR] + list(args),
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            timeout=30, env=clean_env(**env))
