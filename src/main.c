@@ -16,9 +16,80 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static devex_worker_t *workers;
+
+/* `devexd runner --dir DIR [--port N] [--host H]`: the workspace agent. It
+ * serves like devexd itself (same workers, signals and drain) but with its
+ * own config, lua/runner/conf.lua, which reads what is parsed here from the
+ * DEVEXD_RUNNER_* variables set below, and runs the app lua/runner/app.lua.
+ * Returns the config path (caller frees), or NULL after printing the error. */
+static char *runner_setup(int argc, char **argv, const char *lua_dir)
+{
+    const char *dir = NULL, *port = getenv("PORT"), *host = getenv("HOST");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        const char *names[] = {"--dir", "--port", "--host"};
+        const char **dst[] = {&dir, &port, &host};
+        int matched = 0;
+        for (int k = 0; k < 3; k++) {
+            size_t n = strlen(names[k]);
+            if (strncmp(a, names[k], n) == 0 && (a[n] == '\0' || a[n] == '=')) {
+                v = a[n] == '=' ? a + n + 1 : (i + 1 < argc ? argv[++i] : NULL);
+                if (v == NULL || *v == '\0') {
+                    fprintf(stderr, "devexd runner: %s needs a value\n", names[k]);
+                    return NULL;
+                }
+                *dst[k] = v;
+                matched = 1;
+            }
+        }
+        if (!matched) {
+            fprintf(stderr, "devexd runner: unknown argument '%s'\nusage: devexd runner --dir DIR [--port PORT] [--host HOST]\n", a);
+            return NULL;
+        }
+    }
+    if (dir == NULL) {
+        fprintf(stderr, "devexd runner: --dir DIR is required (the workspace directory)\n");
+        return NULL;
+    }
+    char *real = realpath(dir, NULL);
+    struct stat st;
+    if (real == NULL || stat(real, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "devexd runner: %s is not a directory\n", dir);
+        free(real);
+        return NULL;
+    }
+    char *end;
+    long p = strtol(port && *port ? port : "8081", &end, 10);
+    if (*end != '\0' || p < 1 || p > 65535) {
+        fprintf(stderr, "devexd runner: the port must be from 1 to 65535, got '%s'\n", port);
+        free(real);
+        return NULL;
+    }
+    char pbuf[16];
+    snprintf(pbuf, sizeof(pbuf), "%ld", p);
+    setenv("DEVEXD_RUNNER_DIR", real, 1);
+    setenv("DEVEXD_RUNNER_PORT", pbuf, 1);
+    setenv("DEVEXD_RUNNER_HOST", host && *host ? host : "0.0.0.0", 1);
+    free(real);
+    /* the agent's config lives beside its app, in the first Lua directory that has it */
+    const char *d = lua_dir;
+    while (*d) {
+        size_t n = strcspn(d, ":");
+        char path[4096];
+        snprintf(path, sizeof(path), "%.*s/runner/conf.lua", (int)n, d);
+        if (n > 0 && access(path, R_OK) == 0)
+            return strdup(path);
+        d += n;
+        if (*d == ':')
+            d++;
+    }
+    fprintf(stderr, "devexd runner: runner/conf.lua not found in the Lua directories %s\n", lua_dir);
+    return NULL;
+}
 
 static void usage(FILE *f)
 {
@@ -39,6 +110,10 @@ static void usage(FILE *f)
             "Commands (run once, then exit):\n"
             "  templates sync [DIR]  upload DIR/<name>/** (default: the shipped templates) to templates/<name>/ in storage\n"
             "  workload render --template T [--repl ID] [--user U]  print the session's Kubernetes objects and identity as JSON (no cluster contacted)\n"
+            "\n"
+            "  runner --dir DIR [--port PORT] [--host HOST]  serve (not once: until TERM) the workspace agent over DIR:\n"
+            "                       the IDE page's runner protocol, terminals, /user-app/ (port default $PORT or 8081,\n"
+            "                       host $HOST or 0.0.0.0; REPL_ID, RUNNER_TOKEN, CALLBACK_URL from the environment)\n"
             "\n"
             "Signals: HUP reloads the Lua app and policy; TERM and INT finish in-flight requests and exit.\n",
             DEVEX_DEFAULT_CONF, DEVEX_DEFAULT_LUA_DIR);
@@ -97,6 +172,15 @@ int main(int argc, char **argv)
         conf = DEVEX_DEFAULT_CONF;
     if (lua_dir == NULL || *lua_dir == '\0')
         lua_dir = DEVEX_DEFAULT_LUA_DIR;
+    static char *runner_conf; /* kept for the process's life */
+    if (cli_argc > 0 && strcmp(cli_argv[0], "runner") == 0) {
+        runner_conf = runner_setup(cli_argc, cli_argv, lua_dir);
+        if (runner_conf == NULL)
+            return 2;
+        conf = runner_conf;
+        cli_argc = 0; /* it serves */
+        threads = 1;  /* one workspace, one loop: terminals and sockets share it */
+    }
 
     static char err[8192];
     if (devex_settings_load(conf, lua_dir, err, sizeof(err)) != 0) {

@@ -8,7 +8,9 @@
 #include "json.h"
 #include "log.h"
 #include "oauth.h"
+#include "fs.h"
 #include "process.h"
+#include "ptys.h"
 #include "proxy.h"
 #include "s3.h"
 #include "http.h"
@@ -17,6 +19,7 @@
 #include "router.h"
 #include "server.h"
 #include "timer.h"
+#include "websocket.h"
 
 int luaopen_devex_runtime(lua_State *L);
 int luaopen_devex_task(lua_State *L);
@@ -32,6 +35,9 @@ static const luaL_Reg devex_modules[] = {
     {"devex.proxy", luaopen_devex_proxy},
     {"devex.process", luaopen_devex_process},
     {"devex.metrics", luaopen_devex_metrics},
+    {"devex.websocket", luaopen_devex_websocket}, /* the runner agent: lua/runner */
+    {"devex.pty", luaopen_devex_pty},
+    {"devex.fs", luaopen_devex_fs},
     {NULL, NULL},
 };
 
