@@ -97,7 +97,7 @@ static int collect_pairs(lua_State *L, int t, const char *field, int keep, int n
     return n - start;
 }
 
-static int l_sign(lua_State *L)
+static int sign_common(lua_State *L, int presign)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checkstack(L, 40, "s3.sign");
@@ -138,6 +138,13 @@ static int l_sign(lua_State *L)
     lua_getfield(L, 1, "time");
     if (!lua_isnil(L, -1))
         now = luaL_checkinteger(L, -1);
+    lua_Integer expires = 0;
+    if (presign) {
+        lua_getfield(L, 1, "expires");
+        if (!lua_isinteger(L, -1))
+            return luaL_error(L, "s3.presign: expires (integer seconds) is required");
+        expires = lua_tointeger(L, -1);
+    }
 
     /* Headers and params are first copied, as strings, into a "keep" table
      * that stays on the stack, so every pointer handed to the signer refers
@@ -181,7 +188,11 @@ static int l_sign(lua_State *L)
     req.flags = DEVEX_SIGV4_S3;
 
     devex_sigv4_result_t r = DEVEX_SIGV4_RESULT_INIT;
-    if (devex_sigv4_sign(&creds, &req, (time_t)now, &r) != 0) {
+    int rc = presign ? (expires < 1 || expires > DEVEX_SIGV4_MAX_EXPIRES
+                            ? (r.error = "expires must be 1..604800 seconds", -1)
+                            : devex_sigv4_presign(&creds, &req, (time_t)now, (long)expires, &r))
+                     : devex_sigv4_sign(&creds, &req, (time_t)now, &r);
+    if (rc != 0) {
         const char *why = r.error ? r.error : "cannot sign";
         lua_pushnil(L);
         devex_push_error(L, "invalid", why, 0);
@@ -199,8 +210,10 @@ static int l_sign(lua_State *L)
         lua_pushstring(L, r.added[i].value);
         lua_setfield(L, -2, r.added[i].name);
     }
-    lua_pushlstring(L, r.authorization.data, r.authorization.len);
-    lua_setfield(L, -2, "authorization");
+    if (!presign) {
+        lua_pushlstring(L, r.authorization.data, r.authorization.len);
+        lua_setfield(L, -2, "authorization");
+    }
     lua_setfield(L, out, "headers");
     lua_pushlstring(L, r.url_path.data, r.url_path.len);
     lua_setfield(L, out, "path");
@@ -221,6 +234,16 @@ static int l_sign(lua_State *L)
     lua_setfield(L, out, "string_to_sign");
     devex_sigv4_result_free(&r);
     return 1;
+}
+
+static int l_sign(lua_State *L)
+{
+    return sign_common(L, 0);
+}
+
+static int l_presign(lua_State *L)
+{
+    return sign_common(L, 1);
 }
 
 /* ---- a small XML tree on expat ------------------------------------------ */
@@ -756,6 +779,7 @@ int luaopen_devex_s3(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"sign", l_sign},
+        {"presign", l_presign},
         {"parse_list", l_parse_list},
         {"parse_error", l_parse_error},
         {"parse_delete_result", l_parse_delete_result},

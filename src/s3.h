@@ -17,6 +17,12 @@
  *          target = url_path .. ["?" .. url_query], path =, query =, signature =,
  *          canonical_request =, string_to_sign = }
  *      | nil, err (code "invalid")
+ *   s3.presign{ same fields as sign (no body; payload_hash defaults to UNSIGNED-PAYLOAD),
+ *               expires = seconds 1..604800 }
+ *     -> { target = url_path .. "?" .. query (with every X-Amz-* parameter, X-Amz-Signature last),
+ *          path =, query =, signature =, canonical_request =, string_to_sign =,
+ *          headers = { the signed headers the request must carry: host } }
+ *      | nil, err (code "invalid")  (SigV4 query-string authentication: a presigned URL)
  *   s3.parse_list(xml)   -> { contents = { {key, size, etag, last_modified, storage_class}... },
  *                             common_prefixes = { "a/", ... }, is_truncated = bool,
  *                             next_token = string|nil, key_count = n } | nil, err

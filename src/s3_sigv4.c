@@ -467,9 +467,12 @@ static int canon(const devex_sigv4_request_t *req, const char *amz_date, const c
         snprintf(info->payload, sizeof(info->payload), "%s", payload);
 #undef CANON_VALUE_EQ
 
-    info->add_date = hdr_date == NULL;
-    info->add_sha256 = hdr_sha == NULL && !(req->flags & DEVEX_SIGV4_NO_CONTENT_SHA256);
-    info->add_token = token != NULL && hdr_token == NULL;
+    /* query-string authentication: the date, payload and token travel as
+     * query parameters (X-Amz-*), never as added headers */
+    int query_auth = (req->flags & DEVEX_SIGV4_QUERY_AUTH) != 0;
+    info->add_date = hdr_date == NULL && !query_auth;
+    info->add_sha256 = hdr_sha == NULL && !(req->flags & DEVEX_SIGV4_NO_CONTENT_SHA256) && !query_auth;
+    info->add_token = token != NULL && hdr_token == NULL && !query_auth;
 
     /* headers: lower-case names and canonical values into the scratch */
     item_t hs[DEVEX_SIGV4_MAX_HEADERS];
@@ -676,6 +679,121 @@ int devex_sigv4_sign_with_key(const devex_sigv4_creds_t *creds, const devex_sigv
         return -1;
     }
     return sign(creds, key, req, now, out);
+}
+
+/* ---- presigning (query-string authentication) --------------------------- */
+
+static int is_x_amz_auth_param(const char *name)
+{
+    static const char *const names[] = {"x-amz-algorithm", "x-amz-credential", "x-amz-date",
+                                        "x-amz-expires",   "x-amz-signedheaders", "x-amz-signature",
+                                        "x-amz-security-token"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (name_is(name, names[i]))
+            return 1;
+    return 0;
+}
+
+int devex_sigv4_presign(const devex_sigv4_creds_t *c, const devex_sigv4_request_t *req, time_t now, long expires,
+                        devex_sigv4_result_t *out)
+{
+    result_reset(out);
+    if (c == NULL || !is_scope_part(c->access_key) || !is_scope_part(c->region) || !is_scope_part(c->service) ||
+        c->secret_key == NULL) {
+        out->error = "access key, secret key, region or service missing or not plain ASCII";
+        return -1;
+    }
+    if (req == NULL) {
+        out->error = "no request";
+        return -1;
+    }
+    if (expires < 1 || expires > DEVEX_SIGV4_MAX_EXPIRES) {
+        out->error = "expires must be 1..604800 seconds";
+        return -1;
+    }
+    if (req->nparams > 0 && req->params == NULL) {
+        out->error = "params is NULL";
+        return -1;
+    }
+    if (req->nparams > DEVEX_SIGV4_MAX_HEADERS) {
+        out->error = "too many params";
+        return -1;
+    }
+    for (size_t i = 0; i < req->nparams; i++)
+        if (req->params[i].name == NULL || is_x_amz_auth_param(req->params[i].name)) {
+            out->error = "a query parameter is NULL or an X-Amz-* authentication parameter";
+            return -1;
+        }
+    const char *token = c->session_token;
+    if (token && (token[0] == '\0' || strpbrk(token, "\r\n") != NULL)) {
+        out->error = "session token is empty or holds a line break";
+        return -1;
+    }
+    char date[DEVEX_SIGV4_DATE_SIZE];
+    if (devex_sigv4_format_time(now, out->amz_date, date) != 0) {
+        out->error = "time out of range";
+        return -1;
+    }
+
+    devex_sigv4_request_t r = *req;
+    r.flags |= DEVEX_SIGV4_QUERY_AUTH;
+    if (r.payload_sha256 == NULL)
+        r.payload_sha256 = DEVEX_SIGV4_UNSIGNED_PAYLOAD;
+
+    /* pass 1: the signed header list, which is itself a signed parameter */
+    canon_info_t info;
+    devex_buf_t scratch = DEVEX_BUF_INIT, names = DEVEX_BUF_INIT;
+    if (canon(&r, out->amz_date, NULL, &scratch, &names, NULL, NULL, &info) != 0) {
+        devex_buf_free(&scratch);
+        devex_buf_free(&names);
+        result_reset(out);
+        out->error = info.error;
+        return -1;
+    }
+    devex_buf_append(&names, "", 0);
+    devex_buf_appendf(&out->credential_scope, "%s/%s/%s/aws4_request", date, c->region, c->service);
+    devex_buf_t cred = DEVEX_BUF_INIT;
+    devex_buf_appendf(&cred, "%s/%s", c->access_key, out->credential_scope.data);
+    char exp[24];
+    snprintf(exp, sizeof(exp), "%ld", expires);
+
+    devex_sigv4_param_t ps[DEVEX_SIGV4_MAX_HEADERS + 6];
+    size_t np = 0;
+    for (size_t i = 0; i < req->nparams; i++)
+        ps[np++] = req->params[i];
+    ps[np++] = (devex_sigv4_param_t){"X-Amz-Algorithm", DEVEX_SIGV4_ALGORITHM};
+    ps[np++] = (devex_sigv4_param_t){"X-Amz-Credential", cred.data};
+    ps[np++] = (devex_sigv4_param_t){"X-Amz-Date", out->amz_date};
+    ps[np++] = (devex_sigv4_param_t){"X-Amz-Expires", exp};
+    if (token)
+        ps[np++] = (devex_sigv4_param_t){"X-Amz-Security-Token", token};
+    ps[np++] = (devex_sigv4_param_t){"X-Amz-SignedHeaders", names.data};
+    r.params = ps;
+    r.nparams = np;
+
+    /* pass 2: the canonical request with every X-Amz-* parameter but the
+     * signature */
+    int rc = canon(&r, out->amz_date, NULL, &out->canonical_request, &out->signed_headers, &out->url_path,
+                   &out->url_query, &info);
+    devex_buf_free(&scratch);
+    devex_buf_free(&names);
+    devex_buf_free(&cred);
+    if (rc != 0) {
+        result_reset(out);
+        out->error = info.error;
+        return -1;
+    }
+    memcpy(out->payload_sha256, info.payload, sizeof(out->payload_sha256));
+    devex_sigv4_string_to_sign(out->amz_date, out->credential_scope.data, out->canonical_request.data,
+                               out->canonical_request.len, &out->string_to_sign);
+    devex_sigv4_key_t key;
+    devex_sigv4_derive_key(c->secret_key, date, c->region, c->service, &key);
+    devex_sigv4_signature(&key, out->string_to_sign.data, out->string_to_sign.len, out->signature);
+    devex_sigv4_key_wipe(&key);
+    devex_buf_append_str(&out->url_query, "&X-Amz-Signature=");
+    devex_buf_append_str(&out->url_query, out->signature);
+    devex_buf_append(&out->authorization, "", 0); /* no Authorization header: "" */
+    return 0;
 }
 
 void devex_sigv4_result_free(devex_sigv4_result_t *r)

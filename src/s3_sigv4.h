@@ -86,6 +86,10 @@ enum {
     /* remove empty, "." and ".." path segments before encoding the
      * canonical URI (the URL path is left as given) */
     DEVEX_SIGV4_NORMALIZE_PATH = 1u << 2,
+    /* query-string authentication (devex_sigv4_presign sets it): the signer
+     * adds no x-amz-date, x-amz-content-sha256 or x-amz-security-token
+     * header; those travel as X-Amz-* query parameters */
+    DEVEX_SIGV4_QUERY_AUTH = 1u << 3,
     /* every AWS service but S3 */
     DEVEX_SIGV4_GENERIC = DEVEX_SIGV4_NO_CONTENT_SHA256 | DEVEX_SIGV4_DOUBLE_ENCODE_PATH | DEVEX_SIGV4_NORMALIZE_PATH,
 };
@@ -191,6 +195,26 @@ int devex_sigv4_sign(const devex_sigv4_creds_t *creds, const devex_sigv4_request
  * same secret, region and service; key->date must be the UTC date of now. */
 int devex_sigv4_sign_with_key(const devex_sigv4_creds_t *creds, const devex_sigv4_key_t *key,
                               const devex_sigv4_request_t *req, time_t now, devex_sigv4_result_t *out);
+/* the longest validity of a presigned URL SigV4 allows: 7 days */
+#define DEVEX_SIGV4_MAX_EXPIRES 604800L
+
+/* Presigns req (S3 "query-string authentication", a presigned URL): the
+ * request is valid for `expires` seconds (1..604800) from now, for exactly
+ * this method, path and query, and carries its authentication as query
+ * parameters: X-Amz-Algorithm, X-Amz-Credential, X-Amz-Date, X-Amz-Expires,
+ * X-Amz-Security-Token (session credentials), X-Amz-SignedHeaders (the
+ * headers of req, normally only host) and, last, X-Amz-Signature. The
+ * payload hash defaults to UNSIGNED-PAYLOAD (the body is not signed: the
+ * holder of the URL may PUT any body to that one key). req must not carry
+ * X-Amz-* authentication parameters of its own.
+ * On success out->url_path + "?" + out->url_query is the request target
+ * (url_query ends with "&X-Amz-Signature=<hex>"), out->signature,
+ * canonical_request, string_to_sign, credential_scope and signed_headers
+ * are set, out->authorization is "" and nothing is in out->added. Returns 0,
+ * or -1 with out->error. */
+int devex_sigv4_presign(const devex_sigv4_creds_t *creds, const devex_sigv4_request_t *req, time_t now,
+                        long expires, devex_sigv4_result_t *out);
+
 /* Frees the buffers of a result and zeroes it. */
 void devex_sigv4_result_free(devex_sigv4_result_t *r);
 
