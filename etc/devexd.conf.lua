@@ -3,11 +3,15 @@
 -- (PORT=abc) or an unknown setting stops devexd at start with its name.
 local env = require("devex.env")
 
-local environment = env.enum("ENVIRONMENT", "development", { "development", "production", "test" })
+-- production by default: no development CORS origin (http://localhost:3000),
+-- and devexd refuses to start unless PUBLIC_URL is https (so that the session
+-- cookie is Secure) or DEVEXD_ALLOW_HTTP=1 says plain HTTP is meant
+local environment = env.enum("ENVIRONMENT", "production", { "development", "production", "test" })
 
 return {
   environment = environment,
   public_url = env.url("PUBLIC_URL", nil, { "http", "https" }),
+  allow_insecure_http = env.bool("DEVEXD_ALLOW_HTTP", false),
   frontend_url = env.url("FRONTEND_URL", "http://localhost:3000", { "http", "https" }),
 
   server = {

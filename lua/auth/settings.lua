@@ -51,6 +51,23 @@ M.public_url = config.public_url
 M.frontend_url = (config.frontend_url or "http://localhost:3000"):gsub("/+$", "")
 -- Cookies carry Secure whenever devexd's own public URL is https.
 M.secure = M.public_url ~= nil and M.public_url:lower():match("^https://") ~= nil
+M.allow_insecure_http = config.allow_insecure_http == true
+
+-- Called when the app that serves sign-in loads: in production the session
+-- cookie must be Secure, so public_url must be https, unless the config says
+-- allow_insecure_http = true (DEVEXD_ALLOW_HTTP=1 in the shipped config).
+-- Not checked by the one-shot commands (templates sync, workload render...).
+function M.check_serving()
+  if M.environment ~= "production" or M.secure then return end
+  -- (the development sign-in refuses production itself, with its own reason)
+  if type(config.dev_login) == "table" and config.dev_login.enabled == true then return end
+  if not M.allow_insecure_http then
+    error("environment is production but public_url is " .. (M.public_url and "not https (" .. M.public_url .. ")" or "not set")
+      .. ": session cookies would travel without Secure. Set PUBLIC_URL to devexd's https URL, or allow plain HTTP"
+      .. " explicitly with allow_insecure_http = true (DEVEXD_ALLOW_HTTP=1)", 0)
+  end
+  require("devex.log").warn("serving production over plain HTTP (allow_insecure_http): session cookies are not Secure")
+end
 
 -- The origin (scheme://host[:port], lowercased) of a URL, or nil.
 function M.origin_of(url)

@@ -32,6 +32,9 @@ local schema = {
       end
     end },
     public_url = { type = "string", optional = true },
+    -- production refuses to start unless public_url is https, because the
+    -- session cookie is Secure only then; true serves plain HTTP anyway
+    allow_insecure_http = { type = "boolean", default = false },
     frontend_url = { type = "string", optional = true },
     server = {
       type = "table", default = {},

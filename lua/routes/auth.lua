@@ -9,6 +9,8 @@
 --                                  {"authenticated":true,"user":{...},"token_expires_at":"<RFC 3339>"}
 -- Failure reasons: invalid_state, access_denied, authorization_failed (another
 -- error from the provider), exchange_failed, user_fetch_failed, session_error.
+-- In production devexd refuses to load these routes without an https
+-- public_url (auth.settings.check_serving).
 local json = require("devex.json")
 local log = require("devex.log")
 local auth = require("middleware.auth")
@@ -113,6 +115,7 @@ local function status_(req)
 end
 
 return function(app)
+  settings.check_serving()
   app:get("/auth/:provider/login", login)
   app:get("/auth/:provider/callback", callback)
   app:post("/auth/logout", logout)

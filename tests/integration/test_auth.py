@@ -157,7 +157,7 @@ class AuthTestBase(unittest.TestCase):
         cls.gh = GitHubFake().__enter__()
         cls.oidc = OidcServer().__enter__()
         conf = {
-            "environment": "production",
+            "environment": "production", "allow_insecure_http": True,  # the test servers are plain HTTP
             "frontend_url": FRONTEND,
             "redis": {"url": cls.redis.url(), "timeout": 2},
             "github": cls.gh.config(GH_REDIRECT),

@@ -185,11 +185,11 @@ class BrowserSignInTest(unittest.TestCase):
 
         def config_for(port):
             return {
-                "environment": "production",
+                "environment": "production", "allow_insecure_http": True,
                 "frontend_url": cls.fe.origin,
                 "redis": {"url": cls.redis.url(), "timeout": 2},
                 "github": cls.gh.config("http://localhost:%d/auth/github/callback" % port),
-                "session": {"secret": "browser-test-secret", "ttl": 3600, "state_ttl": 600},
+                "session": {"ttl": 3600, "state_ttl": 600},
                 "oauth": {"timeout": 5},
             }
 

@@ -69,8 +69,20 @@ class ConfigTest(unittest.TestCase):
         self.assertIn("OK", p.stdout)
 
     def test_check_shipped_config_clean_env(self):
-        p = self.check(SHIPPED_CONF)
-        self.assertEqual(p.returncode, 0, p.stderr)
+        # production by default, so an http (or missing) PUBLIC_URL is refused
+        # unless plain HTTP is asked for explicitly
+        for env in ({}, {"PUBLIC_URL": "http://devex.example.com"}):
+            p = self.check(SHIPPED_CONF, env=clean_env(**env))
+            self.assertNotEqual(p.returncode, 0, env)
+            self.assertIn("environment is production but public_url is", p.stderr)
+            self.assertIn("DEVEXD_ALLOW_HTTP=1", p.stderr)
+        for env in ({"PUBLIC_URL": "https://devex.example.com"}, {"DEVEXD_ALLOW_HTTP": "1"},
+                    {"ENVIRONMENT": "development"}):
+            p = self.check(SHIPPED_CONF, env=clean_env(**env))
+            self.assertEqual(p.returncode, 0, "%r: %s" % (env, p.stderr))
+        p = self.check(SHIPPED_CONF, env=clean_env(DEVEXD_ALLOW_HTTP="maybe"))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("DEVEXD_ALLOW_HTTP", p.stderr)
 
     def test_check_unknown_setting(self):
         conf = self.write("listn.conf.lua", """return {
@@ -100,7 +112,7 @@ class ConfigTest(unittest.TestCase):
 
     def test_check_bad_env_port(self):
         for value in ("abc", "70000", "80x"):
-            p = self.check(SHIPPED_CONF, env=clean_env(PORT=value))
+            p = self.check(SHIPPED_CONF, env=clean_env(PORT=value, PUBLIC_URL="https://devex.example.com"))
             self.assertNotEqual(p.returncode, 0, "PORT=%s accepted" % value)
             self.assertIn("PORT", p.stderr)
             self.assertIn(value, p.stderr)

@@ -62,7 +62,7 @@ class IdentityBase(unittest.TestCase):
         cls.gh = cls.enterClassContext(GitHubFake())
         cls.oidc = cls.enterClassContext(OidcServer())
         conf = {
-            "environment": "production",
+            "environment": "production", "allow_insecure_http": True,
             "frontend_url": FRONTEND,
             "redis": {"url": cls.redis.url(), "timeout": 2},
             "github": cls.gh.config(GH_REDIRECT),

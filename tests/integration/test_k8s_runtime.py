@@ -39,7 +39,7 @@ def cluster_config(cls, kubeconfig, namespace):
     cls.gh: production, fs storage in cls.store_dir, runtime kubernetes on the
     cluster of kubeconfig, REPLs in namespace."""
     return {
-        "environment": "production", "frontend_url": FRONTEND,
+        "environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
         "redis": {"url": cls.redis.url(), "timeout": 2},
         "github": cls.gh.config(GH_REDIRECT),
         "storage": {"driver": "fs", "dir": cls.store_dir},

@@ -45,7 +45,7 @@ class LocalRuntimeTest(unittest.TestCase):
         cls.redis = RedisServer().__enter__()
         cls.gh = GitHubFake().__enter__()
         conf = {
-            "environment": "production", "frontend_url": FRONTEND,
+            "environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
             "redis": {"url": cls.redis.url(), "timeout": 2},
             "github": cls.gh.config(GH_REDIRECT),
             "storage": {"driver": "fs", "dir": cls.store_dir},

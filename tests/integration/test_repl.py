@@ -32,7 +32,7 @@ class ReplTest(unittest.TestCase):
         cls.redis = RedisServer().__enter__()
         cls.gh = GitHubFake().__enter__()
         conf = {
-            "environment": "production",
+            "environment": "production", "allow_insecure_http": True,
             "frontend_url": FRONTEND,
             "redis": {"url": cls.redis.url(), "timeout": 2},
             "github": cls.gh.config(GH_REDIRECT),
@@ -223,7 +223,7 @@ class PolicyOverrideTest(unittest.TestCase):
             f.write("return { quota = { repls_per_user = 1 } }\n")
         try:
             with RedisServer() as redis, GitHubFake() as gh:
-                conf = {"environment": "production", "frontend_url": FRONTEND,
+                conf = {"environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
                         "redis": {"url": redis.url(), "timeout": 2}, "github": gh.config(GH_REDIRECT),
                         "storage": {"driver": "fs", "dir": store_dir}, "policy": {"file": policy}}
                 with Devexd(app=None, threads=2, config=conf) as d:

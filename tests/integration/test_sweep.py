@@ -51,7 +51,7 @@ class SweepTest(unittest.TestCase):
     def devexd(self, idle=3600, interval=0.3, **kw):
         with open(self.policy, "w") as f:
             f.write("return { cleanup = { idle_limit = %s, sweep_interval = %s, stuck_after = 1 } }\n" % (idle, interval))
-        conf = {"environment": "production", "frontend_url": FRONTEND,
+        conf = {"environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
                 "redis": {"url": self.redis.url(), "timeout": 2}, "github": self.gh.config(GH_REDIRECT),
                 "storage": {"driver": "fs", "dir": self.store_dir},
                 "runtime": {"driver": "local", "dir": os.path.join(self.tmp, "ws"), "stop_grace": 2},
