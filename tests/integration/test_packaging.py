@@ -329,15 +329,19 @@ class Debian12InstallTest(unittest.TestCase):
         conffiles = self.chroot("cat", "/var/lib/dpkg/info/devexd.conffiles").stdout.split()
         self.assertIn("/etc/devexd/policy.lua", conffiles)
 
-        # the compiled-in defaults: /etc/devexd/devexd.conf.lua and /usr/share/devexd/lua
+        # the compiled-in defaults: /etc/devexd/devexd.conf.lua and /usr/share/devexd/lua;
+        # the shipped config is production, which needs an https PUBLIC_URL
         p = self.chroot("devexd", "--check", check=False)
+        self.assertNotEqual(p.returncode, 0, p.stdout)
+        self.assertIn("PUBLIC_URL", p.stdout)
+        p = self.chroot("devexd", "--check", check=False, env={"PUBLIC_URL": "https://devex.example.com"})
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIn("/etc/devexd/devexd.conf.lua", p.stdout)
 
         # serve as the devexd user with the shipped config on a free loopback port
         port = harness.free_port()
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEVEXD_APT_CACHE": self.apt_cache,
-               "HOST": "127.0.0.1", "PORT": str(port), "DEVEXD_THREADS": "2"}
+               "HOST": "127.0.0.1", "PORT": str(port), "DEVEXD_THREADS": "2", "PUBLIC_URL": "https://devex.example.com"}
         log = open(os.path.join(self.root, "tmp", "devexd.log"), "wb")
         type(self).proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", CHROOT_SH, "sh", self.root,
