@@ -70,15 +70,14 @@ return {
   },
 
   session = {
-    secret = env.str("SESSION_SECRET"),
     ttl = env.int("SESSION_TTL", 7 * 24 * 3600, 60), -- seconds; renewed when used with less than half left
+    max_lifetime = env.int("SESSION_MAX_LIFETIME", 30 * 24 * 3600, 60), -- seconds a session lives at most, used or not
     state_ttl = env.int("OAUTH_STATE_TTL", 600, 1), -- seconds a sign-in attempt may take
   },
 
   -- Sign-in with an OpenID Connect provider besides GitHub, at /auth/<name>/login.
   -- More providers: add entries to oauth.providers by hand.
   oauth = {
-    refresh_margin = env.int("OAUTH_REFRESH_MARGIN", 300, 0), -- refresh provider tokens this long before expiry
     providers = env.str("OIDC_ISSUER") and {
       [env.str("OIDC_PROVIDER_NAME", "oidc")] = {
         issuer = env.url("OIDC_ISSUER", nil, { "http", "https" }),

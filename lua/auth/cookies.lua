@@ -1,7 +1,8 @@
 -- auth.cookies: Set-Cookie values for the session and login-attempt cookies.
 -- Every cookie devexd sets is HttpOnly and SameSite=Lax (sent on the top-level
 -- GET back from the provider, never on cross-site POSTs), and Secure when the
--- public URL is https.
+-- public URL is https. Secure host-only cookies carry the __Host- prefix
+-- (names and paths come from auth.settings).
 local settings = require("auth.settings")
 
 local M = {}
@@ -21,15 +22,18 @@ end
 function M.clear(name, path, domain) return M.build(name, "", 0, path, domain) end
 
 -- The session cookie carries auth.cookie_domain (when set) so that the
--- browser also sends it to the runner domain under the same parent.
+-- browser also sends it to the runner domain under the same parent. max_age:
+-- what is left of the session (default: a new session's).
 function M.session(id, max_age)
-  return M.build(settings.cookie_name, id, max_age or settings.session_ttl, "/", settings.cookie_domain)
+  max_age = max_age or math.min(settings.session_ttl, settings.max_lifetime)
+  return M.build(settings.cookie_name, id, math.max(max_age, 1), "/", settings.cookie_domain)
 end
 function M.clear_session() return M.clear(settings.cookie_name, "/", settings.cookie_domain) end
 
--- The login-attempt cookie only goes to /auth/ (where the callbacks are).
-function M.state(value) return M.build(settings.state_cookie, value, settings.state_ttl, "/auth/") end
-function M.clear_state() return M.clear(settings.state_cookie, "/auth/") end
+-- The login-attempt cookie goes to /auth/ (where the callbacks are), or to /
+-- when it has the __Host- prefix (which requires Path=/).
+function M.state(value) return M.build(settings.state_cookie, value, settings.state_ttl, settings.state_cookie_path) end
+function M.clear_state() return M.clear(settings.state_cookie, settings.state_cookie_path) end
 
 -- Adds a header to a handler's headers table (creating it); a Set-Cookie (or
 -- any header already there) becomes a list of values. Names compare

@@ -3,11 +3,14 @@
 -- The cookie holds an opaque id: base64url of 32 random bytes (256 bits).
 -- Redis keeps the session under a hash of that id, <prefix>session:<sha256 hex>,
 -- so a copy of the keyspace cannot be replayed as cookies. The hash holds the
--- user (JSON), the provider and its tokens (never sent to the browser), the
--- provider token's expiry, created_at and expires_at. The key carries a TTL
--- (settings.session_ttl) renewed when the session is used with less than half
--- of it left (sliding expiry). Expiry and logout are Redis's TTL and DEL, so
--- they hold at once on every replica.
+-- user (JSON), the provider's name, created_at and expires_at; no provider
+-- token (nothing uses one after the sign-in; the fields of sessions written
+-- before are deleted when such a session is next used). The key carries a
+-- TTL (settings.session_ttl) renewed when the session is used with less than
+-- half of it left (sliding expiry), never past created_at +
+-- settings.max_lifetime (absolute expiry: a stolen cookie that is kept busy
+-- still dies). Expiry and logout are Redis's TTL and DEL, so they hold at
+-- once on every replica.
 --
 -- user.owner is an owner key made from the provider's stable subject
 -- (auth.providers.common). A session written before owner keys existed
@@ -38,17 +41,39 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 ]]
 
--- Reads the session; renews the TTL (and expires_at) when less than half is left.
--- Returns the flattened hash plus "_renewed" when it renewed, or nil.
+-- Reads the session. ARGV: ttl, now, max_lifetime. A session past
+-- created_at + max_lifetime is deleted (false). With less than half of the
+-- TTL left, the TTL (and expires_at) is renewed to the TTL, or to what is
+-- left of the lifetime when that is shorter. Returns the flattened hash plus
+-- "_renewed" when it renewed, or false. Token fields of older sessions are
+-- deleted.
 local TOUCH = [[
 local h = redis.call('HGETALL', KEYS[1])
 if #h == 0 then return false end
-local ttl = tonumber(ARGV[1])
+local ttl, now, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local created, tokens
+for i = 1, #h, 2 do
+  local f = h[i]
+  if f == 'created_at' then created = tonumber(h[i + 1])
+  elseif f == 'access_token' or f == 'refresh_token' or f == 'token_expires_at' then tokens = true end
+end
+if tokens then redis.call('HDEL', KEYS[1], 'access_token', 'refresh_token', 'token_expires_at') end
+if not created then
+  created = now
+  redis.call('HSET', KEYS[1], 'created_at', tostring(now))
+end
+local left = created + max - now
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+if left > ttl then left = ttl end
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 and pttl < ttl * 500 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
-  for i = 1, #h, 2 do if h[i] == 'expires_at' then h[i + 1] = ARGV[2] end end
+if pttl >= 0 and pttl < ttl * 500 and left * 1000 > pttl + 1000 then
+  local exp = tostring(now + left)
+  redis.call('EXPIRE', KEYS[1], left)
+  redis.call('HSET', KEYS[1], 'expires_at', exp)
+  for i = 1, #h, 2 do if h[i] == 'expires_at' then h[i + 1] = exp end end
   h[#h + 1] = '_renewed'
   h[#h + 1] = '1'
 end
@@ -61,32 +86,22 @@ local function client()
   return r
 end
 
-local function fields_of(tokens)
-  return {
-    "access_token", tokens.access_token or "",
-    "refresh_token", tokens.refresh_token or "",
-    "token_expires_at", tokens.expires_at and tostring(math.floor(tokens.expires_at)) or "",
-  }
-end
-
--- create(user, provider_name, tokens) -> id, session | nil, err
--- user: { id, login, name, email, avatar_url, created_at, subject, owner };
--- tokens: { access_token, refresh_token, expires_at (epoch s) }.
-function M.create(user, provider, tokens)
+-- create(user, provider_name) -> id, session | nil, err
+-- user: { id, login, name, email, avatar_url, created_at, subject, owner }.
+function M.create(user, provider)
   if not owners.is_owner_key(user.owner) then return nil, "the user has no valid owner key" end
   local r, err = client()
   if not r then return nil, err end
   local id = crypto.b64url(crypto.random_bytes(32))
   local now = os.time()
-  local expires_at = now + settings.session_ttl
-  local args = { settings.session_ttl,
-    "user", json.encode(user), "provider", provider,
-    "created_at", tostring(now), "expires_at", tostring(expires_at) }
-  for _, v in ipairs(fields_of(tokens or {})) do args[#args + 1] = v end
+  local ttl = math.min(settings.session_ttl, settings.max_lifetime)
+  local expires_at = now + ttl
   local ok
-  ok, err = r:eval(CREATE, { M.key(id) }, table.unpack(args))
+  ok, err = r:eval(CREATE, { M.key(id) }, ttl,
+    "user", json.encode(user), "provider", provider,
+    "created_at", tostring(now), "expires_at", tostring(expires_at))
   if not ok then return nil, err end
-  return id, { id = id, user = user, provider = provider, expires_at = expires_at }
+  return id, { id = id, user = user, provider = provider, created_at = now, expires_at = expires_at }
 end
 
 local function to_session(id, flat)
@@ -99,9 +114,6 @@ local function to_session(id, flat)
     key = M.key(id),
     user = user,
     provider = h.provider,
-    access_token = h.access_token ~= "" and h.access_token or nil,
-    refresh_token = h.refresh_token ~= "" and h.refresh_token or nil,
-    token_expires_at = tonumber(h.token_expires_at),
     created_at = tonumber(h.created_at),
     expires_at = tonumber(h.expires_at),
     renewed = h._renewed == "1",
@@ -116,7 +128,7 @@ function M.load(id)
   if not r then return nil, err end
   local now = os.time()
   local flat
-  flat, err = r:eval(TOUCH, { M.key(id) }, settings.session_ttl, tostring(now + settings.session_ttl))
+  flat, err = r:eval(TOUCH, { M.key(id) }, settings.session_ttl, now, settings.max_lifetime)
   if flat == nil then return nil, err end
   if type(flat) ~= "table" then return false end
   local s = to_session(id, flat)
@@ -147,44 +159,6 @@ function M.destroy(id)
   ok, err = r:call("DEL", M.key(id))
   if ok == nil then return nil, err end
   return true
-end
-
--- Stores refreshed provider tokens; only while the session still exists.
-local UPDATE_TOKENS = [[
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-]]
-
-function M.update_tokens(s, tokens)
-  local r, err = client()
-  if not r then return nil, err end
-  local args = { "access_token", tokens.access_token or "",
-    "token_expires_at", tokens.expires_at and tostring(math.floor(tokens.expires_at)) or "" }
-  if tokens.refresh_token then
-    args[#args + 1] = "refresh_token"; args[#args + 1] = tokens.refresh_token
-  end
-  local ok
-  ok, err = r:eval(UPDATE_TOKENS, { s.key or M.key(s.id) }, table.unpack(args))
-  if ok == nil then return nil, err end
-  s.access_token = tokens.access_token
-  if tokens.refresh_token then s.refresh_token = tokens.refresh_token end
-  s.token_expires_at = tokens.expires_at
-  return ok == 1
-end
-
--- A short lock so that concurrent requests of one session refresh its
--- provider token once (a rotated refresh token works only once).
-function M.lock_refresh(s)
-  local r = client()
-  if not r then return false end
-  local ok = r:call("SET", redis.key("session_refresh", crypto.sha256_hex(s.id)), "1", "NX", "EX", "30")
-  return ok == "OK"
-end
-
-function M.unlock_refresh(s)
-  local r = client()
-  if r then r:call("DEL", redis.key("session_refresh", crypto.sha256_hex(s.id))) end
 end
 
 -- RFC 3339 (UTC) of an epoch time.

@@ -3,15 +3,19 @@
 --
 --   session.ttl             seconds a session lives without use (604800: 7 days);
 --                           renewed (sliding) when used with less than half left
+--   session.max_lifetime    seconds a session lives at most, used or not
+--                           (2592000: 30 days); then the user signs in again
 --   session.state_ttl       seconds an OAuth state (login attempt) is valid (600)
---   session.cookie_name     the session cookie ("devex_session")
---   session.state_cookie    the login-attempt cookie ("devex_oauth_state")
---   oauth.refresh_margin    refresh a provider token this many seconds before
---                           it expires (300), where a refresh token was issued
+--   session.cookie_name     the session cookie ("devex_session"; "__Host-devex_session"
+--                           when the cookie is Secure and host-only, below)
+--   session.state_cookie    the login-attempt cookie ("devex_oauth_state", with
+--                           the same prefix when Secure)
 --   oauth.timeout           seconds for each call to a provider (10)
 --   auth.cookie_domain      Domain attribute of the session cookie (nil: host-only)
 --   oauth.providers         { name = { issuer=, client_id=, client_secret=,
 --                             redirect_url=, scopes=, ca_file= } } (OpenID Connect)
+-- Provider tokens are used during the sign-in only (to read the user) and
+-- never stored: nothing calls the provider for a user afterwards.
 local config = require("devex.config").get()
 
 local M = {}
@@ -27,11 +31,14 @@ local function num(v, default, what, allow_zero)
   return v
 end
 
-M.session_ttl = math.tointeger(num(session.ttl, 7 * 24 * 3600, "session.ttl")) or math.ceil(session.ttl)
-M.state_ttl = math.tointeger(num(session.state_ttl, 600, "session.state_ttl")) or math.ceil(session.state_ttl)
-M.cookie_name = session.cookie_name or "devex_session"
-M.state_cookie = session.state_cookie or "devex_oauth_state"
-M.refresh_margin = num(oauth.refresh_margin, 300, "oauth.refresh_margin", true)
+local function seconds(v, default, what)
+  v = num(v, default, what)
+  return math.tointeger(v) or math.ceil(v)
+end
+
+M.session_ttl = seconds(session.ttl, 7 * 24 * 3600, "session.ttl")
+M.max_lifetime = seconds(session.max_lifetime, 30 * 24 * 3600, "session.max_lifetime")
+M.state_ttl = seconds(session.state_ttl, 600, "session.state_ttl")
 M.timeout = num(oauth.timeout, 10, "oauth.timeout")
 
 -- auth.cookie_domain (COOKIE_DOMAIN): the session cookie's Domain, so that it
@@ -52,6 +59,21 @@ M.frontend_url = (config.frontend_url or "http://localhost:3000"):gsub("/+$", ""
 -- Cookies carry Secure whenever devexd's own public URL is https.
 M.secure = M.public_url ~= nil and M.public_url:lower():match("^https://") ~= nil
 M.allow_insecure_http = config.allow_insecure_http == true
+
+-- Cookie names. A Secure, host-only cookie with Path=/ gets the __Host-
+-- prefix: the browser then refuses the name from anywhere but this host over
+-- HTTPS (a sibling subdomain cannot plant or shadow it: no session fixation).
+-- The session cookie cannot have it when auth.cookie_domain gives it a Domain
+-- (so that it reaches the runner domain); the login-attempt cookie always
+-- can, and then goes to Path=/ instead of /auth/. The frontend never reads
+-- either cookie (HttpOnly).
+local function host_prefixed(name, host_only)
+  if M.secure and host_only and name:sub(1, 7) ~= "__Host-" then return "__Host-" .. name end
+  return name
+end
+M.cookie_name = host_prefixed(session.cookie_name or "devex_session", M.cookie_domain == nil)
+M.state_cookie = host_prefixed(session.state_cookie or "devex_oauth_state", true)
+M.state_cookie_path = M.state_cookie:sub(1, 7) == "__Host-" and "/" or "/auth/"
 
 -- Called when the app that serves sign-in loads: in production the session
 -- cookie must be Secure, so public_url must be https, unless the config says

@@ -9,6 +9,8 @@
 --                                  {"authenticated":true,"user":{...},"token_expires_at":"<RFC 3339>"}
 -- Failure reasons: invalid_state, access_denied, authorization_failed (another
 -- error from the provider), exchange_failed, user_fetch_failed, session_error.
+-- The provider's tokens serve to read the user and are then dropped
+-- (auth.session keeps none).
 -- In production devexd refuses to load these routes without an https
 -- public_url (auth.settings.check_serving).
 local json = require("devex.json")
@@ -83,7 +85,7 @@ local function callback(req)
   -- a new id on every sign-in (no fixation); the browser's previous session ends
   local old = req.cookies[settings.cookie_name]
   if old then session.destroy(old) end
-  local id, err = session.create(user, p.name, tokens)
+  local id, err = session.create(user, p.name)
   if not id then return fail(p, "session_error", "session store: " .. tostring(err)) end
   log.info("signed in", { provider = p.name, user = user.subject })
   return redirect(settings.frontend_redirect(nil), { cookies.session(id), cookies.clear_state() })

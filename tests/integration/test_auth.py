@@ -148,7 +148,7 @@ def replace_query(url, **kw):
 
 
 class AuthTestBase(unittest.TestCase):
-    session_conf = {"secret": "test-session-secret", "ttl": 3600, "state_ttl": 600}
+    session_conf = {"ttl": 3600, "state_ttl": 600}
     extra = {}
 
     @classmethod
@@ -260,9 +260,9 @@ class GitHubFlowTest(AuthTestBase):
         ttl = self.redis.call("TTL", key)
         self.assertTrue(3500 < ttl <= 3600, ttl)
         stored = dict(zip(*[iter(self.redis.call("HGETALL", key))] * 2))
-        token = stored[b"access_token"].decode()
-        self.assertTrue(token.startswith("gho_"))
         self.assertEqual(json.loads(stored[b"user"])["owner"], "gh_583231")  # the numeric id, not the login
+        # the provider's token read the user and was dropped: nothing uses it after the sign-in
+        self.assertEqual(sorted(stored), [b"created_at", b"expires_at", b"provider", b"user"])
 
         # the token exchange: form POST, Accept: application/json, PKCE verifier
         (_, _, h, body), = self.gh.requests_to("/login/oauth/access_token")
@@ -273,7 +273,9 @@ class GitHubFlowTest(AuthTestBase):
         self.assertEqual(form["redirect_uri"], GH_REDIRECT)
         self.assertEqual(pkce_s256(form["code_verifier"]), q["code_challenge"])
         (_, _, h, _), = self.gh.requests_to("/user")
-        self.assertEqual(h["authorization"], "Bearer " + token)
+        token = h["authorization"][len("Bearer "):]
+        self.assertTrue(token.startswith("gho_"), h["authorization"])
+        self.assertFalse([v for v in stored.values() if token.encode() in v])
 
         r = b.get("/auth/me")
         self.assertEqual(r.status, 200, r.body)
@@ -485,8 +487,21 @@ class OidcFlowTest(AuthTestBase):
         key, = self.session_keys()
         stored = dict(zip(*[iter(self.redis.call("HGETALL", key))] * 2))
         self.assertEqual(stored[b"provider"], b"mock")
-        self.assertTrue(stored[b"refresh_token"])
+        self.assertEqual(sorted(stored), [b"created_at", b"expires_at", b"provider", b"user"])  # no tokens
         self.assertEqual(json.loads(stored[b"user"])["subject"], "mock:johndoe")
+
+    def test_azp(self):
+        # an ID token whose azp (authorized party) is another client of the
+        # provider is refused; our own client id there is fine
+        # (tests/oidc/server.mjs puts the authorization request's azp in the token)
+        b = Browser(self.d)
+        cb = self.provider_redirect(replace_query(self.start_login(b, "mock"), azp="another-client"))
+        self.assert_failed(self.finish(b, cb), "exchange_failed")
+        self.assertTrue(any("azp" in e.get("detail", "") for e in self.d.logs() if e.get("msg") == "sign-in failed"))
+        b = Browser(self.d)
+        cb = self.provider_redirect(replace_query(self.start_login(b, "mock"), azp=OIDC_CLIENT))
+        self.assertEqual(self.finish(b, cb), FRONTEND + "/dashboard")
+        self.assertEqual(b.get("/auth/me").status, 200)
 
     def test_nonce_mismatch(self):
         # the provider signs an ID token for another nonce: verify_jwt refuses it
@@ -504,51 +519,56 @@ class OidcFlowTest(AuthTestBase):
         self.assert_failed(self.finish(b, cb), "exchange_failed")
 
 
-class OidcRefreshTest(AuthTestBase):
-    # every provider token counts as near expiry: each use of the session refreshes it
-    extra = {"oauth": {"refresh_margin": 7200}}
-
-    def test_refresh(self):
+class StoredTokensTest(AuthTestBase):
+    def test_tokens_of_older_sessions_are_deleted(self):
+        # sessions written before tokens were dropped still hold them (and the
+        # OIDC provider's refresh token): the next use deletes them, the
+        # session stays
         b = self.login(Browser(self.d), "mock")
         key, = self.session_keys()
-
-        def stored():
-            return dict(zip(*[iter(self.redis.call("HGETALL", key))] * 2))
-
-        before = stored()
-        time.sleep(1.1)  # the mock's tokens differ by their iat (seconds)
+        self.redis.call("HSET", key, "access_token", "old-access", "refresh_token", "old-refresh",
+                        "token_expires_at", str(int(time.time()) + 60))
         r = b.get("/auth/me")
-        self.assertEqual(r.status, 200)
-        after = stored()
-        self.assertNotEqual(after[b"access_token"], before[b"access_token"])
-        self.assertNotEqual(after[b"refresh_token"], before[b"refresh_token"])
-        self.assertGreaterEqual(int(after[b"token_expires_at"]), int(before[b"token_expires_at"]))
-        self.assertEqual(self.keys("session_refresh:*"), [])  # the lock is released
+        self.assertEqual(r.status, 200, r.body)
+        stored = dict(zip(*[iter(self.redis.call("HGETALL", key))] * 2))
+        self.assertEqual(sorted(stored), [b"created_at", b"expires_at", b"provider", b"user"])
 
 
 class ExpiryTest(AuthTestBase):
-    session_conf = {"secret": "s", "ttl": 4, "state_ttl": 1}
+    session_conf = {"ttl": 4, "state_ttl": 1}
     extra = {"public_url": "https://devex.example.com", "environment": "development"}
 
     def test_state_expires(self):
         b = Browser(self.d)
         url = self.start_login(b)
-        self.assertIn("secure", b.last_cookies["devex_oauth_state"][1])
+        # Secure and host-only: the __Host- prefix, which needs Path=/
+        val, attrs = b.last_cookies["__Host-devex_oauth_state"]
+        self.assertIn("secure", attrs)
+        self.assertEqual(attrs["path"], "/")
+        self.assertNotIn("domain", attrs)
         cb = self.provider_redirect(url)
         time.sleep(1.6)
         self.assert_failed(self.finish(b, cb), "invalid_state")
 
     def test_session_expires_and_slides(self):
         b = self.login(Browser(self.d))
-        self.assertIn("secure", b.last_cookies["devex_session"][1])
+        val, attrs = b.last_cookies["__Host-devex_session"]
+        self.assertIn("secure", attrs)
+        self.assertEqual(attrs["path"], "/")
+        self.assertNotIn("domain", attrs)
+        self.assertNotIn("devex_session", b.jar)
+        # the session is read from the prefixed name only: a cookie named
+        # devex_session (which a sibling subdomain could plant) is not a session
+        r = self.d.get("/auth/me", headers={"Cookie": "devex_session=" + val})
+        self.assertEqual(r.status, 401)
         key, = self.session_keys()
         self.assertEqual(b.get("/auth/me").status, 200)
-        self.assertNotIn("devex_session", b.last_cookies)  # more than half left: no renewal
+        self.assertNotIn("__Host-devex_session", b.last_cookies)  # more than half left: no renewal
         time.sleep(2.3)
         r = b.get("/auth/me")
         self.assertEqual(r.status, 200)
         # renewed: a fresh TTL in Redis and a new Max-Age on the cookie
-        self.assertEqual(b.last_cookies["devex_session"][1]["max-age"], "4")
+        self.assertEqual(b.last_cookies["__Host-devex_session"][1]["max-age"], "4")
         self.assertGreater(self.redis.call("PTTL", key), 3000)
         time.sleep(2.3)  # 4.6 s after sign-in: alive thanks to the renewal
         self.assertEqual(b.get("/auth/me").status, 200)
@@ -560,6 +580,35 @@ class ExpiryTest(AuthTestBase):
     def test_development_origin(self):
         r = self.d.get("/auth/status", headers={"Origin": "http://localhost:3000"})
         self.assertEqual(r.header("Access-Control-Allow-Origin"), "http://localhost:3000")
+
+
+class MaxLifetimeTest(AuthTestBase):
+    # sliding 4 s, at most 6 s: a session used all the time still ends
+    session_conf = {"ttl": 4, "max_lifetime": 6, "state_ttl": 600}
+
+    def test_busy_session_ends_at_max_lifetime(self):
+        b = self.login(Browser(self.d))
+        t0 = time.monotonic()
+        key, = self.session_keys()
+        created = int(self.redis.call("HGET", key, "created_at"))
+        renewed = []
+        while time.monotonic() - t0 < 4.2:  # every 0.4 s: the sliding TTL alone would never end it
+            r = b.get("/auth/me")
+            self.assertEqual(r.status, 200, "%.1f s after sign-in" % (time.monotonic() - t0))
+            if "devex_session" in b.last_cookies:
+                renewed.append(int(b.last_cookies["devex_session"][1]["max-age"]))
+            # neither Redis's TTL nor the cookie outlives created_at + max_lifetime
+            self.assertLessEqual(self.redis.call("PTTL", key) / 1000.0, created + 6 - time.time() + 1)
+            time.sleep(0.4)
+        self.assertTrue(renewed, "the session was never renewed")
+        self.assertTrue(all(age <= 6 for age in renewed), renewed)
+        while time.monotonic() - t0 < 7.2:
+            time.sleep(0.4)
+            r = b.get("/auth/me")
+            if r.status == 401:
+                break
+        self.assertEqual((r.status, r.json()), (401, {"error": "unauthorized"}))
+        self.assertEqual(self.session_keys(), [])
 
 
 class RedisDownTest(AuthTestBase):

@@ -4,6 +4,7 @@
 // user "johndoe". Prints {"issuer": "...", "port": N} once it listens.
 // An authorization request with login_hint=<sub> signs in the user <sub>
 // instead, with the same profile (two accounts, one preferred_username).
+// One with azp=<client> puts that authorized party (azp claim) in the tokens.
 import { OAuth2Server } from "oauth2-mock-server";
 
 const port = Number(process.argv[2] || 0);
@@ -19,10 +20,12 @@ const profile = {
 };
 
 const subjects = new Map(); // authorization code -> the login_hint's subject
+const parties = new Map(); // authorization code -> the requested azp
 server.service.on("beforeAuthorizeRedirect", (redirect, req) => {
   const hint = req.query.login_hint;
   const code = redirect.url.searchParams.get("code");
   if (typeof hint === "string" && hint !== "" && code) subjects.set(code, hint);
+  if (typeof req.query.azp === "string" && code) parties.set(code, req.query.azp);
 });
 const accessSubjects = new Map(); // access token -> subject, for userinfo
 
@@ -30,6 +33,8 @@ server.service.on("beforeTokenSigning", (token, req) => {
   Object.assign(token.payload, profile);
   const sub = req.body && subjects.get(req.body.code);
   if (sub) token.payload.sub = sub;
+  const azp = req.body && parties.get(req.body.code);
+  if (azp) token.payload.azp = azp;
 });
 server.service.on("beforeResponse", (response, req) => {
   const sub = req.body && subjects.get(req.body.code);

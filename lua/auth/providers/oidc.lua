@@ -9,7 +9,7 @@
 -- is fetched again (at most once a minute) when an ID token names a key it
 -- does not hold (key rotation). The ID token is verified with
 -- devex.oauth.verify_jwt: signature, issuer, audience (client_id), expiry and
--- the login attempt's nonce. The user comes from the ID token's claims, with
+-- the login attempt's nonce; an azp claim, when present, must be client_id. The user comes from the ID token's claims, with
 -- the userinfo endpoint filling in what the token lacks. The owner key is
 -- made from the issuer and the sub claim (common.owner_oidc), never from
 -- preferred_username or email, which the user or the provider's admin may
@@ -106,6 +106,11 @@ function P:verify_id_token(token, nonce)
   end
   if not claims then return nil, "ID token rejected: " .. tostring(e and e.message or e) end
   if type(claims.sub) ~= "string" or claims.sub == "" then return nil, "ID token has no sub" end
+  -- OpenID Connect Core 3.1.3.7: an azp (authorized party) must be our client
+  -- id; a token issued to another client of the provider is not ours to use
+  if claims.azp ~= nil and claims.azp ~= self.client_id then
+    return nil, "ID token rejected: azp names another client"
+  end
   return claims
 end
 
