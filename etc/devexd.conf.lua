@@ -8,6 +8,15 @@ local env = require("devex.env")
 -- cookie is Secure) or DEVEXD_ALLOW_HTTP=1 says plain HTTP is meant
 local environment = env.enum("ENVIRONMENT", "production", { "development", "production", "test" })
 
+-- "10.0.0.0/8, 192.0.2.7" -> { "10.0.0.0/8", "192.0.2.7" }
+local function list(name)
+  local v = env.str(name)
+  if not v then return nil end
+  local t = {}
+  for item in v:gmatch("[^,%s]+") do t[#t + 1] = item end
+  return t
+end
+
 return {
   environment = environment,
   public_url = env.url("PUBLIC_URL", nil, { "http", "https" }),
@@ -30,6 +39,11 @@ return {
     -- X-Request-Id on responses: "errors" (status >= 400, or the client sent
     -- one) or "always" (costs HTTP/2 throughput: README "Request ids")
     request_id_header = env.enum("DEVEXD_REQUEST_ID_HEADER", "errors", { "always", "errors" }),
+    -- the proxies in front of devexd (addresses or CIDRs, e.g. the Ingress
+    -- controller's pods): only from them is the client address read from
+    -- client_ip_header, for the rate limits per client (policy.limits)
+    trusted_proxies = list("DEVEXD_TRUSTED_PROXIES"),
+    client_ip_header = env.str("DEVEXD_CLIENT_IP_HEADER", "X-Forwarded-For"),
   },
 
   redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },

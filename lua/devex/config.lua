@@ -52,6 +52,16 @@ local schema = {
         request_id_header = { type = "string", default = "errors", check = function(v)
           if v ~= "always" and v ~= "errors" then return "must be always or errors" end
         end },
+        -- proxies (addresses or CIDRs) whose client_ip_header names the client
+        -- (rate limits per client address, middleware.ratelimit); nobody else's is believed
+        trusted_proxies = { type = "list", optional = true, items = { type = "string", check = function(v)
+          if not (v:match("^[%d%.]+/?%d*$") or v:match("^[%x:]+[%d%.]*/?%d*$")) or v:match("/$") then
+            return "must be an IP address or a CIDR such as 10.0.0.0/8"
+          end
+        end } },
+        client_ip_header = { type = "string", optional = true, check = function(v)
+          if not v:match("^[%w%-]+$") then return "must be a header name such as X-Forwarded-For" end
+        end },
       },
     },
     lua = {

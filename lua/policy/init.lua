@@ -11,7 +11,7 @@
 -- returns no Deployment is refused the same way, not found at the first start.
 local config = require("devex.config").get()
 
-local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync" }
+local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits" }
 
 local function merge(dst, src, path)
   for k, v in pairs(src) do

@@ -9,14 +9,16 @@
 --                                  {"authenticated":true,"user":{...},"token_expires_at":"<RFC 3339>"}
 -- Failure reasons: invalid_state, access_denied, authorization_failed (another
 -- error from the provider), exchange_failed, user_fetch_failed, session_error.
--- The provider's tokens serve to read the user and are then dropped
--- (auth.session keeps none).
+-- Sign-in starts are rate-limited per client address (policy.limits.signin):
+-- each one writes a login attempt to Redis. The provider's tokens serve to
+-- read the user and are then dropped (auth.session keeps none).
 -- In production devexd refuses to load these routes without an https
 -- public_url (auth.settings.check_serving).
 local json = require("devex.json")
 local log = require("devex.log")
 local auth = require("middleware.auth")
 local optional_session = require("middleware.session")
+local ratelimit = require("middleware.ratelimit")
 local cookies = require("auth.cookies")
 local registry = require("auth.registry")
 local session = require("auth.session")
@@ -118,7 +120,7 @@ end
 
 return function(app)
   settings.check_serving()
-  app:get("/auth/:provider/login", login)
+  app:get("/auth/:provider/login", ratelimit.per_address("signin"), login)
   app:get("/auth/:provider/callback", callback)
   app:post("/auth/logout", logout)
   app:get("/auth/me", auth, me)

@@ -1,10 +1,14 @@
 -- routes.repl: the REPL routes of the frontend contract (../shared/DESIGN.md,
 -- "REST API"), the runner's callbacks, and /ping.
 local auth = require("middleware.auth")
+local ratelimit = require("middleware.ratelimit")
 local service = require("repl.service")
 local sessions = require("repl.sessions")
 local store = require("repl.store")
 local tasks = require("devex.tasks")
+local json = require("devex.json")
+local log = require("devex.log")
+local timer = require("devex.timer")
 
 local function reply(v, err)
   if v == nil then return err.status, err.body end
@@ -32,17 +36,17 @@ return function(app)
     return reply(service.list(req.user))
   end)
 
-  app:post("/api/repl/new", auth, function(req)
+  app:post("/api/repl/new", auth, ratelimit.per_user("create"), function(req)
     local repl, err = service.create(req.user, req:json())
     if not repl then return err.status, err.body end
     return 201, repl
   end)
 
-  app:get("/api/repl/session/:id", auth, function(req)
+  app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
     return reply(service.start(req.user, req.params.id))
   end)
 
-  app:delete("/api/repl/session/:id", auth, function(req)
+  app:delete("/api/repl/session/:id", auth, ratelimit.per_user("stop"), function(req)
     local ok, err = service.stop(req.user, req.params.id)
     if not ok then return err.status, err.body end
     return 200, { message = "Session stopped" }
@@ -68,41 +72,65 @@ return function(app)
     return 200, { ok = true }
   end)
 
-  -- dependencies checked in parallel, each with a short timeout
-  app:get("/ping", function()
-    local checks = {
-      redis = function()
-        local r, err = require("services.redis").client()
-        if not r then return tostring(err) end
-        local pong
-        pong, err = r:call("PING")
-        return pong == "PONG" and "ok" or tostring(err)
-      end,
-      s3 = function()
-        local s, err = require("storage").open()
-        if not s then return tostring(err) end
-        local ok
-        ok, err = s:head_bucket()
-        return ok and "ok" or tostring(err)
-      end,
-      k8s = function()
-        local ok, driver = pcall(require("runtime").driver)
-        if not ok then return tostring(driver) end
-        if not driver.ping then return "ok" end
-        local res, err = driver:ping()
-        return res and "ok" or tostring(err)
-      end,
-    }
-    local names = { "redis", "s3", "k8s" }
-    local fns = {}
-    for i, n in ipairs(names) do fns[i] = checks[n] end
+  -- /ping: Redis, storage and the runtime, checked in parallel (each with a
+  -- short timeout) at most once per PING_CACHE seconds per worker; everyone
+  -- gets only "ok" or "degraded" per dependency (an upstream's error names
+  -- internal hosts: it goes to the log), and requests are rate-limited per
+  -- client address (policy.limits.ping)
+  local PING_CACHE = 5
+  local NAMES = { "redis", "s3", "k8s" }
+  local checks = {
+    redis = function()
+      local r, err = require("services.redis").client()
+      if not r then return tostring(err) end
+      local pong
+      pong, err = r:call("PING")
+      return pong == "PONG" and "ok" or tostring(err)
+    end,
+    s3 = function()
+      local s, err = require("storage").open()
+      if not s then return tostring(err) end
+      local ok
+      ok, err = s:head_bucket()
+      return ok and "ok" or tostring(err)
+    end,
+    k8s = function()
+      local ok, driver = pcall(require("runtime").driver)
+      if not ok then return tostring(driver) end
+      if not driver.ping then return "ok" end
+      local res, err = driver:ping()
+      return res and "ok" or tostring(err)
+    end,
+  }
+  local fns = {}
+  for i, n in ipairs(NAMES) do fns[i] = checks[n] end
+  local cached, cached_at, refreshing = nil, -math.huge, false
+
+  local function check_all()
     local results = tasks.all(fns)
-    local body = { api = "ok" }
-    for i, n in ipairs(names) do
+    local body, failed = { api = "ok" }, {}
+    for i, n in ipairs(NAMES) do
       local r = results[i]
-      body[n] = r[1] and r[2] or ("error: " .. tostring(r[2]))
-      if body[n] ~= "ok" then body.api = "degraded" end
+      local detail = r[1] and r[2] or ("error: " .. tostring(r[2]))
+      body[n] = detail == "ok" and "ok" or "degraded"
+      if detail ~= "ok" then
+        body.api = "degraded"
+        failed[n] = detail
+      end
     end
+    if body.api ~= "ok" then log.warn("ping: dependency degraded", failed) end
+    return json.frozen(body)
+  end
+
+  app:get("/ping", ratelimit.per_address("ping"), function()
+    local now = timer.now()
+    -- while one request refreshes, the others get the previous answer
+    if cached and (now - cached_at < PING_CACHE or refreshing) then return 200, cached end
+    refreshing = true
+    local ok, body = pcall(check_all)
+    refreshing = false
+    if not ok then error(body, 0) end
+    cached, cached_at = body, timer.now()
     return 200, body -- the frontend reads the body; `api` says degraded
   end)
 end

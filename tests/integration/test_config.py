@@ -84,6 +84,23 @@ class ConfigTest(unittest.TestCase):
         self.assertNotEqual(p.returncode, 0)
         self.assertIn("DEVEXD_ALLOW_HTTP", p.stderr)
 
+    def test_check_trusted_proxies(self):
+        # the shipped app (it loads the rate limiter, which parses them)
+        def conf(proxies, header=None):
+            server = {"listen": [{"host": "127.0.0.1", "port": harness.free_port()}], "trusted_proxies": proxies}
+            if header is not None:
+                server["client_ip_header"] = header
+            return self.write("proxies.conf.lua", "return " + harness.to_lua({"server": server}) + "\n")
+        p = self.check(conf(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1"]))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        for bad in ("10.0.0.0/33", "300.1.2.3", "example.com", "10.0.0.0/", "2001:db8:::1", "1:2:3:4:5:6:7:8:9"):
+            p = self.check(conf(["127.0.0.1", bad]))
+            self.assertNotEqual(p.returncode, 0, bad)
+            self.assertIn("server.trusted_proxies[2]", p.stderr, bad)
+        p = self.check(conf(["127.0.0.1"], header="X-Forwarded-For: x"))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("server.client_ip_header", p.stderr)
+
     def test_check_unknown_setting(self):
         conf = self.write("listn.conf.lua", """return {
   server = { listn = { { host = "127.0.0.1", port = 8080 } } },
