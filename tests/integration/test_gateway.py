@@ -197,6 +197,38 @@ class GatewayTest(unittest.TestCase):
         r = self.gw("POST", "/%s/ping" % rid, cookie, headers={"Origin": "https://evil.example"}, body=b"x")
         self.assertEqual(r.status, 403)
 
+    def test_mcp_path_reaches_the_sessions_mcp_sidecar(self):
+        """/mcp/<replId>/... goes to the session's mcp_endpoint (what the
+        Kubernetes driver records for a pod with the MCP sidecar; here a second
+        stand-in, recorded by hand), owner only; a session without one: 404."""
+        import subprocess
+        carol = self.sign_in("carol")
+        rid, _ = self.start_repl(carol, "gw-mcp")
+        cookie = carol.cookie_header()
+        self.assertEqual(self.gw("GET", "/mcp/%s/ping" % rid, cookie).json(), {"error": "this repl has no MCP server"})
+        port = harness.free_port()
+        mcp = subprocess.Popen([sys.executable, STANDIN, "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(mcp.wait)
+        self.addCleanup(mcp.terminate)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, "the MCP stand-in did not start")
+                time.sleep(0.05)
+        self.redis.call("HSET", "devex:activeSession:" + rid, "mcp_endpoint", "127.0.0.1:%d" % port)
+        r = self.gw("GET", "/mcp/%s/ping?from=mcp" % rid, cookie)
+        self.assertEqual((r.status, r.json()), (200, {"message": "pong"}))
+        seen = self.gw("GET", "/mcp/%s/_standin/last-request" % rid, cookie).json()
+        self.assertEqual(seen["path"], "/ping?from=mcp")
+        self.assertNotIn("cookie", seen["headers"])
+        self.assertEqual(self.gw("GET", "/mcp/%s/ping" % rid, self.sign_in("dave").cookie_header()).status, 404)
+        # the runner itself did not get it
+        self.assertNotEqual(self.last_request(cookie, rid)["path"], "/ping?from=mcp")
+
     def test_websocket_owner_only_and_origin_checked(self):
         alice = self.sign_in("alice2")
         rid, _ = self.start_repl(alice, "gw-ws")
