@@ -11,6 +11,15 @@
 //     403 <Error><Code>SignatureDoesNotMatch</Code>... on a mismatch
 //     (InvalidAccessKeyId for an unknown key, AccessDenied without a signature,
 //     RequestTimeTooSkewed beyond 15 minutes);
+//   - presigned URLs (query-string authentication: X-Amz-Algorithm,
+//     X-Amz-Credential, X-Amz-Date, X-Amz-Expires, X-Amz-SignedHeaders,
+//     X-Amz-Signature) are checked the same way, with the SDK's own
+//     presigner over the URL minus X-Amz-Signature, payload UNSIGNED-PAYLOAD
+//     (403 SignatureDoesNotMatch); as on S3, a URL used after X-Amz-Date +
+//     X-Amz-Expires gets 403 AccessDenied "Request has expired", X-Amz-Expires
+//     outside 1..604800 400 AuthorizationQueryParametersError, and a request
+//     with both an Authorization header and a query signature 400
+//     InvalidArgument "Only one auth mechanism allowed";
 //   - checks x-amz-content-sha256 against the body (400 XAmzContentSHA256Mismatch)
 //     and Content-MD5 when present (400 BadDigest); DeleteObjects (POST ?delete)
 //     without Content-MD5 gets 400 InvalidRequest, as on S3.
@@ -122,8 +131,68 @@ function parseAmzDate(s) {
   return new Date(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]));
 }
 
+const SIG_MISMATCH = [403, "SignatureDoesNotMatch",
+  "The request signature we calculated does not match the signature you provided. Check your key and signing method."];
+
+// A presigned request (query-string authentication). null if authentic,
+// else [status, code, message].
+async function verifyPresigned(req, rawPath, rawQuery) {
+  if (req.headers["authorization"])
+    return [400, "InvalidArgument", "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, Signature query string parameter or the Authorization header should be specified"];
+  const q = parseQuery(rawQuery);
+  for (const n of ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature"])
+    if (typeof q[n] !== "string")
+      return [400, "AuthorizationQueryParametersError", "Query-string authentication version 4 requires the " +
+        "X-Amz-Algorithm, X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and X-Amz-Expires parameters."];
+  if (q["X-Amz-Algorithm"] !== "AWS4-HMAC-SHA256")
+    return [400, "AuthorizationQueryParametersError", "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\""];
+  const m = /^([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request$/.exec(q["X-Amz-Credential"]);
+  if (!m) return [400, "AuthorizationQueryParametersError", "Error parsing the X-Amz-Credential parameter"];
+  const [, accessKey, scopeDate, region, service] = m;
+  if (accessKey !== opts.accessKey)
+    return [403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."];
+  const date = parseAmzDate(q["X-Amz-Date"]);
+  if (!date) return [400, "AuthorizationQueryParametersError", "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\""];
+  const expires = /^\d+$/.test(q["X-Amz-Expires"]) ? Number(q["X-Amz-Expires"]) : NaN;
+  if (!(expires >= 1 && expires <= 604800))
+    return [400, "AuthorizationQueryParametersError", "X-Amz-Expires must be less than a week (in seconds) that is 604800"];
+  if (Date.now() > date.getTime() + expires * 1000) return [403, "AccessDenied", "Request has expired"];
+  if (date.getTime() - Date.now() > 15 * 60 * 1000) return [403, "AccessDenied", "Request is not valid yet"];
+  const signed = q["X-Amz-SignedHeaders"].split(";");
+  if (!signed.includes("host")) return [403, "AccessDenied", "host must be signed"];
+  const headers = { "x-amz-content-sha256": "UNSIGNED-PAYLOAD" };
+  for (const name of signed) {
+    const v = req.headers[name];
+    if (v === undefined) return [403, "SignatureDoesNotMatch", "signed header " + name + " is missing"];
+    headers[name] = Array.isArray(v) ? v.join(",") : v;
+  }
+  const query = { ...q };
+  delete query["X-Amz-Signature"];
+  const signer = new SignatureV4({
+    credentials: { accessKeyId: accessKey, secretAccessKey: opts.secretKey, sessionToken: q["X-Amz-Security-Token"] },
+    region,
+    service,
+    sha256: Hash.bind(null, "sha256"),
+    uriEscapePath: false,
+    applyChecksum: false,
+  });
+  const request = new HttpRequest({ method: req.method, protocol: "http:", hostname: headers.host, path: rawPath, query, headers });
+  const unsigned = new Set(["x-amz-content-sha256"]);
+  const out = await signer.presign(request, {
+    signingDate: date, expiresIn: expires, signableHeaders: new Set(signed),
+    unsignableHeaders: unsigned, unhoistableHeaders: unsigned,
+  });
+  const mine = String(out.query["X-Amz-Signature"] || "");
+  const theirs = q["X-Amz-Signature"];
+  if (scopeDate !== q["X-Amz-Date"].slice(0, 8) || mine.length !== 64 || theirs.length !== 64 ||
+      !crypto.timingSafeEqual(Buffer.from(mine), Buffer.from(theirs)))
+    return SIG_MISMATCH;
+  return null;
+}
+
 // Returns null if the request is authentic, else [status, code, message].
 async function verify(req, rawPath, rawQuery, body) {
+  if (/(^|&)X-Amz-(Algorithm|Signature|Credential)=/i.test(rawQuery || "")) return verifyPresigned(req, rawPath, rawQuery);
   const auth = req.headers["authorization"];
   if (!auth) return [403, "AccessDenied", "Access Denied"];
   const m = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$/.exec(auth);
