@@ -13,6 +13,7 @@ require("routes.health")(app)
 require("routes.auth")(app)
 require("routes.dev_login").register(app)
 require("routes.repl")(app)
+require("routes.runner_storage")(app) -- /api/runner/<replId>/files, uploads, sync: the storage broker
 
 -- the background sweep (one replica at a time, through a Redis lock)
 require("repl.sweep").start()

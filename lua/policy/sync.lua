@@ -1,10 +1,22 @@
--- policy.sync: how a session's files are saved on stop. The default
--- reproduces the original service: an ephemeral container injected into the
--- runner's pod uploads /workspaces to the REPL's prefix; only when it exits 0
--- is the workload deleted. An operator can replace container (a
+-- policy.sync: how a session's files are saved on stop. As in the original
+-- service an ephemeral container injected into the runner's pod uploads
+-- /workspaces to the REPL's prefix; only when it exits 0 is the workload
+-- deleted. It holds no storage credential: a save token (random, valid for
+-- this REPL's storage-broker routes only and only `timeout` seconds, its
+-- hash stored in the session) and the callback URL. M.upload_script lists
+-- /workspaces (FIFOs, sockets, devices, symlinks and names with control
+-- characters are reported on stderr and skipped), asks devexd for presigned
+-- PUT URLs (POST <callback>/uploads), PUTs every file, then POSTs the
+-- complete list to <callback>/sync: devexd deletes what the workspace no
+-- longer holds and records lastSavedAt. Any failure exits non-zero, so the
+-- stop keeps the workload. An operator can replace container (a
 -- function(ctx) returning the ephemeral container) or tune:
---   image     an image with the aws CLI
---   timeout   seconds to wait for the upload to finish
+--   image       any image with a POSIX sh, find and curl
+--   timeout     seconds to wait for the upload to finish (and the save
+--               token's lifetime)
+--   url_expires seconds a presigned URL of the broker is valid [300]
+--   max_files, max_path  the most paths one request may list [10000], the
+--               longest relative path in bytes [900]
 -- The uploader is locked down like the pod's init container
 -- (workload.helper_security_context: no privilege escalation, every
 -- capability dropped, RuntimeDefault seccomp), whatever the template's
@@ -19,9 +31,55 @@
 local json = require("devex.json")
 
 local M = {
-  image = "amazon/aws-cli:2.15.0",
+  image = "curlimages/curl:8.5.0",
   timeout = 300,
+  url_expires = 300,
+  max_files = 10000,
+  max_path = 900,
 }
+
+M.upload_script = [=[
+set -eu
+dir="${WORKSPACE_DIR:-/workspaces}"
+base="${CALLBACK_URL%/}"
+auth="Authorization: Bearer $RUNNER_TOKEN"
+tab=$(printf '\t')
+cd "$dir"
+find . ! -type f ! -type d | while IFS= read -r p; do echo "skipped, not a regular file: $p" >&2; done
+find . -type f -path '*[[:cntrl:]]*' | while IFS= read -r p; do echo "skipped, control character in the name: $p" >&2; done
+paths=$(find . -type f ! -path '*[[:cntrl:]]*' | sed 's|^\./||')
+ups=$(printf '%s\n' "$paths" | curl -fsS -X POST -H "$auth" -H "Accept: text/plain" -H "Content-Type: text/plain" --data-binary @- "$base/uploads")
+printf '%s\n' "$ups" | while IFS="$tab" read -r path url; do
+  [ -n "$path" ] || continue
+  curl -fsS -g --path-as-is --retry 3 -X PUT -H "Content-Type: application/octet-stream" --upload-file "./$path" "$url" >/dev/null || { echo "upload failed: $path" >&2; exit 1; }
+done
+printf '%s\n' "$paths" | curl -fsS -X POST -H "$auth" -H "Content-Type: text/plain" --data-binary @- "$base/sync"
+echo
+]=]
+
+-- A save token for this stop: random, its hash and expiry in the session
+-- (routes.runner_storage accepts it like the runner token). When it cannot
+-- be stored (outside a request: a policy check or a render calling
+-- container(); Redis down) it opens nothing: the uploader then fails with
+-- 401 and the stop keeps the workload, as for any failed save. -> token
+function M.save_token(ctx, lifetime)
+  local crypto = require("devex.crypto")
+  local token = crypto.b64url(crypto.random_bytes(32))
+  if ctx.repl and ctx.repl.id then
+    local called, ok, err = pcall(require("repl.store").put_session, ctx.repl.id, {
+      save_token_hash = crypto.sha256_hex(token), save_token_expires = os.time() + (lifetime or 300) })
+    if called and not ok then
+      require("devex.log").warn("sync: the save token was not stored", { repl = ctx.repl.id, error = tostring(err) })
+    end
+  end
+  return token
+end
+
+local function callback_url(ctx)
+  if ctx.callback_url then return ctx.callback_url end
+  local public = (require("devex.config").get().public_url or "http://localhost:8080"):gsub("/+$", "")
+  return public .. "/api/runner/" .. tostring(ctx.repl and ctx.repl.id)
+end
 
 -- whether the API server accepts a securityContext on an ephemeral container (1.21+)
 function M.ephemeral_security_supported(ctx)
@@ -42,9 +100,8 @@ function M.container(ctx)
     -- unique per attempt: a retried stop adds a second uploader to the same pod
     name = "save-" .. require("devex.crypto").hex(require("devex.crypto").random_bytes(4)),
     image = p.image,
-    command = json.array({ "sh", "-c",
-      'aws s3 sync --delete --endpoint-url "$S3_ENDPOINT" /workspaces/ "s3://$S3_BUCKET/$REPL_PREFIX"' }),
-    env = workload.s3_env(ctx, wp.s3_secret),
+    command = json.array({ "sh", "-c", M.upload_script }),
+    env = workload.helper_env(M.save_token(ctx, p.timeout or M.timeout), callback_url(ctx)),
     securityContext = M.ephemeral_security_supported(ctx)
       and (wp.helper_security_context or workload.helper_security_context)() or nil,
     volumeMounts = json.array({ { name = "workspaces", mountPath = "/workspaces" } }),

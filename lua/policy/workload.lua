@@ -5,7 +5,8 @@
 -- The default fits the original service's runner image (templates.lua) and
 -- makes:
 --   * a Deployment (1 replica) whose init container downloads
---     repl/<user>/<replId>/ from S3 into an emptyDir at /workspaces, and the
+--     repl/<user>/<replId>/ into an emptyDir at /workspaces through presigned
+--     URLs devexd hands out (GET <callback>/files), and the
 --     runner container of the template: image pulled per the template
 --     (Always by default), ports http (8081) and grpc (50051), a readiness
 --     probe GET <readiness_path> ("/ping") on the http port, the runner
@@ -24,8 +25,9 @@
 --     prefix. That URL is NOT authenticated: anyone with it reaches the
 --     runner. In "gateway" mode (the default) there is no Ingress and no
 --     Middleware: devexd serves the runner domain itself, owner only.
--- What differs from the original on purpose: S3 credentials come from a
--- Secret by reference (never inlined), objects carry the managed-by, repl and
+-- What differs from the original on purpose: no S3 credential is in the pod
+-- (the init container and the uploader fetch presigned URLs from devexd with
+-- the runner token), objects carry the managed-by, repl and
 -- user labels, the runtime makes the Deployment the owner of the others, the
 -- Ingress class is Traefik (ingress_class) rather than nginx, and the pod is
 -- locked down (below: `security`).
@@ -74,8 +76,11 @@
 --   different uid could do neither without capabilities).
 --
 -- Knobs:
---   s3_secret        Secret with keys access_key and secret_key
---   downloader_image image of the init container (must have the aws CLI)
+--   downloader_image image of the init container: any image with a POSIX sh
+--                    and curl (default curlimages/curl:8.5.0, small, non-root);
+--                    it runs M.download_script with only RUNNER_TOKEN and
+--                    CALLBACK_URL in its environment (no storage credential:
+--                    see M.download_script and routes.runner_storage)
 --   ingress_class    ingressClassName (ingress mode)
 --   host             the Ingress host (ingress mode; default: config
 --                    runner.domain, i.e. RUNNER_DOMAIN or RUNNER_CLUSTER_IP)
@@ -142,8 +147,7 @@ local function env_flag(name)
 end
 
 local M = {
-  s3_secret = "devexd-s3",
-  downloader_image = "amazon/aws-cli:2.15.0",
+  downloader_image = "curlimages/curl:8.5.0",
   ingress_class = "traefik",
   host = nil,
   tls_secret = "tls-secret",
@@ -187,18 +191,36 @@ function M.labels(ctx)
   }
 end
 
-local function s3_env(ctx, secret)
-  local s3 = ctx.s3 or {}
+-- The storage helpers (init container, uploader) hold no storage
+-- credential: only the session's runner token (the uploader: a save token
+-- valid for the stop) and devexd's callback URL. devexd, the storage broker
+-- (routes.runner_storage), answers with presigned URLs for exactly one key
+-- under this REPL's prefix, valid a few minutes (policy.sync.url_expires),
+-- and does the deletions of a save itself. WORKSPACE_DIR (default
+-- /workspaces) is for running the scripts outside a pod (the tests).
+M.download_script = [=[
+set -eu
+dir="${WORKSPACE_DIR:-/workspaces}"
+base="${CALLBACK_URL%/}"
+tab=$(printf '\t')
+list=$(curl -fsS --retry 3 -H "Authorization: Bearer $RUNNER_TOKEN" -H "Accept: text/plain" "$base/files")
+printf '%s\n' "$list" | while IFS="$tab" read -r path url; do
+  [ -n "$path" ] || continue
+  dest="$dir/$path"
+  mkdir -p "$(dirname "$dest")"
+  : > "$dest"
+  curl -fsS -g --path-as-is --retry 3 -o "$dest" "$url" || { echo "download failed: $path" >&2; exit 1; }
+done
+echo "restored $(printf '%s\n' "$list" | grep -c . || true) files"
+]=]
+
+-- env of the init container and the uploader: nothing else
+function M.helper_env(token, callback_url)
   return json.array({
-    { name = "AWS_ACCESS_KEY_ID", valueFrom = { secretKeyRef = { name = secret, key = "access_key" } } },
-    { name = "AWS_SECRET_ACCESS_KEY", valueFrom = { secretKeyRef = { name = secret, key = "secret_key" } } },
-    { name = "AWS_DEFAULT_REGION", value = s3.region or "auto" },
-    { name = "S3_ENDPOINT", value = s3.endpoint or "" },
-    { name = "S3_BUCKET", value = s3.bucket or "" },
-    { name = "REPL_PREFIX", value = ctx.repl.prefix },
+    { name = "RUNNER_TOKEN", value = token or "" },
+    { name = "CALLBACK_URL", value = callback_url or "" },
   })
 end
-M.s3_env = s3_env
 
 local function workspace_mount() return json.array({ { name = "workspaces", mountPath = "/workspaces" } }) end
 
@@ -394,9 +416,8 @@ function M.build(ctx)
           initContainers = json.array({ {
             name = "download",
             image = p.downloader_image,
-            command = json.array({ "sh", "-c",
-              'aws s3 cp --recursive --endpoint-url "$S3_ENDPOINT" "s3://$S3_BUCKET/$REPL_PREFIX" /workspaces/' }),
-            env = s3_env(ctx, p.s3_secret),
+            command = json.array({ "sh", "-c", M.download_script }),
+            env = M.helper_env(ctx.token, ctx.callback_url),
             securityContext = M.helper_security_context(),
             volumeMounts = workspace_mount(),
           } }),

@@ -147,6 +147,23 @@ function M.set_fields(id, fields)
   return r:call(table.unpack(args))
 end
 
+-- mark_saved(id, now): lastSavedAt = now (epoch seconds) in replMeta, the
+-- time of the last save the storage broker confirmed (routes.runner_storage);
+-- nothing when the REPL is gone. -> true | false (no such REPL) | nil, err
+local MARK_SAVED = [[
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'lastSavedAt', ARGV[1])
+return 1
+]]
+function M.mark_saved(id, now)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:eval(MARK_SAVED, { M.meta_key(id) }, tostring(now or os.time()))
+  if res == nil then return nil, err end
+  return res == 1
+end
+
 -- Sessions ----------------------------------------------------------------
 
 function M.get_session(id)

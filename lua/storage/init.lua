@@ -26,6 +26,12 @@
 --   store:delete_many(keys) -> { deleted = n, failures = {{key, error}...} }
 --   store:copy_prefix(src, dst, {concurrency = 16}) -> { copied = n, failures = {{key, error}...} }
 --   store:delete_prefix(prefix, {concurrency}) -> { deleted = n, failures = {...} }
+--   store:presign(method, key, expires) -> url   (s3 only: a presigned URL for
+--                                              that one method and key, valid
+--                                              `expires` s; the fs driver has no
+--                                              presign: its store.driver is "fs"
+--                                              and the runner storage broker
+--                                              serves the bytes itself)
 -- ETags are hex MD5 strings without quotes (single-part objects).
 -- Keys: UTF-8, 1..1024 bytes, no control characters, no leading '/', no
 -- empty, "." or ".." segment (storage.common.check_key).

@@ -276,6 +276,36 @@ function Client:delete_many(keys, opts)
   return out
 end
 
+-- presign(method, key, expires) -> url | nil, err: a presigned URL (SigV4
+-- query-string authentication, payload UNSIGNED-PAYLOAD) for exactly this
+-- method ("GET", "PUT", "HEAD") and key, valid `expires` seconds (1..604800).
+-- Whoever holds the URL can do that one request on that one key until then,
+-- and nothing else; it carries no credential (the session token, when the
+-- client has one, is a signed parameter bound to the same scope).
+local PRESIGN_METHODS = { GET = true, PUT = true, HEAD = true }
+function Client:presign(method, key, expires, opts)
+  if not PRESIGN_METHODS[method] then return nil, E("invalid", "presign: method must be GET, PUT or HEAD") end
+  local ok, err = check_key(key)
+  if not ok then return nil, err end
+  if math.type(expires) ~= "integer" or expires < 1 or expires > 604800 then
+    return nil, E("invalid", "presign: expires must be an integer number of seconds in 1..604800")
+  end
+  local host, path = self.hostport, self.base
+  if self.virtual then
+    host = self.bucket .. "." .. self.hostport
+    path = path .. "/" .. key
+  else
+    path = path .. "/" .. self.bucket .. "/" .. key
+  end
+  local signed, serr = s3c.presign{
+    method = method, host = host, path = path, expires = expires,
+    access_key = self.access_key, secret_key = self.secret_key, session_token = self.session_token,
+    region = self.region, service = "s3", time = opts and opts.time,
+  }
+  if not signed then return nil, E("invalid", "cannot presign: " .. tostring(serr.message)) end
+  return self.scheme .. "://" .. host .. signed.target
+end
+
 function Client:copy_prefix(src, dst, opts) return common.copy_prefix(self, src, dst, opts) end
 function Client:delete_prefix(prefix, opts) return common.delete_prefix(self, prefix, opts) end
 

@@ -146,7 +146,11 @@ class K8sRuntimeTest(unittest.TestCase):
         self.assertEqual(sess["k8s_selector"], "devex.io/repl=" + rid)
         self.assertEqual(sess["k8s_deployment"], rid)
         init_env = {e["name"]: e for e in pod_spec["initContainers"][0]["env"]}
-        self.assertIn("secretKeyRef", init_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"])  # never inlined
+        # no storage credential in the pod: the init container has the runner token and the callback only
+        self.assertEqual(sorted(init_env), ["CALLBACK_URL", "RUNNER_TOKEN"])
+        self.assertEqual(init_env["RUNNER_TOKEN"]["value"], env["RUNNER_TOKEN"]["value"])
+        self.assertNotIn("secretKeyRef", json.dumps(pod_spec))
+        self.assertNotIn("AWS_", json.dumps(pod_spec))
         self.assertEqual(self.state(rid), "running")
         self.assertIs(b.get("/api/repl").json()[0]["isActive"], True)
         # stop: the uploader runs, exits 0, everything is deleted
