@@ -106,6 +106,8 @@ end
 function M.own_host(req)
   local id = req.params.id
   local prefix = "/repl/" .. id
+  -- the router decodes the id; a percent-encoded one is not a REPL's prefix
+  if req.path:sub(1, #prefix) ~= prefix then return 404, NOT_FOUND end
   return pass(req, id, req.path:sub(#prefix + 1), prefix, false)
 end
 

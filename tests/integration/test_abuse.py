@@ -365,10 +365,9 @@ class SafeDefaultsTest(unittest.TestCase):
 
 
 class EncodedReplIdTest(unittest.TestCase):
-    """/repl/<id>/ with the id percent-encoded: the router decodes the id, the
-    gateway strips a prefix of the decoded length from the raw path."""
+    """/repl/<id>/ with the id percent-encoded: the router decodes the id, but
+    the raw path is not that REPL's prefix, so the gateway answers 404."""
 
-    @unittest.expectedFailure  # 500 today: lua/routes/gateway.lua own_host (reported; remove this line once fixed)
     def test_percent_encoded_id_is_404(self):
         standin = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner_standin.py")
         dev_conf = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
