@@ -1,5 +1,5 @@
 -- middleware.auth: the route needs a signed-in user. Sets req.user (and
--- req.session, which holds the provider tokens: never send it) or answers
+-- req.session, the stored session: never send it) or answers
 -- 401 {"error":"unauthorized"}; 503 when the session store is down.
 --
 --   local auth = require("middleware.auth")

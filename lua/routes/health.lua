@@ -16,7 +16,9 @@ return function(app)
       pong, err = r:call("PING")
       if pong == "PONG" then return 200, { status = "ready" } end
     end
-    return 503, { status = "not ready", redis = tostring(err) }
+    -- the detail names internal hosts: it goes to the log, not to anonymous callers
+    require("devex.log").warn("readyz: redis not ready", { error = tostring(err) })
+    return 503, { status = "not ready", redis = "unavailable" }
   end)
   app:get("/version", function()
     return 200, { name = "devexd", version = runtime.version }

@@ -1,6 +1,7 @@
 -- auth.providers.common: what every sign-in provider shares: HTTP calls to
 -- the provider (its CA file, timeout, JSON bodies) and the OAuth 2.0 token
--- endpoint (authorization_code and refresh_token grants).
+-- endpoint (the authorization_code grant: the tokens read the user once, at
+-- sign-in, and are not kept).
 --
 -- A provider (lua/auth/providers/<kind>.lua) is made by new(name, conf) and
 -- offers:
@@ -12,7 +13,6 @@
 --   p:user(tokens) -> user | nil, detail
 --       user: { id, login, name, email, avatar_url, created_at,
 --               subject = "<provider>:<stable id>", owner = an owner key (below) }
---   p:refresh(session) -> tokens | nil, detail   (session.refresh_token is set)
 -- A detail is a short text for the log that never holds a secret.
 local http = require("devex.http")
 local json = require("devex.json")
@@ -90,10 +90,6 @@ end
 function M.code_form(p, code, record)
   return { grant_type = "authorization_code", code = code, redirect_uri = p.redirect_url,
            code_verifier = record.verifier }
-end
-
-function M.refresh_form(session)
-  return { grant_type = "refresh_token", refresh_token = session.refresh_token }
 end
 
 -- Checks the settings every provider needs.

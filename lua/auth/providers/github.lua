@@ -49,10 +49,6 @@ function P:exchange(code, record)
   return common.token_request(self, self.token_endpoint, common.code_form(self, code, record))
 end
 
-function P:refresh(session)
-  return common.token_request(self, self.token_endpoint, common.refresh_form(session))
-end
-
 local function api(self, path, token)
   return common.request(self, {
     url = self.api_url .. path,

@@ -90,7 +90,7 @@ function P:jwks(force)
   return keys
 end
 
--- Verifies an ID token; nonce is nil for refreshed tokens.
+-- Verifies an ID token against the nonce of the login attempt.
 function P:verify_id_token(token, nonce)
   local doc, err = self:discover()
   if not doc then return nil, err end
@@ -141,24 +141,6 @@ function P:exchange(code, record)
   claims, err = self:verify_id_token(tokens.id_token, record.nonce)
   if not claims then return nil, err end
   tokens.claims = claims
-  return tokens
-end
-
-function P:refresh(session)
-  local doc, err = self:discover()
-  if not doc then return nil, err end
-  self.token_auth = self:choose_token_auth(doc)
-  local tokens
-  tokens, err = common.token_request(self, doc.token_endpoint, common.refresh_form(session))
-  if not tokens then return nil, err end
-  if tokens.id_token then
-    local claims
-    claims, err = self:verify_id_token(tokens.id_token, nil)
-    if not claims then return nil, err end
-    -- OpenID Connect Core 12.2: the subject must stay the same
-    local sub = session.user and session.user.id
-    if sub ~= nil and tostring(sub) ~= claims.sub then return nil, "refreshed ID token names another subject" end
-  end
   return tokens
 end
 
