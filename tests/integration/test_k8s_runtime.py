@@ -178,6 +178,23 @@ class K8sRuntimeTest(unittest.TestCase):
         self.assertIn("exit code 3", r.json()["error"])
         self.assertEqual(self.state(rid), "stopping")
         self.assertEqual(len(self.objects(rid)["deployments"]), 1, "the workload was deleted before the files were saved")
+        # every credential in the pod, read back from the API server: the init
+        # container's runner token and the uploader's save token open this
+        # REPL's storage broker only (the fs driver here: 501, authenticated)
+        api = self.kc.client(user="admin")
+        pods = api.get(k8s_harness.api_path("v1", "pods", NS), query={"labelSelector": "devex.io/repl=" + rid})["items"]
+        spec = pods[0]["spec"]
+        self.assertNotIn("secretKeyRef", json.dumps(spec))
+        self.assertNotIn("AWS_", json.dumps(spec))
+        up_env = {e["name"]: e["value"] for e in spec["ephemeralContainers"][0]["env"]}
+        init_env = {e["name"]: e["value"] for e in spec["initContainers"][0]["env"]}
+        self.assertEqual(sorted(up_env), ["CALLBACK_URL", "RUNNER_TOKEN"])
+        self.assertTrue(up_env["CALLBACK_URL"].endswith("/api/runner/" + rid))
+        st2, other = self.create(b, name="other", template="python")
+        for tok in (up_env["RUNNER_TOKEN"], init_env["RUNNER_TOKEN"]):
+            hdr = {"Authorization": "Bearer " + tok}
+            self.assertEqual(self.d.request("GET", "/api/runner/%s/files" % rid, headers=hdr).status, 501)
+            self.assertEqual(self.d.request("GET", "/api/runner/%s/files" % other["id"], headers=hdr).status, 401)
         self.kc.kubelet.remove_rule(rule)
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
         self.assertEqual(r.status, 200, r.body)
