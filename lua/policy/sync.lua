@@ -11,7 +11,8 @@
 -- longer holds and records lastSavedAt. Any failure exits non-zero, so the
 -- stop keeps the workload. An operator can replace container (a
 -- function(ctx) returning the ephemeral container) or tune:
---   image       any image with a POSIX sh, find and curl
+--   image       any image with a POSIX sh, find, awk and curl 7.66+ (the
+--               transfers run 16 at a time with curl --parallel)
 --   timeout     seconds to wait for the upload to finish (and the save
 --               token's lifetime)
 --   url_expires seconds a presigned URL of the broker is valid [300]
@@ -43,16 +44,17 @@ set -eu
 dir="${WORKSPACE_DIR:-/workspaces}"
 base="${CALLBACK_URL%/}"
 auth="Authorization: Bearer $RUNNER_TOKEN"
-tab=$(printf '\t')
 cd "$dir"
 find . ! -type f ! -type d | while IFS= read -r p; do echo "skipped, not a regular file: $p" >&2; done
 find . -type f -path '*[[:cntrl:]]*' | while IFS= read -r p; do echo "skipped, control character in the name: $p" >&2; done
 paths=$(find . -type f ! -path '*[[:cntrl:]]*' | sed 's|^\./||')
 ups=$(printf '%s\n' "$paths" | curl -fsS -X POST -H "$auth" -H "Accept: text/plain" -H "Content-Type: text/plain" --data-binary @- "$base/uploads")
-printf '%s\n' "$ups" | while IFS="$tab" read -r path url; do
-  [ -n "$path" ] || continue
-  curl -fsS -g --path-as-is --retry 3 -X PUT -H "Content-Type: application/octet-stream" --upload-file "./$path" "$url" >/dev/null || { echo "upload failed: $path" >&2; exit 1; }
-done
+if [ -n "$ups" ]; then
+  printf '%s\n' "$ups" | awk -F '\t' 'NF >= 2 {
+    p = "./" $1; gsub(/[\\"]/, "\\\\&", p); u = $2; gsub(/[\\"]/, "\\\\&", u)
+    printf "url = \"%s\"\nupload-file = \"%s\"\noutput = \"/dev/null\"\n", u, p }' |
+    curl -fsS -g --path-as-is --retry 3 --parallel --parallel-max 16 -H "Content-Type: application/octet-stream" -K -
+fi
 printf '%s\n' "$paths" | curl -fsS -X POST -H "$auth" -H "Content-Type: text/plain" --data-binary @- "$base/sync"
 echo
 ]=]

@@ -264,6 +264,7 @@ class RunnerStorageTest(unittest.TestCase):
             "ünï cödé/日本語/ファイル ✓.txt": "non-ascii ✓\n".encode(),
             "big.bin": os.urandom(1 << 20) * 50,
             "plus+equals=amp&[br].txt": b"odd",
+            'quote"back\\slash {x}.txt': b"escaped in curl's config",
             ".hidden": b"dot",
         }
         for rel, data in files.items():
@@ -288,6 +289,36 @@ class RunnerStorageTest(unittest.TestCase):
         self.assertEqual(len(names), len(files) - 1)
         # the other REPL's prefix was never touched
         self.assertEqual(self.api("GET", "/api/runner/%s/files" % RID2, token=TOKEN2).json()["files"], [])
+
+    def test_scripts_fail_when_a_transfer_fails(self):
+        ws = os.path.join(self.tmp, "w")
+        os.makedirs(os.path.join(ws, "d"))
+        for i in range(20):
+            with open(os.path.join(ws, "d", "f%d" % i), "w") as f:
+                f.write("x" * i)
+        self.redis.call("HDEL", "devex:replMeta:" + RID, "lastSavedAt")
+        self.s3.fail(1000, status=403, code="AccessDenied")
+        try:
+            r = self.run_script(UPLOAD, ws)
+        finally:
+            self.s3.fail(0)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn(b"403", r.stderr)  # curl's --fail on a PUT, not the broker
+        saved = self.redis.call("HGET", "devex:replMeta:" + RID, "lastSavedAt")
+        self.assertIsNone(saved)  # no sync after a failed upload
+        r = self.run_script(UPLOAD, ws)
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        dst = os.path.join(self.tmp, "dst")
+        os.mkdir(dst)
+        self.s3.fail(1000, status=403, code="AccessDenied")
+        try:
+            r = self.run_script(DOWNLOAD, dst)
+        finally:
+            self.s3.fail(0)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        r = self.run_script(DOWNLOAD, dst)
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        self.assertEqual(tree(dst), tree(ws))
 
     def test_scripts_fail_loudly(self):
         ws = os.path.join(self.tmp, "w")
