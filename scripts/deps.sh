@@ -7,7 +7,7 @@ BUILD_PKGS=(build-essential cmake pkg-config libh2o-dev libuv1-dev liblua5.4-dev
   libyajl-dev libcurl4-openssl-dev libssl-dev libexpat1-dev libyaml-dev libmimalloc-dev libwslay-dev)
 RUN_PKGS=(redis-server)
 TEST_PKGS=(python3 python3-yaml curl nghttp2-client openssl procps iproute2 nodejs h2o chromium prometheus
-  debootstrap rpm lintian debhelper systemd)
+  debootstrap rpm lintian debhelper systemd clang-14 libclang-rt-14-dev)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 if [ "${1:-}" = "--test" ]; then want+=("${TEST_PKGS[@]}"); fi

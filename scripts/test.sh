@@ -28,7 +28,7 @@ build_and_test() {
 }
 
 echo "== Release build =="
-build_and_test build -DCMAKE_BUILD_TYPE=Release || status=1
+build_and_test build -DCMAKE_BUILD_TYPE=Release -DDEVEX_FUZZ_TEST=ON || status=1 # + tests/fuzz, once
 
 if [ "${SKIP_SANITIZE:-0}" != "1" ]; then
   echo "== ASan + UBSan build =="
