@@ -64,7 +64,8 @@ typedef struct {
     http_multi_t *m;
 } http_sock_t;
 
-typedef enum { XFER_REQUEST, XFER_STREAM } xfer_kind_t;
+/* XFER_EASY: an easy handle another primitive set up (devex_http_perform) */
+typedef enum { XFER_REQUEST, XFER_STREAM, XFER_EASY } xfer_kind_t;
 typedef enum { WAIT_NONE, WAIT_REQUEST, WAIT_OPEN, WAIT_READ } xfer_wait_t;
 
 struct http_xfer {
@@ -91,6 +92,8 @@ struct http_xfer {
     size_t scan;               /* stream: no '\n' in [rpos, scan) */
     devex_buf_t hdrs;          /* response headers: "name\0value\0"... (names lowercase) */
     http_xfer_t *wake_prev, *wake_next;
+    void (*release)(void *);   /* XFER_EASY: frees the caller's data after the easy handle */
+    void *release_arg;
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -192,6 +195,12 @@ static void wake_unlink(http_xfer_t *x)
 static void xfer_stop(http_xfer_t *x)
 {
     if (x->attached) {
+        /* Removing an unfinished SMTP transfer makes libcurl close its
+         * connection politely (QUIT, then a blocking wait for the reply, up to
+         * the transfer's timeout): a timeout already passed makes that wait
+         * end at once instead of stalling the worker. */
+        if (x->kind == XFER_EASY && !x->done)
+            curl_easy_setopt(x->easy, CURLOPT_TIMEOUT_MS, 1L);
         curl_multi_remove_handle(x->m->multi, x->easy);
         x->attached = false;
     }
@@ -207,6 +216,8 @@ static void xfer_free(http_xfer_t *x)
 {
     wake_unlink(x);
     xfer_stop(x);
+    if (x->release)
+        x->release(x->release_arg);
     devex_buf_free(&x->body);
     devex_buf_free(&x->hdrs);
     free(x);
@@ -499,6 +510,8 @@ static const char *error_code(const http_xfer_t *x)
         return "invalid"; /* http(s):// was checked; the rest of the URL did not parse */
     case CURLE_ABORTED_BY_CALLBACK:
         return "cancelled";
+    case CURLE_LOGIN_DENIED:
+        return "auth";
     default:
         return "protocol";
     }
@@ -520,6 +533,10 @@ static int push_fail(lua_State *L, const http_xfer_t *x)
     devex_push_error(L, code, msg, 0);
     lua_pushinteger(L, (lua_Integer)x->result);
     lua_setfield(L, -2, "curl_code");
+    if (x->kind == XFER_EASY && x->status > 0) {
+        lua_pushinteger(L, (lua_Integer)x->status); /* the server's last reply code (SMTP) */
+        lua_setfield(L, -2, "reply");
+    }
     return 2;
 }
 
@@ -643,7 +660,13 @@ static void xfer_wake(http_xfer_t *x)
     case WAIT_REQUEST:
         if (!x->done)
             return;
-        n = push_response(co, x);
+        if (x->kind == XFER_EASY && x->result == CURLE_OK) {
+            lua_pushboolean(co, 1);
+            lua_pushinteger(co, (lua_Integer)x->status);
+            n = 2;
+        } else {
+            n = x->kind == XFER_EASY ? push_fail(co, x) : push_response(co, x);
+        }
         x->wait = WAIT_NONE;
         devex_task_resume(op, n);
         xfer_free(x); /* nothing else knows this transfer */
@@ -1051,6 +1074,44 @@ static http_xfer_t *start_from_lua(lua_State *L, const char *fn, xfer_kind_t kin
     if (x == NULL)
         luaL_error(L, "%s: %s", fn, err);
     return x;
+}
+
+/* See http.h. Owns easy and arg from the call on, errors included. */
+int devex_http_perform(lua_State *L, const char *fn, CURL *easy, void (*release)(void *), void *arg)
+{
+    http_multi_t *m = multi_get();
+    http_xfer_t *x = m ? calloc(1, sizeof(*x)) : NULL;
+    if (x == NULL) {
+        curl_easy_cleanup(easy);
+        if (release)
+            release(arg);
+        return luaL_error(L, "%s: %s", fn, m ? "out of memory" : "cannot set up libcurl on this thread");
+    }
+    x->m = m;
+    x->kind = XFER_EASY;
+    x->easy = easy;
+    x->release = release;
+    x->release_arg = arg;
+    x->op.cancel = xfer_cancel;
+    CURLcode rc = curl_easy_setopt(easy, CURLOPT_PRIVATE, (void *)x);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, x->errbuf);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+    if (rc != CURLE_OK) {
+        xfer_free(x);
+        return luaL_error(L, "%s: %s", fn, curl_easy_strerror(rc));
+    }
+    CURLMcode mc = curl_multi_add_handle(m->multi, easy);
+    if (mc != CURLM_OK) {
+        xfer_free(x);
+        return luaL_error(L, "%s: %s", fn, curl_multi_strerror(mc));
+    }
+    x->attached = true;
+    x->wait = WAIT_REQUEST;
+    return devex_task_yield(L, &x->op);
 }
 
 static int l_request(lua_State *L)

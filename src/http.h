@@ -55,6 +55,7 @@
 #ifndef DEVEX_HTTP_H
 #define DEVEX_HTTP_H
 
+#include <curl/curl.h>
 #include <lua.h>
 
 /* Initializes libcurl's global state. Call once from main() before any worker
@@ -63,5 +64,18 @@
 void devex_http_global_init(void);
 
 int luaopen_devex_http(lua_State *L);
+
+/* For another primitive that talks a protocol libcurl knows (smtp.c): runs
+ * easy, which the caller configured (URL, protocols, callbacks), on the
+ * thread's multi handle and parks the calling task (check it first with
+ * devex_task_check) until the transfer ends. Use as
+ * `return devex_http_perform(L, fn, easy, release, arg);`. Lua then gets
+ * true, the last reply code; or nil, err as http.request's errors (code
+ * "auth" when the server refused the login; err.reply is the server's last
+ * reply code). From the call on, easy and arg belong to devex.http:
+ * release(arg) runs after easy has been cleaned up (also when the task is
+ * abandoned, and on a Lua error raised here), so data that easy's callbacks
+ * read lives in arg. PRIVATE, ERRORBUFFER, NOSIGNAL and QUICK_EXIT are set here. */
+int devex_http_perform(lua_State *L, const char *fn, CURL *easy, void (*release)(void *), void *arg);
 
 #endif

@@ -13,6 +13,7 @@
 #include "ptys.h"
 #include "proxy.h"
 #include "s3.h"
+#include "smtp.h"
 #include "http.h"
 #include "k8s.h"
 #include "metrics.h"
@@ -38,6 +39,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.websocket", luaopen_devex_websocket}, /* the runner agent: lua/runner */
     {"devex.pty", luaopen_devex_pty},
     {"devex.fs", luaopen_devex_fs},
+    {"devex.smtp", luaopen_devex_smtp}, /* the magic-link mail: lua/auth/mail.lua */
     {NULL, NULL},
 };
 
