@@ -81,6 +81,23 @@ return {
     -- (api.example.com and runner.example.com -> example.com), so that the
     -- browser also sends it to the runner gateway. Unset: host-only cookie.
     cookie_domain = env.str("COOKIE_DOMAIN"),
+    -- E-mail magic-link sign-in (POST /auth/magiclink/login): on when SMTP_URL,
+    -- GMAIL_USER or RESEND_API_KEY is set. SMTP: smtps://host:465, or
+    -- smtp://host:587 with STARTTLS required (plain only to a loopback host).
+    -- GMAIL_USER/GMAIL_PASSWORD (an app password) mean Gmail's submission
+    -- server. RESEND_API_KEY sends through Resend's HTTP API instead.
+    magiclink = {
+      smtp_url = env.url("SMTP_URL", env.str("GMAIL_USER") and "smtps://smtp.gmail.com:465" or nil,
+        { "smtp", "smtps" }),
+      username = env.str("SMTP_USERNAME", env.str("GMAIL_USER")),
+      password = env.str("SMTP_PASSWORD", env.str("GMAIL_PASSWORD")),
+      from = env.str("MAIL_FROM", env.str("GMAIL_USER")),
+      from_name = env.str("MAIL_FROM_NAME"),
+      resend_api_key = env.str("RESEND_API_KEY"),
+      -- the link: this URL + ?token=... (default: PUBLIC_URL/auth/magiclink/verify)
+      redirect_url = env.url("MAGICLINK_REDIRECT_URL", nil, { "http", "https" }),
+      token_ttl = env.int("MAGICLINK_TTL", 900, 60, 86400), -- seconds a link is valid
+    },
   },
 
   session = {

@@ -17,6 +17,9 @@ local function add(name, kind, conf)
   if type(name) ~= "string" or not name:match("^[a-z0-9][a-z0-9_-]*$") then
     error(string.format("oauth.providers: invalid provider name %q (use a-z, 0-9, _ and -)", tostring(name)), 0)
   end
+  if name == "magiclink" then
+    error(string.format("oauth.providers: the name %q is taken by another sign-in", name), 0)
+  end
   if M.providers[name] then error(string.format("sign-in provider %q is configured twice", name), 0) end
   local mod = kinds[kind]
   if not mod then error(string.format("sign-in provider %q: unknown kind %q", name, tostring(kind)), 0) end

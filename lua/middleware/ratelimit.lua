@@ -184,7 +184,7 @@ end
 
 -- ---- the rules -------------------------------------------------------------
 
-local RULES = { "signin", "ping", "create", "start", "stop" }
+local RULES = { "signin", "ping", "create", "start", "stop", "magiclink", "magiclink_address" }
 local known = {}
 for _, name in ipairs(RULES) do known[name] = true end
 

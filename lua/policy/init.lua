@@ -12,6 +12,7 @@
 local config = require("devex.config").get()
 
 local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits" }
+KNOBS[#KNOBS + 1] = "magiclink" -- who may sign in with an e-mail magic link (routes.magiclink)
 
 local function merge(dst, src, path)
   for k, v in pairs(src) do

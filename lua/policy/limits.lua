@@ -5,6 +5,9 @@
 -- until the window ends). A rule set to false is off.
 --   signin   GET /auth/<provider>/login, per client address: each one writes a
 --            login attempt to Redis for session.state_ttl (10 minutes)
+--   magiclink          POST /auth/magiclink/login, per client address (each one sends a mail)
+--   magiclink_address  the same, per e-mail address (the Go service's 3 a minute); both
+--                      answer the Go service's 429 {"error":"Too many requests. Please try again later."}
 --   ping     GET /ping, per client address (its answer is cached a few seconds)
 --   create   POST /api/repl/new, per user (owner key)
 --   start    GET /api/repl/session/<id>, per user
@@ -19,6 +22,8 @@
 -- "Configuration"); IPv6 clients are counted per /64, what one host gets.
 return {
   signin = { limit = 30, window = 60, fail_open = true },
+  magiclink = { limit = 10, window = 60, fail_open = true },
+  magiclink_address = { limit = 3, window = 60, fail_open = true },
   ping = { limit = 300, window = 60, fail_open = true },
   create = { limit = 20, window = 60, fail_open = false },
   start = { limit = 30, window = 60, fail_open = false },

@@ -14,6 +14,7 @@
 -- read the user and are then dropped (auth.session keeps none).
 -- In production devexd refuses to load these routes without an https
 -- public_url (auth.settings.check_serving).
+-- E-mail magic links: routes.magiclink.
 local json = require("devex.json")
 local log = require("devex.log")
 local auth = require("middleware.auth")
@@ -120,6 +121,7 @@ end
 
 return function(app)
   settings.check_serving()
+  require("routes.magiclink")(app) -- POST /auth/magiclink/login, GET /auth/magiclink/verify
   app:get("/auth/:provider/login", ratelimit.per_address("signin"), login)
   app:get("/auth/:provider/callback", callback)
   app:post("/auth/logout", logout)

@@ -118,6 +118,9 @@ M.str = str
 --                                         characters of anything, so it is hashed: 52 characters,
 --                                         lower case, unpadded RFC 4648 base32, 256 bits)
 --   development sign-in                   dev_<lowercased name>
+--   e-mail magic link (subject email:<a>) em_<base32 of SHA-256(normalised address)>
+--                                         (55 characters; the address is what the link
+--                                         proved, lower-cased: auth.mail.normalize)
 -- Every key is [a-z0-9_-] only, so it holds no '/', ':' or '.' to cross
 -- into another owner's prefix or key, and every key holds a '_', which no
 -- key of the login-based scheme before it did (GitHub logins and dev names
@@ -172,19 +175,29 @@ function M.owner_dev(name)
   return "dev_" .. name:lower()
 end
 
+-- owner_email(address) -> key | nil, detail (a normalised address: auth.mail)
+function M.owner_email(address)
+  if type(address) ~= "string" or not address:match("^[^@%s]+@[^@%s]+$") or address ~= address:lower() then
+    return nil, "not a normalised address"
+  end
+  return "em_" .. base32(crypto.sha256(address))
+end
+
 -- Whether s is an owner key of this scheme (false for a legacy login key).
 function M.is_owner_key(s)
   if type(s) ~= "string" or #s > 100 then return false end
   if s:match("^gh_%d+$") or s:match("^gh_[a-z0-9][a-z0-9_-]*_%d+$") or s:match("^dev_[a-z0-9][a-z0-9-]*$") then
     return true
   end
+  if #s == 55 and s:match("^em_[a-z2-7]+$") then return true end
   return #s == 57 and s:match("^oidc_[a-z2-7]+$") ~= nil
 end
 
 -- owner_of_subject("<provider>:<stable id>") -> key | nil, detail
 -- The subject as sessions and the "signed in" log line record it; the
 -- provider must be configured (its kind and, for OpenID Connect, its
--- issuer make the key). "dev:<name>" is the development sign-in.
+-- issuer make the key). "dev:<name>" is the development sign-in,
+-- "email:<address>" the magic link.
 function M.owner_of_subject(subject)
   if type(subject) ~= "string" then return nil, "no subject" end
   local pname, id = subject:match("^([^:]+):(.+)$")
@@ -196,6 +209,7 @@ function M.owner_of_subject(subject)
     return nil, "provider " .. pname .. " has no owner keys"
   end
   if pname == "dev" then return M.owner_dev(id) end
+  if pname == "email" then return M.owner_email(id) end
   return nil, "no sign-in provider named " .. pname .. " is configured"
 end
 
