@@ -101,6 +101,10 @@ static family_t families[] = {
     {"devex_metrics_dropped_total", M_COUNTER,
      "Metric updates dropped because their family has no room for another label combination.", {NULL}, NULL, 0, 0,
      {{0}}},
+    /* after F_DROPPED: Lua-only (devex.metrics.observe), no enum name */
+    {"devex_repl_start_phase_duration_seconds", M_HISTOGRAM,
+     "How long each phase of a REPL start lasted (repl.events), by template and phase.", {"template", "phase", NULL},
+     HIST(B_START), 0, {{0}}},
 };
 
 enum { F_HTTP_REQ, F_HTTP_DUR, F_SESSIONS, F_START, F_K8S_REQ, F_K8S_ERR, F_K8S_DUR, F_S3_REQ, F_S3_ERR, F_S3_DUR,

@@ -14,6 +14,7 @@
 #include "proxy.h"
 #include "s3.h"
 #include "smtp.h"
+#include "stream.h"
 #include "http.h"
 #include "k8s.h"
 #include "metrics.h"
@@ -40,6 +41,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.pty", luaopen_devex_pty},
     {"devex.fs", luaopen_devex_fs},
     {"devex.smtp", luaopen_devex_smtp}, /* the magic-link mail: lua/auth/mail.lua */
+    {"devex.stream", luaopen_devex_stream}, /* streamed bodies: the session event stream */
     {NULL, NULL},
 };
 

@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "redis.h"
+#include "stream.h"
 #include "textutil.h"
 
 #include <arpa/inet.h>
@@ -254,6 +255,10 @@ static void request_done(devex_task_t *t, int status, int nres)
         rc->req->res.headers = (h2o_headers_t){NULL, 0, 0};
         log_lua_error(rc, "handler returned invalid headers", hdr_err);
         send_error(rc, 500, "internal error");
+        return;
+    }
+    if (btype == LUA_TUSERDATA && frozen == NULL && devex_stream_is(co, base + 1)) {
+        devex_stream_start(rc, co, base + 1, code); /* stream.c: a body sent as it is made */
         return;
     }
     if (frozen != NULL) {

@@ -11,7 +11,7 @@
 -- returns no Deployment is refused the same way, not found at the first start.
 local config = require("devex.config").get()
 
-local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits" }
+local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits", "messages" }
 KNOBS[#KNOBS + 1] = "magiclink" -- who may sign in with an e-mail magic link (routes.magiclink)
 
 local function merge(dst, src, path)

@@ -11,6 +11,7 @@ local policy = require("policy")
 local store = require("repl.store")
 local runtime = require("runtime")
 local metrics = require("devex.metrics")
+local events = require("repl.events") -- the session event stream (issue #18)
 
 -- metrics: how long a start took (only starts that made a workload)
 local function start_metric(t0, result)
@@ -59,8 +60,10 @@ function M.start(meta)
   local sess = store.get_session(meta.id)
   if sess and meta.state == "running" then return answer(meta, sess) end
   if meta.state == "starting" then return wait_running(meta) end
-  if count_sessions(meta.user) >= policy.quota.sessions_per_user then
-    return nil, { status = 429, body = { error = "session limit reached", limit = policy.quota.sessions_per_user } }
+  local in_use = count_sessions(meta.user)
+  if in_use >= policy.quota.sessions_per_user then
+    return nil, { status = 429, body = { error = "session limit reached", limit = policy.quota.sessions_per_user,
+      code = "quota", in_use = in_use, message = events.sentence("quota", in_use, policy.quota.sessions_per_user) } }
   end
   local prev, err = store.transition(meta.id, "starting", { "created", "stopped", "failed" })
   if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
@@ -73,6 +76,7 @@ function M.start(meta)
     end
     return fail(409, "repl is " .. tostring(m and m.state or "gone"))
   end
+  events.begin(meta.id, meta.template)
   local token = crypto.b64url(crypto.random_bytes(32))
   local driver = runtime.driver()
   local started_at = os.time()
@@ -85,7 +89,10 @@ function M.start(meta)
     driver:remove(meta) -- whatever it made
     store.transition(meta.id, prev, { "starting" })
     local status = (type(err) == "table" and err.status) or 502
-    return fail(status, "start failed: " .. tostring(type(err) == "table" and err.message or err))
+    local f = events.failure(meta.id, err, status)
+    events.emit(meta.id, "failed", f)
+    return nil, { status = status, body = { error = "start failed: " .. tostring(type(err) == "table" and err.message or err),
+      code = f.code, message = f.message } }
   end
   local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
                    token_hash = crypto.sha256_hex(token), driver = driver.name }
@@ -100,10 +107,12 @@ function M.start(meta)
     driver:remove(meta)
     store.end_session(meta.id)
     store.transition(meta.id, prev, { "starting" })
+    events.emit(meta.id, "failed", { code = "start_failed", message = events.sentence("start_failed") })
     if ok == false then return fail(409, "the repl changed or was deleted during the start") end
     return fail(503, "store unavailable: " .. tostring(err))
   end
   start_metric(t0, "ok")
+  events.emit(meta.id, "ready", { url = fields.url })
   log.info("repl started", { repl = meta.id, driver = driver.name })
   return answer(meta, fields)
 end
@@ -115,6 +124,7 @@ function M.stop(meta)
     if meta.state == "created" or meta.state == "stopped" then return true end -- nothing runs
     return fail(409, "repl is " .. tostring(meta.state))
   end
+  events.emit(meta.id, "stopping")
   local sess = store.get_session(meta.id) or {}
   local driver = runtime.driver()
   local ok
@@ -126,6 +136,7 @@ function M.stop(meta)
   end
   store.end_session(meta.id)
   store.transition(meta.id, "stopped", { "stopping" })
+  events.emit(meta.id, "stopped")
   log.info("repl stopped", { repl = meta.id })
   return true
 end

@@ -46,6 +46,11 @@ return function(app)
     return reply(service.start(req.user, req.params.id))
   end)
 
+  -- the session's lifecycle as Server-Sent Events (repl.events)
+  app:get("/api/repl/session/:id/events", auth, function(req)
+    return require("repl.events").handler(req)
+  end)
+
   app:delete("/api/repl/session/:id", auth, ratelimit.per_user("stop"), function(req)
     local ok, err = service.stop(req.user, req.params.id)
     if not ok then return err.status, err.body end

@@ -29,6 +29,7 @@ local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
 local log = require("devex.log")
+local events = require("repl.events") -- the session event stream (issue #18)
 local json = require("devex.json")
 local config = require("devex.config").get()
 
@@ -338,12 +339,13 @@ local function pod_state(pod)
 end
 
 -- Watches the pods of selector until one is Ready or fails.
-function Driver:wait_ready(c, selector, timeout)
+function Driver:wait_ready(c, selector, timeout, repl_id)
   local deadline = timer.now() + timeout
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
   if not l then return err(502, "kubernetes: " .. tostring(e)) end
   for _, p in ipairs(l.items) do
+    events.pod(repl_id, p) -- phases for the session's event stream
     local s, why = pod_state(p)
     if s == "ready" then return p end
     if s == "failed" then return err(502, why) end
@@ -363,6 +365,7 @@ function Driver:wait_ready(c, selector, timeout)
     local pods = ev.type == "RESYNC" and ev.items or { ev.object }
     for _, p in ipairs(pods) do
       if ev.type ~= "DELETED" then
+        events.pod(repl_id, p) -- phases for the session's event stream
         local s, why = pod_state(p)
         if s == "ready" then w:close(); return p end
         if s == "failed" then w:close(); return err(502, why) end
@@ -397,7 +400,8 @@ function Driver:start(meta, opts)
   end
   local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
   local pod
-  pod, e = self:wait_ready(c, id.selector, timeout)
+  events.emit(meta.id, "scheduling")
+  pod, e = self:wait_ready(c, id.selector, timeout, meta.id)
   if not pod then return nil, e end
   local ip = pod.status and pod.status.podIP or ""
   return {
@@ -431,6 +435,7 @@ function Driver:stop(meta, sess)
     local ctx = { repl = meta, s3 = config.s3, policy = sp, workload_policy = policy.workload }
     local container = (type(sp.container) == "function" and sp.container or require("policy.sync").container)(ctx)
     local ok
+    events.emit(meta.id, "saving")
     ok, e = c:add_ephemeral_container({ namespace = self.namespace, name = pod.metadata.name }, container)
     if not ok then return err(502, "could not start the uploader: " .. tostring(e)) end
     local code

@@ -13,6 +13,7 @@ local s3 = require("devex.s3")
 local http = require("devex.http")
 local timer = require("devex.timer")
 local log = require("devex.log")
+local events = require("repl.events") -- the session event stream (issue #18)
 local policy = require("policy")
 
 local Driver = {}
@@ -105,9 +106,11 @@ function Driver:start(meta, opts)
   ok, e = s3.fs_mkdir_p(ws)
   if not ok then return err(500, tostring(e)) end
   local n
+  events.emit(meta.id, "restoring")
   n, e = materialise(store, meta.prefix, ws)
   if not n then return err(502, "could not fetch the files: " .. tostring(e)) end
   local port = process.free_port()
+  events.emit(meta.id, "starting")
   local cmd = tpl.local_command
   local args = {}
   for i = 2, #cmd do args[#args + 1] = cmd[i] end
@@ -176,6 +179,7 @@ function Driver:stop(meta, sess)
   if f then
     f:close()
     local saved
+    events.emit(meta.id, "saving")
     saved, e = M.save(store, meta.prefix, ws)
     if not saved then return err(502, "could not save the files: " .. tostring(e)) end
   end
