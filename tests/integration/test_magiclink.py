@@ -379,6 +379,40 @@ class SmtpDownTest(unittest.TestCase):
                 self.assertEqual(d.request("GET", "/auth/magiclink/verify?token=x").status, 404)
 
 
+def non_loopback_address():
+    """An IPv4 address of this machine that is not loopback, or None."""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("10.255.255.255", 9))  # UDP: no packet is sent
+        addr = s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return None if addr.startswith("127.") else addr
+
+
+class StartTlsRequiredTest(unittest.TestCase):
+    def test_plain_smtp_refused_beyond_loopback(self):
+        addr = non_loopback_address()
+        if addr is None:
+            self.skipTest("no non-loopback address")
+        with RedisServer() as redis, SmtpServer(host=addr) as smtp:  # offers no STARTTLS
+            conf = {"environment": "development", "public_url": PUBLIC, "frontend_url": FRONTEND,
+                    "redis": {"url": redis.url(), "timeout": 2},
+                    "auth": {"magiclink": {"smtp_url": "smtp://%s:%d" % (addr, smtp.port), "username": "mailer",
+                                           "password": "s3cret", "from": "noreply@devex.test", "timeout": 5}}}
+            with Devexd(app=None, config=conf) as d:
+                r = post_login(d, {"email": "quinn@example.com"})
+                self.assertEqual((r.status, r.json()), (500, {"error": "Failed to send magic link"}))
+                # the password never went over the cleartext connection, nor the mail
+                self.assertTrue(smtp.commands, "devexd did not connect")
+                self.assertFalse([c for c in smtp.commands if c.split(" ")[0].upper() in ("AUTH", "MAIL")],
+                                 smtp.commands)
+                self.assertEqual(smtp.messages, [])
+
+
 class HangingServerTest(unittest.TestCase):
     def test_timeout_and_shutdown_while_sending(self):
         with RedisServer() as redis, SmtpServer() as smtp:

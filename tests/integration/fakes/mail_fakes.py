@@ -177,8 +177,9 @@ class _TCPServer(socketserver.ThreadingTCPServer):
 
 
 class SmtpServer:
-    def __init__(self, user="mailer", password="s3cret", cert=None, key=None, implicit_tls=False):
+    def __init__(self, user="mailer", password="s3cret", cert=None, key=None, implicit_tls=False, host="127.0.0.1"):
         self.user, self.password = user, password
+        self.host = host
         self.ssl_context = None
         if cert:
             self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -195,7 +196,7 @@ class SmtpServer:
         self.cond = threading.Condition()
 
     def __enter__(self):
-        self.server = _TCPServer(("127.0.0.1", 0), _SmtpHandler)
+        self.server = _TCPServer((self.host, 0), _SmtpHandler)
         self.server.owner = self
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
