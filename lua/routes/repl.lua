@@ -35,6 +35,10 @@ return function(app)
   app:get("/api/repl", auth, function(req)
     return reply(service.list(req.user))
   end)
+  -- the Go service's own path (it redirected /api/repl here): the same answer
+  app:get("/api/repl/", auth, function(req)
+    return reply(service.list(req.user))
+  end)
 
   app:post("/api/repl/new", auth, ratelimit.per_user("create"), function(req)
     local repl, err = service.create(req.user, req:json())
