@@ -18,5 +18,8 @@ return {
   kubernetes_down = "The workspace cluster is not reachable right now. Try again in a few minutes.",
   crashed = "Your workspace started but then stopped working. Try again; if it keeps happening, tell your administrator.",
   store_down = "The service is having trouble right now. Try again in a few minutes.",
+  -- warning_idle, warning_lifetime (the `warning` event before a stop): the seconds left
+  warning_idle = "Your workspace has been idle and will stop in %s seconds to save resources. Keep working to keep it.",
+  warning_lifetime = "Your workspace reaches its maximum running time and will stop in %s seconds. Your files are saved.",
   start_failed = "Your workspace could not be started. Try again; if it keeps happening, tell your administrator.",
 }

@@ -2,7 +2,8 @@
 -- GET /api/repl/session/<id>/events (Server-Sent Events).
 --
 -- Phases: scheduling, pulling, restoring, starting, ready (url), failed
--- (code, message), stopping, saving, stopped. `queued` is reserved: no
+-- (code, message), stopping, saving, stopped; and `warning` (reason, stopAt,
+-- in, message) before a stop by the sweep (repl.culling). `queued` is reserved: no
 -- policy queues a start today (a start over the session limit is refused with
 -- 429), so nothing emits it yet.
 --
@@ -46,7 +47,7 @@ M.HISTORY = 50          -- starts kept per template for the ETA
 M.HISTORY_TTL = 30 * 24 * 3600
 
 local PHASES = { queued = 1, scheduling = 2, pulling = 3, restoring = 4, starting = 5, ready = 6, failed = 7,
-                 stopping = 8, saving = 9, stopped = 10 }
+                 stopping = 8, saving = 9, stopped = 10, warning = 11 }
 M.PHASES = PHASES
 
 local function key(id) return rds.key("replEvents", id) end

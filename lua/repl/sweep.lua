@@ -82,6 +82,7 @@ function M.run(now)
       end
     end
   end
+  pcall(require("repl.culling").warn, now, metas) -- `warning` events before a stop (issue #18)
   -- sessions whose process is gone (the local runtime after a restart)
   local dok, drv = pcall(require("runtime").driver)
   if not dok then drv = nil end

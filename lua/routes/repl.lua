@@ -61,6 +61,19 @@ return function(app)
     return 200, { message = "Session stopped" }
   end)
 
+  -- when the session will be stopped and why; a keepalive postpones an idle stop (repl.culling)
+  app:get("/api/repl/:id/activity", auth, function(req)
+    local meta, e = service.owned(req.user, req.params.id)
+    if not meta then return e.status, e.body end
+    return 200, require("repl.culling").info(meta)
+  end)
+
+  app:post("/api/repl/:id/keepalive", auth, function(req)
+    local meta, e = service.owned(req.user, req.params.id)
+    if not meta then return e.status, e.body end
+    return reply(require("repl.culling").keepalive(meta))
+  end)
+
   app:delete("/api/repl/:id", auth, function(req)
     local ok, err = service.delete(req.user, req.params.id)
     if not ok then return err.status, err.body end

@@ -127,6 +127,8 @@ def idnum(i):
 
 
 class LocalEventsTest(unittest.TestCase):
+    CLEANUP = ""
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="devexd-events-")
@@ -140,7 +142,8 @@ class LocalEventsTest(unittest.TestCase):
                 "    broken = { image = 'runner-broken', port = 8081, local_command = { 'sh', '-c', 'exit 3' } },\n"
                 "  } },\n"
                 "  messages = { crashed = 'Your workspace crashed while starting (reworded by the operator).' },\n"
-                "}\n" % STANDIN)
+                "%s"
+                "}\n" % (STANDIN, cls.CLEANUP))
         for t in ("standin", "broken"):
             os.makedirs(os.path.join(cls.tmp, "templates", t))
             with open(os.path.join(cls.tmp, "templates", t, "README.md"), "w") as f:
@@ -337,6 +340,20 @@ class LocalEventsTest(unittest.TestCase):
         time.sleep(1)
         self.assertEqual(mon.count(b'"XRANGE"', key), before)
 
+    def test_stream_survives_sighup(self):
+        import signal
+        b = self.sign_in("kate")
+        rid = self.create(b, "ev9")
+        w = self.watch(b, rid)
+        self.assertEqual(w.quiet(0.3), [])
+        mark = self.d.mark()
+        self.d.signal(signal.SIGHUP)
+        self.d.wait_log(lambda e: e.get("msg") == "reloaded", since=mark, what="the reload")
+        r = b.request("GET", "/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        self.assertEqual([e["event"] for e in w.until("ready")], ["restoring", "starting", "ready"])
+
     def test_client_gone_and_metrics(self):
         b = self.sign_in("heidi")
         rid = self.create(b, "ev6")
@@ -350,6 +367,75 @@ class LocalEventsTest(unittest.TestCase):
         self.assertEqual(r.status, 200)
         m = self.d.request("GET", "/metrics").body.decode()
         self.assertIn('devex_repl_start_phase_duration_seconds_count{template="standin",phase="restoring"}', m)
+
+
+class CullingTest(LocalEventsTest):
+    """GET /api/repl/<id>/activity, POST /api/repl/<id>/keepalive and the
+    `warning` event before an idle stop (repl.culling), with idle_limit 6 s,
+    warning_lead 4 s, keepalive_max 2 and a sweep every second."""
+
+    CLEANUP = ("  cleanup = { idle_limit = 6, warning_lead = 4, keepalive_max = 2, sweep_interval = 1,\n"
+               "              activity_interval = 1 },\n")
+
+    def test_warning_keepalive_and_idle_stop(self):
+        b = self.sign_in("lena")
+        rid = self.create(b, "cull")
+        w = self.watch(b, rid)
+        r = b.request("GET", "/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        w.until("ready")
+        r = b.get("/api/repl/%s/activity" % rid)
+        self.assertEqual(r.status, 200, r.body)
+        a = r.json()
+        self.assertEqual((a["running"], a["idleLimit"], a["warningLead"], a["keepaliveMax"]), (True, 6, 4, 2))
+        self.assertEqual(a["stopReason"], "idle")
+        self.assertEqual(a["idleStopAt"], a["lastActivityAt"] + 6)
+        self.assertEqual(a["stopAt"], a["idleStopAt"])
+        self.assertEqual(a["lastSignal"], "activity")
+        # the warning comes within the lead time of the idle stop
+        warn = w.until("warning", timeout=10)[-1]["data"]
+        self.assertEqual(warn["reason"], "idle")
+        self.assertEqual(warn["stopAt"], a["stopAt"])
+        self.assertLessEqual(warn["in"], 4)
+        self.assertIn("idle", warn["message"])
+        # a keepalive postpones the idle stop
+        time.sleep(1.1)
+        r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 200, r.body)
+        k = r.json()
+        self.assertGreater(k["stopAt"], a["stopAt"])
+        self.assertEqual((k["lastSignal"], k["keepalivesUsed"]), ("keepalive", 1))
+        r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 200, r.body)
+        # but not for ever
+        r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 429, r.body)
+        self.assertEqual(r.json()["code"], "keepalive_limit")
+        stop_at = b.get("/api/repl/%s/activity" % rid).json()["stopAt"]
+        # a second warning for the new deadline, then the sweep stops it as said
+        got = w.until("stopped", timeout=20)
+        phases = [e["event"] for e in got]
+        self.assertIn("warning", phases)
+        self.assertEqual(phases[-3:], ["stopping", "saving", "stopped"])
+        self.assertGreaterEqual(time.time(), stop_at - 1)
+        self.assertEqual(b.get("/api/repl/%s/activity" % rid).json()["running"], False)
+
+    def test_owner_only_activity(self):
+        a = self.sign_in("mike")
+        rid = self.create(a, "cull2")
+        other = self.sign_in("nina")
+        self.assertEqual(other.get("/api/repl/%s/activity" % rid).status, 404)
+        self.assertEqual(other.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}").status, 404)
+        self.assertEqual(self.d.request("GET", "/api/repl/%s/activity" % rid).status, 401)
+        r = a.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 409, r.body)
+
+
+# the tests of LocalEventsTest run with its own devexd only
+for _name in dir(LocalEventsTest):
+    if _name.startswith("test_"):
+        setattr(CullingTest, _name, None)
 
 
 PHASE_ORDER = ["queued", "scheduling", "pulling", "restoring", "starting", "ready", "failed"]

@@ -1,0 +1,120 @@
+-- repl.culling: when a running session will be stopped and why (issue #18,
+-- item 4): GET /api/repl/<id>/activity, POST /api/repl/<id>/keepalive, and
+-- the `warning` events the sweep leader sends before an idle or lifetime
+-- stop.
+--
+-- Knobs (policy.cleanup, beside idle_limit and max_lifetime):
+--   warning_lead   seconds before a stop that the `warning` event goes out (300)
+--   keepalive_max  keepalives a session may use (12): each counts as activity
+--                  (it postpones an idle stop by up to idle_limit), so with the
+--                  defaults a user who only answers warnings keeps a session
+--                  at most 12 x 30 min past its last real activity; never past
+--                  max_lifetime, which no activity moves.
+-- Signals: the recorded activity (sessions:activity) is gateway traffic,
+-- runner heartbeats and keepalives; devexd records the keepalive itself
+-- (activeSession.last_keepalive), so `lastSignal` is "keepalive" when the
+-- last activity is one, else "activity" (gateway or heartbeat: the flush
+-- does not record which).
+local policy = require("policy")
+local rds = require("services.redis")
+local store = require("repl.store")
+local events = require("repl.events")
+local log = require("devex.log")
+
+local M = {}
+
+local function knobs()
+  local c = policy.cleanup
+  return tonumber(c.idle_limit) or 1800, tonumber(c.max_lifetime) or 28800,
+    tonumber(c.warning_lead) or 300, math.tointeger(c.keepalive_max) or 12
+end
+
+-- The stop times of a running session: { idle_at, lifetime_at, at, reason }
+local function deadlines(last_active, started_at)
+  local idle_limit, max_lifetime = knobs()
+  local idle_at = last_active and (last_active + idle_limit) or nil
+  local lifetime_at = started_at and (started_at + max_lifetime) or nil
+  local at, reason = idle_at, "idle"
+  if lifetime_at and (not at or lifetime_at <= at) then at, reason = lifetime_at, "lifetime" end
+  return idle_at, lifetime_at, at, reason
+end
+
+local function last_active_of(id)
+  local r = rds.client()
+  local v = r and r:call("ZSCORE", store.activity_key(), id)
+  return tonumber(v)
+end
+
+-- info(meta, now) -> the activity answer
+function M.info(meta, now)
+  now = now or os.time()
+  local idle_limit, max_lifetime, lead, kmax = knobs()
+  local out = { replId = meta.id, state = meta.state, running = meta.state == "running",
+                idleLimit = idle_limit, maxLifetime = max_lifetime, warningLead = lead, keepaliveMax = kmax }
+  if meta.state ~= "running" then return out end
+  local sess = store.get_session(meta.id) or {}
+  local started = tonumber(sess.started_at)
+  local last = last_active_of(meta.id)
+  local idle_at, lifetime_at, at, reason = deadlines(last, started)
+  out.startedAt, out.lastActivityAt = started, last
+  out.idleSince = last
+  out.idleSeconds = last and math.max(0, now - last) or nil
+  out.idleStopAt, out.lifetimeStopAt = idle_at, lifetime_at
+  out.stopAt, out.stopReason = at, reason
+  out.stopIn = at and math.max(0, at - now) or nil
+  out.keepalivesUsed = tonumber(sess.keepalives) or 0
+  local lk = tonumber(sess.last_keepalive)
+  out.lastSignal = last and ((lk and lk >= last) and "keepalive" or "activity") or nil
+  return out
+end
+
+-- keepalive(meta) -> info | nil, {status, body}
+function M.keepalive(meta, now)
+  now = now or os.time()
+  if meta.state ~= "running" then return nil, { status = 409, body = { error = "repl is not running" } } end
+  local _, _, _, kmax = knobs()
+  local r, err = rds.client()
+  if not r then return nil, { status = 503, body = { error = "store unavailable: " .. tostring(err) } } end
+  local skey = store.session_key(meta.id)
+  local used
+  used, err = r:call("HINCRBY", skey, "keepalives", 1)
+  if not used then return nil, { status = 503, body = { error = "store unavailable: " .. tostring(err) } } end
+  if used > kmax then
+    r:call("HINCRBY", skey, "keepalives", -1)
+    return nil, { status = 429, body = { error = "keepalive limit reached", code = "keepalive_limit", limit = kmax } }
+  end
+  r:call("HSET", skey, "last_keepalive", now)
+  store.touch(meta.id, now)
+  return M.info(meta, now)
+end
+
+-- warn(now, metas): the sweep leader's call. Sends `warning` (reason, stopAt,
+-- in) once per deadline for every running session within warning_lead of
+-- its stop.
+function M.warn(now, metas)
+  now = now or os.time()
+  local _, _, lead = knobs()
+  if lead <= 0 then return 0 end
+  local r = rds.client()
+  if not r then return 0 end
+  local n = 0
+  for _, m in ipairs(metas or {}) do
+    if m.state == "running" then
+      local sess = store.get_session(m.id) or {}
+      local _, _, at, reason = deadlines(last_active_of(m.id), tonumber(sess.started_at))
+      if at and at > now and at - now <= lead then
+        local k = rds.key("cullWarned", m.id, tostring(at))
+        local fresh = r:call("SET", k, "1", "NX", "EX", math.ceil(lead * 2 + 60))
+        if fresh then
+          events.emit(m.id, "warning", { reason = reason, stopAt = at, ["in"] = at - now,
+            message = events.sentence("warning_" .. reason, at - now) })
+          n = n + 1
+        end
+      end
+    end
+  end
+  if n > 0 then log.info("sweep: stop warnings sent", { sessions = n }) end
+  return n
+end
+
+return M
