@@ -136,7 +136,15 @@ return function(app)
     local files = {}
     for _, o in ipairs(listing.objects) do
       local rel = o.key:sub(#prefix + 1)
-      if rel ~= "" and rel:sub(-1) ~= "/" then -- "folder" placeholder objects are not files
+      local ok, why = M.check_path(rel)
+      if not ok then
+        -- "folder" placeholders ("a/"), and names another writer stored that
+        -- no workspace can hold (or that would break the text form: a line
+        -- break, a tab) are not handed out
+        if rel ~= "" and rel:sub(-1) ~= "/" then
+          log.warn("runner storage: object skipped", { repl = req.params.id, reason = why })
+        end
+      else
         local url, perr = s:presign("GET", o.key, expires)
         if not url then return 500, { error = "cannot presign: " .. tostring(perr) } end
         files[#files + 1] = { path = rel, size = o.size, etag = o.etag, url = url }
