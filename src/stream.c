@@ -310,7 +310,9 @@ void devex_stream_start(devex_reqctx_t *rc, lua_State *co, int idx, int status)
         stream_release(s, send_final(s));
         return;
     }
-    devex_vm_t *vm = rc->w->vm;
+    /* the VM of the handler's coroutine: after a reload it is the retired
+     * one, not the worker's current VM, and the body's function lives there */
+    devex_vm_t *vm = devex_vm_of(co);
     lua_getiuservalue(co, idx, 1); /* the function */
     writer_ud_t *u = lua_newuserdatauv(co, sizeof(*u), 0);
     u->s = s;
