@@ -29,6 +29,12 @@ static void load(const char *context)
     }
 }
 
+static void cleanup(void)
+{
+    unlink(path);
+    rmdir(dir);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (dir[0] == '\0') {
@@ -36,6 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (mkdtemp(dir) == NULL)
             abort();
         snprintf(path, sizeof path, "%s/config", dir);
+        atexit(cleanup);
     }
     FILE *f = fopen(path, "wb");
     if (f == NULL || fwrite(data, 1, size, f) != size || fclose(f) != 0)
