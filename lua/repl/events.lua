@@ -75,6 +75,7 @@ M.id_after = id_after
 
 local runs = {}        -- replId -> { t0, template, marks = {phase = offset}, last = {phase, at} } (this worker)
 local hist_cache = {}  -- template -> { at, list }
+local pods = {}        -- replId -> the last pod seen during its start (this worker), for failure reasons
 
 local function quantile(xs, q)
   if #xs == 0 then return nil end
@@ -180,6 +181,7 @@ function M.emit(id, phase, fields)
     if phase == "ready" then
       pcall(record_history, run, now - run.t0)
       runs[id] = nil
+      pods[id] = nil
     elseif phase == "failed" then
       runs[id] = nil
     end
@@ -329,7 +331,6 @@ end
 
 -- ---- the Kubernetes pod as phases (runtime.kubernetes's pod watch) ----
 
-local pods = {} -- replId -> the last pod seen during its start (this worker), for failure reasons
 
 local function scheduled(pod)
   for _, c in ipairs(pod.status and pod.status.conditions or {}) do
