@@ -110,6 +110,7 @@ static void usage(FILE *f)
             "Commands (run once, then exit):\n"
             "  templates sync [DIR]  upload DIR/<name>/** (default: the shipped templates) to templates/<name>/ in storage\n"
             "  workload render --template T [--repl ID] [--user U]  print the session's Kubernetes objects and identity as JSON (no cluster contacted)\n"
+            "  migrate from-go --map FILE [--apply]  adopt the Go service's REPLs (repl:<id>, user:<login>) under devexd's owner keys\n"
             "\n"
             "  runner --dir DIR [--port PORT] [--host HOST]  serve (not once: until TERM) the workspace agent over DIR:\n"
             "                       the IDE page's runner protocol, terminals, /user-app/ (port default $PORT or 8081,\n"

@@ -110,8 +110,12 @@ end
 commands["owners migrate"] = function(args) return require("repl.migrate").cli({ table.unpack(args, 3) }) end
 commands["owners suggest"] = function() return require("repl.migrate").suggest() end
 
+-- devexd migrate from-go --map FILE [--apply] ...: the Go service's REPLs
+-- taken over (lua/repl/adopt_go.lua)
+commands["migrate from-go"] = function(args) return require("repl.adopt_go").cli({ table.unpack(args, 3) }) end
+
 local function usage(args)
-  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T, owners migrate [--map FILE] [--apply], owners suggest\n",
+  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T, owners migrate [--map FILE] [--apply], owners suggest, migrate from-go --map FILE [--apply]\n",
     table.concat(args, " "):gsub("[%c]", "?")))
   return 2
 end

@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""`devexd migrate from-go`: taking over the REPLs of the Go service.
+
+The Go service's data is written here as its code writes it: repl:<id>
+hashes (id, name, user = the lowercased login, template, isActive) and
+user:<login> sets in Redis with no key prefix, files under
+repl/<login>/<id>/ in the bucket (the fs storage driver here). The operator's
+map is the `devexd owners migrate` file.
+
+- The dry run changes nothing and says what it would do.
+- --apply: mapped REPLs are listed by their owner after a GitHub sign-in,
+  with their files byte-identical under repl/<owner key>/<id>/, and a
+  session starts; the Go data is left as it was; an unmapped login's REPL,
+  one with a live Go session and a dangling id are reported and untouched.
+- A second run changes nothing; --move-files --delete-old then remove the
+  Go copy of what was adopted, and nothing else.
+- --source-db / --source-prefix read Go data from another database and
+  behind a prefix.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+from test_auth import Browser, http_get, local_path, FRONTEND, GH_REDIRECT  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
+
+
+def tree(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
+def fs_rel(rel):
+    # the fs driver stores a path segment starting with "." as "%2E..."
+    return "/".join(("%2E" + s[1:]) if s.startswith(".") else s for s in rel.split("/"))
+
+
+class AdoptGoTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-adopt-")
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        os.mkdir(cls.store_dir)
+        cls.redis = cls.enterClassContext(RedisServer())
+        cls.gh = cls.enterClassContext(GitHubFake())
+        conf = {
+            "environment": "production", "allow_insecure_http": True,
+            "frontend_url": FRONTEND,
+            "redis": {"url": cls.redis.url(), "timeout": 2},
+            "github": cls.gh.config(GH_REDIRECT),
+            "session": {"ttl": 3600, "state_ttl": 600},
+            "storage": {"driver": "fs", "dir": cls.store_dir},
+            "runtime": {"driver": "local", "dir": os.path.join(cls.tmp, "ws"), "stop_grace": 2},
+        }
+        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config=conf))
+        cls.addClassCleanup(harness.kill_session_runners, cls.redis)
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.d.sync_templates()
+
+    def gh_login(self, login, uid):
+        self.gh.user["login"] = login
+        self.gh.user["id"] = uid
+        b = Browser(self.d)
+        r = b.get("/auth/github/login")
+        self.assertEqual(r.status, 302, r.body)
+        status, headers, body = http_get(r.header("Location"))
+        self.assertIn(status, (302, 303), body)
+        r = b.get(local_path(headers["Location"]))
+        self.assertEqual(r.header("Location"), FRONTEND + "/dashboard")
+        return b
+
+    def meta(self, rid):
+        flat = self.redis.call("HGETALL", "devex:replMeta:" + rid)
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    def members(self, owner):
+        return sorted(m.decode() for m in self.redis.call("SMEMBERS", "devex:userRepls:" + owner))
+
+    A = "repl-0f1e2d3c-0000-4000-8000-00000000000a"  # octocat, stopped, files
+    B = "repl-0f1e2d3c-0000-4000-8000-00000000000b"  # octocat, isActive true
+    C = "repl-0f1e2d3c-0000-4000-8000-00000000000c"  # carol, not in the map
+    D = "repl-0f1e2d3c-0000-4000-8000-00000000000d"  # dave, its files are missing
+    GONE = "repl-0f1e2d3c-0000-4000-8000-000000000999"  # in user:octocat, no record
+
+    FILES = {"notes.md": b"# from go\n", ".env": b"A=1\n", "src/lib/util.py": b"x = 1\n",
+             "empty.txt": b"", "dir with space/\u00fc.txt": "\u00fc\n".encode(), "bin.dat": bytes(range(256)) * 64}
+
+    def cli(self, *args, ok=True):
+        p = subprocess.run([harness.DEVEXD_BIN, "-c", self.d.conf_path, "-L", harness.LUA_DIR] + list(args),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+        if ok:
+            self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+        return p
+
+    def put_files(self, prefix, files):
+        for rel, data in files.items():
+            path = os.path.join(self.store_dir, prefix, fs_rel(rel))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+
+    def go_repl(self, rid, login, name, template="python", active=False, files=None, db=0, prefix=""):
+        """What the Go service's CreateRepl (and CreateReplSession) leave."""
+        self.redis.call("HSET", prefix + "repl:" + rid, "id", rid, "name", name, "user", login,
+                        "template", template, "isActive", "true" if active else "false", db=db)
+        self.redis.call("SADD", prefix + "user:" + login, rid, db=db)
+        if files:
+            self.put_files("repl/%s/%s/" % (login, rid), files)
+
+    def write_map(self, text):
+        path = os.path.join(self.tmp, "go.map")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def snapshot(self, db=0):
+        data = {}
+        for k in self.redis.call("KEYS", "*", db=db):
+            k = k.decode()
+            if k.startswith("devex:session:"):
+                continue
+            t = self.redis.call("TYPE", k, db=db)
+            t = t.decode() if isinstance(t, bytes) else t
+            if t == "hash":
+                flat = self.redis.call("HGETALL", k, db=db)
+                data[k] = sorted(zip(flat[0::2], flat[1::2]))
+            elif t == "set":
+                data[k] = sorted(self.redis.call("SMEMBERS", k, db=db))
+            else:
+                data[k] = t
+        return data, tree(self.store_dir)
+
+    def go_hash(self, rid, db=0, prefix=""):
+        flat = self.redis.call("HGETALL", prefix + "repl:" + rid, db=db)
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    def setUp(self):
+        harness.kill_session_runners(self.redis)
+        self.redis.call("FLUSHALL")
+        shutil.rmtree(os.path.join(self.store_dir, "repl"), ignore_errors=True)
+        self.go_repl(self.A, "octocat", "my app", files=self.files())
+        self.go_repl(self.B, "octocat", "busy", template="node", active=True, files={"index.js": b"1\n"})
+        self.redis.call("SADD", "user:octocat", self.GONE)
+        self.go_repl(self.C, "carol", "carol's", files={"main.py": b"carol\n"})
+        self.go_repl(self.D, "dave", "lost files")
+        self.map = self.write_map("# Go login, then whose it is\n"
+                                  "octocat github:583231\n"
+                                  "dave github:4242\n"
+                                  "nobody github:5\n")
+
+    def files(self):
+        """A REPL the Go service made from the python template (its copy of
+        templates/python/ then the user's edits), so that it runs."""
+        files = {}
+        root = os.path.join(self.store_dir, "templates", "python")
+        for rel, data in tree(root).items():
+            files[rel.replace("%2E", ".")] = data
+        files.update(self.FILES)
+        return files
+
+    def want_files(self):
+        return {fs_rel(k): v for k, v in self.files().items()}
+
+    def test_dry_run_apply_again(self):
+        before = self.snapshot()
+        p = self.cli("migrate", "from-go", "--map", self.map)
+        self.assertIn("dry run", p.stdout)
+        self.assertIn("would adopt %s \"my app\" of octocat as gh_583231 (github:583231): %d file(s)" % (self.A, len(self.files())), p.stdout)
+        self.assertIn("would 2 adopted (1 without files), 0 adopted before; 1 not in the map, "
+                      "1 with a live Go session, 0 skipped, 0 failed; 1 dangling id(s)", p.stdout)
+        self.assertEqual(self.snapshot(), before)
+
+        # a run killed half way through copying A's files left part of a copy
+        self.put_files("repl/gh_583231/%s/" % self.A, {"notes.md": b"torn", "src/lib/util.py": b""})
+        p = self.cli("migrate", "from-go", "--map", self.map, "--apply")
+        self.assertIn("2 adopted (1 without files), 0 adopted before; 1 not in the map, "
+                      "1 with a live Go session, 0 skipped, 0 failed; 1 dangling id(s)", p.stdout)
+        self.assertIn("skip   %s \"busy\" of octocat: the Go service has a live session" % self.B, p.stdout)
+        self.assertIn("unmapped carol: 1 REPL(s)", p.stdout)
+        self.assertIn("user:octocat lists %s, which has no repl:%s record" % (self.GONE, self.GONE), p.stdout)
+        self.assertIn("map line 4: nobody has no REPL", p.stdout)
+        meta = self.meta(self.A)
+        self.assertEqual((meta["user"], meta["prefix"], meta["state"], meta["template"], meta["name"]),
+                         ("gh_583231", "repl/gh_583231/%s/" % self.A, "stopped", "python", "my app"))
+        self.assertEqual((meta["adopted_from"], meta["go_owner"]), ("go", "octocat"))
+        self.assertEqual(self.members("gh_583231"), [self.A])
+        self.assertEqual(self.members("gh_4242"), [self.D])
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), self.want_files())
+        # the Go data is as it was: keys, files, the unmapped and the active REPL
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "octocat", self.A)), self.want_files())
+        self.assertEqual(self.go_hash(self.A)["user"], "octocat")
+        self.assertEqual(self.go_hash(self.C), {"id": self.C, "name": "carol's", "user": "carol",
+                                                "template": "python", "isActive": "false"})
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "carol")), {self.C + "/main.py": b"carol\n"})
+        for rid in (self.B, self.C, self.GONE):
+            self.assertEqual(self.redis.call("EXISTS", "devex:replMeta:" + rid), 0)
+
+        # a second run changes nothing
+        before = self.snapshot()
+        p = self.cli("migrate", "from-go", "--map", self.map, "--apply")
+        self.assertIn("0 adopted (0 without files), 2 adopted before", p.stdout)
+        self.assertEqual(self.snapshot(), before)
+
+        # the owner sees it after a GitHub sign-in and can start it
+        gh = self.gh_login("OctoCat", 583231)
+        listed = gh.get("/api/repl").json()
+        self.assertEqual([(x["id"], x["name"], x["isActive"]) for x in listed], [(self.A, "my app", False)])
+        r = gh.get("/api/repl/session/" + self.A)
+        self.assertEqual(r.status, 200, r.body)
+        r = gh.get("/repl/%s/" % self.A)  # the REPL's own app, through the runner gateway
+        self.assertEqual(r.status, 200, r.body)
+        self.assertIn(b"Hello from your Python REPL", r.body)
+        self.assertEqual(gh.request("DELETE", "/api/repl/session/" + self.A, headers=JSON).status, 200)
+        self.assertEqual(self.gh_login("dave", 4242).get("/api/repl").json()[0]["id"], self.D)
+        self.assertEqual(self.gh_login("carol", 77).get("/api/repl").json(), [])
+
+        # --move-files --delete-old: the Go copy of what was adopted goes, nothing else
+        p = self.cli("migrate", "from-go", "--map", self.map, "--apply", "--move-files", "--delete-old")
+        self.assertIn("0 adopted (0 without files), 2 adopted before", p.stdout)
+        self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "octocat", self.A)))
+        self.assertEqual(self.redis.call("EXISTS", "repl:" + self.A, "repl:" + self.D, "user:dave"), 0)
+        self.assertEqual(sorted(m.decode() for m in self.redis.call("SMEMBERS", "user:octocat")), [self.B, self.GONE])
+        self.assertEqual(self.go_hash(self.B)["isActive"], "true")
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "octocat", self.B)), {"index.js": b"1\n"})
+        self.assertEqual(self.go_hash(self.C)["user"], "carol")
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "carol")), {self.C + "/main.py": b"carol\n"})
+        self.assertEqual(self.meta(self.A)["user"], "gh_583231")
+
+        # D deleted in devexd by its owner, its Go record still there: not adopted again
+        self.go_repl(self.D, "dave", "lost files")
+        dave = self.gh_login("dave", 4242)
+        self.assertEqual(dave.request("DELETE", "/api/repl/" + self.D, headers=JSON).status, 200)
+        p = self.cli("migrate", "from-go", "--map", self.map, "--apply")
+        self.assertIn("%s \"lost files\" of dave was adopted before and deleted in devexd since" % self.D, p.stdout)
+        self.assertIn("0 adopted (0 without files), 1 adopted before", p.stdout)
+        self.assertEqual(dave.get("/api/repl").json(), [])
+        self.redis.call("DEL", "repl:" + self.D, "user:dave")
+
+        # B once the Go service's workloads are stopped (isActive left true): --include-active
+        p = self.cli("migrate", "from-go", "--map", self.map, "--apply", "--include-active")
+        self.assertIn("1 adopted (0 without files), 0 adopted before", p.stdout)
+        self.assertEqual(self.meta(self.B)["state"], "stopped")
+        self.assertEqual(self.members("gh_583231"), [self.A, self.B])
+
+    def test_other_db_and_prefix(self):
+        self.redis.call("FLUSHALL")
+        self.go_repl(self.A, "octocat", "my app", files=self.files(), db=2, prefix="go:")
+        before0 = self.snapshot()
+        p = self.cli("migrate", "from-go", "--map", self.map, "--source-db", "2", "--source-prefix", "go:")
+        self.assertIn("would 1 adopted", p.stdout)
+        self.assertEqual(self.snapshot(), before0)
+        p = self.cli("migrate", "from-go", "--map", self.map, "--source-db=2", "--source-prefix=go:", "--apply")
+        self.assertIn("1 adopted (0 without files)", p.stdout)
+        self.assertEqual(self.members("gh_583231"), [self.A])
+        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), self.want_files())
+        self.assertEqual(self.go_hash(self.A, db=2, prefix="go:")["user"], "octocat")
+
+    def test_usage(self):
+        p = self.cli("migrate", "from-go", ok=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("--map FILE is required", p.stderr)
+        p = self.cli("migrate", "from-go", "--map", self.map, "--bogus", ok=False)
+        self.assertEqual(p.returncode, 2)
+        p = self.cli("migrate", "from-go", "--map", self.write_map("octocat\n"), ok=False)
+        self.assertEqual(p.returncode, 2)
+        self.assertEqual(self.redis.call("KEYS", "devex:*"), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
