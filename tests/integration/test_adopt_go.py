@@ -282,5 +282,95 @@ class AdoptGoTest(unittest.TestCase):
         self.assertEqual(self.redis.call("KEYS", "devex:*"), [])
 
 
+class AdoptGoS3Test(unittest.TestCase):
+    """The same against S3 (the signature-checking test server): the Go
+    service's bucket, as its CopyFolder and the pods' `aws s3 cp` leave it."""
+    RID = "repl-0f1e2d3c-0000-4000-8000-0000000000a1"
+    FILES = {"main.py": "print('hi')\n", ".config/settings.json": "{}\n", "a/b/c.txt": "deep \u00fc\n", "e": ""}
+
+    @classmethod
+    def setUpClass(cls):
+        from test_s3 import S3Server, ensure_s3_server
+        ensure_s3_server()
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-adopt-s3-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.s3 = cls.enterClassContext(S3Server())
+        cls.redis = cls.enterClassContext(RedisServer())
+        cls.gh = cls.enterClassContext(GitHubFake())
+        cls.s3app = cls.enterClassContext(Devexd(app="s3app", config={"s3": cls.s3.conf()}))
+        conf = {
+            "environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
+            "redis": {"url": cls.redis.url(), "timeout": 2},
+            "github": cls.gh.config(GH_REDIRECT),
+            "session": {"ttl": 3600, "state_ttl": 600},
+            "s3": cls.s3.conf(), "storage": {"driver": "s3"},
+        }
+        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config=conf))
+
+    def op(self, op, *args):
+        r = self.s3app.request("POST", "/op", body=json.dumps({"op": op, "args": list(args)}),
+                               headers={"Content-Type": "application/json"}, timeout=120)
+        self.assertEqual(r.status, 200, r.body)
+        out = r.json()
+        self.assertTrue(out["ok"], out)
+        return out
+
+    def bucket(self):
+        """{key: (size, etag, body)} of every object."""
+        out = {}
+        for o in self.op("list", "")["objects"]:
+            out[o["key"]] = (o["size"], o.get("etag"), self.op("get", o["key"])["body"])
+        return out
+
+    def test_s3(self):
+        self.redis.call("FLUSHALL")
+        for rel, data in self.FILES.items():
+            self.op("put", "repl/octocat/%s/%s" % (self.RID, rel), data)
+        self.op("put", "repl/carol/repl-0f1e2d3c-0000-4000-8000-0000000000c1/main.py", "carol\n")
+        self.redis.call("HSET", "repl:" + self.RID, "id", self.RID, "name", "s3 app", "user", "octocat",
+                        "template", "python", "isActive", "false")
+        self.redis.call("SADD", "user:octocat", self.RID)
+        self.redis.call("HSET", "repl:repl-0f1e2d3c-0000-4000-8000-0000000000c1", "id",
+                        "repl-0f1e2d3c-0000-4000-8000-0000000000c1", "name", "c", "user", "carol",
+                        "template", "python", "isActive", "false")
+        mapfile = os.path.join(self.tmp, "go.map")
+        with open(mapfile, "w") as f:
+            f.write("octocat github:583231\n")
+        cmd = [harness.DEVEXD_BIN, "-c", self.d.conf_path, "-L", harness.LUA_DIR, "migrate", "from-go", "--map", mapfile]
+
+        def run(*extra):
+            p = subprocess.run(cmd + list(extra), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr + p.stdout)
+            return p.stdout
+
+        def keys():
+            return sorted(k.decode() for k in self.redis.call("KEYS", "*") if not k.startswith(b"devex:session:"))
+
+        before = (self.bucket(), keys())
+        self.assertIn("would 1 adopted (0 without files), 0 adopted before; 1 not in the map", run())
+        self.assertEqual((self.bucket(), keys()), before)
+        self.assertIn("1 adopted (0 without files), 0 adopted before; 1 not in the map", run("--apply"))
+        after = self.bucket()
+        for rel, data in self.FILES.items():
+            old, new = after["repl/octocat/%s/%s" % (self.RID, rel)], after["repl/gh_583231/%s/%s" % (self.RID, rel)]
+            self.assertEqual(new, old)
+            self.assertEqual(new[2], data)
+        self.assertEqual(len(after), 2 * len(self.FILES) + 1)
+        gh = Browser(self.d)
+        self.gh.user["login"], self.gh.user["id"] = "OctoCat", 583231
+        r = gh.get("/auth/github/login")
+        status, headers, body = http_get(r.header("Location"))
+        gh.get(local_path(headers["Location"]))
+        self.assertEqual([x["id"] for x in gh.get("/api/repl").json()], [self.RID])
+        before = (self.bucket(), keys())
+        self.assertIn("0 adopted (0 without files), 1 adopted before", run("--apply"))
+        self.assertEqual((self.bucket(), keys()), before)
+        # --move-files: the Go copy goes, carol's stays
+        run("--apply", "--move-files")
+        left = self.bucket()
+        self.assertEqual(sorted(k for k in left if not k.startswith("repl/gh_583231/")),
+                         ["repl/carol/repl-0f1e2d3c-0000-4000-8000-0000000000c1/main.py"])
+
+
 if __name__ == "__main__":
     unittest.main()
