@@ -9,8 +9,6 @@
 
 #include "fuzz_lua.h"
 
-static lua_State *L;
-
 static const char *setup =
     "package.loaded['devex.config'] = { get = function() return { server = {\n"
     "  trusted_proxies = { '10.0.0.0/8', '::1', '2001:db8::/32' }, client_ip_header = 'X-Forwarded-For' } } end }\n"
@@ -36,10 +34,5 @@ static const char *setup =
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (L == NULL) {
-        L = fuzz_lua_new();
-        fuzz_lua_setup(L, setup);
-    }
-    fuzz_lua_call(L, "fuzz_one", data, size);
-    return 0;
+    return fuzz_lua_run(setup, data, size);
 }

@@ -98,4 +98,19 @@ static inline void fuzz_lua_call(lua_State *L, const char *name, const uint8_t *
      * every input that mallocs more than it frees */
     lua_gc(L, LUA_GCCOLLECT);
 }
+
+/* The whole of a harness whose fuzz_one is Lua: its state and `setup` chunk
+ * on the first input, then fuzz_one(input) on each. A target is
+ *   int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
+ *   { return fuzz_lua_run(setup, d, n); } */
+static inline int fuzz_lua_run(const char *setup, const uint8_t *data, size_t size)
+{
+    static lua_State *L;
+    if (L == NULL) {
+        L = fuzz_lua_new();
+        fuzz_lua_setup(L, setup);
+    }
+    fuzz_lua_call(L, "fuzz_one", data, size);
+    return 0;
+}
 #endif

@@ -12,8 +12,6 @@
 
 #include "fuzz_lua.h"
 
-static lua_State *L;
-
 static const char *setup =
     "local json = require('devex.json')\n"
     "local dmp = require('runner.dmp')\n"
@@ -58,10 +56,5 @@ static const char *setup =
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (L == NULL) {
-        L = fuzz_lua_new();
-        fuzz_lua_setup(L, setup);
-    }
-    fuzz_lua_call(L, "fuzz_one", data, size);
-    return 0;
+    return fuzz_lua_run(setup, data, size);
 }
