@@ -3,6 +3,7 @@
 --   devexd migrate from-go --map FILE [--apply] [--source-redis URL]
 --       [--source-db N] [--source-prefix P] [--move-files] [--delete-old]
 --       [--include-active]
+--   devexd migrate from-go --suggest [--source-...]
 --
 -- The Go service (apps/core/internal/redis/store.go, services/repl/route.go)
 -- keeps, with no key prefix:
@@ -317,6 +318,36 @@ end
 
 local USAGE = "usage: devexd migrate from-go --map FILE [--apply] [--source-redis URL] [--source-db N]\n"
   .. "         [--source-prefix P] [--move-files] [--delete-old] [--include-active]\n"
+  .. "       devexd migrate from-go --suggest [--source-redis URL] [--source-db N] [--source-prefix P]\n"
+
+-- suggest(opts): candidate map lines for the Go logins that own REPLs, from
+-- the sign-in sessions in devexd's Redis (repl.migrate.suggest_for: a login
+-- seen signing in with exactly one account). The Go data has no creation
+-- times, so the check "account younger than the REPLs" cannot be made.
+function M.suggest(opts)
+  local r, err = redis.client()
+  if not r then complain("redis: %s", tostring(err)); return 1 end
+  local src = r
+  if opts.source_url then
+    src, err = require("devex.redis").connect(opts.source_url, { timeout = redis.timeout })
+    if not src then complain("source redis: %s", tostring(err)); return 1 end
+  end
+  local sp = opts.source_prefix or ""
+  local keys
+  keys, err = scan(src, glob_quote(sp) .. "repl:*")
+  if not keys then complain("source redis: %s", tostring(err)); return 1 end
+  local legacy = {}
+  for _, k in ipairs(keys) do
+    local login = src:call("HGET", k, "user")
+    if type(login) == "string" and login ~= "" then
+      login = login:lower()
+      local l = legacy[login]
+      if not l then l = { ids = {}, oldest = math.huge }; legacy[login] = l end
+      l.ids[#l.ids + 1] = k:sub(#sp + 6)
+    end
+  end
+  return migrate.suggest_for(r, legacy, "migrate from-go --suggest", "migrate from-go --map FILE")
+end
 
 function M.cli(args)
   local opts, mapfile = {}, nil
@@ -334,6 +365,7 @@ function M.cli(args)
     elseif a == "--move-files" then opts.move_files = true
     elseif a == "--delete-old" then opts.delete_old = true
     elseif a == "--include-active" then opts.include_active = true
+    elseif a == "--suggest" then opts.suggest = true
     elseif a == "-h" or a == "--help" then io.stdout:write(USAGE); return 0
     else
       local matched = false
@@ -353,16 +385,17 @@ function M.cli(args)
     end
     i = i + 1
   end
-  mapfile = opts.map
-  if not mapfile then io.stderr:write("devexd: migrate from-go: --map FILE is required\n" .. USAGE); return 2 end
-  local map, err = migrate.read_map(mapfile)
-  if not map then complain("%s", err); return 2 end
   local conf = require("devex.config").get().redis or {}
   local url = opts["source-redis"]
   if opts["source-db"] then
     if not opts["source-db"]:match("^%d+$") then io.stderr:write("devexd: migrate from-go: --source-db must be a number\n"); return 2 end
     url = M.with_db(url or conf.url or "redis://127.0.0.1:6379/0", opts["source-db"])
   end
+  if opts.suggest then return M.suggest({ source_url = url, source_prefix = opts["source-prefix"] }) end
+  mapfile = opts.map
+  if not mapfile then io.stderr:write("devexd: migrate from-go: --map FILE is required\n" .. USAGE); return 2 end
+  local map, err = migrate.read_map(mapfile)
+  if not map then complain("%s", err); return 2 end
   return M.run({ map = map, apply = opts.apply, source_url = url, source_prefix = opts["source-prefix"],
                  move_files = opts.move_files, delete_old = opts.delete_old, include_active = opts.include_active })
 end

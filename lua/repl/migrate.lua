@@ -461,9 +461,19 @@ function M.suggest()
       if c and c < l.oldest then l.oldest = c; l.oldest_id = id end
     end
   end
+  return M.suggest_for(r, legacy, "owners suggest", "owners migrate --map FILE")
+end
+
+-- suggest_for(r, legacy, name, command): the candidate lines for the legacy
+-- keys in `legacy` ({ [key] = { ids = {...}, oldest = epoch | math.huge,
+-- oldest_id = } }) from the sign-in sessions in Redis; name is the command
+-- printing them, command the one the map is for (also `migrate from-go`,
+-- lua/repl/adopt_go.lua).
+function M.suggest_for(r, legacy, name, command)
+  local order = {}
+  for key in pairs(legacy) do order[#order + 1] = key end
   table.sort(order)
-  local keys
-  keys, err = scan(r, redis.key("session", "*"))
+  local keys, err = scan(r, redis.key("session", "*"))
   if not keys then complain("redis: %s", tostring(err)); return 1 end
   for _, k in ipairs(keys) do
     local v = r:call("HMGET", k, "user", "created_at")
@@ -486,7 +496,7 @@ function M.suggest()
       end
     end
   end
-  say("# devexd owners suggest: candidate lines for `devexd owners migrate --map FILE`, from the sign-in")
+  say("# devexd %s: candidate lines for `devexd %s`, from the sign-in", name, command)
   say("# sessions in Redis. A session shows only that an account held the login when it signed in:")
   say("# check each line (README, \"Owner keys\") before using it.")
   if #order == 0 then say("# no REPL is keyed on a login: nothing to migrate") end

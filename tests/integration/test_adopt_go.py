@@ -271,6 +271,20 @@ class AdoptGoTest(unittest.TestCase):
         self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), self.want_files())
         self.assertEqual(self.go_hash(self.A, db=2, prefix="go:")["user"], "octocat")
 
+    def test_suggest(self):
+        self.gh_login("OctoCat", 583231)
+        self.gh_login("carol", 77)
+        self.gh_login("dave", 4242)
+        self.gh_login("dave", 9999)  # the login went to another account: no line
+        out = self.cli("migrate", "from-go", "--suggest").stdout
+        self.assertIn("# devexd migrate from-go --suggest: candidate lines for `devexd migrate from-go --map FILE`", out)
+        lines = [x for x in out.splitlines() if not x.startswith("#")]
+        self.assertEqual(sorted(lines), ["carol github:77", "octocat github:583231"])
+        self.assertIn("# dave: 1 REPL(s)", out)
+        self.assertIn("claimed by 2 accounts", out)
+        p = self.cli("migrate", "from-go", "--map", self.write_map(out))
+        self.assertIn("would 2 adopted (0 without files), 0 adopted before; 1 not in the map, 1 with a live Go session", p.stdout)
+
     def test_usage(self):
         p = self.cli("migrate", "from-go", ok=False)
         self.assertEqual(p.returncode, 2)
