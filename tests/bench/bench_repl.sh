@@ -4,12 +4,15 @@
 # Part 1, side by side in one run, on loopback, against one fresh redis-server,
 # the same devexd binary, $THREADS worker threads, access_log=false:
 #   (a) GET /api/repl for a user owning $REPLS REPLs (shipped app): the
-#       session cookie check (one Redis script: HGETALL + TTL renewal) and the
-#       listing (one Redis script: SMEMBERS + HGETALL/EXISTS per REPL)
+#       session cookie check (HGETALL + TTL renewal) and the listing
+#       (SMEMBERS + HGETALL/EXISTS per REPL) in one Redis script
 #   (b) GET /get/:key of tests/integration/apps/redisapp.lua (the Redis-GET
 #       endpoint bench_redis.sh measures): one Redis GET
-#   both with: wrk -t$CLIENT_THREADS -c$CONNECTIONS -d${DURATION}s --latency
-#   (with the session cookie header for (a); the header is ignored by (b)).
+#   (c) the Node.js peer of (a), tests/bench/node/list.js (node:http + ioredis,
+#       node:cluster with $THREADS processes): the same session script and
+#       list script, two round trips per request, the same answer (REPLs and fields)
+#   all with: wrk -t$CLIENT_THREADS -c$CONNECTIONS -d${DURATION}s --latency
+#   (with the session cookie header; (b) ignores it).
 # Part 2: the time from GET /api/repl/session/<id> to its answer with the
 #   simulated kubelet making the pod Ready at once: median and p99 over
 #   $STARTS starts, $CONCURRENCY at a time (runtime kubernetes against the
@@ -36,6 +39,7 @@
 #   CONCURRENCY     starts in flight at once in part 2 [20]
 #   KUBELET_POLL    the simulated kubelet's poll interval, seconds [0.2]
 #   RESULTS_DIR     where repl.json and repl.log go [tests/bench/results]
+#   NODE_BIN        node binary for (c) [node from PATH]
 set -euo pipefail
 # shellcheck source=tests/bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -58,6 +62,8 @@ STARTS=${STARTS:-100}
 CONCURRENCY=${CONCURRENCY:-20}
 KUBELET_POLL=${KUBELET_POLL:-0.2}
 RESULTS_DIR=${RESULTS_DIR:-$here/results}
+NODE_BIN=${NODE_BIN:-node}
+NODE_DIR=$here/node
 KEY=bench:key
 VALUE=bench-value-0123456789
 USER_NAME=bench
@@ -82,20 +88,27 @@ need redis-cli redis-tools
 need curl curl
 need python3 python3
 need awk mawk
+need "$NODE_BIN" nodejs
 ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]}"
 [[ -x $DEVEXD_BIN ]] || die "no devexd binary at $DEVEXD_BIN (build it: cmake -S . -B build && cmake --build build -j2; or set DEVEXD_BIN)"
 [[ -d $LUA_DIR ]] || die "no Lua directory at $LUA_DIR (set LUA_DIR)"
 DEVEXD_BIN=$(cd "$(dirname "$DEVEXD_BIN")" && pwd)/$(basename "$DEVEXD_BIN")
+if [[ ! -d $NODE_DIR/node_modules/ioredis ]]; then
+  log "installing the Node.js peer's dependencies (npm ci in $NODE_DIR)"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed in $NODE_DIR"
+fi
 
 # --- temporary directory, servers, cleanup -------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench_repl.XXXXXX")
 redis_pid=""
 repl_pid=""
 get_pid=""
+node_pid=""
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_pid "$node_pid"
   stop_pid "$get_pid"
   stop_pid "$repl_pid"
   stop_pid "$redis_pid"
@@ -144,6 +157,11 @@ EOF
 DEVEX_TEST_REDIS_URL=$redis_url "$DEVEXD_BIN" -c "$tmp/get.conf.lua" -L "$LUA_DIR" -t "$THREADS" >"$tmp/get.log" 2>&1 &
 get_pid=$!
 
+# (c) the Node.js peer of (a)
+node_port=$(free_port "$redis_port" "$repl_port" "$get_port")
+(cd "$NODE_DIR" && PORT=$node_port REDIS_URL=$redis_url WORKERS=$THREADS exec "$NODE_BIN" list.js) >"$tmp/node.log" 2>&1 &
+node_pid=$!
+
 wait_healthz() { # NAME PID PORT LOG
   local i
   for ((i = 0; i < 150; i++)); do
@@ -171,10 +189,20 @@ listed=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' 
 [[ $listed == "$REPLS" ]] || die "GET /api/repl listed $listed REPLs, expected $REPLS"
 list_bytes=$(wc -c <"$tmp/list.json")
 [[ $(curl -sS "http://127.0.0.1:$get_port/get/$KEY") == "{\"value\":\"$VALUE\"}" ]] || die "GET /get/$KEY gave the wrong body"
+for ((i = 0; i < 150; i++)); do
+  kill -0 "$node_pid" 2>/dev/null || { cat "$tmp/node.log" >&2; die "the Node.js peer exited at startup"; }
+  [[ $(curl -sS --max-time 2 -o "$tmp/node.json" -w '%{http_code}' -H "Cookie: $cookie" "http://127.0.0.1:$node_port/api/repl" 2>/dev/null) == 200 ]] && break
+  sleep 0.1
+done
+# the same REPLs with the same fields (their order: created_at, equal within a second)
+python3 -c 'import json,sys; a,b=(sorted(json.load(open(f)),key=lambda r:r["id"]) for f in sys.argv[1:]); sys.exit(a!=b)' \
+  "$tmp/list.json" "$tmp/node.json" ||
+  die "the Node.js peer's GET /api/repl differs from devexd's: $(head -c 300 "$tmp/node.json")"
 
-declare -A url=([list]="http://127.0.0.1:$repl_port/api/repl" [get]="http://127.0.0.1:$get_port/get/$KEY")
-declare -A server_pid=([list]=$repl_pid [get]=$get_pid)
-declare -A server_log=([list]=$tmp/repl.log [get]=$tmp/get.log)
+declare -A url=([list]="http://127.0.0.1:$repl_port/api/repl" [get]="http://127.0.0.1:$get_port/get/$KEY"
+  [node]="http://127.0.0.1:$node_port/api/repl")
+declare -A server_pid=([list]=$repl_pid [get]=$get_pid [node]=$node_pid)
+declare -A server_log=([list]=$tmp/repl.log [get]=$tmp/get.log [node]=$tmp/node.log)
 rawlog=$tmp/raw.log
 : >"$rawlog"
 
@@ -198,12 +226,12 @@ run_wrk() {
 
 if ((WARMUP > 0)); then
   log "warming up (${WARMUP}s per endpoint)"
-  for s in list get; do run_wrk "$s" "$WARMUP" >/dev/null; done
+  for s in list node get; do run_wrk "$s" "$WARMUP" >/dev/null; done
 fi
 declare -A sum=() errs=() runs=() p50=() p99=()
-for s in list get; do sum[$s]=0; errs[$s]=0; runs[$s]=""; done
+for s in list node get; do sum[$s]=0; errs[$s]=0; runs[$s]=""; done
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order=(list get); else order=(get list); fi
+  if ((r % 2)); then order=(list node get); else order=(get node list); fi
   for s in "${order[@]}"; do
     log "round $r/$ROUNDS: wrk -t$CLIENT_THREADS -c$CONNECTIONS -d${DURATION}s --latency -> $s"
     read -r rps e l50 l99 <<<"$(run_wrk "$s" "$DURATION")"
@@ -217,6 +245,7 @@ done
 # the listing is still the user's $REPLS REPLs (every request read them)
 [[ $(curl -sS -H "Cookie: $cookie" "http://127.0.0.1:$repl_port/api/repl" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') == "$REPLS" ]] ||
   die "the REPL list changed during the run"
+stop_pid "$node_pid"; node_pid=""
 stop_pid "$get_pid"; get_pid=""
 stop_pid "$repl_pid"; repl_pid=""
 stop_pid "$redis_pid"; redis_pid=""
@@ -224,6 +253,8 @@ stop_pid "$redis_pid"; redis_pid=""
 mean() { awk -v s="$1" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
 list_rps=$(mean "${sum[list]}")
 get_rps=$(mean "${sum[get]}")
+node_rps=$(mean "${sum[node]}")
+ratio_node=$(awk -v a="$list_rps" -v b="$node_rps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "null" }')
 ratio=$(awk -v a="$list_rps" -v b="$get_rps" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "null" }')
 
 # --- part 2: session starts on the KubeCluster ---------------------------------
@@ -252,11 +283,13 @@ git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "HTTP load: wrk -t$CLIENT_THREADS -c$CONNECTIONS -d${DURATION}s --latency x $ROUNDS round(s) (mean), warm-up ${WARMUP}s"
   echo
   printf '%-62s %10s %9s %9s\n' "measurement" "req/s" "p50 ms" "p99 ms"
-  printf '%-62s %10s %9s %9s\n' "(a) GET /api/repl, $REPLS REPLs (cookie check + list: 2 scripts)" "$list_rps" "${p50[list]}" "${p99[list]}"
+  printf '%-62s %10s %9s %9s\n' "(a) GET /api/repl, $REPLS REPLs (cookie check + list: 1 script)" "$list_rps" "${p50[list]}" "${p99[list]}"
+  printf '%-62s %10s %9s %9s\n' "(c) node:http + ioredis GET /api/repl (2 scripts)" "$node_rps" "${p50[node]}" "${p99[node]}"
   printf '%-62s %10s %9s %9s\n' "(b) GET /get/:key, redisapp.lua (1 Redis GET)" "$get_rps" "${p50[get]}" "${p99[get]}"
-  echo "(a)/(b): $ratio; per-round req/s: list [${runs[list]}] get [${runs[get]}]; GET /api/repl body $list_bytes bytes"
-  if ((errs[list] + errs[get] > 0)); then
-    echo "WARNING: errors or non-2xx responses: list ${errs[list]}, get ${errs[get]} (see repl.log)"
+  echo "(a)/(c) devexd/node: $ratio_node; (a)/(b): $ratio; GET /api/repl body $list_bytes bytes"
+  echo "per-round req/s: list [${runs[list]}] node [${runs[node]}] get [${runs[get]}]"
+  if ((errs[list] + errs[get] + errs[node] > 0)); then
+    echo "WARNING: errors or non-2xx responses: list ${errs[list]}, node ${errs[node]}, get ${errs[get]} (see repl.log)"
   fi
   if [[ $start_json != null ]]; then
     echo
@@ -277,7 +310,9 @@ cat >"$RESULTS_DIR/repl.json" <<EOF
   "load": { "client": $(json_str "$wrk_version"), "connections": $CONNECTIONS, "client_threads": $CLIENT_THREADS, "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP },
   "list": { "target": "GET /api/repl, session cookie, $REPLS REPLs", "repls": $REPLS, "body_bytes": $list_bytes, "rps": $list_rps, "rounds": [${runs[list]}], "p50_ms": ${p50[list]}, "p99_ms": ${p99[list]}, "errors": ${errs[list]} },
   "redis_get": { "target": "GET /get/:key (tests/integration/apps/redisapp.lua), one Redis GET", "rps": $get_rps, "rounds": [${runs[get]}], "p50_ms": ${p50[get]}, "p99_ms": ${p99[get]}, "errors": ${errs[get]} },
+  "node_list": { "target": "GET /api/repl, tests/bench/node/list.js (node:cluster, $THREADS processes, ioredis)", "rps": $node_rps, "rounds": [${runs[node]}], "p50_ms": ${p50[node]}, "p99_ms": ${p99[node]}, "errors": ${errs[node]} },
   "ratio_list_get": $ratio,
+  "ratio_list_node": $ratio_node,
   "session_start": $start_json
 }
 EOF
