@@ -13,15 +13,39 @@ local cookies = require("auth.cookies")
 
 local M = {}
 
+-- Reads done in the session's own Redis script for some routes (one round
+-- trip instead of two: auth.session load's also): [method][route pattern] ->
+-- { body, args }. The result is kept for the request's user table only
+-- (weak keys), read with M.also(user) by the handler.
+local with_session = {}
+local also_of = setmetatable({}, { __mode = "k" })
+
+-- read_with_session(method, pattern, { body = <Lua chunk>, args = {...} })
+function M.read_with_session(method, pattern, also)
+  with_session[method] = with_session[method] or {}
+  with_session[method][pattern] = also
+end
+
+-- also(user) -> the result of the route's read_with_session body for the
+-- session that gave this user table, or nil.
+function M.also(user)
+  return user and also_of[user]
+end
+
 -- load(req) -> session | false | nil, err
 function M.load(req)
   local id = req.cookies[settings.cookie_name]
   if not id then return false end
-  local s, err = session.load(id)
+  local by_route = with_session[req.method]
+  local s, err = session.load(id, by_route and req.route and by_route[req.route])
   if s == nil then return nil, err end
   if not s then return false end
   req.session = s
   req.user = s.user
+  if s.also ~= nil then
+    also_of[s.user] = s.also
+    s.also = nil
+  end
   return s
 end
 

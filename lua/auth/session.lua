@@ -120,15 +120,52 @@ local function to_session(id, flat)
   }
 end
 
--- load(id) -> session | false (no such session) | nil, err (Redis failed).
--- Renews the session's TTL when due (session.renewed is then true).
-function M.load(id)
+-- A read done in the same script as TOUCH, after it found a live session:
+-- one round trip to Redis for the session and what the request reads next
+-- (GET /api/repl: the list, repl.service). also.body is the body of a Redis
+-- Lua function(user, A): user is the session's user (decoded JSON, {} when
+-- unreadable), A the array also.args; what it returns is session.also. The
+-- script is made once per body (kept here), so body must be a constant.
+local with_cache = {}
+local function touch_with(body)
+  local script = with_cache[body]
+  if not script then
+    script = "local function touch()\n" .. TOUCH .. "\nend\n" .. [[
+local h = touch()
+if not h then return false end
+local u
+for i = 1, #h, 2 do if h[i] == 'user' then u = h[i + 1] end end
+local ok, user = pcall(cjson.decode, u or '')
+if not ok or type(user) ~= 'table' then user = {} end
+local function also(user, A)
+]] .. body .. [[
+
+end
+return { h, also(user, { unpack(ARGV, 4) }) }
+]]
+    with_cache[body] = script
+  end
+  return script
+end
+
+-- load(id[, also]) -> session | false (no such session) | nil, err (Redis failed).
+-- Renews the session's TTL when due (session.renewed is then true). With
+-- also = { body, args }, the same script also runs that read (see
+-- touch_with) and its result is session.also.
+function M.load(id, also)
   if not M.valid_id(id) then return false end
   local r, err = client()
   if not r then return nil, err end
   local now = os.time()
-  local flat
-  flat, err = r:eval(TOUCH, { M.key(id) }, settings.session_ttl, now, settings.max_lifetime)
+  local flat, extra
+  if also then
+    flat, err = r:eval(touch_with(also.body), { M.key(id) }, settings.session_ttl, now, settings.max_lifetime,
+      table.unpack(also.args))
+    if flat == nil then return nil, err end
+    if type(flat) == "table" then flat, extra = flat[1], flat[2] end
+  else
+    flat, err = r:eval(TOUCH, { M.key(id) }, settings.session_ttl, now, settings.max_lifetime)
+  end
   if flat == nil then return nil, err end
   if type(flat) ~= "table" then return false end
   local s = to_session(id, flat)
@@ -147,6 +184,7 @@ function M.load(id)
     end
     s.user.owner = owner
   end
+  s.also = extra
   return s
 end
 

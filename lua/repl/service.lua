@@ -7,8 +7,14 @@ local store = require("repl.store")
 local log = require("devex.log")
 local json = require("devex.json")
 local owners = require("auth.providers.common")
+local current = require("auth.current")
 
 local M = {}
+
+-- GET /api/repl: the list is read in the session's script (one round trip)
+for _, pattern in ipairs({ "/api/repl", "/api/repl/" }) do
+  current.read_with_session("GET", pattern, { body = store.LIST_WITH_SESSION, args = store.list_with_session_args() })
+end
 
 local function fail(status, msg, extra)
   local body = { error = msg }
@@ -72,8 +78,14 @@ end
 function M.list(user)
   local owner = owner_of(user)
   if not owner then return json.array() end
-  local repls, err = store.list(owner)
-  if not repls then return fail(503, "store unavailable: " .. tostring(err)) end
+  -- read with the session in one script (auth.current) when the request
+  -- came through GET /api/repl; else (or an owner that differs) a round trip
+  local repls = store.list_of(current.also(user), owner)
+  local err
+  if not repls then
+    repls, err = store.list(owner)
+    if not repls then return fail(503, "store unavailable: " .. tostring(err)) end
+  end
   local out = json.array()
   for _, m in ipairs(repls) do out[#out + 1] = M.view(m, m.active, user.login) end
   return out

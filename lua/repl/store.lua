@@ -117,13 +117,25 @@ end
 return out
 ]]
 
--- list(user) -> { meta..., with .active } | nil, err
-function M.list(user)
-  local r, err = client()
-  if not r then return nil, err end
-  local res
-  res, err = r:eval(LIST, { M.user_key(user) }, key("replMeta", ""), key("activeSession", ""))
-  if res == nil then return nil, err end
+-- The same read, run in the session's script (auth.session touch_with):
+-- the user's owner comes from the session's user; A: the userRepls,
+-- replMeta and activeSession key prefixes. Returns { owner, LIST's reply }.
+M.LIST_WITH_SESSION = [[
+local owner = user.owner
+if type(owner) ~= 'string' or owner == '' then return false end
+local ids = redis.call('SMEMBERS', A[1] .. owner)
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HGETALL', A[2] .. id)
+  out[#out + 1] = redis.call('EXISTS', A[3] .. id)
+end
+return { owner, out }
+]]
+function M.list_with_session_args()
+  return { key("userRepls", ""), key("replMeta", ""), key("activeSession", "") }
+end
+
+local function to_list(res)
   local out = {}
   for i = 1, #res, 2 do
     local t = hash_to_table(res[i])
@@ -134,6 +146,23 @@ function M.list(user)
   end
   table.sort(out, function(a, b) return (a.created_at or "") < (b.created_at or "") end)
   return out
+end
+
+-- list_of(also, owner) -> the list from LIST_WITH_SESSION's reply when it
+-- read owner's REPLs; nil otherwise (read it with list(owner)).
+function M.list_of(also, owner)
+  if type(also) ~= "table" or also[1] ~= owner or type(also[2]) ~= "table" then return nil end
+  return to_list(also[2])
+end
+
+-- list(user) -> { meta..., with .active } | nil, err
+function M.list(user)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:eval(LIST, { M.user_key(user) }, key("replMeta", ""), key("activeSession", ""))
+  if res == nil then return nil, err end
+  return to_list(res)
 end
 
 function M.set_fields(id, fields)
