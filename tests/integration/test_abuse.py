@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
+import test_repl  # noqa: E402
 from test_auth import Browser, http_get, local_path, FRONTEND, GH_REDIRECT  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
@@ -91,16 +92,7 @@ class RateLimitTest(unittest.TestCase):
         self.redis.call("FLUSHALL")  # the counters live in Redis
 
     def login(self, login, uid):
-        self.gh.user["login"] = login
-        self.gh.user["id"] = uid
-        b = Browser(self.d)
-        r = b.get("/auth/github/login")
-        self.assertEqual(r.status, 302, r.body)
-        status, headers, body = http_get(r.header("Location"))
-        self.assertIn(status, (302, 303), body)
-        r = b.get(local_path(headers["Location"]))
-        self.assertEqual(r.header("Location"), FRONTEND + "/dashboard")
-        return b
+        return test_repl.ReplTest.login(self, login, uid)
 
     def assert_limited(self, r, window=60):
         self.assertEqual((r.status, r.json()), (429, {"error": "too many requests"}))
@@ -252,10 +244,7 @@ class PingTest(unittest.TestCase):
         self.d.wait_log(lambda e: e.get("msg") == "ping: dependency degraded" and self.SECRET_PLACE in e.get("s3", ""),
                         what="the storage error in the log")
         # a signed-in user gets the same answer
-        b = Browser(self.d)
-        r = b.get("/auth/github/login")
-        status, headers, _ = http_get(r.header("Location"))
-        b.get(local_path(headers["Location"]))
+        b = test_repl.ReplTest.login(self)
         self.assertEqual(b.get("/auth/me").status, 200)
         r = b.get("/ping")
         self.assertEqual(r.json(), body)
