@@ -579,6 +579,30 @@ def curl(*args, timeout=30):
     return p.returncode, body, code, version, p.stderr.decode("utf-8", "replace")
 
 
+def poll(fn, what="condition", timeout=30, interval=0.05):
+    """Calls fn() until it returns a true value, and returns that; fails
+    (AssertionError naming `what` and fn's last value) after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %gs waiting for %s (last: %r)" % (timeout, what, v))
+        time.sleep(interval)
+
+
+def tree(root):
+    """{path relative to root: bytes} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = fh.read()
+    return out
+
+
 def in_thread(fn, *args, **kw):
     """Runs fn in a daemon thread; returns (thread, result) where result is a
     dict filled with 'value' or 'error' and 'done_at' (a sequence number)."""

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
+import test_repl  # noqa: E402
 from test_auth import (Browser, OidcServer, http_get, local_path, replace_query,  # noqa: E402
                        FRONTEND, GH_REDIRECT)
 
@@ -85,16 +86,7 @@ class IdentityBase(unittest.TestCase):
     # ---- helpers ----
 
     def gh_login(self, login, uid):
-        self.gh.user["login"] = login
-        self.gh.user["id"] = uid
-        b = Browser(self.d)
-        r = b.get("/auth/github/login")
-        self.assertEqual(r.status, 302, r.body)
-        status, headers, body = http_get(r.header("Location"))
-        self.assertIn(status, (302, 303), body)
-        r = b.get(local_path(headers["Location"]))
-        self.assertEqual(r.header("Location"), FRONTEND + "/dashboard")
-        return b
+        return test_repl.ReplTest.login(self, login, uid)
 
     def oidc_login(self, sub):
         b = Browser(self.d)
@@ -228,17 +220,6 @@ class IdentityTest(IdentityBase):
         self.assertEqual(self.gh_login("OctoCat", 583231).get("/api/repl").json(), [repl])
 
 
-def tree(root):
-    """{relative path: bytes} of every file under root."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = fh.read()
-    return out
-
-
 class OwnersMigrateTest(IdentityBase):
     runtime = False
 
@@ -292,7 +273,7 @@ class OwnersMigrateTest(IdentityBase):
                 data[k] = sorted(self.redis.call("SMEMBERS", k))
             else:
                 data[k] = t
-        return data, tree(self.store_dir)
+        return data, harness.tree(self.store_dir)
 
     def session(self, owner, subject, login, account_created):
         sid = secrets.token_hex(16)
@@ -368,13 +349,13 @@ class OwnersMigrateTest(IdentityBase):
         self.assertEqual(self.members("octocat"), [self.B])  # the running one waits; the stale member is gone
         want = {("/".join(("%2E" + s[1:]) if s.startswith(".") else s for s in k.split("/"))): v
                 for k, v in self.FILES.items()}
-        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), want)
+        self.assertEqual(harness.tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A)), want)
         self.assertFalse(os.path.exists(os.path.join(self.store_dir, "repl", "octocat", self.A)))
         # C moved; E, nested in C's old prefix, is left where it is, whole
         self.assertEqual(self.meta(self.C)["user"], self.key_c)
         self.assertEqual(self.meta(self.C)["state"], "created")
-        self.assertEqual(tree(os.path.join(self.store_dir, "repl", self.key_c, self.C)), {"main.py": self.C.encode()})
-        self.assertEqual(tree(os.path.join(self.store_dir, "repl", "mock:johndoe", self.C)),
+        self.assertEqual(harness.tree(os.path.join(self.store_dir, "repl", self.key_c, self.C)), {"main.py": self.C.encode()})
+        self.assertEqual(harness.tree(os.path.join(self.store_dir, "repl", "mock:johndoe", self.C)),
                          {os.path.join(self.E, "nested.txt"): b"not C's\n"})
         self.assertEqual(self.meta(self.E)["user"], "mock:johndoe/" + self.C)
         self.assertEqual(self.meta(self.D)["user"], "carol")
@@ -408,7 +389,7 @@ class OwnersMigrateTest(IdentityBase):
         self.cli("owners", "migrate", "--map", self.map, "--apply")
         self.assertFalse(os.path.exists(os.path.join(self.store_dir, old)))
         self.assertNotIn("legacy_prefix", self.meta(self.A))
-        self.assertEqual(len(tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A))), 4)
+        self.assertEqual(len(harness.tree(os.path.join(self.store_dir, "repl", "gh_583231", self.A))), 4)
 
     def test_suggest(self):
         # octocat: one account, older than the REPLs; carol: two accounts; dave: an account made after his REPL

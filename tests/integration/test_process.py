@@ -18,19 +18,10 @@ import time
 import unittest
 import urllib.request
 
-from harness import Devexd, in_thread
+from harness import Devexd, in_thread, poll
 
 PY = sys.executable if os.path.isabs(sys.executable) else "/usr/bin/python3"
 
-
-def poll(fn, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def gone(pid):

@@ -19,6 +19,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from harness import poll  # noqa: E402
 
 URL_ENV = "DEVEX_TEST_REDIS_URL"
 
@@ -34,19 +35,6 @@ def call(d, *args, **kw):
     body = dict(kw)
     body["args"] = list(args)
     return post(d, "/call", body)
-
-
-def poll(fn, what, timeout=20, interval=0.05):
-    """Calls fn() until it returns a true value; returns it. Fails after timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
-        time.sleep(interval)
 
 
 def commandstats(rs):

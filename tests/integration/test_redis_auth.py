@@ -29,7 +29,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, poll  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
 import test_repl  # noqa: E402
 from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
@@ -102,7 +102,10 @@ class RedisAuthTest(unittest.TestCase):
             b = d.get("/ping").json()
             seen.append(b)
             return b if want is None or want(b.get("redis", "")) else None
-        return poll(check, "/ping's redis field", seen)
+        try:
+            return poll(check, "/ping's redis field", timeout=15, interval=0.1)
+        except AssertionError as e:
+            raise AssertionError("%s; the last answer: %r" % (e, seen[-1] if seen else None)) from None
 
     def assert_no_secret(self, text):
         for secret in (ACL_PASSWORD, WRONG_PASSWORD, ADMIN_PASSWORD,
@@ -221,17 +224,6 @@ class RedisUrlErrorsTest(unittest.TestCase):
         p = self.check("unix://")
         self.assertEqual(p.returncode, 1)
 
-
-def poll(fn, what, seen=None, timeout=15):
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s (last: %r)" % (what, (seen or [None])[-1]))
-        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,11 @@ import unittest
 import urllib.request
 
 import harness
-from harness import DEVEXD_BIN, LUA_DIR, SOURCE_DIR, free_port, sanitizer_errors
+from harness import DEVEXD_BIN, LUA_DIR, SOURCE_DIR, free_port, poll, sanitizer_errors
 from test_proxy import ws_frame, ws_open, ws_read_frame
 
 RUNNER_TESTS = os.path.join(SOURCE_DIR, "tests", "runner")
 
-
-def poll(fn, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def read_file(path):
@@ -82,7 +73,7 @@ class Agent:
                     return r.status == 200
             except OSError:
                 return False
-        poll(up, 30, "the agent's /ping")
+        poll(up, "the agent's /ping", timeout=30)
         return self
 
     def logtext(self):
@@ -450,7 +441,7 @@ class Terminals(unittest.TestCase):
 
     def wait_pid(self, name):
         path = self.agent.path(name)
-        return int(poll(lambda: os.path.exists(path) and read_file(path).strip(), 15, name))
+        return int(poll(lambda: os.path.exists(path) and read_file(path).strip(), name, timeout=15))
 
     def test_close_terminal_kills_processes(self):
         c = Client(self.agent)
@@ -462,7 +453,7 @@ class Terminals(unittest.TestCase):
         self.assertTrue(alive(bg) and alive(fg))
         c.send("closeTerminal", {"sessionId": sid})
         self.assertEqual(c.expect("terminalClosed"), {"sessionId": sid})
-        poll(lambda: not alive(bg) and not alive(fg), 15, "the terminal's processes to die")
+        poll(lambda: not alive(bg) and not alive(fg), "the terminal's processes to die", timeout=15)
         c.send("terminalInput", {"sessionId": sid, "data": "x"})
         self.assertIn("no such terminal", c.expect("terminalError")["error"])
         c.close()
@@ -482,10 +473,10 @@ class Terminals(unittest.TestCase):
         self.type(c, sid1, "sh -c 'echo $$ > s.pid; exec sleep 1002'\n")
         pid = self.wait_pid("s.pid")
         c.close()
-        poll(lambda: not alive(pid), 15, "the terminal's process to die with its socket")
+        poll(lambda: not alive(pid), "the terminal's process to die with its socket", timeout=15)
         os.unlink(self.agent.path("s.pid"))
         # the terminals are gone: the limit lets two more open
-        sid = poll(lambda: self._try_open(c2), 15, "a terminal after the others closed")
+        sid = poll(lambda: self._try_open(c2), "a terminal after the others closed", timeout=15)
         self.assertRegex(sid, r"^[0-9a-f]{32}$")
         c2.close()
 
@@ -505,11 +496,11 @@ class Terminals(unittest.TestCase):
             sid = self.open_terminal(c)
             self.type(c, sid, "sh -c 'echo $$ > t.pid; exec sleep 1003'\n")
             path = agent.path("t.pid")
-            pid = int(poll(lambda: os.path.exists(path) and read_file(path).strip(), 15, "t.pid"))
+            pid = int(poll(lambda: os.path.exists(path) and read_file(path).strip(), "t.pid", timeout=15))
         finally:
             c.sock.close()
             agent.stop()
-        poll(lambda: not alive(pid), 15, "the terminal's process to die with the agent")
+        poll(lambda: not alive(pid), "the terminal's process to die with the agent", timeout=15)
 
 
 class UserApp(unittest.TestCase):
@@ -577,7 +568,7 @@ class Callbacks(unittest.TestCase):
                        "RUNNER_HEARTBEAT_INTERVAL": "0.2", "RUNNER_IDLE_LIMIT": "1.5"}).start()
         try:
             c = Client(agent)
-            poll(lambda: sum(1 for x in calls if x[1] == "POST") >= 3, 20, "three heartbeats")
+            poll(lambda: sum(1 for x in calls if x[1] == "POST") >= 3, "three heartbeats", timeout=20)
             # connected for longer than the idle limit: no self-stop
             time.sleep(2.0)
             self.assertEqual([x for x in calls if x[1] == "DELETE"], [])
@@ -585,7 +576,7 @@ class Callbacks(unittest.TestCase):
                 self.assertEqual((method, path, auth), ("POST", "/api/runner/r1/heartbeat", "Bearer tok-123"))
             c.close()
             closed = time.monotonic()
-            poll(lambda: any(x[1] == "DELETE" for x in calls), 20, "the self-stop call")
+            poll(lambda: any(x[1] == "DELETE" for x in calls), "the self-stop call", timeout=20)
             stop = [x for x in calls if x[1] == "DELETE"][0]
             self.assertEqual(stop[2:], ("/api/runner/r1", "Bearer tok-123"))
             self.assertGreaterEqual(stop[0] - closed, 1.0)  # not before the idle limit (1.5 s, checked every 0.2 s)

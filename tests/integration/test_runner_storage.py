@@ -66,13 +66,8 @@ def http(method, url, body=None, headers=None):
 
 
 def tree(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
+    """{relative path: sha256 hex} of every file under root."""
+    return {k: hashlib.sha256(v).hexdigest() for k, v in harness.tree(root).items()}
 
 
 class RunnerStorageTest(unittest.TestCase):

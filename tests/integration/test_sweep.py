@@ -14,23 +14,13 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, poll  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
 import test_repl  # noqa: E402
 from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 
-
-def poll(fn, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.05)
 
 
 class SweepTest(unittest.TestCase):

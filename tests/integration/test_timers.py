@@ -3,20 +3,10 @@ repeating jobs never overlap themselves, cancel() stops one, a failing job is
 logged and the worker keeps serving, and SIGHUP stops the old VM's timers."""
 
 import signal
-import time
 import unittest
 
-from harness import Devexd
+from harness import Devexd, poll
 
-
-def poll(fn, timeout=10, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 class TimerTest(unittest.TestCase):
