@@ -164,7 +164,7 @@ class ApiError(Exception):
 
 # the same helpers as devexd's own tests (harness.py is beside this file)
 sys.path.insert(0, HERE)
-from harness import free_port, _set_pdeathsig  # noqa: E402
+from harness import RedisServer, free_port, _set_pdeathsig  # noqa: E402
 
 
 def now_rfc3339():
@@ -971,6 +971,46 @@ class KubeCluster:
             t = self.log_tail(comp, 4000)
             if t:
                 sys.stderr.write("--- %s log tail (%s) ---\n%s\n" % (comp, why, t))
+
+
+class NamespacePerTest:
+    """A TestCase mixin (listed before unittest.TestCase): one KubeCluster for
+    the class (cls.kc, cls.api as admin; cls.tmp holding cls.store_dir), and
+    per test a namespace of its own (self.ns = ns_prefix + a number: no test
+    sees another's objects), the kubelet's rules cleared, a new Redis
+    (self.redis); self.d, a Devexd the test may start, is stopped after it."""
+
+    ns_prefix = "ns"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-%s-k8s-" % cls.ns_prefix)
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        os.mkdir(cls.store_dir)
+        cls.n = 0
+        cls.kc = KubeCluster().__enter__()
+        cls.api = cls.kc.client(user="admin")
+
+    @classmethod
+    def tearDownClass(cls):
+        kc = getattr(cls, "kc", None)
+        if kc is not None:
+            kc.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        type(self).n += 1
+        self.ns = "%s%d" % (self.ns_prefix, self.n)
+        self.kc.create_namespace(self.ns)
+        self.kc.kubelet.clear_rules()
+        self.redis = RedisServer().__enter__()
+        self.d = None
+
+    def tearDown(self):
+        self.kc.kubelet.clear_rules()
+        if self.d is not None:
+            self.d.__exit__(*sys.exc_info())
+        self.redis.__exit__(None, None, None)
 
 
 class _PortInUse(Exception):

@@ -27,14 +27,13 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import unittest
 import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, poll  # noqa: E402
 from test_auth import Browser  # noqa: E402
 import test_s3  # noqa: E402
 import k8s_harness  # noqa: E402
@@ -42,17 +41,6 @@ import k8s_harness  # noqa: E402
 JSON = {"Content-Type": "application/json"}
 USER = "octocat"
 
-
-def poll(fn, what, timeout=30, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %gs waiting for %s (last: %r)" % (timeout, what, last))
-        time.sleep(interval)
 
 
 def write_policy(path, text):
@@ -204,36 +192,8 @@ class KubeDownDuringStartTest(unittest.TestCase):
 # c, d, e: on a real control plane
 # ---------------------------------------------------------------------------
 
-class SweepOnKubernetesTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="devexd-lcf-k8s-")
-        cls.store_dir = os.path.join(cls.tmp, "bucket")
-        os.mkdir(cls.store_dir)
-        cls.kc = k8s_harness.KubeCluster().__enter__()
-        cls.api = cls.kc.client(user="admin")
-        cls.n = 0
-
-    @classmethod
-    def tearDownClass(cls):
-        kc = getattr(cls, "kc", None)
-        if kc is not None:
-            kc.__exit__(None, None, None)
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        type(self).n += 1
-        self.ns = "lcf%d" % self.n  # a namespace per test: no test sees another's objects
-        self.kc.create_namespace(self.ns)
-        self.kc.kubelet.clear_rules()
-        self.redis = RedisServer().__enter__()
-        self.d = None
-
-    def tearDown(self):
-        self.kc.kubelet.clear_rules()
-        if self.d is not None:
-            self.d.__exit__(*sys.exc_info())
-        self.redis.__exit__(None, None, None)
+class SweepOnKubernetesTest(k8s_harness.NamespacePerTest, unittest.TestCase):
+    ns_prefix = "lcf"
 
     def devexd(self, cleanup, workload=None):
         policy_lua = "return { cleanup = { %s }%s }\n" % (

@@ -30,14 +30,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, poll  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
 import test_repl  # noqa: E402
 from test_config import SHIPPED_CONF, clean_env  # noqa: E402
@@ -47,16 +46,6 @@ import test_k8s_runtime  # noqa: E402  (the module only: its TestCase is not re-
 JSON = {"Content-Type": "application/json"}
 IMAGE = "ghcr.io/parthkapoor-dev/devex/runner-%s:latest"
 
-
-def poll(fn, what, timeout=30, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %gs waiting for %s (last: %r)" % (timeout, what, v))
-        time.sleep(interval)
 
 
 # An operator's build(): the default objects relabelled and renamed, with an
@@ -426,38 +415,21 @@ end } }
         self.assertEqual(self.run_devexd("--check", conf=conf).returncode, 0)
 
 
-class OperatorPolicyOnKubernetesTest(unittest.TestCase):
+class OperatorPolicyOnKubernetesTest(k8s_harness.NamespacePerTest, unittest.TestCase):
     """An operator build() with its own labels and names, and ingress mode,
     on the real kube-apiserver."""
 
+    ns_prefix = "wl"
+
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="devexd-wl-k8s-")
-        cls.store_dir = os.path.join(cls.tmp, "bucket")
-        os.mkdir(cls.store_dir)
-        cls.kc = k8s_harness.KubeCluster().__enter__()
-        cls.api = cls.kc.client(user="admin")
+        super().setUpClass()
         cls.gh = GitHubFake().__enter__()
-        cls.n = 0
 
     @classmethod
     def tearDownClass(cls):
-        harness.stop_class_servers(cls, "gh", "kc")
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        type(self).n += 1
-        self.ns = "wl%d" % self.n
-        self.kc.create_namespace(self.ns)
-        self.kc.kubelet.clear_rules()
-        self.redis = RedisServer().__enter__()
-        self.d = None
-
-    def tearDown(self):
-        self.kc.kubelet.clear_rules()
-        if self.d is not None:
-            self.d.__exit__(*sys.exc_info())
-        self.redis.__exit__(None, None, None)
+        super().tearDownClass()
+        harness.stop_class_servers(cls, "gh")
 
     def devexd(self, policy_text=None, runner=None, cleanup=None):
         kubeconfig = self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-" + self.ns), namespace=self.ns)
