@@ -104,14 +104,14 @@ function M.create(user, provider)
   return id, { id = id, user = user, provider = provider, created_at = now, expires_at = expires_at }
 end
 
-local function to_session(id, flat)
+local function to_session(id, flat, key)
   local h = {}
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   local user = h.user and json.decode(h.user)
   if type(user) ~= "table" then return nil end
   return {
     id = id,
-    key = M.key(id),
+    key = key or M.key(id),
     user = user,
     provider = h.provider,
     created_at = tonumber(h.created_at),
@@ -157,18 +157,19 @@ function M.load(id, also)
   local r, err = client()
   if not r then return nil, err end
   local now = os.time()
+  local key = M.key(id)
   local flat, extra
   if also then
-    flat, err = r:eval(touch_with(also.body), { M.key(id) }, settings.session_ttl, now, settings.max_lifetime,
+    flat, err = r:eval(touch_with(also.body), { key }, settings.session_ttl, now, settings.max_lifetime,
       table.unpack(also.args))
     if flat == nil then return nil, err end
     if type(flat) == "table" then flat, extra = flat[1], flat[2] end
   else
-    flat, err = r:eval(TOUCH, { M.key(id) }, settings.session_ttl, now, settings.max_lifetime)
+    flat, err = r:eval(TOUCH, { key }, settings.session_ttl, now, settings.max_lifetime)
   end
   if flat == nil then return nil, err end
   if type(flat) ~= "table" then return false end
-  local s = to_session(id, flat)
+  local s = to_session(id, flat, key)
   if not s then
     log.warn("session: unreadable session record, ignored")
     return false

@@ -117,23 +117,33 @@ end
 return out
 ]]
 
--- The same read, run in the session's script (auth.session touch_with):
--- the user's owner comes from the session's user; A: the userRepls,
--- replMeta and activeSession key prefixes. Returns { owner, LIST's reply }.
+-- The same read, run in the session's script (auth.session touch_with),
+-- with only the fields GET /api/repl shows and sorts by (HMGET, not
+-- HGETALL: a smaller reply to read into Lua; a field added to
+-- repl.service's view must be added to LIST_FIELDS): the user's owner
+-- comes from the session's user; A: the userRepls, replMeta and
+-- activeSession key prefixes, then the field names. Returns
+-- { owner, { fields of REPL 1, EXISTS of its session, ... } }.
+M.LIST_FIELDS = { "id", "name", "user", "login", "template", "created_at" }
 M.LIST_WITH_SESSION = [[
 local owner = user.owner
 if type(owner) ~= 'string' or owner == '' then return false end
 local ids = redis.call('SMEMBERS', A[1] .. owner)
+local fields = { unpack(A, 4) }
 local out = {}
 for _, id in ipairs(ids) do
-  out[#out + 1] = redis.call('HGETALL', A[2] .. id)
+  out[#out + 1] = redis.call('HMGET', A[2] .. id, unpack(fields))
   out[#out + 1] = redis.call('EXISTS', A[3] .. id)
 end
 return { owner, out }
 ]]
 function M.list_with_session_args()
-  return { key("userRepls", ""), key("replMeta", ""), key("activeSession", "") }
+  local args = { key("userRepls", ""), key("replMeta", ""), key("activeSession", "") }
+  for _, f in ipairs(M.LIST_FIELDS) do args[#args + 1] = f end
+  return args
 end
+
+local function by_created(a, b) return (a.created_at or "") < (b.created_at or "") end
 
 local function to_list(res)
   local out = {}
@@ -144,15 +154,30 @@ local function to_list(res)
       out[#out + 1] = t
     end
   end
-  table.sort(out, function(a, b) return (a.created_at or "") < (b.created_at or "") end)
+  table.sort(out, by_created)
   return out
 end
 
--- list_of(also, owner) -> the list from LIST_WITH_SESSION's reply when it
--- read owner's REPLs; nil otherwise (read it with list(owner)).
+-- list_of(also, owner) -> the list (LIST_FIELDS and .active) from
+-- LIST_WITH_SESSION's reply when it read owner's REPLs; nil otherwise (read
+-- it with list(owner)).
 function M.list_of(also, owner)
   if type(also) ~= "table" or also[1] ~= owner or type(also[2]) ~= "table" then return nil end
-  return to_list(also[2])
+  local res, fields, n = also[2], M.LIST_FIELDS, #M.LIST_FIELDS
+  local out = {}
+  for i = 1, #res, 2 do
+    local v = res[i]
+    if type(v) == "table" and type(v[1]) == "string" then
+      local t = { active = res[i + 1] == 1 }
+      for j = 1, n do
+        local x = v[j]
+        if type(x) == "string" then t[fields[j]] = x end
+      end
+      out[#out + 1] = t
+    end
+  end
+  table.sort(out, by_created)
+  return out
 end
 
 -- list(user) -> { meta..., with .active } | nil, err
