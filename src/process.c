@@ -171,14 +171,19 @@ static int push_os_fail(lua_State *L, const char *code, const char *what, int er
     return devex_push_fail(L, code, msg, 0);
 }
 
-static int push_status(lua_State *L, proc_t *p)
+int devex_push_exit_status(lua_State *L, int code, int sig)
 {
-    lua_pushinteger(L, p->code);
-    if (p->sig)
-        lua_pushinteger(L, p->sig);
+    lua_pushinteger(L, code);
+    if (sig)
+        lua_pushinteger(L, sig);
     else
         lua_pushnil(L);
     return 2;
+}
+
+static int push_status(lua_State *L, proc_t *p)
+{
+    return devex_push_exit_status(L, p->code, p->sig);
 }
 
 /* ---- the per-VM sentinel ---- */

@@ -36,4 +36,8 @@
 
 int luaopen_devex_process(lua_State *L);
 
+/* A child's end as Lua results: code (the exit status, or 128 + n when signal
+ * n ended it), then the signal number or nil. Returns 2. process.c and pty.c. */
+int devex_push_exit_status(lua_State *L, int code, int sig);
+
 #endif

@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "errors.h"
 #include "fs.h"
+#include "process.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -163,15 +164,8 @@ static void child_gone(pty_t *p, int status)
         uv_signal_stop(&p->sigchld);
         uv_close((uv_handle_t *)&p->sigchld, sig_closed);
     }
-    if (p->exit_waiter) {
-        lua_State *L = devex_op_thread(&p->exit_waiter->op);
-        lua_pushinteger(L, p->code);
-        if (p->sig)
-            lua_pushinteger(L, p->sig);
-        else
-            lua_pushnil(L);
-        resume_with(&p->exit_waiter, 2);
-    }
+    if (p->exit_waiter)
+        resume_with(&p->exit_waiter, devex_push_exit_status(devex_op_thread(&p->exit_waiter->op), p->code, p->sig));
     /* a reader parked on the master learns of the end even if a job keeps the pty open */
     if (p->reader) {
         lua_State *L = devex_op_thread(&p->reader->op);
@@ -363,14 +357,8 @@ static int l_wait(lua_State *L)
 {
     pty_t *p = check_pty(L);
     luaL_argcheck(L, p != NULL, 1, "closed terminal");
-    if (p->exited) {
-        lua_pushinteger(L, p->code);
-        if (p->sig)
-            lua_pushinteger(L, p->sig);
-        else
-            lua_pushnil(L);
-        return 2;
-    }
+    if (p->exited)
+        return devex_push_exit_status(L, p->code, p->sig);
     devex_task_check(L, "pty wait");
     if (p->exit_waiter != NULL)
         return luaL_error(L, "pty wait: another task is waiting for this terminal");
