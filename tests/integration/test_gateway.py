@@ -18,6 +18,7 @@ the runner domain itself.
 
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -36,6 +37,7 @@ STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner_stand
 RUNNER_DOMAIN = "runner.devex.test"
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+ORIGIN = "http://app.devex.test"
 IDLE_LIMIT = 4
 ACTIVITY_INTERVAL = 1
 
@@ -77,35 +79,49 @@ class Monitor(threading.Thread):
         self.sock.close()
 
 
+def standin_devexd(cls, prefix, policy_text, templates=("standin",), extra_conf=""):
+    """For a test class: a development devexd (cls.d, 2 workers, frontend
+    ORIGIN) on the local runtime with its own Redis (cls.redis), the policy
+    file policy_text and the templates (a README each) synced, all under
+    cls.tmp (named from prefix); extra_conf: Lua lines that change the config
+    `c`. At the class's cleanup the sessions' runners are killed and cls.tmp
+    removed."""
+    cls.tmp = tempfile.mkdtemp(prefix=prefix)
+    cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+    policy = os.path.join(cls.tmp, "policy.lua")
+    with open(policy, "w") as f:
+        f.write(policy_text)
+    for t in templates:
+        os.makedirs(os.path.join(cls.tmp, "templates", t))
+        with open(os.path.join(cls.tmp, "templates", t, "README.md"), "w") as f:
+            f.write("workspace\n")
+    cls.redis = cls.enterClassContext(RedisServer())
+    conf = ('local c = dofile(%s)\n'
+            'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
+            'c.public_url = "http://localhost:@PORT@"\n'
+            'c.frontend_url = "%s"\n'
+            '%s'
+            'c.policy = { file = %s }\n'
+            'return c\n') % (json.dumps(DEV_CONF), ORIGIN, extra_conf, json.dumps(policy))
+    env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(),
+           "ENVIRONMENT": "development"}
+    cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
+    cls.addClassCleanup(harness.kill_session_runners, cls.redis)
+    cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
+
+
 class GatewayTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="devexd-gateway-")
-        policy = os.path.join(cls.tmp, "policy.lua")
-        with open(policy, "w") as f:
-            f.write(
-                "return {\n"
-                "  templates = { catalogue = { standin = { image = 'runner-standin', port = 8081,\n"
-                "    local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } },\n"
-                "  cleanup = { idle_limit = %d, activity_interval = %d, sweep_interval = 1 },\n"
-                "}\n" % (STANDIN, IDLE_LIMIT, ACTIVITY_INTERVAL))
-        os.makedirs(os.path.join(cls.tmp, "templates", "standin"))
-        with open(os.path.join(cls.tmp, "templates", "standin", "README.md"), "w") as f:
-            f.write("stand-in workspace\n")
-        cls.redis = cls.enterClassContext(RedisServer())
-        conf = ('local c = dofile(%s)\n'
-                'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
-                'c.public_url = "http://localhost:@PORT@"\n'
-                'c.frontend_url = "http://app.devex.test"\n'
-                'c.runner = { domain = "%s", exposure = "gateway", scheme = "http" }\n'
-                'c.policy = { file = %s }\n'
-                'return c\n') % (json.dumps(DEV_CONF), RUNNER_DOMAIN, json.dumps(policy))
-        env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(),
-               "ENVIRONMENT": "development"}
-        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
-        cls.addClassCleanup(harness.kill_session_runners, cls.redis)
-        cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
-        cls.origin = "http://app.devex.test"
+        standin_devexd(
+            cls, "devexd-gateway-",
+            "return {\n"
+            "  templates = { catalogue = { standin = { image = 'runner-standin', port = 8081,\n"
+            "    local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } },\n"
+            "  cleanup = { idle_limit = %d, activity_interval = %d, sweep_interval = 1 },\n"
+            "}\n" % (STANDIN, IDLE_LIMIT, ACTIVITY_INTERVAL),
+            extra_conf='c.runner = { domain = "%s", exposure = "gateway", scheme = "http" }\n' % RUNNER_DOMAIN)
+        cls.origin = ORIGIN
 
     # ---- helpers ----
 

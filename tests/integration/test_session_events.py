@@ -32,12 +32,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from test_auth import Browser  # noqa: E402
+import test_gateway  # noqa: E402  (the module only: its TestCase is not re-run here)
 
-DEV_CONF = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner_standin.py")
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-ORIGIN = "http://app.devex.test"
+ORIGIN = test_gateway.ORIGIN
 
 
 class Watcher(threading.Thread):
@@ -131,35 +131,18 @@ class LocalEventsTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="devexd-events-")
-        policy = os.path.join(cls.tmp, "policy.lua")
-        with open(policy, "w") as f:
-            f.write(
-                "return {\n"
-                "  templates = { catalogue = {\n"
-                "    standin = { image = 'runner-standin', port = 8081,\n"
-                "      local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } },\n"
-                "    broken = { image = 'runner-broken', port = 8081, local_command = { 'sh', '-c', 'exit 3' } },\n"
-                "  } },\n"
-                "  messages = { crashed = 'Your workspace crashed while starting (reworded by the operator).' },\n"
-                "%s"
-                "}\n" % (STANDIN, cls.CLEANUP))
-        for t in ("standin", "broken"):
-            os.makedirs(os.path.join(cls.tmp, "templates", t))
-            with open(os.path.join(cls.tmp, "templates", t, "README.md"), "w") as f:
-                f.write("workspace\n")
-        cls.redis = cls.enterClassContext(RedisServer())
-        conf = ('local c = dofile(%s)\n'
-                'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
-                'c.public_url = "http://localhost:@PORT@"\n'
-                'c.frontend_url = "%s"\n'
-                'c.policy = { file = %s }\n'
-                'return c\n') % (json.dumps(DEV_CONF), ORIGIN, json.dumps(policy))
-        env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(),
-               "ENVIRONMENT": "development"}
-        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
-        cls.addClassCleanup(harness.kill_session_runners, cls.redis)
-        cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
+        test_gateway.standin_devexd(
+            cls, "devexd-events-",
+            "return {\n"
+            "  templates = { catalogue = {\n"
+            "    standin = { image = 'runner-standin', port = 8081,\n"
+            "      local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } },\n"
+            "    broken = { image = 'runner-broken', port = 8081, local_command = { 'sh', '-c', 'exit 3' } },\n"
+            "  } },\n"
+            "  messages = { crashed = 'Your workspace crashed while starting (reworded by the operator).' },\n"
+            "%s"
+            "}\n" % (STANDIN, cls.CLEANUP),
+            templates=("standin", "broken"))
 
     def sign_in(self, user):
         b = Browser(self.d)
