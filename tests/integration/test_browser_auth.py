@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import unittest
 import urllib.parse
 
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from fakes.github_fake import GitHubFake, pkce_s256  # noqa: E402
+from fakes.loopback import LoopbackHTTPServer  # noqa: E402
 
 BROWSER_DIR = os.path.join(harness.SOURCE_DIR, "tests", "browser")
 CHROMIUM = os.environ.get("CHROMIUM_BIN") or "/usr/bin/chromium"
@@ -100,7 +100,7 @@ def ensure_playwright():
 # ---- the servers ---------------------------------------------------------------------
 
 
-class Frontend:
+class Frontend(LoopbackHTTPServer):
     """The browser frontend: tests/browser/app.html at / and /dashboard, and
     /config.js (window.DEVEXD_URL), from http://localhost:<a free port>."""
 
@@ -136,19 +136,8 @@ class Frontend:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.origin = "http://localhost:%d" % self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        return False
+        super().__init__(Handler)
+        self.origin = "http://localhost:%d" % self.port
 
 
 class PortConfiguredDevexd(Devexd):

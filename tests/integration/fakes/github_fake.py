@@ -27,7 +27,9 @@ import secrets
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackHTTPServer
 
 DOCS = "https://docs.github.com/rest"
 
@@ -36,7 +38,7 @@ def pkce_s256(verifier):
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
 
 
-class GitHubFake:
+class GitHubFake(LoopbackHTTPServer):
     def __init__(self, client_id="Iv1.testclient", client_secret="test-secret", redirect_uri=None):
         self.client_id = client_id
         self.client_secret = client_secret
@@ -78,22 +80,8 @@ class GitHubFake:
                 n = int(self.headers.get("Content-Length") or 0)
                 fake._route(self, self.rfile.read(n) if n else b"")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
+        super().__init__(Handler)
         self.base = "http://127.0.0.1:%d" % self.port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    # ---- lifecycle ----
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        return False
 
     def config(self, redirect_url):
         """The github config table for devexd."""

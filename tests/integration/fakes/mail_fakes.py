@@ -27,7 +27,9 @@ import socketserver
 import ssl
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackHTTPServer
 
 
 class _SmtpHandler(socketserver.StreamRequestHandler):
@@ -226,14 +228,12 @@ class SmtpServer:
             return self.messages[count - 1]
 
 
-class ResendFake:
+class ResendFake(LoopbackHTTPServer):
     def __init__(self, api_key="re_test_key"):
         self.api_key = api_key
         self.status = None
         self.requests = []
         self.lock = threading.Lock()
-
-    def __enter__(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -282,17 +282,7 @@ class ResendFake:
                     return self.error(422, "validation_error", "Too many recipients.")
                 self.answer(200, {"id": str(uuid.uuid4())})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        return False
+        super().__init__(Handler)
 
     @property
     def base(self):
