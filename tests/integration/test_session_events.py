@@ -158,6 +158,14 @@ class LocalEventsTest(unittest.TestCase):
         self.addCleanup(lambda: b.request("DELETE", "/api/repl/" + rid, headers=JSON))
         return rid
 
+    def start(self, b, name):
+        """A new REPL with its session started (and stopped after the test): its id, the start's answer."""
+        rid = self.create(b, name)
+        r = b.request("GET", "/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        return rid, r.json()
+
     def watch(self, b, rid, last_id=None, origin=None):
         w = Watcher(self.d, "/api/repl/session/%s/events" % rid, b.cookie_header(), last_id, origin)
         self.addCleanup(w.close)
@@ -216,21 +224,15 @@ class LocalEventsTest(unittest.TestCase):
 
     def test_ready_at_once_for_a_running_repl(self):
         b = self.sign_in("carol")
-        rid = self.create(b, "ev2")
-        r = b.request("GET", "/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        rid, started = self.start(b, "ev2")
         t0 = time.time()
         w = self.watch(b, rid)
         got = w.until("ready", timeout=3)
         self.assertLess(time.time() - t0, 2)
-        self.assertEqual(got[-1]["data"]["url"], r.json()["url"])
+        self.assertEqual(got[-1]["data"]["url"], started["url"])
         # events gone (expired, or a REPL started before them): still
         # `ready` at once, synthesized
-        rid2 = self.create(b, "ev2b")
-        r = b.request("GET", "/api/repl/session/" + rid2)
-        self.assertEqual(r.status, 200, r.body)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid2, headers=JSON))
+        rid2, _ = self.start(b, "ev2b")
         self.redis.call("DEL", "devex:replEvents:" + rid2)
         w2 = self.watch(b, rid2)
         self.assertEqual([e["event"] for e in w2.until("ready", timeout=3)], ["ready"])
@@ -249,10 +251,7 @@ class LocalEventsTest(unittest.TestCase):
 
     def test_http2(self):
         b = self.sign_in("frank")
-        rid = self.create(b, "ev4")
-        r = b.request("GET", "/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        rid, _ = self.start(b, "ev4")
         p = subprocess.run(["curl", "-sS", "-N", "--http2-prior-knowledge", "--max-time", "3", "-D", "-",
                             "-H", "Cookie: " + b.cookie_header(), "-H", "Origin: " + ORIGIN,
                             self.d.url("/api/repl/session/%s/events" % rid)],
@@ -281,10 +280,7 @@ class LocalEventsTest(unittest.TestCase):
     def test_watchers_share_one_read_per_worker(self):
         from test_gateway import Monitor
         b = self.sign_in("ivan")
-        rid = self.create(b, "ev7")
-        r = b.request("GET", "/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        rid, _ = self.start(b, "ev7")
         ws = [self.watch(b, rid) for _ in range(12)]
         for w in ws:
             w.until("ready", timeout=5)
@@ -303,10 +299,7 @@ class LocalEventsTest(unittest.TestCase):
     def test_http2_client_gone_ends_the_read(self):
         from test_gateway import Monitor
         b = self.sign_in("judy")
-        rid = self.create(b, "ev8")
-        r = b.request("GET", "/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        rid, _ = self.start(b, "ev8")
         mon = Monitor(self.redis.port)
         self.addCleanup(mon.close)
         procs = [subprocess.Popen(["curl", "-sS", "-N", "--http2-prior-knowledge", "--max-time", "1.5",
