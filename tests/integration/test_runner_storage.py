@@ -127,6 +127,14 @@ class RunnerStorageTest(unittest.TestCase):
                "WORKSPACE_DIR": ws}
         return subprocess.run(["sh", "-c", text], env=env, capture_output=True, timeout=300)
 
+    def run_script_s3_refusing(self, text, ws):
+        """run_script while the S3 server answers every request 403 AccessDenied."""
+        self.s3.fail(1000, status=403, code="AccessDenied")
+        try:
+            return self.run_script(text, ws)
+        finally:
+            self.s3.fail(0)
+
     # ---- presigned URLs against the S3 test server ----
 
     def test_presigned_put_get_scope(self):
@@ -292,11 +300,7 @@ class RunnerStorageTest(unittest.TestCase):
             with open(os.path.join(ws, "d", "f%d" % i), "w") as f:
                 f.write("x" * i)
         self.redis.call("HDEL", "devex:replMeta:" + RID, "lastSavedAt")
-        self.s3.fail(1000, status=403, code="AccessDenied")
-        try:
-            r = self.run_script(UPLOAD, ws)
-        finally:
-            self.s3.fail(0)
+        r = self.run_script_s3_refusing(UPLOAD, ws)
         self.assertNotEqual(r.returncode, 0, r.stdout)
         self.assertIn(b"403", r.stderr)  # curl's --fail on a PUT, not the broker
         saved = self.redis.call("HGET", "devex:replMeta:" + RID, "lastSavedAt")
@@ -305,11 +309,7 @@ class RunnerStorageTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
         dst = os.path.join(self.tmp, "dst")
         os.mkdir(dst)
-        self.s3.fail(1000, status=403, code="AccessDenied")
-        try:
-            r = self.run_script(DOWNLOAD, dst)
-        finally:
-            self.s3.fail(0)
+        r = self.run_script_s3_refusing(DOWNLOAD, dst)
         self.assertNotEqual(r.returncode, 0, r.stdout)
         r = self.run_script(DOWNLOAD, dst)
         self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
