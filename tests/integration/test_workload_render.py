@@ -134,6 +134,14 @@ class WorkloadRenderTest(unittest.TestCase):
             f.write("return { policy = { file = %s }, %s }\n" % (json.dumps(policy), extra))
         return conf
 
+    def assert_check_refuses(self, policy_text, message):
+        """devexd --check with this policy fails saying message; returns the config."""
+        conf = self.policy_conf(policy_text)
+        p = self.run_devexd("--check", conf=conf)
+        self.assertEqual(p.returncode, 1, (policy_text, p.stdout))
+        self.assertIn(message, p.stderr, policy_text)
+        return conf
+
     @staticmethod
     def containers(objs):
         return {c["name"]: c for c in objs["Deployment"]["spec"]["template"]["spec"]["containers"]}
@@ -352,10 +360,7 @@ end } }
             'templates = { catalogue = { go = { security = "off" } } }': "templates.catalogue.go.security must be a table",
         }
         for text, message in cases.items():
-            conf = self.policy_conf("return { %s }\n" % text)
-            p = self.run_devexd("--check", conf=conf)
-            self.assertEqual(p.returncode, 1, (text, p.stdout))
-            self.assertIn(message, p.stderr, text)
+            self.assert_check_refuses("return { %s }\n" % text, message)
 
     def test_unknown_template_and_bad_arguments(self):
         for args in (["--template", "cobol"], [], ["--template"], ["--template", "node", "--repl", "../etc"],
@@ -401,10 +406,7 @@ end } }
             'o.deployment.metadata.labels = { x = ctx.repl.id }; return o end': "managed_selector is missing",
         }
         for build, message in cases.items():
-            conf = self.policy_conf("return { workload = { %s } }\n" % build)
-            p = self.run_devexd("--check", conf=conf)
-            self.assertEqual(p.returncode, 1, (build, p.stdout))
-            self.assertIn(message, p.stderr, build)
+            conf = self.assert_check_refuses("return { workload = { %s } }\n" % build, message)
             p = self.run_devexd("workload", "render", "--template", "node", conf=conf)
             self.assertNotEqual(p.returncode, 0, build)
         # the local runtime does not use the workload: not checked there
