@@ -31,12 +31,10 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
-from test_auth import Browser  # noqa: E402
 import test_gateway  # noqa: E402  (the module only: its TestCase is not re-run here)
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner_standin.py")
 JSON = {"Content-Type": "application/json"}
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 ORIGIN = test_gateway.ORIGIN
 
 
@@ -145,10 +143,7 @@ class LocalEventsTest(unittest.TestCase):
             templates=("standin", "broken"))
 
     def sign_in(self, user):
-        b = Browser(self.d)
-        r = b.request("POST", "/auth/dev/login", body="user=" + user, headers=FORM)
-        self.assertEqual(r.status, 302, r.body)
-        return b
+        return test_gateway.GatewayTest.sign_in(self, user)
 
     def create(self, b, name, template="standin"):
         r = b.request("POST", "/api/repl/new", headers=JSON,
