@@ -19,7 +19,6 @@
 #include "crypto.h"
 #include "fuzz_lua.h"
 
-static lua_State *L;
 static EVP_PKEY *key;
 
 static void b64url_push(lua_State *L, const uint8_t *in, size_t n)
@@ -117,21 +116,20 @@ static const char *setup =
     "  end\n"
     "end\n";
 
+static void prepare(lua_State *L)
+{
+    key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    if (key == NULL)
+        abort();
+    lua_register(L, "b64url", l_b64url);
+    lua_register(L, "es256", l_es256);
+    push_coord(L, OSSL_PKEY_PARAM_EC_PUB_X);
+    lua_setglobal(L, "EC_X");
+    push_coord(L, OSSL_PKEY_PARAM_EC_PUB_Y);
+    lua_setglobal(L, "EC_Y");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (L == NULL) {
-        key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-        if (key == NULL)
-            abort();
-        L = fuzz_lua_new();
-        lua_register(L, "b64url", l_b64url);
-        lua_register(L, "es256", l_es256);
-        push_coord(L, OSSL_PKEY_PARAM_EC_PUB_X);
-        lua_setglobal(L, "EC_X");
-        push_coord(L, OSSL_PKEY_PARAM_EC_PUB_Y);
-        lua_setglobal(L, "EC_Y");
-        fuzz_lua_setup(L, setup);
-    }
-    fuzz_lua_call(L, "fuzz_one", data, size);
-    return 0;
+    return fuzz_lua_run(setup, prepare, data, size);
 }

@@ -99,15 +99,19 @@ static inline void fuzz_lua_call(lua_State *L, const char *name, const uint8_t *
     lua_gc(L, LUA_GCCOLLECT);
 }
 
-/* The whole of a harness whose fuzz_one is Lua: its state and `setup` chunk
- * on the first input, then fuzz_one(input) on each. A target is
+/* The whole of a harness whose fuzz_one is Lua: on the first input its
+ * state, then prepare(L) (unless NULL: what the setup needs besides, such as
+ * C functions or globals) and the `setup` chunk; then fuzz_one(input) on each.
+ * A target is
  *   int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
- *   { return fuzz_lua_run(setup, d, n); } */
-static inline int fuzz_lua_run(const char *setup, const uint8_t *data, size_t size)
+ *   { return fuzz_lua_run(setup, NULL, d, n); } */
+static inline int fuzz_lua_run(const char *setup, void (*prepare)(lua_State *L), const uint8_t *data, size_t size)
 {
     static lua_State *L;
     if (L == NULL) {
         L = fuzz_lua_new();
+        if (prepare != NULL)
+            prepare(L);
         fuzz_lua_setup(L, setup);
     }
     fuzz_lua_call(L, "fuzz_one", data, size);

@@ -56,5 +56,5 @@ static const char *setup =
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    return fuzz_lua_run(setup, data, size);
+    return fuzz_lua_run(setup, NULL, data, size);
 }

@@ -16,7 +16,6 @@
 
 #include "fuzz_lua.h"
 
-static lua_State *L;
 static char base[64];
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -73,35 +72,34 @@ static const char *setup =
     "  if list then for _, e in ipairs(list) do check(type(e.name) == 'string', 'entry names') end end\n"
     "end\n";
 
+static void prepare(lua_State *L)
+{
+    static char root[96];
+    snprintf(base, sizeof base, "%s", "/tmp/devex-fuzz-ws-XXXXXX");
+    if (mkdtemp(base) == NULL)
+        abort();
+    atexit(cleanup);
+    put(base, "secret.txt", "SECRET\n");
+    dir(base, "ws");
+    snprintf(root, sizeof root, "%s/ws", base);
+    put(root, "a.txt", "hello\n");
+    dir(root, "dir");
+    put(root, "dir/b.txt", "inside\n");
+    dir(root, "dir/sub");
+    link_(root, "in", "dir");
+    link_(root, "out", "../secret.txt");
+    link_(root, "outdir", "..");
+    link_(root, "dir/up", "..");
+    link_(root, "dir/esc", "../../secret.txt");
+    link_(root, "dir/sub/deep", "../../../ws/../secret.txt");
+    link_(root, "abs", "/etc/hostname");
+    link_(root, "loop", "loop");
+    link_(root, "broken", "nothing-here");
+    lua_pushstring(L, root);
+    lua_setglobal(L, "WS_ROOT");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (L == NULL) {
-        static char root[96];
-        snprintf(base, sizeof base, "%s", "/tmp/devex-fuzz-ws-XXXXXX");
-        if (mkdtemp(base) == NULL)
-            abort();
-        atexit(cleanup);
-        put(base, "secret.txt", "SECRET\n");
-        dir(base, "ws");
-        snprintf(root, sizeof root, "%s/ws", base);
-        put(root, "a.txt", "hello\n");
-        dir(root, "dir");
-        put(root, "dir/b.txt", "inside\n");
-        dir(root, "dir/sub");
-        link_(root, "in", "dir");
-        link_(root, "out", "../secret.txt");
-        link_(root, "outdir", "..");
-        link_(root, "dir/up", "..");
-        link_(root, "dir/esc", "../../secret.txt");
-        link_(root, "dir/sub/deep", "../../../ws/../secret.txt");
-        link_(root, "abs", "/etc/hostname");
-        link_(root, "loop", "loop");
-        link_(root, "broken", "nothing-here");
-        L = fuzz_lua_new();
-        lua_pushstring(L, root);
-        lua_setglobal(L, "WS_ROOT");
-        fuzz_lua_setup(L, setup);
-    }
-    fuzz_lua_call(L, "fuzz_one", data, size);
-    return 0;
+    return fuzz_lua_run(setup, prepare, data, size);
 }
