@@ -119,7 +119,7 @@ return function(app)
     k8s = function()
       local ok, driver = pcall(require("runtime").driver)
       if not ok then return tostring(driver) end
-      if not driver.ping then return "ok" end
+      if not driver.ping then return "the " .. tostring(driver.name) .. " runtime has no check" end
       local res, err = driver:ping()
       return res and "ok" or tostring(err)
     end,
@@ -130,7 +130,11 @@ return function(app)
 
   local function check_all()
     local results = tasks.all(fns)
-    local body, failed = { api = "ok" }, {}
+    -- runtime: which driver the "k8s" entry checked (the frontend's key
+    -- stays): "kubernetes" (the API server answers) or "local" (the
+    -- workspace directory can be written)
+    local dok, drv = pcall(require("runtime").driver)
+    local body, failed = { api = "ok", runtime = dok and drv.name or "unavailable" }, {}
     for i, n in ipairs(NAMES) do
       local r = results[i]
       local detail = r[1] and r[2] or ("error: " .. tostring(r[2]))

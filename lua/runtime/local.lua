@@ -195,6 +195,19 @@ function Driver:stop(meta, sess)
   return true
 end
 
+-- /ping's check of this runtime: the workspace directory can be made and
+-- written (a probe file created and removed), which every start needs.
+function Driver:ping()
+  local ok, e = s3.fs_mkdir_p(self.dir)
+  if not ok then return nil, "workspace directory " .. self.dir .. ": " .. tostring(e) end
+  local probe = self.dir .. "/.devexd-ping-" .. require("devex.crypto").hex(require("devex.crypto").random_bytes(8))
+  local f, e2 = io.open(probe, "wb")
+  if not f then return nil, "workspace directory not writable: " .. tostring(e2) end
+  f:close()
+  os.remove(probe)
+  return true
+end
+
 -- After a restart of devexd its children are gone: the sweep asks whether a
 -- running session's process still lives, and recovers the ones that do not.
 function Driver:alive(meta, sess)

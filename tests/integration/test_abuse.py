@@ -232,15 +232,17 @@ class PingTest(unittest.TestCase):
         r = self.d.get("/ping", headers=headers)
         self.assertEqual(r.status, 200, r.body)
         body = r.json()
-        self.assertEqual(set(body), {"api", "redis", "s3", "k8s"})
+        self.assertEqual(set(body), {"api", "redis", "s3", "k8s", "runtime"})
+        self.assertIn(body["runtime"], ("kubernetes", "local"))
         for k, v in body.items():
-            self.assertIn(v, ("ok", "degraded"), body)
+            if k != "runtime":
+                self.assertIn(v, ("ok", "degraded"), body)
         self.assertNotIn(b"internal", r.body)
         return body
 
     def test_only_ok_or_degraded_and_the_detail_in_the_log(self):
         body = self.ping()
-        self.assertEqual(body, {"api": "degraded", "redis": "ok", "s3": "degraded", "k8s": "ok"})
+        self.assertEqual(body, {"api": "degraded", "redis": "ok", "s3": "degraded", "k8s": "ok", "runtime": "local"})
         self.d.wait_log(lambda e: e.get("msg") == "ping: dependency degraded" and self.SECRET_PLACE in e.get("s3", ""),
                         what="the storage error in the log")
         # a signed-in user gets the same answer
