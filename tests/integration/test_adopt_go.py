@@ -20,6 +20,8 @@ map is the `devexd owners migrate` file.
 import json
 import os
 import shutil
+import time
+import signal
 import subprocess
 import sys
 import tempfile
@@ -257,6 +259,42 @@ class AdoptGoTest(unittest.TestCase):
         self.assertIn("1 adopted (0 without files), 0 adopted before", p.stdout)
         self.assertEqual(self.meta(self.B)["state"], "stopped")
         self.assertEqual(self.members("gh_583231"), [self.A, self.B])
+
+    def test_killed_half_way_completes_on_rerun(self):
+        """A real SIGKILL of an --apply run while it copies (80 REPLs of 60
+        files each), then a rerun: every mapped REPL adopted once, with all its
+        files, and a third run changes nothing."""
+        rids = ["repl-0f1e2d3c-0000-4000-8000-%012d" % (100 + i) for i in range(80)]
+        files = {"f%02d.txt" % j: (b"%d\n" % j) * 100 for j in range(60)}
+        for i, rid in enumerate(rids):
+            self.go_repl(rid, "octocat", "bulk %d" % i, files=files)
+        cmd = [harness.DEVEXD_BIN, "-c", self.d.conf_path, "-L", harness.LUA_DIR,
+               "migrate", "from-go", "--map", self.map, "--apply"]
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        # kill it once it has started adopting, before it can finish
+        deadline = time.monotonic() + 60
+        while not os.path.isdir(os.path.join(self.store_dir, "repl", "gh_583231")):
+            self.assertLess(time.monotonic(), deadline, "the run never started copying")
+            time.sleep(0.005)
+        time.sleep(0.02)
+        p.kill()
+        out = p.communicate()[0].decode()
+        killed = p.returncode == -signal.SIGKILL
+        adopted_before = self.members("gh_583231")
+        # the rerun completes whatever state the kill left
+        p2 = self.cli("migrate", "from-go", "--map", self.map, "--apply")
+        want = {fs_rel(k): v for k, v in files.items()}
+        self.assertEqual(sorted(self.members("gh_583231")), sorted(rids + [self.A]))
+        for rid in rids:
+            self.assertEqual(tree(os.path.join(self.store_dir, "repl", "gh_583231", rid)), want, rid)
+            self.assertEqual(self.meta(rid)["state"], "stopped")
+        before = self.snapshot()
+        p3 = self.cli("migrate", "from-go", "--map", self.map, "--apply")
+        self.assertEqual(self.snapshot(), before, p3.stdout)
+        # the kill really landed half way (not after the end): say so if not
+        self.assertTrue(killed, "the first run ended before the kill:\n" + out)
+        self.assertLess(len(adopted_before), len(rids) + 1, "the first run adopted everything before the kill")
+        self.assertIn("adopted", p2.stdout)
 
     def test_other_db_and_prefix(self):
         self.redis.call("FLUSHALL")
