@@ -38,6 +38,7 @@ try {
   const row = (state) => page.locator("#repls li").filter({ hasText: `${replName} (python) ${state}` });
   // a REPL's line: its text and its buttons
   const shown = (loc) => loc.evaluate((li) => ({ text: li.firstChild.textContent.trim(),
+    stop: li.querySelector(".stop") ? li.querySelector(".stop").firstChild.textContent.trim() : null,
     buttons: [...li.querySelectorAll("button")].map((b) => b.textContent) }));
 
   out.step = "open the dashboard";
@@ -68,7 +69,7 @@ try {
   const open = page.locator("#msg a.open");
   await open.waitFor({ timeout: START_TIMEOUT });
   out.open_href = await open.getAttribute("href");
-  await row("running").waitFor();
+  await row("running").locator(".stop button").waitFor(); // the countdown comes with the activity answer
   out.started = await shown(row("running"));
 
   out.step = "open the runner's page";

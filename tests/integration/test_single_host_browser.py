@@ -179,8 +179,12 @@ class SingleHostTest(unittest.TestCase):
         self.assertEqual(r["dashboard_signed_out"], "Sign in", info)
         self.assertEqual(r["who"], "Signed in as Ada", info)
         self.assertEqual(r["cookies"], [{"name": "devex_session", "httpOnly": True, "sameSite": "Lax"}], info)
-        self.assertEqual(r["created"], {"text": "first (python) stopped", "buttons": ["Start", "Delete"]}, info)
-        self.assertEqual(r["started"], {"text": "first (python) running", "buttons": ["Open", "Stop", "Delete"]}, info)
+        self.assertEqual(r["created"], {"text": "first (python) stopped", "stop": None, "buttons": ["Start", "Delete"]},
+                         info)
+        # running: the countdown to the idle stop (the development policy's 30 minutes) and "Keep working"
+        self.assertRegex(r["started"].pop("stop"), r"^stops in (30:00|29:[0-5]\d) \(if idle\)$", info)
+        self.assertEqual(r["started"], {"text": "first (python) running",
+                                        "buttons": ["Keep working", "Open", "Stop", "Delete"]}, info)
         rid = r["open_href"][len(o + "/repl/"):-1]
         self.assertRegex(rid, r"^repl-[0-9a-f-]+$", info)
         self.addCleanup(self.stop_quietly, self.sign_in("Ada"), rid)
@@ -205,7 +209,8 @@ class SingleHostTest(unittest.TestCase):
         self.assertNotIn("error", r["ws"], info)
 
         # stopped: the dashboard shows it, the API agrees, the proxy no longer reaches it
-        self.assertEqual(r["stopped"], {"text": "first (python) stopped", "buttons": ["Start", "Delete"]}, info)
+        self.assertEqual(r["stopped"], {"text": "first (python) stopped", "stop": None, "buttons": ["Start", "Delete"]},
+                         info)
         self.assertEqual(r["msg"], "", info)
         mine = [x for x in r["after"]["repls"] if x["id"] == rid]
         self.assertEqual(len(mine), 1, info)
