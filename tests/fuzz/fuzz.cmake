@@ -21,6 +21,8 @@ option(DEVEX_FUZZ_TEST "Register the ctest that builds the fuzz targets with cla
 if(DEVEX_FUZZ_TEST)
   # Fails (does not skip) when clang or its libFuzzer runtime is missing.
   add_test(NAME fuzz_short COMMAND bash ${CMAKE_SOURCE_DIR}/tests/fuzz/run.sh fuzz)
-  set_tests_properties(fuzz_short PROPERTIES LABELS fuzz TIMEOUT 1200
+  # COST: started first, so its ~6 minutes on one core overlap the other tests
+  # instead of running alone at the end (ctest -j runs costlier tests first)
+  set_tests_properties(fuzz_short PROPERTIES LABELS fuzz TIMEOUT 1200 COST 100000
     ENVIRONMENT "FUZZ_SECONDS=30;FUZZ_BUILD_DIR=${CMAKE_BINARY_DIR}/fuzz-build;FUZZ_OUT=${CMAKE_BINARY_DIR}/fuzz-out")
 endif()
