@@ -46,17 +46,7 @@ local M = {}
 local function say(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") end
 local function complain(fmt, ...) io.stderr:write("devexd: migrate from-go: ", string.format(fmt, ...), "\n") end
 
-local function scan(r, pattern)
-  local keys, cursor = {}, "0"
-  repeat
-    local res, err = r:call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-    if not res then return nil, err end
-    cursor = res[1]
-    for _, k in ipairs(res[2]) do keys[#keys + 1] = k end
-  until cursor == "0"
-  table.sort(keys)
-  return keys
-end
+local scan = migrate.scan
 
 local function hash(r, k)
   local flat, err = r:call("HGETALL", k)

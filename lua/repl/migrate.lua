@@ -42,6 +42,7 @@ local M = {}
 local function say(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") end
 local function complain(fmt, ...) io.stderr:write("devexd: owners: ", string.format(fmt, ...), "\n") end
 
+-- Every key matching pattern (SCAN, all pages), sorted; nil, err when Redis fails.
 local function scan(r, pattern)
   local keys, cursor = {}, "0"
   repeat
@@ -53,6 +54,7 @@ local function scan(r, pattern)
   table.sort(keys)
   return keys
 end
+M.scan = scan
 
 -- Every REPL's metadata, by id, and the ids in order.
 local function all_repls(r)
