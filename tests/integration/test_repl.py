@@ -205,9 +205,6 @@ class ReplTest(unittest.TestCase):
         self.assertIn("k8s", body)
 
 
-if __name__ == "__main__":
-    harness.main()
-
 
 class PolicyOverrideTest(unittest.TestCase):
     """An operator's policy file changes the quota; SIGHUP applies a new one;
@@ -265,3 +262,7 @@ class PolicyOverrideTest(unittest.TestCase):
                     self.assertIn("policy.lua:", p.stderr)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    harness.main()
