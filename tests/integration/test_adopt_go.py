@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
-from test_auth import Browser, http_get, local_path, FRONTEND, GH_REDIRECT  # noqa: E402
+from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
+import test_repl  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 
@@ -75,16 +76,7 @@ class AdoptGoTest(unittest.TestCase):
         cls.d.sync_templates()
 
     def gh_login(self, login, uid):
-        self.gh.user["login"] = login
-        self.gh.user["id"] = uid
-        b = Browser(self.d)
-        r = b.get("/auth/github/login")
-        self.assertEqual(r.status, 302, r.body)
-        status, headers, body = http_get(r.header("Location"))
-        self.assertIn(status, (302, 303), body)
-        r = b.get(local_path(headers["Location"]))
-        self.assertEqual(r.header("Location"), FRONTEND + "/dashboard")
-        return b
+        return test_repl.ReplTest.login(self, login, uid)
 
     def meta(self, rid):
         flat = self.redis.call("HGETALL", "devex:replMeta:" + rid)
@@ -408,11 +400,7 @@ class AdoptGoS3Test(unittest.TestCase):
             self.assertEqual(new, old)
             self.assertEqual(new[2], data)
         self.assertEqual(len(after), 2 * len(self.FILES) + 1)
-        gh = Browser(self.d)
-        self.gh.user["login"], self.gh.user["id"] = "OctoCat", 583231
-        r = gh.get("/auth/github/login")
-        status, headers, body = http_get(r.header("Location"))
-        gh.get(local_path(headers["Location"]))
+        gh = test_repl.ReplTest.login(self, "OctoCat", 583231)
         self.assertEqual([x["id"] for x in gh.get("/api/repl").json()], [self.RID])
         before = (self.bucket(), keys())
         self.assertIn("0 adopted (0 without files), 1 adopted before", run("--apply"))
