@@ -33,6 +33,7 @@
 #include "textutil.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -40,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #define HTTP_DEFAULT_TIMEOUT 30.0
 #define HTTP_DEFAULT_CONNECT_TIMEOUT 10.0
@@ -92,6 +94,9 @@ struct http_xfer {
     size_t scan;               /* stream: no '\n' in [rpos, scan) */
     devex_buf_t hdrs;          /* response headers: "name\0value\0"... (names lowercase) */
     http_xfer_t *wake_prev, *wake_next;
+    FILE *in;                  /* request{body_file=}: the body read from this file */
+    FILE *out;                 /* request{output_file=}: a 2xx body written here, not kept */
+    bool out_failed;           /* a write to out failed (disk full): the transfer is aborted */
     void (*release)(void *);   /* XFER_EASY: frees the caller's data after the easy handle */
     void *release_arg;
     char errbuf[CURL_ERROR_SIZE];
@@ -108,6 +113,8 @@ typedef struct {
     const char *url;
     const char *body;
     size_t body_len;
+    const char *body_file;     /* upload this file as the body (streamed, not loaded) */
+    const char *output_file;   /* write a 2xx response body to this file (streamed) */
     double timeout;
     double connect_timeout;
     size_t max_size;
@@ -218,6 +225,10 @@ static void xfer_free(http_xfer_t *x)
     xfer_stop(x);
     if (x->release)
         x->release(x->release_arg);
+    if (x->in)
+        fclose(x->in);
+    if (x->out)
+        fclose(x->out);
     devex_buf_free(&x->body);
     devex_buf_free(&x->hdrs);
     free(x);
@@ -329,6 +340,16 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userdata)
     size_t len = size * nmemb;
     if (!x->headers_done)
         headers_ready(x);
+    if (x->kind == XFER_REQUEST && x->out != NULL && x->status >= 200 && x->status < 300) {
+        /* output_file: a success body goes to the file as it arrives (the
+         * size is bounded by CURLOPT_MAXFILESIZE and the transfer's max_size
+         * check below does not apply); an error body is kept for the caller */
+        if (fwrite(data, 1, len, x->out) != len) {
+            x->out_failed = true;
+            return 0;
+        }
+        return len;
+    }
     if (x->kind == XFER_REQUEST) {
         if (len > x->max_size - x->body.len) {
             x->too_large = true;
@@ -585,6 +606,17 @@ static void push_headers(lua_State *L, const http_xfer_t *x)
 /* A finished request: pushes res, or nil and err. */
 static int push_response(lua_State *L, http_xfer_t *x)
 {
+    if (x->out != NULL) {
+        /* the caller reads the file next: it must be complete on disk */
+        if (fclose(x->out) != 0)
+            x->out_failed = true;
+        x->out = NULL;
+    }
+    if (x->out_failed) {
+        lua_pushnil(L);
+        devex_push_error(L, "io", "cannot write the output_file", 0);
+        return 2;
+    }
     if (x->result != CURLE_OK || x->too_large)
         return push_fail(L, x);
     lua_createtable(L, 0, 4);
@@ -737,7 +769,7 @@ static void multi_dispatch(http_multi_t *m)
 static const char *const known_options[] = {
     "method",  "url",         "headers",    "body",         "timeout",         "connect_timeout", "max_size",
     "ca_file", "client_cert", "client_key", "ca_pem",       "client_cert_pem", "client_key_pem",  "insecure",
-    "http2",   NULL,
+    "http2",   "body_file",   "output_file", NULL,
 };
 
 static const char *opt_string(lua_State *L, const char *fn, const char *key, size_t *len)
@@ -854,6 +886,10 @@ static void parse_opts(lua_State *L, const char *fn, http_opts_t *o)
     else if (!devex_http_token(o->method, len))
         luaL_error(L, "%s: invalid method '%s'", fn, o->method);
     o->body = opt_string(L, fn, "body", &o->body_len);
+    o->body_file = opt_string(L, fn, "body_file", &len);
+    if (o->body_file && o->body)
+        luaL_error(L, "%s: give body or body_file, not both", fn);
+    o->output_file = opt_string(L, fn, "output_file", &len);
     o->timeout = opt_seconds(L, fn, "timeout", HTTP_DEFAULT_TIMEOUT, true);
     o->connect_timeout = opt_seconds(L, fn, "connect_timeout", HTTP_DEFAULT_CONNECT_TIMEOUT, false);
     int t = lua_getfield(L, 1, "max_size");
@@ -926,7 +962,7 @@ static struct curl_slist *build_headers(lua_State *L, const http_opts_t *o, bool
     devex_buf_free(&line);
     /* libcurl's defaults we do not want: a form content type on any body, and
      * "Expect: 100-continue" (a round trip) on large bodies */
-    if (o->body && !o->has_content_type)
+    if ((o->body || o->body_file) && !o->has_content_type)
         l = slist_add(l, "Content-Type:", ok);
     if (!o->has_expect)
         l = slist_add(l, "Expect:", ok);
@@ -960,6 +996,31 @@ static http_xfer_t *xfer_start(lua_State *L, http_multi_t *m, const http_opts_t 
     x->kind = kind;
     x->max_size = o->max_size;
     x->op.cancel = xfer_cancel;
+    if ((o->body_file || o->output_file) && kind != XFER_REQUEST) {
+        snprintf(err, errlen, "body_file and output_file are for request{} only");
+        free(x);
+        return NULL;
+    }
+    curl_off_t in_size = 0;
+    if (o->body_file) {
+        struct stat st;
+        x->in = fopen(o->body_file, "rb");
+        if (x->in == NULL || fstat(fileno(x->in), &st) != 0 || !S_ISREG(st.st_mode)) {
+            snprintf(err, errlen, "cannot read body_file %s: %s", o->body_file,
+                     x->in ? "not a regular file" : strerror(errno));
+            xfer_free(x);
+            return NULL;
+        }
+        in_size = (curl_off_t)st.st_size;
+    }
+    if (o->output_file) {
+        x->out = fopen(o->output_file, "wb");
+        if (x->out == NULL) {
+            snprintf(err, errlen, "cannot write output_file %s: %s", o->output_file, strerror(errno));
+            xfer_free(x);
+            return NULL;
+        }
+    }
     bool ok = true;
     x->req_headers = build_headers(L, o, &ok);
     CURL *e = x->easy = curl_easy_init();
@@ -1032,6 +1093,16 @@ static http_xfer_t *xfer_start(lua_State *L, http_multi_t *m, const http_opts_t 
     bool body_method = strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
     if (rc == CURLE_OK && strcmp(method, "HEAD") == 0) {
         rc = curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (rc == CURLE_OK && x->in != NULL) {
+        /* body_file: libcurl reads the file as it sends (the default read
+         * callback is fread on READDATA), with its size as Content-Length */
+        rc = curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(e, CURLOPT_READDATA, (void *)x->in);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, in_size);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     } else if (rc == CURLE_OK && (o->body != NULL || body_method)) {
         /* POST, PUT and PATCH always send a body (Content-Length: 0 when none) */
         rc = curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
