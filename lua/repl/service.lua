@@ -61,9 +61,11 @@ end
 -- The shape the frontend reads. `user` is what the dashboard shows in its
 -- Owner column: the owner's login (the signed-in user's current one when
 -- given), never the owner key, which is for ownership only.
+-- lastSavedAt (epoch seconds of the last save the storage broker confirmed,
+-- absent before the first) is an extra field the frontend ignores.
 function M.view(meta, active, login)
   return { user = login or meta.login or meta.user, id = meta.id, name = meta.name, template = meta.template,
-           isActive = active and true or false }
+           isActive = active and true or false, lastSavedAt = math.tointeger(tonumber(meta.lastSavedAt)) }
 end
 
 -- The owner key of a signed-in user; nil for anything else (a login-keyed
