@@ -8,6 +8,7 @@
 #include "http.h"
 #include "log.h"
 #include "notify.h"
+#include "sandbox.h"
 #include "server.h"
 #include "settings.h"
 
@@ -173,6 +174,9 @@ int main(int argc, char **argv)
         conf = DEVEX_DEFAULT_CONF;
     if (lua_dir == NULL || *lua_dir == '\0')
         lua_dir = DEVEX_DEFAULT_LUA_DIR;
+    /* the local runtime's isolation steps (sandbox.c): no config, no server */
+    if (cli_argc > 0 && (strcmp(cli_argv[0], "sandbox-exec") == 0 || strcmp(cli_argv[0], "sandbox-kill") == 0))
+        return devex_sandbox_main(cli_argc, cli_argv);
     static char *runner_conf; /* kept for the process's life */
     if (cli_argc > 0 && strcmp(cli_argv[0], "runner") == 0) {
         runner_conf = runner_setup(cli_argc, cli_argv, lua_dir);

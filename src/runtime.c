@@ -1,9 +1,13 @@
 /*
  * runtime.c: devex.runtime, what the Lua side needs to know about the process
- * it runs in: version, config file, worker id, VM generation.
+ * it runs in: version, config file, worker id, VM generation, and exe (the
+ * path of the devexd binary, which the local runtime runs again for its
+ * sandbox helpers and runner agents; "" when /proc is not mounted).
  */
 #include "devex.h"
 #include "settings.h"
+
+#include <unistd.h>
 
 static int l_worker_id(lua_State *L)
 {
@@ -28,5 +32,9 @@ int luaopen_devex_runtime(lua_State *L)
     lua_setfield(L, -2, "conf_path");
     lua_pushinteger(L, devex_settings.threads);
     lua_setfield(L, -2, "threads");
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    lua_pushlstring(L, exe, n > 0 ? (size_t)n : 0);
+    lua_setfield(L, -2, "exe");
     return 1;
 }
