@@ -77,6 +77,8 @@ end
 for _, k in ipairs({ "idle_limit", "max_lifetime", "sweep_interval", "stuck_after", "orphan_grace" }) do
   assert(type(policy.cleanup[k]) == "number" and policy.cleanup[k] > 0, "policy: cleanup." .. k .. " must be a positive number")
 end
+assert(policy.cleanup.counts_as_activity == nil or type(policy.cleanup.counts_as_activity) == "function",
+  "policy: cleanup.counts_as_activity must be a function(signal) -> boolean")
 
 if ((config.runtime or {}).driver or "kubernetes") == "kubernetes" then
   local ok, e = pcall(require("runtime.kubernetes").check, policy)

@@ -10,15 +10,16 @@
 --                  defaults a user who only answers warnings keeps a session
 --                  at most 12 x 30 min past its last real activity; never past
 --                  max_lifetime, which no activity moves.
--- Signals: the recorded activity (sessions:activity) is gateway traffic,
--- runner heartbeats and keepalives; devexd records the keepalive itself
--- (activeSession.last_keepalive), so `lastSignal` is "keepalive" when the
--- last activity is one, else "activity" (gateway or heartbeat: the flush
--- does not record which).
+-- Signals: the recorded activity (sessions:activity) is what
+-- policy.cleanup.counts_as_activity let through of gateway requests
+-- ("http"), bytes inside proxied WebSockets ("websocket"), runner heartbeats
+-- ("heartbeat") and keepalives ("keepalive"); the kind of the last one is
+-- kept with it (last_signal), "start" until the first.
 local policy = require("policy")
 local rds = require("services.redis")
 local store = require("repl.store")
 local events = require("repl.events")
+local activity = require("repl.activity")
 local log = require("devex.log")
 
 local M = {}
@@ -63,8 +64,7 @@ function M.info(meta, now)
   out.stopAt, out.stopReason = at, reason
   out.stopIn = at and math.max(0, at - now) or nil
   out.keepalivesUsed = tonumber(sess.keepalives) or 0
-  local lk = tonumber(sess.last_keepalive)
-  out.lastSignal = last and ((lk and lk >= last) and "keepalive" or "activity") or nil
+  out.lastSignal = last and (meta.last_signal or "activity") or nil
   return out
 end
 
@@ -84,7 +84,10 @@ function M.keepalive(meta, now)
     return nil, { status = 429, body = { error = "keepalive limit reached", code = "keepalive_limit", limit = kmax } }
   end
   r:call("HSET", skey, "last_keepalive", now)
-  store.touch(meta.id, now)
+  if activity.counts({ kind = "keepalive", repl = meta.id }) then
+    store.touch(meta.id, now, "keepalive")
+    meta.last_signal = "keepalive"
+  end
   return M.info(meta, now)
 end
 

@@ -254,7 +254,8 @@ function M.put_session(id, fields)
     args[#args + 1] = tostring(v)
   end
   local res
-  res, err = r:pipeline({ args, { "ZADD", M.activity_key(), os.time(), id } })
+  res, err = r:pipeline({ args, { "ZADD", M.activity_key(), os.time(), id },
+                           { "HSET", M.meta_key(id), "last_signal", "start" } })
   if not res then return nil, err end
   return true
 end
@@ -268,12 +269,12 @@ function M.end_session(id)
   return true
 end
 
-function M.touch(id, now)
+function M.touch(id, now, kind)
   local r, err = client()
   if not r then return nil, err end
   return r:pipeline({
     { "ZADD", M.activity_key(), "XX", now or os.time(), id },
-    { "HSET", M.meta_key(id), "last_active", now or os.time() },
+    { "HSET", M.meta_key(id), "last_active", now or os.time(), "last_signal", kind or "activity" },
   })
 end
 

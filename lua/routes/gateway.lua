@@ -80,9 +80,10 @@ local function pass(req, id, rest, prefix, mcp)
   if rest == "" then
     return current.finish(req, 308, nil, { Location = prefix .. "/" })
   end
+  activity.mark(id, { kind = "http", method = req.method, path = rest,
+                      websocket = upgrade and true or false })
   local q = req.raw:query()
   if q then rest = rest .. "?" .. q end
-  activity.mark(id)
   return current.finish(req, proxy.pass{
     upstream = upstream, path = rest, location_prefix = prefix .. "/", activity = id,
     headers = { cookie = false, authorization = false, ["X-Devex-Repl"] = id },

@@ -90,7 +90,8 @@ return function(app)
   end)
 
   app:post("/api/runner/:id/heartbeat", runner, function(req)
-    store.touch(req.params.id)
+    local id = req.params.id
+    if require("repl.activity").counts({ kind = "heartbeat", repl = id }) then store.touch(id, nil, "heartbeat") end
     return 200, { ok = true }
   end)
 

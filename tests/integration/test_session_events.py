@@ -363,7 +363,7 @@ class CullingTest(LocalEventsTest):
         self.assertEqual(a["stopReason"], "idle")
         self.assertEqual(a["idleStopAt"], a["lastActivityAt"] + 6)
         self.assertEqual(a["stopAt"], a["idleStopAt"])
-        self.assertEqual(a["lastSignal"], "activity")
+        self.assertEqual(a["lastSignal"], "start")
         # the warning comes within the lead time of the idle stop
         warn = w.until("warning", timeout=10)[-1]["data"]
         self.assertEqual(warn["reason"], "idle")
@@ -403,10 +403,57 @@ class CullingTest(LocalEventsTest):
         self.assertEqual(r.status, 409, r.body)
 
 
+class ActivityPolicyTest(LocalEventsTest):
+    """policy.cleanup.counts_as_activity decides which signals postpone an
+    idle stop: here gateway requests for /_standin/info do not count, other
+    gateway requests and keepalives do, and the activity answer names the
+    kind of the last signal that counted."""
+
+    CLEANUP = ("  cleanup = { idle_limit = 600, sweep_interval = 1, activity_interval = 1,\n"
+               "    counts_as_activity = function(s)\n"
+               "      return not (s.kind == 'http' and s.method == 'GET' and s.path == '/_standin/info')\n"
+               "    end },\n")
+
+    def activity(self, b, rid):
+        r = b.get("/api/repl/%s/activity" % rid)
+        self.assertEqual(r.status, 200, r.body)
+        return r.json()
+
+    def test_policy_decides_what_counts(self):
+        b = self.sign_in("olga")
+        rid, _ = self.start(b, "act")
+        a0 = self.activity(b, rid)
+        self.assertEqual(a0["lastSignal"], "start")
+        time.sleep(1.2)  # a later second than the start's
+        # ignored traffic: several flushes later nothing moved
+        for _ in range(3):
+            self.assertEqual(b.get("/repl/%s/_standin/info" % rid).status, 200)
+        time.sleep(2.5)
+        a1 = self.activity(b, rid)
+        self.assertEqual((a1["lastActivityAt"], a1["lastSignal"]), (a0["lastActivityAt"], "start"))
+        # counted traffic is recorded at the next flush, with its kind
+        self.assertEqual(b.get("/repl/%s/_standin/last-request" % rid).status, 200)
+        deadline = time.time() + 10
+        while True:
+            a2 = self.activity(b, rid)
+            if a2["lastSignal"] == "http" or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(a2["lastSignal"], "http")
+        self.assertGreater(a2["lastActivityAt"], a0["lastActivityAt"])
+        self.assertEqual(a2["idleStopAt"], a2["lastActivityAt"] + 600)
+        # a keepalive counts too (the default policy function lets every kind through)
+        r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["lastSignal"], "keepalive")
+        self.assertEqual(self.activity(b, rid)["lastSignal"], "keepalive")
+
+
 # the tests of LocalEventsTest run with its own devexd only
 for _name in dir(LocalEventsTest):
     if _name.startswith("test_"):
         setattr(CullingTest, _name, None)
+        setattr(ActivityPolicyTest, _name, None)
 
 
 PHASE_ORDER = ["queued", "scheduling", "pulling", "restoring", "starting", "ready", "failed"]
