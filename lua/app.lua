@@ -12,6 +12,7 @@ app:use(require("middleware.csrf"))
 require("routes.health")(app)
 require("routes.auth")(app)
 require("routes.dev_login").register(app)
+require("routes.dev_ide").register(app) -- GET /ide: the development IDE page (with dev_login only)
 require("routes.repl")(app)
 require("routes.runner_storage")(app) -- /api/runner/<replId>/files, uploads, sync: the storage broker
 
