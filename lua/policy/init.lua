@@ -13,6 +13,7 @@ local config = require("devex.config").get()
 
 local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits", "messages" }
 KNOBS[#KNOBS + 1] = "magiclink" -- who may sign in with an e-mail magic link (routes.magiclink)
+KNOBS[#KNOBS + 1] = "sandbox" -- a local runner's limits under runtime.isolation, and a save's (runtime.local)
 
 local function merge(dst, src, path)
   for k, v in pairs(src) do
@@ -79,6 +80,12 @@ for _, k in ipairs({ "idle_limit", "max_lifetime", "sweep_interval", "stuck_afte
 end
 assert(policy.cleanup.counts_as_activity == nil or type(policy.cleanup.counts_as_activity) == "function",
   "policy: cleanup.counts_as_activity must be a function(signal) -> boolean")
+
+for _, k in ipairs({ "memory", "processes", "file_size", "open_files", "tmp_size", "save_file_max", "save_total_max" }) do
+  assert(math.type(policy.sandbox[k]) == "integer" and policy.sandbox[k] > 0, "policy: sandbox." .. k .. " must be a positive integer")
+end
+assert(policy.sandbox.cpu == nil or (type(policy.sandbox.cpu) == "number" and policy.sandbox.cpu > 0),
+  "policy: sandbox.cpu must be a positive number of CPUs or nil")
 
 if ((config.runtime or {}).driver or "kubernetes") == "kubernetes" then
   local ok, e = pcall(require("runtime.kubernetes").check, policy)

@@ -11,6 +11,14 @@ local config = require("devex.config").get()
 local M = {}
 local drivers = {}
 
+-- The local runtime runs users' code on devexd's host: with a real sign-in
+-- (any provider but dev_login, so more than one person) only isolated
+-- (runtime.sandbox); devexd refuses to start otherwise.
+if ((config.runtime or {}).driver or "kubernetes") == "local" then
+  local real = next(require("auth.registry").providers) ~= nil or require("auth.magiclink").enabled
+  require("runtime.sandbox").check(config, real)
+end
+
 -- The URL the frontend gets for a REPL's runner in gateway exposure, when a
 -- runner domain is configured: <runner.scheme>://<runner.domain>/<replId>/
 -- (devexd answers it: lua/routes/gateway.lua); nil otherwise.

@@ -6,8 +6,14 @@
 -- workspace back to storage first, and only then ends the process (SIGTERM,
 -- SIGKILL after a grace period) and removes the directory. A child that dies
 -- on its own is noticed: its files are saved and the session marked stopped.
+-- With runtime.isolation the runner runs under a uid of its own in a
+-- bubblewrap sandbox and is reached through a Unix socket (runtime.sandbox);
+-- stop then kills everything of that uid and removes its cgroups. A save
+-- reads each file in pieces (put_file) and skips files beyond
+-- policy.sandbox.save_file_max / save_total_max with a recorded error.
 --
---   runtime = { driver = "local", dir = "/var/lib/devexd/workspaces", stop_grace = 5 }
+--   runtime = { driver = "local", dir = "/var/lib/devexd/workspaces", stop_grace = 5,
+--               isolation = false, sandbox = { uids = { first = 200000, count = 1000 } } }
 local process = require("devex.process")
 local s3 = require("devex.s3")
 local http = require("devex.http")
@@ -15,6 +21,7 @@ local timer = require("devex.timer")
 local log = require("devex.log")
 local events = require("repl.events") -- the session event stream (issue #18)
 local policy = require("policy")
+local sandbox = require("runtime.sandbox")
 
 local Driver = {}
 Driver.__index = Driver
@@ -26,7 +33,7 @@ function M.new(config)
   local dir = rt.dir or ((config.storage or {}).dir and (config.storage.dir .. "/../workspaces")) or "/tmp/devexd-workspaces"
   local public = (config.public_url or "http://localhost:8080"):gsub("/+$", "")
   return setmetatable({ name = "local", dir = dir, public_url = public, grace = rt.stop_grace or 5,
-                        ready_timeout = rt.ready_timeout or 60 }, Driver)
+                        ready_timeout = rt.ready_timeout or 60, sandbox = sandbox.settings(config) }, Driver)
 end
 
 local function err(status, message) return nil, { status = status, message = message } end
@@ -59,15 +66,35 @@ end
 
 -- Saves the workspace to repl/<user>/<id>/: every file uploaded, and remote
 -- files that no longer exist locally removed (after the uploads succeeded).
+-- Files are streamed in pieces (put_file); one larger than
+-- policy.sandbox.save_file_max (by its size: a sparse file counts at its
+-- apparent size), or past save_total_max, is skipped: its stored copy (if
+-- any) is kept, the rest is saved, and it is returned in the second result
+-- ({path, size, error}...) for the caller to record.
 function M.save(store, prefix, ws)
   local files, e = s3.fs_walk(ws, true)
   if not files then return nil, e end
-  local seen = {}
+  local lim = policy.sandbox
+  local seen, skipped, total = {}, {}, 0
   for _, f in ipairs(files) do
     local key = prefix .. f.path
-    local ok, e2 = store:put_file(key, ws .. "/" .. f.path)
-    if not ok then return nil, e2 end
-    seen[key] = true
+    local why
+    if f.size > lim.save_file_max then
+      why = string.format("larger than policy.sandbox.save_file_max (%d bytes)", lim.save_file_max)
+    elseif total + f.size > lim.save_total_max then
+      why = string.format("the workspace is past policy.sandbox.save_total_max (%d bytes)", lim.save_total_max)
+    else
+      local ok, e2 = store:put_file(key, ws .. "/" .. f.path, { max_bytes = lim.save_file_max })
+      if ok then
+        total = total + f.size
+      elseif e2 and e2.code == "TooLarge" then
+        why = "grew past policy.sandbox.save_file_max while it was read"
+      else
+        return nil, e2
+      end
+    end
+    if why then skipped[#skipped + 1] = { path = f.path, size = f.size, error = why } end
+    seen[key] = true -- a skipped file's stored copy stays
   end
   local listing, e3 = store:list(prefix)
   if not listing then return nil, e3 end
@@ -77,7 +104,28 @@ function M.save(store, prefix, ws)
     local res = store:delete_many(gone)
     if res and #res.failures > 0 then return nil, res.failures[1].error end
   end
-  return #files
+  return #files, skipped
+end
+
+-- Records the files a save skipped: an error in the log, a warning in the
+-- session's events and lastSaveError on the REPL.
+local function record_skipped(id, skipped)
+  if not skipped or #skipped == 0 then return end
+  local parts = {}
+  for i, sk in ipairs(skipped) do
+    if i <= 5 then parts[#parts + 1] = string.format("%s (%d bytes): %s", sk.path, sk.size, sk.error) end
+  end
+  local msg = string.format("%d file(s) not saved: %s%s", #skipped, table.concat(parts, "; "), #skipped > 5 and "; ..." or "")
+  log.error("save skipped files", { repl = id, files = #skipped, message = msg })
+  events.emit(id, "warning", { reason = "save_skipped", message = msg })
+  require("repl.store").set_fields(id, { lastSaveError = msg })
+end
+M.record_skipped = record_skipped
+
+local function wait_gone(pid, grace)
+  local deadline = timer.now() + grace
+  while process.alive(pid) and timer.now() < deadline do timer.sleep(0.05) end
+  return not process.alive(pid)
 end
 
 local function remove_log(dir, id) os.remove(dir .. "/" .. id .. ".log") end
@@ -115,33 +163,76 @@ function Driver:start(meta, opts)
   local args = {}
   for i = 2, #cmd do args[#args + 1] = cmd[i] end
   local driver = self
-  local child
-  child, e = process.spawn{
-    command = cmd[1], args = args, cwd = ws,
-    env = { REPL_ID = meta.id, TEMPLATE = meta.template, PORT = tostring(port), HOST = "127.0.0.1", RUNNER_TOKEN = opts.token,
-            CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id },
+  local env = { REPL_ID = meta.id, TEMPLATE = meta.template, PORT = tostring(port), HOST = "127.0.0.1", RUNNER_TOKEN = opts.token,
+                CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id }
+  local spawn_opts = {
+    command = cmd[1], args = args, cwd = ws, env = env,
     -- the runner's output goes beside the workspace, not into the user's files
     stdout = self.dir .. "/" .. meta.id .. ".log", stderr = self.dir .. "/" .. meta.id .. ".log",
-    on_exit = function(code, signal) driver:child_exited(meta, code, signal) end,
   }
-  if not child then return err(502, "could not start the runner: " .. tostring(e)) end
-  -- ready when the runner answers HTTP on its port
+  -- isolated: the same command under the runner's own uid in its sandbox,
+  -- answering on a Unix socket only devexd and it can reach
+  local sb, uid, sock, cgroups = self.sandbox, nil, nil, nil
+  if sb then
+    uid, e = sandbox.lease(sb, meta.id)
+    if not uid then return err(503, "no runner uid free: " .. tostring(e)) end
+    spawn_opts, sock, cgroups = sandbox.wrap(sb, uid, ws, spawn_opts.command, args, env, spawn_opts.stdout)
+    if not spawn_opts then
+      sandbox.release(sb, uid, meta.id, nil)
+      return err(500, "could not prepare the sandbox: " .. tostring(sock))
+    end
+  end
+  spawn_opts.on_exit = function(code, signal) driver:child_exited(meta, code, signal) end
+  local child
+  child, e = process.spawn(spawn_opts)
+  if not child then
+    if sb then sandbox.release(sb, uid, meta.id, cgroups) end
+    return err(502, "could not start the runner: " .. tostring(e))
+  end
+  local function give_up()
+    child:stop(1)
+    if sb then sandbox.release(sb, uid, meta.id, cgroups) end
+  end
+  -- ready when the runner answers HTTP on its port (its socket, isolated)
   local deadline = timer.now() + math.min(opts.deadline or 60, self.ready_timeout)
   while true do
-    local res = http.request{ url = "http://127.0.0.1:" .. port .. "/", timeout = 1, connect_timeout = 1 }
+    local res = http.request(sock and { url = "http://runner/", unix_socket = sock, timeout = 1, connect_timeout = 1 }
+      or { url = "http://127.0.0.1:" .. port .. "/", timeout = 1, connect_timeout = 1 })
     if res then break end
-    if not child:running() then return err(502, "the runner exited before answering") end
+    if not child:running() then
+      give_up()
+      return err(502, "the runner exited before answering")
+    end
     if timer.now() > deadline then
-      child:stop(1)
+      give_up()
       return err(504, "the runner did not answer on its port in time")
     end
     timer.sleep(0.1)
   end
   return {
     url = require("runtime").gateway_url(meta.id) or (self.public_url .. "/repl/" .. meta.id .. "/"),
-    endpoint = "127.0.0.1:" .. port,
-    session = { pid = child.pid, port = port, workspace = ws },
+    endpoint = sock and ("unix:" .. sock) or ("127.0.0.1:" .. port),
+    session = { pid = child.pid, port = port, workspace = ws, uid = uid, cgroups = cgroups },
   }
+end
+
+-- Ends a session's processes: with isolation everything of its uid (and its
+-- cgroups, directory and uid lease go too); otherwise the runner's process
+-- group, SIGTERM then SIGKILL after the grace period.
+function Driver:end_processes(meta, sess)
+  local uid = sess and tonumber(sess.uid)
+  if uid and self.sandbox then
+    sandbox.release(self.sandbox, uid, meta.id, sess.cgroups)
+    return
+  end
+  local pid = sess and tonumber(sess.pid)
+  if pid and process.alive(pid) then
+    process.kill_pid(pid, "TERM") -- the whole process group
+    if not wait_gone(pid, self.grace) then
+      process.kill_pid(pid, "KILL")
+      wait_gone(pid, 2)
+    end
+  end
 end
 
 -- The child ended by itself (crash, killed from outside): save what it left
@@ -153,6 +244,8 @@ function Driver:child_exited(meta, code, signal)
   log.warn("runner exited on its own; saving its files", { repl = meta.id, code = code, signal = signal })
   local prev = store_mod.transition(meta.id, "stopping", { "running" })
   if not prev then return end
+  -- isolated: whatever the runner left running goes before its files are read
+  if self.sandbox then self:end_processes(meta, store_mod.get_session(meta.id)) end
   local store = storage()
   local ws = self:workspace(meta.id)
   local saved, e = store and M.save(store, meta.prefix, ws)
@@ -160,21 +253,21 @@ function Driver:child_exited(meta, code, signal)
     log.error("could not save the files of an exited runner; the sweep retries", { repl = meta.id, error = tostring(e) })
     return
   end
+  record_skipped(meta.id, e)
   rm_rf(ws)
   store_mod.end_session(meta.id)
   store_mod.transition(meta.id, "stopped", { "stopping" })
-end
-
-local function wait_gone(pid, grace)
-  local deadline = timer.now() + grace
-  while process.alive(pid) and timer.now() < deadline do timer.sleep(0.05) end
-  return not process.alive(pid)
 end
 
 function Driver:stop(meta, sess)
   local ws = self:workspace(meta.id)
   local store, e = storage()
   if not store then return err(502, "storage: " .. tostring(e)) end
+  -- isolated, the runner ends before its files are read: a live runner could
+  -- swap a file for a symlink to devexd's own files between the walk and the
+  -- read, or keep growing one. (Without isolation it runs as devexd anyway,
+  -- and it ends after the save, so that a failed save leaves it running.)
+  if self.sandbox then self:end_processes(meta, sess) end
   local f = io.open(ws, "r")
   if f then
     f:close()
@@ -182,15 +275,9 @@ function Driver:stop(meta, sess)
     events.emit(meta.id, "saving")
     saved, e = M.save(store, meta.prefix, ws)
     if not saved then return err(502, "could not save the files: " .. tostring(e)) end
+    record_skipped(meta.id, e)
   end
-  local pid = tonumber(sess.pid)
-  if pid and process.alive(pid) then
-    process.kill_pid(pid, "TERM") -- the whole process group
-    if not wait_gone(pid, self.grace) then
-      process.kill_pid(pid, "KILL")
-      wait_gone(pid, 2)
-    end
-  end
+  if not self.sandbox then self:end_processes(meta, sess) end
   rm_rf(ws)
   return true
 end
@@ -221,6 +308,7 @@ function Driver:recover(meta)
   local prev = store_mod.transition(meta.id, "stopping", { "running" })
   if not prev then return false end
   local ws = self:workspace(meta.id)
+  if self.sandbox then self:end_processes(meta, store_mod.get_session(meta.id)) end
   local f = io.open(ws, "r")
   if f then
     f:close()
@@ -230,6 +318,7 @@ function Driver:recover(meta)
       log.error("recover: could not save the workspace; the sweep retries", { repl = meta.id, error = tostring(e) })
       return false
     end
+    record_skipped(meta.id, e)
     rm_rf(ws)
   end
   store_mod.end_session(meta.id)
@@ -240,7 +329,11 @@ end
 function Driver:remove(meta)
   local sess = require("repl.store").get_session(meta.id)
   local pid = sess and tonumber(sess.pid)
-  if pid and process.alive(pid) then process.kill_pid(pid, "KILL") end
+  if sess and tonumber(sess.uid) and self.sandbox then
+    sandbox.release(self.sandbox, tonumber(sess.uid), meta.id, sess.cgroups)
+  elseif pid and process.alive(pid) then
+    process.kill_pid(pid, "KILL")
+  end
   rm_rf(self:workspace(meta.id))
   return true
 end

@@ -100,10 +100,43 @@ function Store:put(key, data, opts)
   return { etag = s3c.md5_hex(data) }
 end
 
+-- put_file(key, path, {max_bytes=}): copies the file in 256 KiB pieces (a
+-- file is never held in memory whole); with max_bytes, a file that holds
+-- more (it may grow while it is read) is refused with code "TooLarge".
 function Store:put_file(key, path, opts)
-  local data = read_file(path)
-  if not data then return nil, E("io", "cannot read " .. path) end
-  return self:put(key, data, opts)
+  local ok, err = check_key(key)
+  if not ok then return nil, err end
+  local p, perr = self:path(key)
+  if not p then return nil, perr end
+  local max = opts and opts.max_bytes
+  local src, serr = io.open(path, "rb")
+  if not src then return nil, E("io", "cannot read " .. path .. ": " .. tostring(serr)) end
+  ok, err = s3c.fs_mkdir_p(self.dir .. "/.devex-tmp")
+  if ok then ok, err = s3c.fs_mkdir_p(p:match("^(.*)/[^/]*$")) end
+  if not ok then src:close(); return nil, E("io", err.message) end
+  local tmp = self.dir .. "/.devex-tmp/" .. crypto.hex(crypto.random_bytes(12))
+  local dst, derr = io.open(tmp, "wb")
+  if not dst then src:close(); return nil, E("io", derr) end
+  local total, failure = 0, nil
+  while true do
+    local chunk = src:read(262144)
+    if not chunk then break end
+    total = total + #chunk
+    if max and total > max then
+      failure = E("TooLarge", string.format("%s holds more than %d bytes", path, max), 413)
+      break
+    end
+    local wok, werr = dst:write(chunk)
+    if not wok then failure = E("io", werr); break end
+  end
+  src:close()
+  local cok, cerr = dst:close()
+  if not failure and not cok then failure = E("io", cerr) end
+  if failure then os.remove(tmp); return nil, failure end
+  local etag = s3c.md5_file(tmp)
+  local rok, rerr = os.rename(tmp, p)
+  if not rok then os.remove(tmp); return nil, E("io", rerr) end
+  return { etag = etag }
 end
 
 function Store:copy(src, dst)

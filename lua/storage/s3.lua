@@ -10,6 +10,7 @@
 -- (or "timeout"); an S3 error gives {status, code = "NoSuchKey" | ...,
 -- message, request_id}.
 local s3c = require("devex.s3")
+local crypto = require("devex.crypto")
 local metrics = require("devex.metrics") -- counting hooks in Client:request
 local http = require("devex.http")
 local timer = require("devex.timer")
@@ -88,6 +89,7 @@ function Client:request(method, key, o)
     headers.host = host
     local signed, serr = s3c.sign{
       method = method, host = host, path = path, params = o.params, headers = headers, body = o.body or "",
+      payload_hash = o.payload_hash,
       access_key = self.access_key, secret_key = self.secret_key, session_token = self.session_token,
       region = self.region, service = "s3",
     }
@@ -95,7 +97,7 @@ function Client:request(method, key, o)
     local t0 = metrics.now() -- metrics: each attempt
     local res, herr = http.request{
       url = self.scheme .. "://" .. host .. signed.target,
-      method = method, headers = signed.headers, body = o.body,
+      method = method, headers = signed.headers, body = o.body, body_file = o.body_file,
       timeout = self.timeout, connect_timeout = self.connect_timeout, max_size = o.max_size,
     }
     metrics.counter("devex_s3_requests_total", { method = method, status = res and res.status or "error" })
@@ -199,13 +201,27 @@ function Client:put(key, data, opts)
   return { etag = unquote(res.headers["etag"]) or s3c.md5_hex(data) }
 end
 
--- put_file(key, path, opts): put with the content of a local file.
+-- put_file(key, path, {max_bytes=, content_type=}): put with the content
+-- of a local file, streamed from the file (never held in memory whole). The
+-- payload is UNSIGNED-PAYLOAD in the signature (hashing it would mean a
+-- second full read); S3 checks it against Content-MD5 instead. With
+-- max_bytes a larger file is refused ("TooLarge") before anything is sent.
 function Client:put_file(key, path, opts)
-  local f, ferr = io.open(path, "rb")
-  if not f then return nil, E("io", ferr) end
-  local data = f:read("a")
-  f:close()
-  return self:put(key, data or "", opts)
+  local ok, err = check_key(key)
+  if not ok then return nil, err end
+  local md5, size = s3c.md5_file(path)
+  if not md5 then return nil, E("io", "cannot read " .. path .. ": " .. tostring(size)) end
+  if opts and opts.max_bytes and size > opts.max_bytes then
+    return nil, E("TooLarge", string.format("%s holds more than %d bytes", path, opts.max_bytes), 413)
+  end
+  local b64 = crypto.b64url(crypto.unhex(md5)):gsub("-", "+"):gsub("_", "/") .. "=="
+  local res
+  res, err = self:request("PUT", key, { body_file = path, payload_hash = "UNSIGNED-PAYLOAD", headers = {
+    ["content-type"] = (opts and opts.content_type) or common.content_type(key),
+    ["content-md5"] = b64,
+  } })
+  if not res then return nil, err end
+  return { etag = unquote(res.headers["etag"]) or md5 }
 end
 
 -- copy(src, dst) -> { etag } | nil, err (CopyObject within the bucket)
