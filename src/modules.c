@@ -12,6 +12,7 @@
 #include "process.h"
 #include "ptys.h"
 #include "proxy.h"
+#include "redis.h"
 #include "s3.h"
 #include "smtp.h"
 #include "stream.h"
@@ -32,6 +33,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.log", luaopen_devex_log},       {"devex.timer", luaopen_devex_timer},   {"devex.runtime", luaopen_devex_runtime},
     {"devex.request", luaopen_devex_request}, {"devex.task", luaopen_devex_task},
     {"devex.redis", luaopen_devex_redis}, {"devex.oauth", luaopen_devex_oauth},
+    {"devex.redis_track", luaopen_devex_redis_track}, /* invalidations for lua/services/tracked.lua */
     {"devex.http", luaopen_devex_http}, {"devex.s3", luaopen_devex_s3},
     {"devex.k8s", luaopen_devex_k8s},
     {"devex.proxy", luaopen_devex_proxy},

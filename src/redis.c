@@ -574,6 +574,7 @@ static rconn_t *conn_get(const char *url, char *err, size_t errlen)
 
 void devex_redis_thread_cleanup(void)
 {
+    devex_redis_track_thread_cleanup();
     while (conns) {
         rconn_t *c = conns;
         conns = c->next;
@@ -915,4 +916,27 @@ int luaopen_devex_redis(lua_State *L)
     devex_json_push_null(L);
     lua_setfield(L, -2, "null");
     return 1;
+}
+
+/* Where url points (redis.h), for redis_track.c: the same parser as
+ * redis.connect, so both connections read a URL alike. */
+int devex_redis_url_target(const char *url, devex_redis_target_t *t, char *err, size_t errlen)
+{
+    rconn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = parse_url(c, url, err, errlen);
+    if (rc == 0) {
+        memset(t, 0, sizeof(*t));
+        memcpy(t->host, c->host, sizeof(t->host));
+        t->port = c->port;
+        memcpy(t->unix_path, c->unix_path, sizeof(t->unix_path));
+        memcpy(t->user, c->user, sizeof(t->user));
+        memcpy(t->password, c->password, sizeof(t->password));
+        t->db = c->db;
+    }
+    free(c);
+    return rc;
 }
