@@ -1,0 +1,164 @@
+"""The development IDE page (/ide?repl=<id>, lua/routes/dev_ide.html; issue
+#16, item 5) in headless Chromium (playwright-core: tests/browser/drive_ide.mjs),
+against a development devexd on the local runtime whose python template runs
+the workspace agent (`devexd runner`) as the session:
+
+sign in, create a python REPL and start it on the dashboard, follow its
+"open the IDE" link; in the IDE: New file hello.py, type a program into the
+editor and save it, change its middle (saved as a second patch), run it in
+the terminal and see its output (non-ASCII and an emoji included), serve the
+workspace with `python3 -m http.server` from the terminal and see it in the
+app panel (/user-app/<port>/); Stop, Start again from the same page: the file
+is there with the edit and runs again. After the last Stop the file is in
+storage as the editor last showed it.
+
+Also: the page's patch maker (the diff-match-patch text form) on tricky
+pairs, applied by the npm diff-match-patch package (tests/runner's lockfile),
+gives the new text. Screenshots (ide.png, restarted.png) go to the test's
+temp dir and are checked (PNG, not trivial, and the page's text when each was
+taken); no console error, no failed request but the app panel's tries before
+the server listens.
+
+Chromium, playwright-core and diff-match-patch are installed when missing, as
+in test_browser_auth.py; the test fails (it never skips) when that is not
+possible.
+
+Run: python3 tests/integration/test_single_host_ide.py   (DEVEXD_BIN picks the binary)
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import test_gateway  # noqa: E402
+from test_browser_auth import BROWSER_DIR, CHROMIUM, ensure_chromium, ensure_playwright  # noqa: E402
+
+RUNNER_TESTS = os.path.join(harness.SOURCE_DIR, "tests", "runner")
+PNG = b"\x89PNG\r\n\x1a\n"
+DRIVE_TIMEOUT = 240
+FIRST = 'print("hello from the IDE", 6*7)\n'
+SECOND = 'import sys\nprint("hello from the IDE", 6*9, "\u00e9t\u00e9 \u2603 \U0001F600 100%")\nsys.exit(0)\n'
+OUTPUT = "hello from the IDE 54 \u00e9t\u00e9 \u2603 \U0001F600 100%"
+
+
+class IdePageTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        # the python template's session is the agent over the workspace (PORT and HOST from the local runtime)
+        test_gateway.standin_devexd(
+            cls, "devexd-ide-",
+            "return {\n"
+            "  templates = { catalogue = {\n"
+            "    python = { image = 'runner-python', port = 8081, local_command = { %s, '-L', %s, 'runner', '--dir', '.' } },\n"
+            "  } },\n"
+            "}\n" % (json.dumps(harness.DEVEXD_BIN), json.dumps(harness.LUA_DIR)),
+            templates=("python",), extra_conf="c.frontend_url = c.public_url\n")
+        cls.origin = "http://localhost:%d" % cls.d.port
+
+    def drive(self, *args):
+        ensure_chromium()
+        node = ensure_playwright()
+        harness.npm_ci(RUNNER_TESTS, "diff-match-patch")
+        profile = os.path.join(self.tmp, "chromium")
+        os.makedirs(profile, exist_ok=True)
+        env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, TMPDIR=profile)
+        proc = subprocess.Popen([node, "drive_ide.mjs", self.origin] + list(args), cwd=BROWSER_DIR,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, preexec_fn=harness._set_pdeathsig)
+        try:
+            out, err = proc.communicate(timeout=DRIVE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            self.fail("drive_ide.mjs did not finish within %d s\nstdout: %s\nstderr: %s"
+                      % (DRIVE_TIMEOUT, out.decode("utf-8", "replace")[-4000:], err.decode("utf-8", "replace")[-4000:]))
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            r = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            r = None
+        if proc.returncode != 0 or not isinstance(r, dict) or "error" in r:
+            seen = json.dumps(r, indent=1) if r else out.decode("utf-8", "replace")[-4000:]
+            self.fail("the browser run failed (exit %d)\n%s\nstderr: %s"
+                      % (proc.returncode, seen, err.decode("utf-8", "replace")[-4000:]))
+        return r
+
+    def test_edit_run_app_stop_start(self):
+        shots = os.path.join(self.tmp, "shots")
+        os.mkdir(shots)
+        app_port = str(harness.free_port())
+        r = self.drive("Ada", "first", app_port, shots)
+        info = "\n" + json.dumps(r, indent=1)
+        ada = test_gateway.GatewayTest.sign_in(self, "Ada")
+        rid = r["ide_href"][len("/ide?repl="):]
+        self.assertRegex(rid, r"^repl-[0-9a-f-]+$", info)
+        self.addCleanup(lambda: ada.request("DELETE", "/api/repl/session/" + rid))
+
+        # the IDE page: the REPL named, the template's files in the tree
+        self.assertEqual(r["title"], "first (python)", info)
+        self.assertEqual(r["tree_first"], ["README.md"], info)
+
+        # every patch the page made applies with the npm package and gives the new text
+        for i, c in enumerate(r["patch_checks"]):
+            self.assertTrue(c["same"] and c["applied"] and all(c["applied"]), "pair %d: %s%s" % (i, c, info))
+        self.assertEqual(r["patch_checks"][0]["patch"], "@@ -0,0 +1,3 @@\n+abc\n", info)
+        self.assertEqual(r["patch_checks"][3]["patch"], "@@ -1,7 +1,8 @@\n a%25b \n-c%0Ad\n+ c%0Ae\n", info)
+
+        # saved through the agent, run in its terminal, served to the app panel
+        self.assertEqual(r["editor_after_save"], SECOND, info)
+        self.assertEqual(r["dialogs"], ["File name (in /)"], info)
+        self.assertEqual(r["app_src"], "%s/repl/%s/user-app/%s/" % (self.origin, rid, app_port), info)
+        self.assertIn("hello.py", r["app_text"], info)
+        self.assertIn("Directory listing", r["app_text"], info)
+
+        # after Stop and Start the edit is there (the local runtime saved and restored it) and runs
+        self.assertEqual(r["stopped_tree"], 0, info)
+        self.assertEqual(r["editor_restarted"], SECOND, info)
+        self.assertIn(OUTPUT, r["term_restarted"], info)
+        self.assertIn("second=0", r["term_restarted"], info)
+        self.assertNotIn("\x1b", r["term_restarted"], info)
+        self.assertEqual(r["msg"], "", info)
+
+        # in storage after the last Stop, as the editor showed it
+        saved = glob.glob(os.path.join(self.tmp, "data", "storage", "repl", "*", rid, "hello.py"))
+        self.assertEqual(len(saved), 1, info)
+        with open(saved[0], encoding="utf-8") as f:
+            self.assertEqual(f.read(), SECOND)
+        meta = [x for x in ada.get("/api/repl").json() if x["id"] == rid]
+        self.assertEqual([x["isActive"] for x in meta], [False], info)
+
+        # the screenshots, and what the page said when each was taken
+        shots_taken = {os.path.basename(s["path"]): s for s in r["screenshots"]}
+        self.assertEqual(sorted(shots_taken), ["ide.png", "restarted.png"], info)
+        for s in shots_taken.values():
+            with open(s["path"], "rb") as f:
+                self.assertEqual(f.read(8), PNG, s["path"])
+            self.assertGreater(os.path.getsize(s["path"]), 5000, s["path"])
+            self.assertIn("first (python)", s["text"], info)
+            self.assertIn("hello.py", s["text"], info)
+            self.assertIn(OUTPUT, s["text"], info)
+        self.assertIn("saved", shots_taken["ide.png"]["text"], info)
+        self.assertIn("Serving HTTP on 127.0.0.1 port " + app_port, shots_taken["ide.png"]["text"], info)
+        self.assertIn("second=0", shots_taken["restarted.png"]["text"], info)
+
+        # no script error; failed requests only from the app panel before its server listened
+        problems = [m for m in r["console"] if m.startswith(("error:", "pageerror:"))
+                    and "Failed to load resource" not in m]
+        self.assertEqual(problems, [], info)
+        app_path = "/repl/%s/user-app/%s/" % (rid, app_port)
+        bad = [x for x in r["responses"] if x["status"] >= 400 and x["path"] != app_path]
+        self.assertEqual(bad, [], info)
+
+
+if __name__ == "__main__":
+    harness.main()
