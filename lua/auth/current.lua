@@ -19,6 +19,7 @@ local M = {}
 -- (weak keys), read with M.also(user) by the handler.
 local with_session = {}
 local also_of = setmetatable({}, { __mode = "k" })
+local token_of = setmetatable({}, { __mode = "k" })
 
 -- read_with_session(method, pattern, { body = <Lua chunk>, args = {...} })
 function M.read_with_session(method, pattern, also)
@@ -30,6 +31,12 @@ end
 -- session that gave this user table, or nil.
 function M.also(user)
   return user and also_of[user]
+end
+
+-- also_token(user) -> the services.tracked token taken before the read that
+-- gave M.also(user) (to cache what it read), or nil.
+function M.also_token(user)
+  return user and token_of[user]
 end
 
 -- load(req) -> session | false | nil, err
@@ -44,6 +51,7 @@ function M.load(req)
   req.user = s.user
   if s.also ~= nil then
     also_of[s.user] = s.also
+    token_of[s.user] = s.cache_token
     s.also = nil
   end
   return s

@@ -22,6 +22,7 @@ local log = require("devex.log")
 local redis = require("services.redis")
 local settings = require("auth.settings")
 local owners = require("auth.providers.common")
+local tracked = require("services.tracked")
 
 local M = {}
 
@@ -148,15 +149,50 @@ return { h, also(user, { unpack(ARGV, 4) }) }
   return script
 end
 
+-- This worker's copies of live sessions (services.tracked: dropped as soon
+-- as Redis reports a write, a DEL (logout), an expiry of the key, or a
+-- flush), by cookie id. An entry is used until the renewal would be due
+-- (less than half of the TTL left: then the script runs and renews) and never
+-- past expires_at or created_at + max_lifetime.
+local cached = tracked.cache("sessions")
+
+-- A copy per request: handlers may add to req.user, and auth.current keeps
+-- per-request data keyed by the user table.
+local function copy_of(s)
+  local c, u = {}, {}
+  for k, v in pairs(s) do c[k] = v end
+  for k, v in pairs(s.user) do u[k] = v end
+  c.user = u
+  return c
+end
+
+local function keep(tok, s, now)
+  if not tok or not s.expires_at then return end
+  local ttl = settings.session_ttl
+  local until_ = s.expires_at - ttl // 2
+  if s.created_at then until_ = math.min(until_, s.created_at + settings.max_lifetime) end
+  until_ = math.min(until_, s.expires_at)
+  if until_ <= now then return end
+  local v = copy_of(s)
+  v.renewed, v.also, v.cache_token = false, nil, nil
+  tracked.put(tok, cached, s.id, v, { s.key }, until_)
+end
+
 -- load(id[, also]) -> session | false (no such session) | nil, err (Redis failed).
 -- Renews the session's TTL when due (session.renewed is then true). With
 -- also = { body, args }, the same script also runs that read (see
--- touch_with) and its result is session.also.
+-- touch_with) and its result is session.also. A session from this worker's
+-- cache (services.tracked) has no also: session.cache_token is then nil and
+-- the caller reads on its own; after a read from Redis, cache_token is
+-- services.tracked's token taken before it (for the caller's own put of also).
 function M.load(id, also)
   if not M.valid_id(id) then return false end
+  local now = os.time()
+  local hit = tracked.get(cached, id, now)
+  if hit then return copy_of(hit) end
+  local tok = tracked.begin()
   local r, err = client()
   if not r then return nil, err end
-  local now = os.time()
   local key = M.key(id)
   local flat, extra
   if also then
@@ -185,7 +221,9 @@ function M.load(id, also)
     end
     s.user.owner = owner
   end
+  keep(tok, s, now)
   s.also = extra
+  s.cache_token = tok
   return s
 end
 
@@ -197,6 +235,8 @@ function M.destroy(id)
   local ok
   ok, err = r:call("DEL", M.key(id))
   if ok == nil then return nil, err end
+  -- Redis's invalidation reaches every worker; this one need not wait for it
+  tracked.invalidate(M.key(id))
   return true
 end
 

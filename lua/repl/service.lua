@@ -8,6 +8,7 @@ local log = require("devex.log")
 local json = require("devex.json")
 local owners = require("auth.providers.common")
 local current = require("auth.current")
+local tracked = require("services.tracked")
 
 local M = {}
 
@@ -76,20 +77,45 @@ local function owner_of(user)
   return nil
 end
 
+-- This worker's copies of users' lists (services.tracked), by owner: the
+-- answer of GET /api/repl for a login, dropped as soon as Redis reports a
+-- write to the user's set of REPLs or to any listed REPL's record or session
+-- key (create, delete, start, stop, rename, the sweep: whoever writes, on
+-- whichever replica), or a flush.
+local lists = tracked.cache("repl_lists")
+
+local function list_keys(owner, repls)
+  local keys = { store.user_key(owner) }
+  for _, m in ipairs(repls) do
+    keys[#keys + 1] = store.meta_key(m.id)
+    keys[#keys + 1] = store.session_key(m.id)
+  end
+  return keys
+end
+
 -- list(user) -> array | nil, err
 function M.list(user)
   local owner = owner_of(user)
   if not owner then return json.array() end
+  local now = os.time()
+  local hit = tracked.get(lists, owner, now)
+  if hit and hit.login == user.login then return hit.out end
   -- read with the session in one script (auth.current) when the request
   -- came through GET /api/repl; else (or an owner that differs) a round trip
   local repls = store.list_of(current.also(user), owner)
+  local tok = current.also_token(user)
   local err
   if not repls then
+    tok = tracked.begin()
     repls, err = store.list(owner)
     if not repls then return fail(503, "store unavailable: " .. tostring(err)) end
   end
   local out = json.array()
-  for _, m in ipairs(repls) do out[#out + 1] = M.view(m, m.active, user.login) end
+  for _, m in ipairs(repls) do
+    if type(m.id) ~= "string" then tok = nil end -- nothing to watch it by: not kept
+    out[#out + 1] = M.view(m, m.active, user.login)
+  end
+  if tok then tracked.put(tok, lists, owner, { login = user.login, out = out }, list_keys(owner, repls), now + tracked.max_age) end
   return out
 end
 
