@@ -96,7 +96,9 @@ local function history(template)
       if ok and type(v) == "table" and type(v.total) == "number" then list[#list + 1] = v end
     end
   end
-  hist_cache[template] = { at = timer.now(), list = list }
+  -- an empty history is not kept: the first start recorded by another
+  -- worker must give ETAs at once, not after the cache's 30 s
+  if #list > 0 then hist_cache[template] = { at = timer.now(), list = list } end
   return list
 end
 
@@ -176,7 +178,14 @@ function M.emit(id, phase, fields)
     local now = timer.now()
     if run.marks[phase] == nil and phase ~= "failed" then run.marks[phase] = now - run.t0 end
     local okh, p50, p90 = pcall(M.eta, run.template, phase)
-    if okh and p50 then ev.eta, ev.eta_p90 = p50, p90 end
+    if okh and p50 then
+      -- never backwards within one start: the medians of two phases come from
+      -- different sets of past starts when one of them skipped a phase
+      if run.eta then p50, p90 = math.min(p50, run.eta), math.min(p90, run.eta_p90) end
+      p90 = math.max(p90, p50)
+      run.eta, run.eta_p90 = p50, p90
+      ev.eta, ev.eta_p90 = p50, p90
+    end
     observe_phase(run, phase, now)
     if phase == "ready" then
       pcall(record_history, run, now - run.t0)
@@ -188,6 +197,18 @@ function M.emit(id, phase, fields)
   end
   local ok, e = xadd(id, ev)
   if not ok then log.warn("repl events: not recorded", { repl = id, phase = phase, error = tostring(e) }) end
+end
+
+-- progress(id, {files, filesTotal, bytes, bytesTotal}): the runner agent's
+-- restore progress (routes.runner_storage), one `restoring` event each time
+-- with those fields. Not through emit: emit keeps one event per phase, and
+-- the agent's reports arrive on any worker, outside the start's request.
+function M.progress(id, fields)
+  if type(id) ~= "string" then return end
+  local ev = { phase = "restoring", replId = id, at = os.time() }
+  for k, v in pairs(fields) do ev[k] = v end
+  local ok, e = xadd(id, ev)
+  if not ok then log.warn("repl events: progress not recorded", { repl = id, error = tostring(e) }) end
 end
 
 -- ---- reading: one hub per REPL per worker ----
@@ -260,7 +281,9 @@ end
 M._hubs = hubs
 
 -- The index in h.buf after which a watcher starts: after `cursor` when it
--- gave one, else at the latest "begin".
+-- gave one, else at the latest "begin" — or at the end when that start's
+-- session has already stopped (a new watcher waits for the next start, it
+-- is not shown the last one again).
 local function start_index(h, cursor)
   if cursor then
     for i = #h.buf, 1, -1 do
@@ -268,6 +291,7 @@ local function start_index(h, cursor)
     end
     return 0
   end
+  if #h.buf > 0 and h.buf[#h.buf].phase == "stopped" then return #h.buf end
   for i = #h.buf, 1, -1 do
     if h.buf[i].phase == "begin" then return i end
   end

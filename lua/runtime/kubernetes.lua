@@ -344,11 +344,15 @@ function Driver:wait_ready(c, selector, timeout, repl_id)
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
   if not l then return err(502, "kubernetes: " .. tostring(e)) end
+  -- a pod being deleted is a previous session's on its way out, never this one
+  local function dying(p) return p.metadata and p.metadata.deletionTimestamp ~= nil end
   for _, p in ipairs(l.items) do
-    events.pod(repl_id, p) -- phases for the session's event stream
-    local s, why = pod_state(p)
-    if s == "ready" then return p end
-    if s == "failed" then return err(502, why) end
+    if not dying(p) then
+      events.pod(repl_id, p) -- phases for the session's event stream
+      local s, why = pod_state(p)
+      if s == "ready" then return p end
+      if s == "failed" then return err(502, why) end
+    end
   end
   local w
   w, e = c:watch(ref, { label_selector = selector, resource_version = l.resourceVersion,
@@ -364,7 +368,7 @@ function Driver:wait_ready(c, selector, timeout, repl_id)
     end
     local pods = ev.type == "RESYNC" and ev.items or { ev.object }
     for _, p in ipairs(pods) do
-      if ev.type ~= "DELETED" then
+      if ev.type ~= "DELETED" and not dying(p) then
         events.pod(repl_id, p) -- phases for the session's event stream
         local s, why = pod_state(p)
         if s == "ready" then w:close(); return p end
@@ -380,6 +384,26 @@ function Driver:start(meta, opts)
   local policy = P()
   local ok, objs, id = pcall(M.build, policy, meta, { token = opts.token, namespace = self.namespace })
   if not ok then return err(500, tostring(objs)) end
+  local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
+  local deadline = timer.now() + timeout
+  -- A stop deletes the Deployment with foreground propagation: until its pods
+  -- are gone it is still there, marked for deletion. Applying to it would
+  -- revive a Deployment the garbage collector is about to remove (and the
+  -- pod watch would find the dying pod Ready): wait until it is gone.
+  local dref = { apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace,
+                 name = objs.deployment.metadata.name }
+  while true do
+    local old, ge = c:get(dref)
+    if not old then
+      if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end
+      break
+    end
+    if not (old.metadata and old.metadata.deletionTimestamp) then break end
+    if timer.now() > deadline then
+      return err(504, "the previous session's workload was still being removed after " .. timeout .. "s")
+    end
+    timer.sleep(0.2)
+  end
   local dep
   dep, e = c:apply(objs.deployment, { force = true })
   if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
@@ -398,10 +422,9 @@ function Driver:start(meta, opts)
       return err(502, "kubernetes: " .. tostring(r[3] or r[2]) .. " (object " .. i .. ")")
     end
   end
-  local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
   local pod
   events.emit(meta.id, "scheduling")
-  pod, e = self:wait_ready(c, id.selector, timeout, meta.id)
+  pod, e = self:wait_ready(c, id.selector, math.max(0.1, deadline - timer.now()), meta.id)
   if not pod then return nil, e end
   local ip = pod.status and pod.status.podIP or ""
   return {

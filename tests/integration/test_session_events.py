@@ -525,6 +525,40 @@ class K8sEventsTest(unittest.TestCase):
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual([e["event"] for e in w.until("stopped")], ["stopping", "saving", "stopped"])
 
+    def test_eta_from_history_never_goes_back(self):
+        b = self.login("eta-user", 5151)
+        rid = self.create(b, "eta")
+        rule = {"devex.test/ready-after": "1"}
+        seen = []
+        for _ in range(2):
+            self.kc.kubelet.add_rule(rule, namespace=self.NS, labels={"devex.io/repl": rid})
+            w = self.watch(b, rid)
+            r = b.get("/api/repl/session/" + rid)
+            self.assertEqual(r.status, 200, r.body)
+            seen.append(w.until("ready"))
+            # started at once after the previous stop: its own pod and
+            # Deployment, not the previous session's on their way out
+            sel = {"labelSelector": "devex.io/repl=" + rid}
+            deps = self.kc.api.get("/apis/apps/v1/namespaces/%s/deployments" % self.NS, sel)["items"]
+            self.assertEqual([d["metadata"].get("deletionTimestamp") for d in deps], [None])
+            pods = self.kc.api.get("/api/v1/namespaces/%s/pods" % self.NS, sel)["items"]
+            self.assertIn(None, [p["metadata"].get("deletionTimestamp") for p in pods])
+            r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+            self.assertEqual(r.status, 200, r.body)
+            w.until("stopped")
+        # the second start has a history: every phase carries an ETA, the
+        # median never above the p90, neither ever growing, 0 at ready
+        got = seen[1]
+        etas = [(e["event"], e["data"].get("eta"), e["data"].get("eta_p90")) for e in got]
+        for phase, eta, p90 in etas:
+            self.assertIsNotNone(eta, etas)
+            self.assertLessEqual(eta, p90, etas)
+        self.assertEqual(etas[-1][1:], (0, 0), etas)
+        self.assertIn("starting", [e[0] for e in etas])  # it waited for its own pod
+        self.assertGreater(etas[0][1], 0, etas)
+        self.assertEqual([e[1] for e in etas], sorted([e[1] for e in etas], reverse=True), etas)
+        self.assertEqual([e[2] for e in etas], sorted([e[2] for e in etas], reverse=True), etas)
+
     def test_image_pull_failure(self):
         b = self.login("pull-user", 4242)
         rid = self.create(b, "bad image")
