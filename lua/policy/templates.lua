@@ -27,23 +27,37 @@
 -- (ghcr.io/parthkapoor-dev/devex/runner-<t>:latest: HTTP on 8081 answering
 -- GET /ping, gRPC on 50051, pulled Always).
 -- Files of a template come from templates/<name>/ in storage (`devexd templates sync`).
+--
+-- RUNNER_AGENT_REGISTRY=<registry> (e.g. registry.example.com/devex) switches
+-- the three templates to the agent images instead: `devexd runner` plus the
+-- template's toolchain, built from deploy/docker/runner/Dockerfile (target
+-- runner-<t>) and pushed as <registry>/devexd-runner-<t>:latest by the
+-- operator (README "Runner images"). Same port, readiness path, user and
+-- workspace directory; no gRPC port (the agent serves none).
+local agent_registry = os.getenv("RUNNER_AGENT_REGISTRY")
+if agent_registry == "" then agent_registry = nil end
+local function image(t)
+  if agent_registry then return "devexd-runner-" .. t .. ":latest" end
+  return "runner-" .. t .. ":latest"
+end
+
 local default_resources = {
   requests = { cpu = "100m", memory = "128Mi" },
   limits = { cpu = "500m", memory = "512Mi" },
 }
 
 return {
-  registry = "ghcr.io/parthkapoor-dev/devex",
+  registry = agent_registry or "ghcr.io/parthkapoor-dev/devex",
   defaults = {
     port = 8081,
-    grpc_port = 50051,
+    grpc_port = not agent_registry and 50051 or false,
     readiness_path = "/ping",
     image_pull_policy = "Always",
     resources = default_resources,
   },
   catalogue = {
-    node = { image = "runner-node:latest", local_command = { "node", "index.js" } },
-    python = { image = "runner-python:latest", local_command = { "python3", "main.py" } },
-    go = { image = "runner-go:latest", local_command = { "go", "run", "." } },
+    node = { image = image("node"), local_command = { "node", "index.js" } },
+    python = { image = image("python"), local_command = { "python3", "main.py" } },
+    go = { image = image("go"), local_command = { "go", "run", "." } },
   },
 }
