@@ -22,6 +22,7 @@
  */
 #include "sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <grp.h>
 #include <linux/capability.h>
@@ -171,6 +172,42 @@ static int sandbox_exec(int argc, char **argv)
     return 127;
 }
 
+/* How many processes other than this one have real uid `uid` and are not
+ * zombies (or dead), from /proc/<pid>/status. */
+static int live_processes_of(uid_t uid)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    pid_t self = getpid();
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9' || atol(e->d_name) == (long)self)
+            continue;
+        char path[64], line[256];
+        snprintf(path, sizeof(path), "/proc/%.20s/status", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        char state = '?';
+        long ruid = -1;
+        while (fgets(line, sizeof(line), f) != NULL) {
+            if (strncmp(line, "State:", 6) == 0)
+                sscanf(line + 6, " %c", &state);
+            else if (strncmp(line, "Uid:", 4) == 0) {
+                ruid = strtol(line + 4, NULL, 10);
+                break;
+            }
+        }
+        fclose(f);
+        if (ruid == (long)uid && state != 'Z' && state != 'X')
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
 static int sandbox_kill(int argc, char **argv)
 {
     unsigned long uid;
@@ -183,9 +220,12 @@ static int sandbox_kill(int argc, char **argv)
     if (become(uid, uid) != 0)
         return 1;
     /* kill(-1) as uid N reaches every process whose real or saved uid is N
-     * (never this one); ESRCH means none is left */
+     * (never this one). Its result does not say whether any was reached (it
+     * succeeds whenever any other process exists), so /proc says when none
+     * that still runs is left (a zombie is only waiting for its parent). */
     for (int round = 0; round < 1000; round++) {
-        if (kill(-1, SIGKILL) != 0 && errno == ESRCH)
+        kill(-1, SIGKILL);
+        if (live_processes_of((uid_t)uid) == 0)
             return 0;
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
