@@ -121,6 +121,15 @@ return {
     } or nil,
   },
 
+  -- Where sessions run: "kubernetes" (default) or "local" (single-host: on
+  -- this machine, under RUNTIME_DIR). The local runtime with a real sign-in
+  -- needs RUNTIME_ISOLATION=1 (README "Single-host isolation").
+  runtime = {
+    driver = env.enum("RUNTIME_DRIVER", "kubernetes", { "kubernetes", "local" }),
+    dir = env.str("RUNTIME_DIR", "/var/lib/devexd/workspaces"),
+    isolation = env.bool("RUNTIME_ISOLATION", false),
+  },
+
   kube = {
     config_path = env.str("KUBE_CONFIG_PATH"),
     namespace = env.str("KUBE_NAMESPACE", "default"),

@@ -22,6 +22,8 @@ return {
   },
   redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },
   storage = { driver = "fs", dir = data .. "/storage" },
-  runtime = { driver = "local", dir = data .. "/workspaces" },
+  -- RUNTIME_ISOLATION=1: each runner under its own uid in a sandbox (README
+  -- "Single-host isolation"); needed as soon as a real sign-in is configured
+  runtime = { driver = "local", dir = data .. "/workspaces", isolation = env.bool("RUNTIME_ISOLATION", false) },
   dev_login = { enabled = true },
 }
