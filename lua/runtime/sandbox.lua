@@ -217,6 +217,9 @@ function M.wrap(s, uid, ws, cmd, args, env, log_path)
   if ok then ok, e = run("chown", { ":" .. uid, "--", rdir }) end
   if ok then ok, e = run("chmod", { "0770", "--", rdir }) end
   if ok then ok, e = run("chmod", { "0700", "--", ws }) end
+  -- bwrap runs as the runner: it must pass through the directories above
+  -- its binds (search only, no listing)
+  if ok then ok, e = run("chmod", { "0711", "--", s.run_dir, (ws:match("^(.*)/[^/]+$")) }) end
   if not ok then return nil, e end
   local sock = rdir .. "/runner.sock"
   local cgroups, mem = M.cgroups(s, uid, lim)
