@@ -13,9 +13,14 @@
 --     with rlimits always: RLIMIT_NPROC (per uid, so per runner), RLIMIT_FSIZE
 --     (no file beyond policy.sandbox.file_size), RLIMIT_NOFILE, and
 --     RLIMIT_AS only when no memory cgroup could be made;
---   * reached only through the Unix socket <runner dir>/runner.sock, in a
---     directory owned by devexd with group = the runner's gid, mode 0770:
---     devexd and that runner, nobody else.
+--   * reached only through a Unix socket: the runner binds
+--     <runner dir>/runner.sock (a directory owned by devexd with group = the
+--     runner's gid, mode 0770), and devexd moves it, once it is there, into
+--     <run_dir>/.sockets/<uid>.sock (devexd's alone, 0700) and checks that
+--     what it moved is a socket. The runner can write its own directory, so
+--     a path in it could be swapped for a symlink to another runner's socket
+--     or Redis's; a rename moves the link itself, never follows it, and what
+--     lands in the private directory no runner can change any more.
 -- Every path is bound at its host path, so paths computed outside (the
 -- workspace, the socket, the devexd binary for `devexd runner`) hold inside.
 -- The privileged steps (cgroup join, setuid, dropping capabilities) are done
@@ -237,7 +242,8 @@ function M.wrap(s, uid, ws, cmd, args, env, log_path)
   local function add(...) for _, v in ipairs({ ... }) do a[#a + 1] = v end end
   -- no --die-with-parent: runners outlive a restart of devexd, as without
   -- isolation (the session sweep takes them over)
-  add("--unshare-all", "--new-session", "--hostname", "runner")
+  -- no user namespaces inside (less kernel surface to attack from there)
+  add("--unshare-all", "--unshare-user", "--disable-userns", "--new-session", "--hostname", "runner")
   add("--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
       "--symlink", "usr/lib", "/lib")
   if exists("/lib64") then add("--symlink", "usr/lib64", "/lib64") end
@@ -278,6 +284,30 @@ function M.wrap(s, uid, ws, cmd, args, env, log_path)
   }, sock, table.concat(cgroups, "\n")
 end
 
+local function private_socket(s, uid) return s.run_dir .. "/.sockets/" .. uid .. ".sock" end
+
+-- Once the runner has bound <runner dir>/runner.sock: moves it where only
+-- devexd reaches and returns that path; nil while it is not there yet, nil,
+-- message when what is there is not a socket.
+function M.claim_socket(s, uid)
+  local fs = require("devex.fs")
+  local src = M.runner_dir(s, uid) .. "/runner.sock"
+  if not fs.lstat(src) then return nil end
+  local ok, e = s3.fs_mkdir_p(s.run_dir .. "/.sockets")
+  if ok then ok, e = run("chmod", { "0700", "--", s.run_dir .. "/.sockets" }) end
+  if not ok then return nil, "cannot make the sockets directory: " .. tostring(e and e.message or e) end
+  local dst = private_socket(s, uid)
+  os.remove(dst)
+  ok, e = fs.rename(src, dst)
+  if not ok then return nil, "cannot claim the runner's socket: " .. tostring(e) end
+  local st = fs.lstat(dst)
+  if not st or st.type ~= "other" then
+    os.remove(dst)
+    return nil, "the runner's runner.sock is not a socket"
+  end
+  return dst
+end
+
 -- Kills every process of the runner's uid (devexd sandbox-kill).
 function M.kill(s, uid)
   local ok, e = run(s.exe, { "sandbox-kill", "--uid", tostring(uid) })
@@ -290,6 +320,7 @@ function M.release(s, uid, id, cgroups)
   M.kill(s, uid)
   M.remove_cgroups(cgroups)
   run("rm", { "-rf", "--", M.runner_dir(s, uid) })
+  os.remove(private_socket(s, uid))
   M.unlease(uid, id)
 end
 
