@@ -115,6 +115,7 @@ typedef struct {
     size_t body_len;
     const char *body_file;     /* upload this file as the body (streamed, not loaded) */
     const char *output_file;   /* write a 2xx response body to this file (streamed) */
+    const char *unix_socket;   /* connect to this Unix socket, not the URL's host */
     double timeout;
     double connect_timeout;
     size_t max_size;
@@ -769,7 +770,7 @@ static void multi_dispatch(http_multi_t *m)
 static const char *const known_options[] = {
     "method",  "url",         "headers",    "body",         "timeout",         "connect_timeout", "max_size",
     "ca_file", "client_cert", "client_key", "ca_pem",       "client_cert_pem", "client_key_pem",  "insecure",
-    "http2",   "body_file",   "output_file", NULL,
+    "http2",   "body_file",   "output_file", "unix_socket", NULL,
 };
 
 static const char *opt_string(lua_State *L, const char *fn, const char *key, size_t *len)
@@ -890,6 +891,11 @@ static void parse_opts(lua_State *L, const char *fn, http_opts_t *o)
     if (o->body_file && o->body)
         luaL_error(L, "%s: give body or body_file, not both", fn);
     o->output_file = opt_string(L, fn, "output_file", &len);
+    /* unix_socket=PATH: connect to this Unix socket instead of the URL's
+     * host (which still goes in Host): a sandboxed runner reaches devexd so */
+    o->unix_socket = opt_string(L, fn, "unix_socket", &len);
+    if (o->unix_socket && (o->unix_socket[0] != '/' || strlen(o->unix_socket) != len || len > 107))
+        luaL_error(L, "%s: option 'unix_socket' must be an absolute path of at most 107 bytes", fn);
     o->timeout = opt_seconds(L, fn, "timeout", HTTP_DEFAULT_TIMEOUT, true);
     o->connect_timeout = opt_seconds(L, fn, "connect_timeout", HTTP_DEFAULT_CONNECT_TIMEOUT, false);
     int t = lua_getfield(L, 1, "max_size");
@@ -1036,6 +1042,8 @@ static http_xfer_t *xfer_start(lua_State *L, http_multi_t *m, const http_opts_t 
             rc = curl_easy_setopt(e, opt, val);                                                                        \
     } while (0)
     SET(CURLOPT_URL, o->url);
+    if (o->unix_socket != NULL)
+        SET(CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
     /* send the path as given: a signed S3 path with "." or ".." segments must
      * reach the server unchanged, not be normalised by libcurl */
     SET(CURLOPT_PATH_AS_IS, 1L);

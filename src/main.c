@@ -18,24 +18,28 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static devex_worker_t *workers;
 
-/* `devexd runner --dir DIR [--port N] [--host H]`: the workspace agent. It
+/* `devexd runner --dir DIR [--port N] [--host H] [--socket PATH]`: the
+ * workspace agent. With --socket it listens on that Unix socket (a sandboxed
+ * agent has no network devexd can reach), and on TCP too only when --port or
+ * --host is given as well. It
  * serves like devexd itself (same workers, signals and drain) but with its
  * own config, lua/runner/conf.lua, which reads what is parsed here from the
  * DEVEXD_RUNNER_* variables set below, and runs the app lua/runner/app.lua.
  * Returns the config path (caller frees), or NULL after printing the error. */
 static char *runner_setup(int argc, char **argv, const char *lua_dir)
 {
-    const char *dir = NULL, *port = getenv("PORT"), *host = getenv("HOST");
+    const char *dir = NULL, *port = NULL, *host = NULL, *sock = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
-        const char *names[] = {"--dir", "--port", "--host"};
-        const char **dst[] = {&dir, &port, &host};
+        const char *names[] = {"--dir", "--port", "--host", "--socket"};
+        const char **dst[] = {&dir, &port, &host, &sock};
         int matched = 0;
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 4; k++) {
             size_t n = strlen(names[k]);
             if (strncmp(a, names[k], n) == 0 && (a[n] == '\0' || a[n] == '=')) {
                 v = a[n] == '=' ? a + n + 1 : (i + 1 < argc ? argv[++i] : NULL);
@@ -48,7 +52,7 @@ static char *runner_setup(int argc, char **argv, const char *lua_dir)
             }
         }
         if (!matched) {
-            fprintf(stderr, "devexd runner: unknown argument '%s'\nusage: devexd runner --dir DIR [--port PORT] [--host HOST]\n", a);
+            fprintf(stderr, "devexd runner: unknown argument '%s'\nusage: devexd runner --dir DIR [--port PORT] [--host HOST] [--socket PATH]\n", a);
             return NULL;
         }
     }
@@ -60,6 +64,19 @@ static char *runner_setup(int argc, char **argv, const char *lua_dir)
     struct stat st;
     if (real == NULL || stat(real, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "devexd runner: %s is not a directory\n", dir);
+        free(real);
+        return NULL;
+    }
+    /* TCP unless only a socket was asked for; without --port/--host the
+     * environment's $PORT/$HOST as before (the runner image's convention) */
+    int tcp = sock == NULL || port != NULL || host != NULL;
+    if (port == NULL)
+        port = getenv("PORT");
+    if (host == NULL)
+        host = getenv("HOST");
+    if (sock != NULL && (sock[0] != '/' || strlen(sock) >= sizeof(((struct sockaddr_un *)0)->sun_path))) {
+        fprintf(stderr, "devexd runner: --socket must be an absolute path of at most %zu bytes\n",
+                sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
         free(real);
         return NULL;
     }
@@ -75,6 +92,11 @@ static char *runner_setup(int argc, char **argv, const char *lua_dir)
     setenv("DEVEXD_RUNNER_DIR", real, 1);
     setenv("DEVEXD_RUNNER_PORT", pbuf, 1);
     setenv("DEVEXD_RUNNER_HOST", host && *host ? host : "0.0.0.0", 1);
+    setenv("DEVEXD_RUNNER_TCP", tcp ? "1" : "0", 1);
+    if (sock != NULL)
+        setenv("DEVEXD_RUNNER_SOCKET", sock, 1);
+    else
+        unsetenv("DEVEXD_RUNNER_SOCKET");
     free(real);
     /* the agent's config lives beside its app, in the first Lua directory that has it */
     const char *d = lua_dir;
@@ -113,9 +135,10 @@ static void usage(FILE *f)
             "  workload render --template T [--repl ID] [--user U]  print the session's Kubernetes objects and identity as JSON (no cluster contacted)\n"
             "  migrate from-go --map FILE [--apply]  adopt the Go service's REPLs (repl:<id>, user:<login>) under devexd's owner keys\n"
             "\n"
-            "  runner --dir DIR [--port PORT] [--host HOST]  serve (not once: until TERM) the workspace agent over DIR:\n"
-            "                       the IDE page's runner protocol, terminals, /user-app/ (port default $PORT or 8081,\n"
-            "                       host $HOST or 0.0.0.0; REPL_ID, RUNNER_TOKEN, CALLBACK_URL from the environment)\n"
+            "  runner --dir DIR [--port PORT] [--host HOST] [--socket PATH]  serve (not once: until TERM) the workspace\n"
+            "                       agent over DIR: the IDE page's runner protocol, terminals, /user-app/ (port default\n"
+            "                       $PORT or 8081, host $HOST or 0.0.0.0; --socket: a Unix socket, alone or besides\n"
+            "                       TCP when --port/--host are given; REPL_ID, RUNNER_TOKEN, CALLBACK_URL from the environment)\n"
             "\n"
             "Signals: HUP reloads the Lua app and policy; TERM and INT finish in-flight requests and exit.\n",
             DEVEX_DEFAULT_CONF, DEVEX_DEFAULT_LUA_DIR);
@@ -255,8 +278,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < devex_settings.nlisteners; i++) {
         char key[32], val[300];
         snprintf(key, sizeof(key), "listen%zu", i);
-        snprintf(val, sizeof(val), "%s://%s:%d", devex_settings.listeners[i].tls_cert ? "https" : "http",
-                 devex_settings.listeners[i].host, devex_settings.listeners[i].port);
+        if (devex_settings.listeners[i].socket_path != NULL)
+            snprintf(val, sizeof(val), "unix:%s", devex_settings.listeners[i].socket_path);
+        else
+            snprintf(val, sizeof(val), "%s://%s:%d", devex_settings.listeners[i].tls_cert ? "https" : "http",
+                     devex_settings.listeners[i].host, devex_settings.listeners[i].port);
         devex_log_str(&b, key, val);
     }
     devex_log_end(&b);

@@ -21,6 +21,17 @@
  * H2O's plain-text 502 (upstream down or broken) into devexd's JSON error.
  * The access line is written when H2O frees the request, with the status
  * and byte count the client actually got (101 for a WebSocket).
+ *
+ * Unix socket upstreams ("unix:/path", a sandboxed runner agent, which has
+ * no network devexd can reach): H2O's proxy connects through a socket pool
+ * when the overrides name one, and a pool made from a sockaddr_un is
+ * supported by libh2o, but its libuv binding connects with uv_tcp_connect,
+ * which refuses AF_UNIX. So, as tunnel_watch.c does for the tunnel, devexd
+ * defines h2o_socket_connect (H2O's pool calls it through the PLT): AF_UNIX
+ * addresses are connected with uv_pipe_connect and wrapped with the public
+ * h2o_uv_socket_create; anything else goes to libh2o's own function. Each
+ * worker keeps one pool per socket path (keep-alive connections reused);
+ * pools with no connection in use are dropped when there are many.
  */
 #include "proxy.h"
 #include "buf.h"
@@ -33,6 +44,8 @@
 #include "tunnel_watch.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
+#include <sys/un.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +61,132 @@ static const char pass_mt_key = 0; /* the same metatable, by pointer (devex_udat
 
 static h2o_handler_t *anchor;
 
+#define UNIX_POOLS_SOFT_MAX 64 /* per worker: above this, idle pools are dropped */
+
+typedef struct unix_pool {
+    struct unix_pool *next;
+    h2o_socketpool_t pool;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+} unix_pool_t;
+
+/* per worker: the upstream client context, and the Unix socket pools */
+typedef struct {
+    h2o_http1client_ctx_t client;
+    unix_pool_t *pools;
+    size_t npools;
+} anchor_ctx_t;
+
+#define UNIX_POOL_KEEP_MS 2000 /* an idle kept-alive connection is closed after this (the agent's own limit is 10 s) */
+
+static void unix_pool_free(unix_pool_t *up)
+{
+    up->pool._interval_cb.loop = NULL; /* no timer was made (see unix_pool) */
+    h2o_socketpool_dispose(&up->pool);
+    free(up);
+}
+
+/* Connections of a pool in use (made and not back in the pool, WebSocket
+ * tunnels included): the pool must live while there are any, since a
+ * socket's close reports to its pool. */
+static size_t unix_pool_busy(unix_pool_t *up)
+{
+    size_t idle = 0;
+    pthread_mutex_lock(&up->pool._shared.mutex);
+    for (h2o_linklist_t *l = up->pool._shared.sockets.next; l != &up->pool._shared.sockets; l = l->next)
+        idle++;
+    size_t count = up->pool._shared.count;
+    pthread_mutex_unlock(&up->pool._shared.mutex);
+    return count - idle;
+}
+
+/* The worker's pool for a socket path, made on first use. Above
+ * UNIX_POOLS_SOFT_MAX pools, those with no connection in use are freed. */
+static h2o_socketpool_t *unix_pool(anchor_ctx_t *a, h2o_loop_t *loop, const char *path)
+{
+    for (unix_pool_t *up = a->pools; up != NULL; up = up->next)
+        if (strcmp(up->path, path) == 0)
+            return &up->pool;
+    if (a->npools >= UNIX_POOLS_SOFT_MAX) {
+        for (unix_pool_t **pp = &a->pools; *pp != NULL;) {
+            unix_pool_t *up = *pp;
+            if (unix_pool_busy(up) == 0) {
+                *pp = up->next;
+                unix_pool_free(up);
+                a->npools--;
+            } else {
+                pp = &up->next;
+            }
+        }
+    }
+    unix_pool_t *up = calloc(1, sizeof(*up));
+    if (up == NULL)
+        return NULL;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(up->path, sizeof(up->path), "%s", path);
+    memcpy(sa.sun_path, up->path, sizeof(sa.sun_path));
+    h2o_socketpool_init_by_address(&up->pool, (struct sockaddr *)&sa, sizeof(sa), 0, SIZE_MAX);
+    /* libh2o 2.2 reads the pool's loop and keep time on every connect and
+     * return (expiring idle connections then); h2o_socketpool_set_timeout
+     * would also start a 1 s timer per pool, embedded in it, that could not
+     * be closed and freed synchronously. So the two fields are set directly,
+     * and unix_pool_free clears the loop again before disposing. */
+    up->pool.timeout = UNIX_POOL_KEEP_MS;
+    up->pool._interval_cb.loop = loop;
+    up->next = a->pools;
+    a->pools = up;
+    a->npools++;
+    return &up->pool;
+}
+
+/* ---- connecting to a Unix socket (see the top of the file) ---- */
+
+typedef struct {
+    uv_connect_t req; /* first: the callback gets its address */
+    h2o_socket_t *sock;
+    h2o_socket_cb cb;
+} unix_connect_t;
+
+static void on_unix_connect(uv_connect_t *req, int status)
+{
+    unix_connect_t *uc = (unix_connect_t *)req;
+    /* ECANCELED: the socket was closed while connecting (H2O's timeout) and
+     * is being freed; nobody waits for the answer */
+    if (status != UV_ECANCELED)
+        uc->cb(uc->sock, status == 0 ? NULL : h2o_socket_error_conn_fail);
+    free(uc);
+}
+
+typedef h2o_socket_t *(*connect_fn)(h2o_loop_t *, struct sockaddr *, socklen_t, h2o_socket_cb);
+
+/* Interposes libh2o's own function of this name. */
+h2o_socket_t *h2o_socket_connect(h2o_loop_t *loop, struct sockaddr *addr, socklen_t addrlen, h2o_socket_cb cb)
+{
+    if (addr->sa_family != AF_UNIX) {
+        static connect_fn real;
+        if (real == NULL) {
+            real = (connect_fn)dlsym(RTLD_NEXT, "h2o_socket_connect");
+            if (real == NULL)
+                abort(); /* libh2o without it cannot have called us */
+        }
+        return real(loop, addr, addrlen, cb);
+    }
+    const struct sockaddr_un *su = (const struct sockaddr_un *)addr;
+    if (addrlen <= offsetof(struct sockaddr_un, sun_path) || memchr(su->sun_path, '\0', sizeof(su->sun_path)) == NULL)
+        return NULL;
+    uv_pipe_t *pipe = h2o_mem_alloc(sizeof(*pipe));
+    unix_connect_t *uc = malloc(sizeof(*uc));
+    if (uc == NULL || uv_pipe_init(loop, pipe, 0) != 0) {
+        free(uc);
+        free(pipe);
+        return NULL;
+    }
+    uc->sock = h2o_uv_socket_create((uv_stream_t *)pipe, (uv_close_cb)free);
+    uc->cb = cb;
+    /* libuv reports the result (also a refusal) from the loop, never before returning */
+    uv_pipe_connect(&uc->req, pipe, su->sun_path, on_unix_connect);
+    return uc->sock;
+}
+
 static int anchor_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     (void)self;
@@ -57,25 +196,31 @@ static int anchor_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 static void anchor_on_context_init(h2o_handler_t *self, h2o_context_t *ctx)
 {
-    h2o_http1client_ctx_t *c = h2o_mem_alloc(sizeof(*c));
-    memset(c, 0, sizeof(*c));
+    anchor_ctx_t *a = h2o_mem_alloc(sizeof(*a));
+    memset(a, 0, sizeof(*a));
+    h2o_http1client_ctx_t *c = &a->client;
     c->loop = ctx->loop;
     c->getaddr_receiver = &ctx->receivers.hostinfo_getaddr;
     c->io_timeout = &ctx->proxy.io_timeout;
     c->websocket_timeout = h2o_mem_alloc(sizeof(*c->websocket_timeout));
     h2o_timeout_init(ctx->loop, c->websocket_timeout, WS_IDLE_TIMEOUT_MS);
     c->ssl_ctx = NULL;
-    h2o_context_set_handler_context(ctx, self, c);
+    h2o_context_set_handler_context(ctx, self, a);
 }
 
 static void anchor_on_context_dispose(h2o_handler_t *self, h2o_context_t *ctx)
 {
-    h2o_http1client_ctx_t *c = h2o_context_get_handler_context(ctx, self);
-    if (c == NULL)
+    anchor_ctx_t *a = h2o_context_get_handler_context(ctx, self);
+    if (a == NULL)
         return;
-    h2o_timeout_dispose(ctx->loop, c->websocket_timeout);
-    free(c->websocket_timeout);
-    free(c);
+    while (a->pools != NULL) {
+        unix_pool_t *up = a->pools;
+        a->pools = up->next;
+        unix_pool_free(up);
+    }
+    h2o_timeout_dispose(ctx->loop, a->client.websocket_timeout);
+    free(a->client.websocket_timeout);
+    free(a);
 }
 
 void devex_proxy_register(h2o_pathconf_t *pathconf)
@@ -92,6 +237,7 @@ void devex_proxy_register(h2o_pathconf_t *pathconf)
 /* ---- the instruction made by pass{} ---- */
 
 typedef struct {
+    char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* "unix:PATH": this socket ("" otherwise) */
     char host[256];      /* what is connected to: an IP address or a DNS name */
     uint16_t port;
     char authority[264]; /* Host sent upstream and logged: as given, e.g. "localhost:8123" */
@@ -141,7 +287,8 @@ static int valid_upstream_host(const char *s, size_t n, int bracketed, char *out
     return 1;
 }
 
-/* "HOST:P", "[IPv6]:P" with P in 1..65535 (valid_upstream_host says which HOST). */
+/* "HOST:P", "[IPv6]:P" with P in 1..65535 (valid_upstream_host says which
+ * HOST), or "unix:/ABSOLUTE/PATH" (a Unix socket; Host: localhost). */
 static int parse_upstream(const char *s, size_t n, pass_t *p)
 {
     const char *host, *colon;
@@ -149,6 +296,20 @@ static int parse_upstream(const char *s, size_t n, pass_t *p)
     int bracketed = 0;
     if (n == 0 || n >= sizeof(p->authority))
         return 0;
+    if (n > 5 && memcmp(s, "unix:", 5) == 0) {
+        const char *path = s + 5;
+        size_t plen = n - 5;
+        if (path[0] != '/' || plen >= sizeof(p->unix_path))
+            return 0;
+        for (size_t i = 0; i < plen; i++)
+            if ((unsigned char)path[i] < 0x20 || path[i] == 0x7f)
+                return 0;
+        memcpy(p->unix_path, path, plen);
+        p->unix_path[plen] = '\0';
+        memcpy(p->authority, s, n); /* logged as given */
+        p->authority[n] = '\0';
+        return 1;
+    }
     if (s[0] == '[') {
         bracketed = 1;
         const char *rb = memchr(s, ']', n);
@@ -230,7 +391,7 @@ static int l_pass(lua_State *L)
     lua_getfield(L, 1, "upstream");
     const char *up = lua_tolstring(L, -1, &n);
     if (lua_type(L, -1) != LUA_TSTRING || !parse_upstream(up, n, p))
-        return luaL_error(L, "proxy.pass: upstream must be \"HOST:PORT\" (an IPv4 address, a DNS name or localhost) or \"[IPv6]:PORT\" (got %s)",
+        return luaL_error(L, "proxy.pass: upstream must be \"HOST:PORT\" (an IPv4 address, a DNS name or localhost), \"[IPv6]:PORT\" or \"unix:/PATH\" (got %s)",
                           lua_type(L, -1) == LUA_TSTRING ? up : luaL_typename(L, -1));
     lua_pop(L, 1);
 
@@ -443,10 +604,22 @@ void devex_proxy_start(devex_reqctx_t *rc, lua_State *L, int idx)
 
     h2o_req_overrides_t *ov = h2o_mem_alloc_pool(pool, sizeof(*ov));
     *ov = (h2o_req_overrides_t){NULL};
-    ov->client_ctx = anchor != NULL ? h2o_context_get_handler_context(req->conn->ctx, anchor) : NULL;
-    ov->hostport.host = h2o_strdup(pool, p->host, strlen(p->host));
-    ov->hostport.port = p->port;
+    anchor_ctx_t *actx = anchor != NULL ? h2o_context_get_handler_context(req->conn->ctx, anchor) : NULL;
+    ov->client_ctx = actx != NULL ? &actx->client : NULL;
     h2o_iovec_t authority = p->preserve_host ? req->authority : px->upstream;
+    if (p->unix_path[0] != '\0') {
+        ov->socketpool = actx != NULL ? unix_pool(actx, req->conn->ctx->loop, p->unix_path) : NULL;
+        if (ov->socketpool == NULL) {
+            /* out of memory: never let H2O fall back to the request's own authority */
+            h2o_send_error_502(req, "Bad Gateway", "bad gateway", 0);
+            return;
+        }
+        if (!p->preserve_host)
+            authority = h2o_iovec_init(H2O_STRLIT("localhost"));
+    } else {
+        ov->hostport.host = h2o_strdup(pool, p->host, strlen(p->host));
+        ov->hostport.port = p->port;
+    }
     if (lua_getiuservalue(L, idx, 3) == LUA_TSTRING) {
         /* Location: http://<upstream authority>/x -> <scheme>://<our authority><prefix>x */
         size_t lplen;

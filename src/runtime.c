@@ -2,7 +2,8 @@
  * runtime.c: devex.runtime, what the Lua side needs to know about the process
  * it runs in: version, config file, worker id, VM generation, and exe (the
  * path of the devexd binary, which the local runtime runs again for its
- * sandbox helpers and runner agents; "" when /proc is not mounted).
+ * sandbox helpers and runner agents; "" when /proc is not mounted), and
+ * lua_dir (the Lua directories such a child is given).
  */
 #include "devex.h"
 #include "settings.h"
@@ -32,6 +33,9 @@ int luaopen_devex_runtime(lua_State *L)
     lua_setfield(L, -2, "conf_path");
     lua_pushinteger(L, devex_settings.threads);
     lua_setfield(L, -2, "threads");
+    /* the Lua directories: what a `devexd runner` child needs to find its app */
+    lua_pushstring(L, devex_settings.lua_dirs ? devex_settings.lua_dirs : "");
+    lua_setfield(L, -2, "lua_dir");
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     lua_pushlstring(L, exe, n > 0 ? (size_t)n : 0);

@@ -19,6 +19,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -27,6 +28,8 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static h2o_globalconf_t gconf;
@@ -335,6 +338,43 @@ static int is_runner_domain(h2o_iovec_t authority)
     return strlen(d) == n && strncasecmp(authority.base, d, n) == 0;
 }
 
+/* Whether any listener restricts its paths (server.listen[i].only): only
+ * then is a request's local address looked at. */
+static bool any_only;
+
+/* The `only` prefix of the Unix listener this request came in on, or NULL. */
+static const char *only_prefix(h2o_req_t *req)
+{
+    struct sockaddr_storage ss;
+    if (req->conn->callbacks->get_sockname == NULL)
+        return NULL;
+    socklen_t len = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
+    if (len == 0 || ss.ss_family != AF_UNIX)
+        return NULL;
+    const struct sockaddr_un *su = (const struct sockaddr_un *)&ss;
+    for (size_t i = 0; i < devex_settings.nlisteners; i++) {
+        const devex_listener_conf_t *lc = &devex_settings.listeners[i];
+        if (lc->socket_path != NULL && lc->only != NULL && strncmp(su->sun_path, lc->socket_path, sizeof(su->sun_path)) == 0)
+            return lc->only;
+    }
+    return NULL;
+}
+
+/* A request on a restricted listener outside its prefix: both the path as
+ * sent (what the router matches) and H2O's normalized one (dot segments
+ * resolved, percent-decoded) must be under it. */
+static bool outside_only(h2o_req_t *req)
+{
+    const char *only = only_prefix(req);
+    if (only == NULL)
+        return false;
+    size_t n = strlen(only);
+    size_t plen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    if (plen < n || memcmp(req->path.base, only, n) != 0)
+        return true;
+    return req->path_normalized.len < n || memcmp(req->path_normalized.base, only, n) != 0;
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
@@ -361,6 +401,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
             rc->request_id[16 + i] = hex[b & 15];
         }
         rc->request_id[32] = '\0';
+    }
+    if (any_only && outside_only(req)) {
+        send_error(rc, 404, "not found");
+        return 0;
     }
     devex_vm_t *vm = w->vm;
     if (vm == NULL) {
@@ -434,6 +478,36 @@ static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errl
     return fd;
 }
 
+/* A Unix socket listener: a socket file left by an earlier run is replaced
+ * (anything else at the path is not ours and is an error); mode 0666, since
+ * whoever may connect (a runner with its own uid) is decided by the
+ * directory the socket is in. */
+static int open_unix_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(lc->socket_path) >= sizeof(sa.sun_path)) {
+        snprintf(err, errlen, "server.listen: socket path too long: %s", lc->socket_path);
+        return -1;
+    }
+    memcpy(sa.sun_path, lc->socket_path, strlen(lc->socket_path) + 1);
+    struct stat st;
+    if (lstat(sa.sun_path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "server.listen: %s exists and is not a socket", sa.sun_path);
+            return -1;
+        }
+        unlink(sa.sun_path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || chmod(sa.sun_path, 0666) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "server.listen: cannot listen on %s: %s", sa.sun_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int devex_server_init(int nworkers, char *err, size_t errlen)
 {
     const devex_settings_t *s = &devex_settings;
@@ -462,6 +536,21 @@ int devex_server_init(int nworkers, char *err, size_t errlen)
                 return -1;
         }
         listen_fds[i] = calloc((size_t)nworkers, sizeof(int));
+        if (lc->socket_path != NULL) {
+            /* one socket (a path binds once), polled by every worker; none
+             * for a command or --check (nworkers 0): binding would replace
+             * the socket file of a devexd that serves */
+            if (nworkers == 0)
+                continue;
+            if (lc->only != NULL)
+                any_only = true;
+            int fd = open_unix_listener(lc, err, errlen);
+            if (fd < 0)
+                return -1;
+            for (int k = 0; k < nworkers; k++)
+                listen_fds[i][k] = k == 0 ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+            continue;
+        }
         for (int k = 0; k < nworkers; k++) {
             listen_fds[i][k] = open_listener(lc, err, errlen);
             if (listen_fds[i][k] < 0)
@@ -497,14 +586,23 @@ static void on_accept(uv_stream_t *listener, int status)
         return;
     devex_worker_t *w = current_worker;
     size_t idx = (size_t)(uintptr_t)listener->data;
-    uv_tcp_t *conn = h2o_mem_alloc(sizeof(*conn));
-    uv_tcp_init(listener->loop, conn);
-    if (uv_accept(listener, (uv_stream_t *)conn) != 0) {
+    uv_stream_t *conn;
+    if (devex_settings.listeners[idx].socket_path != NULL) {
+        uv_pipe_t *p = h2o_mem_alloc(sizeof(*p));
+        uv_pipe_init(listener->loop, p, 0);
+        conn = (uv_stream_t *)p;
+    } else {
+        uv_tcp_t *t = h2o_mem_alloc(sizeof(*t));
+        uv_tcp_init(listener->loop, t);
+        conn = (uv_stream_t *)t;
+    }
+    if (uv_accept(listener, conn) != 0) {
         uv_close((uv_handle_t *)conn, (uv_close_cb)free);
         return;
     }
-    uv_tcp_nodelay(conn, 1);
-    h2o_socket_t *sock = h2o_uv_socket_create((uv_stream_t *)conn, (uv_close_cb)free);
+    if (conn->type == UV_TCP)
+        uv_tcp_nodelay((uv_tcp_t *)conn, 1);
+    h2o_socket_t *sock = h2o_uv_socket_create(conn, (uv_close_cb)free);
     h2o_accept(&w->accept_ctx[idx], sock);
 }
 
@@ -583,9 +681,16 @@ int devex_worker_init(devex_worker_t *w, int id, bool with_listeners, char *err,
             w->accept_ctx[i].ctx = &w->ctx;
             w->accept_ctx[i].hosts = gconf.hosts;
             w->accept_ctx[i].ssl_ctx = ssl_ctxs[i];
-            uv_tcp_init(&w->loop, &w->listeners[i]);
-            w->listeners[i].data = (void *)(uintptr_t)i;
-            if (uv_tcp_open(&w->listeners[i], listen_fds[i][id]) != 0) {
+            int r;
+            if (devex_settings.listeners[i].socket_path != NULL) {
+                uv_pipe_init(&w->loop, &w->listeners[i].pipe, 0);
+                r = uv_pipe_open(&w->listeners[i].pipe, listen_fds[i][id]);
+            } else {
+                uv_tcp_init(&w->loop, &w->listeners[i].tcp);
+                r = uv_tcp_open(&w->listeners[i].tcp, listen_fds[i][id]);
+            }
+            w->listeners[i].handle.data = (void *)(uintptr_t)i;
+            if (r != 0) {
                 snprintf(err, errlen, "cannot use listening socket");
                 return -1;
             }

@@ -20,7 +20,11 @@ struct devex_worker {
     uv_loop_t loop;
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx[DEVEX_MAX_LISTENERS];
-    uv_tcp_t listeners[DEVEX_MAX_LISTENERS];
+    union {
+        uv_handle_t handle;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe; /* a listener with a socket path (server.listen[i].socket) */
+    } listeners[DEVEX_MAX_LISTENERS];
     int listen_fds[DEVEX_MAX_LISTENERS];
     size_t nlisteners;
     uv_async_t control;

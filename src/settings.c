@@ -93,6 +93,10 @@ static void read_server(lua_State *L, int conf)
         snprintf(lc->host, sizeof(lc->host), "%s", host ? host : "127.0.0.1");
         free(host);
         lc->port = (int)num_field(L, l, "port", 8080);
+        free(lc->socket_path);
+        free(lc->only);
+        lc->socket_path = dup_field(L, l, "socket");
+        lc->only = dup_field(L, l, "only");
         lua_getfield(L, l, "tls");
         if (lua_istable(L, -1)) {
             lc->tls_cert = dup_field(L, lua_gettop(L), "cert");
@@ -130,6 +134,7 @@ int devex_settings_load(const char *conf_path, const char *lua_dirs, char *err, 
 {
     devex_settings_t *s = &devex_settings;
     s->conf_path = strdup(conf_path);
+    s->lua_dirs = strdup(lua_dirs);
     char *base_path = devex_settings_lua_path(lua_dirs);
     s->lua_path = base_path;
 

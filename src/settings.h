@@ -18,10 +18,13 @@ typedef struct devex_listener_conf {
     int port;
     char *tls_cert; /* NULL for cleartext */
     char *tls_key;
+    char *socket_path; /* a Unix socket instead of host:port, or NULL */
+    char *only;        /* requests on it reach only paths with this prefix, or NULL */
 } devex_listener_conf_t;
 
 typedef struct devex_settings {
     char *conf_path;
+    char *lua_dirs;      /* the Lua directories as given (':'-separated): a runner agent started by the local runtime gets them */
     char *lua_path;      /* package.path prefix: the app's directories, ';'-separated templates */
     char *app_module;    /* the module returning the app, "app" by default */
     int threads;

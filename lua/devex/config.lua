@@ -18,9 +18,22 @@ local listener = {
   type = "table",
   fields = {
     host = { type = "string", default = "127.0.0.1" },
-    port = { type = "integer", check = function(v) if v < 1 or v > 65535 then return "must be 1..65535" end end },
+    port = { type = "integer", optional = true, check = function(v) if v < 1 or v > 65535 then return "must be 1..65535" end end },
     tls = { type = "table", optional = true, fields = { cert = "string", key = "string" } },
+    -- a Unix socket instead of host/port (made 0666: the directory guards it)
+    socket = { type = "string", optional = true, check = function(v)
+      if v:sub(1, 1) ~= "/" or #v > 107 then return "must be an absolute path of at most 107 bytes" end
+    end },
+    -- requests on this listener reach only paths under this prefix (others
+    -- get 404), e.g. "/api/runner/" for the socket sandboxed runners call back on
+    only = { type = "string", optional = true, check = function(v)
+      if v:sub(1, 1) ~= "/" then return "must be a path prefix starting with /" end
+    end },
   },
+  check = function(v)
+    if (v.port == nil) == (v.socket == nil) then return "needs either port or socket" end
+    if v.socket and v.tls then return "tls is for TCP listeners, not socket" end
+  end,
 }
 
 local schema = {

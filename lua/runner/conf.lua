@@ -5,8 +5,17 @@
 return {
   environment = "production",
   server = {
-    listen = { { host = os.getenv("DEVEXD_RUNNER_HOST") or "0.0.0.0",
-                 port = math.tointeger(tonumber(os.getenv("DEVEXD_RUNNER_PORT") or "8081")) } },
+    -- TCP, and/or the Unix socket of --socket (a sandboxed agent's only way in)
+    listen = (function()
+      local l = {}
+      if os.getenv("DEVEXD_RUNNER_TCP") ~= "0" then
+        l[#l + 1] = { host = os.getenv("DEVEXD_RUNNER_HOST") or "0.0.0.0",
+                      port = math.tointeger(tonumber(os.getenv("DEVEXD_RUNNER_PORT") or "8081")) }
+      end
+      local sock = os.getenv("DEVEXD_RUNNER_SOCKET")
+      if sock and sock ~= "" then l[#l + 1] = { socket = sock } end
+      return l
+    end)(),
     threads = 1,
     -- a WebSocket session is a request in flight: at TERM the agent waits
     -- this long, then closes the sockets and kills the terminals

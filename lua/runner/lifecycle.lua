@@ -4,6 +4,8 @@
 -- either it asks devexd to end the session (DELETE $CALLBACK_URL), both with
 -- Authorization: Bearer $RUNNER_TOKEN. A refused or failed self-stop is
 -- retried at the next check; a client that comes back starts over.
+-- With CALLBACK_SOCKET set (a sandboxed agent, which has no network to
+-- devexd) the calls go over that Unix socket; CALLBACK_URL still names the path.
 local http = require("devex.http")
 local timer = require("devex.timer")
 local log = require("devex.log")
@@ -11,6 +13,9 @@ local settings = require("runner.settings")
 local terminals = require("runner.terminals")
 
 local M = {}
+
+local callback_socket = os.getenv("CALLBACK_SOCKET")
+if callback_socket == "" then callback_socket = nil end
 
 local clients = 0
 local last_active = timer.now()
@@ -28,6 +33,7 @@ local function call(method, url)
   return http.request{
     method = method, url = url, timeout = 10, body = method == "POST" and "" or nil,
     headers = { authorization = "Bearer " .. s.token },
+    unix_socket = callback_socket,
   }
 end
 

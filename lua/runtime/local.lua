@@ -1,8 +1,15 @@
--- runtime.local: single-host sessions. A session runs the template's
--- local_command (policy.templates) as a child process of devexd in a
--- workspace directory materialised from storage, as the Kubernetes init
--- container does, with REPL_ID, TEMPLATE, PORT, RUNNER_TOKEN and
--- CALLBACK_URL in its environment, on a free loopback port. Stop saves the
+-- runtime.local: single-host sessions. A session is the runner agent,
+-- `devexd runner` (this same binary, lua/runner/*), over a workspace
+-- directory materialised from storage, as the Kubernetes init container
+-- does; the agent serves the IDE page's protocol, terminals and /user-app/,
+-- and the template's local_command is the user's program: RUN_COMMAND in the
+-- agent's environment (so in its terminals), listening on PORT = APP_PORT,
+-- which /user-app/ reaches. A template with agent = false runs its
+-- local_command itself as the runner instead (a stand-in for a runner image).
+-- Either way the child gets REPL_ID, TEMPLATE, RUNNER_TOKEN and CALLBACK_URL,
+-- and a free loopback port. With a devexd listener on a Unix socket limited
+-- to /api/runner/ (server.listen { socket = ..., only = "/api/runner/" }),
+-- the runner calls back over it (CALLBACK_SOCKET). Stop saves the
 -- workspace back to storage first, and only then ends the process (SIGTERM,
 -- SIGKILL after a grace period) and removes the directory. A child that dies
 -- on its own is noticed: its files are saved and the session marked stopped.
@@ -13,7 +20,8 @@
 -- policy.sandbox.save_file_max / save_total_max with a recorded error.
 --
 --   runtime = { driver = "local", dir = "/var/lib/devexd/workspaces", stop_grace = 5,
---               isolation = false, sandbox = { uids = { first = 200000, count = 1000 } } }
+--               isolation = false, sandbox = { uids = { first = 200000, count = 1000 } },
+--               agent_env = { NAME = "value" } }  -- extra agent settings (lua/runner/settings.lua)
 local process = require("devex.process")
 local s3 = require("devex.s3")
 local http = require("devex.http")
@@ -32,8 +40,14 @@ function M.new(config)
   local rt = config.runtime or {}
   local dir = rt.dir or ((config.storage or {}).dir and (config.storage.dir .. "/../workspaces")) or "/tmp/devexd-workspaces"
   local public = (config.public_url or "http://localhost:8080"):gsub("/+$", "")
+  -- devexd's callback socket: a Unix listener that serves only the runner routes
+  local callback_socket
+  for _, l in ipairs(((config.server or {}).listen) or {}) do
+    if l.socket and l.only == "/api/runner/" then callback_socket = l.socket end
+  end
   return setmetatable({ name = "local", dir = dir, public_url = public, grace = rt.stop_grace or 5,
-                        ready_timeout = rt.ready_timeout or 60, sandbox = sandbox.settings(config) }, Driver)
+                        ready_timeout = rt.ready_timeout or 60, sandbox = sandbox.settings(config),
+                        callback_socket = callback_socket, agent_env = rt.agent_env or {} }, Driver)
 end
 
 local function err(status, message) return nil, { status = status, message = message } end
@@ -143,6 +157,48 @@ local function rm_rf(path)
   child:wait()
 end
 
+-- The template's run command as one shell line (RUN_COMMAND), each word quoted.
+local function shell_line(words)
+  local out = {}
+  for i, w in ipairs(words) do
+    out[i] = w:match("^[%w%._/=:,+-]+$") and w or ("'" .. w:gsub("'", "'\\''") .. "'")
+  end
+  return table.concat(out, " ")
+end
+
+-- What the child is: the agent (default) or, with agent = false, the
+-- template's own command. Returns command, args, env, and the path readiness
+-- is asked on (the agent: /ping, 200 once its workspace is ready).
+function Driver:child_command(meta, tpl, ws, port, token)
+  local env = { REPL_ID = meta.id, TEMPLATE = meta.template, RUNNER_TOKEN = token,
+                CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id }
+  if self.callback_socket then
+    -- the URL's host is then only a name; the path is what devexd routes
+    env.CALLBACK_URL = "http://localhost/api/runner/" .. meta.id
+    env.CALLBACK_SOCKET = self.callback_socket
+  end
+  if tpl.agent == false then
+    env.PORT, env.HOST = tostring(port), "127.0.0.1"
+    local args = {}
+    for i = 2, #tpl.local_command do args[#args + 1] = tpl.local_command[i] end
+    return tpl.local_command[1], args, env, "/"
+  end
+  local rt = require("devex.runtime")
+  if rt.exe == "" then return nil, "the devexd binary's path is unknown (/proc is not mounted)" end
+  -- the user's program (RUN_COMMAND, typed in a terminal) listens on PORT,
+  -- which the agent's /user-app/ reaches (APP_PORT)
+  local app_port = tostring(process.free_port())
+  env.PORT, env.APP_PORT, env.HOST = app_port, app_port, "127.0.0.1"
+  env.RUN_COMMAND = shell_line(tpl.local_command)
+  env.DEVEXD_LUA_DIR = rt.lua_dir
+  -- the workspace is materialised above, before the agent starts
+  env.RESTORE = "0"
+  local idle = policy.cleanup and policy.cleanup.idle_limit
+  if type(idle) == "number" then env.RUNNER_IDLE_LIMIT = tostring(idle) end
+  for k, v in pairs(self.agent_env) do env[k] = tostring(v) end
+  return rt.exe, { "runner", "--dir", ws, "--port", tostring(port), "--host", "127.0.0.1" }, env, "/ping"
+end
+
 function Driver:start(meta, opts)
   local tpl = policy.templates.catalogue[meta.template]
   if not tpl or not tpl.local_command then return err(500, "template has no local_command") end
@@ -159,14 +215,11 @@ function Driver:start(meta, opts)
   if not n then return err(502, "could not fetch the files: " .. tostring(e)) end
   local port = process.free_port()
   events.emit(meta.id, "starting")
-  local cmd = tpl.local_command
-  local args = {}
-  for i = 2, #cmd do args[#args + 1] = cmd[i] end
+  local cmd, args, env, ready_path = self:child_command(meta, tpl, ws, port, opts.token)
+  if not cmd then return err(500, args) end
   local driver = self
-  local env = { REPL_ID = meta.id, TEMPLATE = meta.template, PORT = tostring(port), HOST = "127.0.0.1", RUNNER_TOKEN = opts.token,
-                CALLBACK_URL = self.public_url .. "/api/runner/" .. meta.id }
   local spawn_opts = {
-    command = cmd[1], args = args, cwd = ws, env = env,
+    command = cmd, args = args, cwd = ws, env = env,
     -- the runner's output goes beside the workspace, not into the user's files
     stdout = self.dir .. "/" .. meta.id .. ".log", stderr = self.dir .. "/" .. meta.id .. ".log",
   }
@@ -176,6 +229,8 @@ function Driver:start(meta, opts)
   if sb then
     uid, e = sandbox.lease(sb, meta.id)
     if not uid then return err(503, "no runner uid free: " .. tostring(e)) end
+    -- the agent listens on the socket devexd reaches it by (no TCP: its network is its own)
+    if ready_path == "/ping" then args = { "runner", "--dir", ws, "--socket", sandbox.runner_dir(sb, uid) .. "/runner.sock" } end
     spawn_opts, sock, cgroups = sandbox.wrap(sb, uid, ws, spawn_opts.command, args, env, spawn_opts.stdout)
     if not spawn_opts then
       sandbox.release(sb, uid, meta.id, nil)
@@ -196,9 +251,9 @@ function Driver:start(meta, opts)
   -- ready when the runner answers HTTP on its port (its socket, isolated)
   local deadline = timer.now() + math.min(opts.deadline or 60, self.ready_timeout)
   while true do
-    local res = http.request(sock and { url = "http://runner/", unix_socket = sock, timeout = 1, connect_timeout = 1 }
-      or { url = "http://127.0.0.1:" .. port .. "/", timeout = 1, connect_timeout = 1 })
-    if res then break end
+    local res = http.request(sock and { url = "http://runner" .. ready_path, unix_socket = sock, timeout = 1, connect_timeout = 1 }
+      or { url = "http://127.0.0.1:" .. port .. ready_path, timeout = 1, connect_timeout = 1 })
+    if res and (ready_path == "/" or res.status == 200) then break end
     if not child:running() then
       give_up()
       return err(502, "the runner exited before answering")
@@ -212,7 +267,7 @@ function Driver:start(meta, opts)
   return {
     url = require("runtime").gateway_url(meta.id) or (self.public_url .. "/repl/" .. meta.id .. "/"),
     endpoint = sock and ("unix:" .. sock) or ("127.0.0.1:" .. port),
-    session = { pid = child.pid, port = port, workspace = ws, uid = uid, cgroups = cgroups },
+    session = { pid = child.pid, port = port, workspace = ws, uid = uid, cgroups = cgroups, app_port = env.APP_PORT },
   }
 end
 
