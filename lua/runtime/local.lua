@@ -250,9 +250,22 @@ function Driver:start(meta, opts)
   end
   -- ready when the runner answers HTTP on its port (its socket, isolated)
   local deadline = timer.now() + math.min(opts.deadline or 60, self.ready_timeout)
+  local claimed -- isolated: the runner's socket once moved where only devexd reaches it
   while true do
-    local res = http.request(sock and { url = "http://runner" .. ready_path, unix_socket = sock, timeout = 1, connect_timeout = 1 }
-      or { url = "http://127.0.0.1:" .. port .. ready_path, timeout = 1, connect_timeout = 1 })
+    local res
+    if sb and not claimed then
+      local why
+      claimed, why = sandbox.claim_socket(sb, uid)
+      if why then
+        give_up()
+        return err(502, "the runner's socket: " .. why)
+      end
+    end
+    if claimed then
+      res = http.request{ url = "http://runner" .. ready_path, unix_socket = claimed, timeout = 1, connect_timeout = 1 }
+    elseif not sb then
+      res = http.request{ url = "http://127.0.0.1:" .. port .. ready_path, timeout = 1, connect_timeout = 1 }
+    end
     if res and (ready_path == "/" or res.status == 200) then break end
     if not child:running() then
       give_up()
@@ -266,7 +279,7 @@ function Driver:start(meta, opts)
   end
   return {
     url = require("runtime").gateway_url(meta.id) or (self.public_url .. "/repl/" .. meta.id .. "/"),
-    endpoint = sock and ("unix:" .. sock) or ("127.0.0.1:" .. port),
+    endpoint = claimed and ("unix:" .. claimed) or ("127.0.0.1:" .. port),
     session = { pid = child.pid, port = port, workspace = ws, uid = uid, cgroups = cgroups, app_port = env.APP_PORT },
   }
 end

@@ -221,14 +221,20 @@ class SandboxTest(unittest.TestCase):
         os.makedirs(tdir)
         with open(os.path.join(tdir, "runner.py"), "w") as f:
             f.write(ATTACKER)
+        os.makedirs(os.path.join(cls.tmp, "templates", "swap"))
+        with open(os.path.join(cls.tmp, "templates", "swap", "README.md"), "w") as f:
+            f.write("swap\n")
         policy = os.path.join(cls.tmp, "policy.lua")
         with open(policy, "w") as f:
             f.write("return {\n"
+                    "  quota = { repls_per_user = 20, sessions_per_user = 5 },\n"
                     "  templates = { catalogue = { attack = { image = 'runner-attack', port = 8081, agent = false,\n"
-                    "    local_command = { 'python3', 'runner.py' } } } },\n"
+                    "    local_command = { 'python3', 'runner.py' } },\n"
+                    "    swap = { image = 'runner-swap', port = 8081, agent = false,\n"
+                    "      local_command = { 'sh', '-c', 'ln -s %s \"$SOCKET\"; exec sleep 120' } } } },\n"
                     "  sandbox = { memory = %d, processes = %d, file_size = %d, tmp_size = %d,\n"
                     "              save_file_max = %d, save_total_max = %d },\n"
-                    "}\n" % (128 * MB, PROCESSES, 64 * MB, 16 * MB, 32 * MB, 256 * MB))
+                    "}\n" % ("/run/some-other.sock", 128 * MB, PROCESSES, 64 * MB, 16 * MB, 32 * MB, 256 * MB))
         cls.redis = RedisServer().__enter__()
         cls.gh = GitHubFake().__enter__()
         conf = {
@@ -312,8 +318,9 @@ class SandboxTest(unittest.TestCase):
         self.assertIn("runner.py", res["own_files"])
         # the socket's directory: devexd and that runner only; another uid on
         # the host cannot even reach it
-        mode = os.stat(os.path.dirname(sock_a)).st_mode & 0o777
-        self.assertEqual(mode, 0o770)
+        self.assertEqual(os.stat(os.path.dirname(sock_a)).st_mode & 0o777, 0o700)
+        rdir = os.stat(os.path.join(self.run_dir, str(uid_a)))
+        self.assertEqual((rdir.st_mode & 0o777, rdir.st_gid), (0o770, uid_a))
         p = subprocess.run(["setpriv", "--reuid", str(uid_b), "--regid", str(uid_b), "--clear-groups",
                             sys.executable, "-c",
                             "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])", sock_a],
@@ -330,8 +337,23 @@ class SandboxTest(unittest.TestCase):
         self.assertEqual(procs_of_uid(uid_a), [])
         for c in cgroups:
             self.assertFalse(os.path.exists(c), c)
-        self.assertFalse(os.path.exists(os.path.dirname(sock_a)))
+        self.assertFalse(os.path.exists(os.path.join(self.run_dir, str(uid_a))))
+        self.assertFalse(os.path.exists(sock_a))
         self.assertIsNone(self.redis.call("GET", "devex:sandbox:uid:%d" % uid_a))
+
+    def test_a_symlink_for_a_socket_is_refused(self):
+        # the runner's directory is its own to write: a symlink named
+        # runner.sock (here to a path outside) must not be followed
+        b = self.login("mallory", 1003)
+        r = b.request("POST", "/api/repl/new", headers=JSON,
+                      body=json.dumps({"template": "swap", "replName": "swap"}))
+        self.assertEqual(r.status, 201, r.body)
+        rid = r.json()["id"]
+        r = b.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 502, r.body)
+        self.assertIn("not a socket", r.body.decode())
+        self.assertEqual(self.session(rid), {})
+        self.assertNotEqual(self.redis.call("HGET", "devex:replMeta:" + rid, "state"), b"running")
 
     def test_fork_bomb_and_memory_hog_are_contained(self):
         alice, bob = self.login("alice", 1001), self.login("bob", 1002)
