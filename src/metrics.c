@@ -98,6 +98,10 @@ static family_t families[] = {
      {"where", NULL}, NULL, 0, 0, {{0}}},
     {"devex_reloads_total", M_COUNTER, "Reloads of the Lua app (one per worker thread per SIGHUP), by result.",
      {"result", NULL}, NULL, 0, 0, {{0}}},
+    {"devex_http2_guard_total", M_COUNTER,
+     "HTTP/2 connection guard (h2_guard.c) events: reset (a stream ended before its response was complete), "
+     "refused (503 without running Lua), closed_for_resets, header_timeout, idle_timeout (connections closed).",
+     {"event", NULL}, NULL, 0, 0, {{0}}},
     {"devex_metrics_dropped_total", M_COUNTER,
      "Metric updates dropped because their family has no room for another label combination.", {NULL}, NULL, 0, 0,
      {{0}}},
@@ -108,7 +112,7 @@ static family_t families[] = {
 };
 
 enum { F_HTTP_REQ, F_HTTP_DUR, F_SESSIONS, F_START, F_K8S_REQ, F_K8S_ERR, F_K8S_DUR, F_S3_REQ, F_S3_ERR, F_S3_DUR,
-       F_REDIS_CMD, F_REDIS_ERR, F_REDIS_DUR, F_SWEEP_RUNS, F_SWEEP_ACT, F_LUA_ERR, F_RELOADS, F_DROPPED };
+       F_REDIS_CMD, F_REDIS_ERR, F_REDIS_DUR, F_SWEEP_RUNS, F_SWEEP_ACT, F_LUA_ERR, F_RELOADS, F_HTTP2, F_DROPPED };
 
 static pthread_mutex_t insert_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -330,6 +334,13 @@ void devex_metrics_reload(int ok)
     char v[1][LV_MAX];
     clean_value(v[0], ok ? "ok" : "error", ok ? 2 : 5);
     do_count(&families[F_RELOADS], v, 1);
+}
+
+void devex_metrics_http2(const char *event)
+{
+    char v[1][LV_MAX];
+    clean_value(v[0], event, strlen(event));
+    do_count(&families[F_HTTP2], v, 1);
 }
 
 /* ---- responses made by H2O itself ---- */

@@ -21,6 +21,9 @@ void devex_metrics_http(const char *route, const char *method, size_t mlen, int 
 void devex_metrics_redis(const char *command, int ok, const char *code, double seconds);
 /* A Lua error outside the app's own handling (where: "request", "sweep"...). */
 void devex_metrics_lua_error(const char *where);
+/* One event of the HTTP/2 connection guard (h2_guard.c): "reset",
+ * "refused", "closed_for_resets", "header_timeout", "idle_timeout". */
+void devex_metrics_http2(const char *event);
 /* One reload of a worker's Lua VM. */
 void devex_metrics_reload(int ok);
 /* Counts responses that H2O makes by itself (413, 400... before devexd's

@@ -9,6 +9,7 @@
 #include "server.h"
 #include "crypto.h"
 #include "errjson.h"
+#include "h2_guard.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -219,6 +220,7 @@ static void request_done(devex_task_t *t, int status, int nres)
     devex_reqctx_t *rc = t->rc;
     devex_worker_t *w = t->vm->worker;
     w->inflight--;
+    devex_conn_guard_task_end(t->data); /* h2_guard.c: the connection's tasks in flight */
     if (rc == NULL)
         return; /* the client went away; the result is dropped */
     if (status == DEVEX_TASK_KILLED) {
@@ -300,6 +302,7 @@ static void reqctx_dispose(void *p)
     if (rc->req->res.status != 0)
         devex_metrics_http(rc->metrics_route, rc->req->method.base, rc->req->method.len, rc->req->res.status,
                            (double)(devex_now_ns() - rc->start_ns) / 1e9);
+    devex_conn_guard_request_gone(rc); /* h2_guard.c: a reset stream is counted (needs rc->task) */
     if (rc->task != NULL)
         rc->task->rc = NULL;
     devex_request_detach(rc);
@@ -406,6 +409,11 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         send_error(rc, 404, "not found");
         return 0;
     }
+    const char *refused = devex_conn_guard_admit(rc); /* h2_guard.c: per-connection limits */
+    if (refused != NULL) {
+        send_error(rc, 503, refused);
+        return 0;
+    }
     devex_vm_t *vm = w->vm;
     if (vm == NULL) {
         send_error(rc, 503, "no application loaded");
@@ -422,9 +430,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         nargs = 4;
     }
     w->inflight++;
+    devex_conn_guard_task_start(rc->guard);
     /* rc->task is set before the first run: a handler that never yields
      * finishes inside spawn and clears it again in request_done */
-    devex_task_t *t = devex_task_spawn(vm, L, nargs, request_done, NULL, rc->request_id, rc);
+    devex_task_t *t = devex_task_spawn(vm, L, nargs, request_done, rc->guard, rc->request_id, rc);
     if (t != NULL)
         rc->task = t;
     return 0;
@@ -603,6 +612,7 @@ static void on_accept(uv_stream_t *listener, int status)
     if (conn->type == UV_TCP)
         uv_tcp_nodelay((uv_tcp_t *)conn, 1);
     h2o_socket_t *sock = h2o_uv_socket_create(conn, (uv_close_cb)free);
+    devex_conn_guard_attach(sock, (uv_handle_t *)conn, listener->loop); /* h2_guard.c */
     h2o_accept(&w->accept_ctx[idx], sock);
 }
 

@@ -69,6 +69,8 @@ static void read_server(lua_State *L, int conf)
     s->header_timeout = num_field(L, srv, "header_timeout", 10);
     s->idle_timeout = num_field(L, srv, "idle_timeout", 60);
     s->shutdown_timeout = num_field(L, srv, "shutdown_timeout", 15);
+    s->http2_max_resets = (int)num_field(L, srv, "http2_max_resets", 100);
+    s->http2_max_inflight = (int)num_field(L, srv, "http2_max_inflight", 128);
     lua_getfield(L, srv, "access_log");
     s->access_log = lua_isnil(L, -1) ? true : lua_toboolean(L, -1);
     lua_pop(L, 1);

@@ -34,6 +34,11 @@ typedef struct devex_settings {
     double header_timeout;
     double idle_timeout;
     double shutdown_timeout;
+    /* h2_guard.c: resets one HTTP/2 connection may make before it is closed
+     * (when they are also more than half its requests), and the Lua tasks it
+     * may have running at once, those of reset streams included */
+    int http2_max_resets;
+    int http2_max_inflight;
     devex_log_level_t log_level;
     bool access_log;
     /* X-Request-Id on every response (true) or only on errors and when the

@@ -58,6 +58,12 @@ local schema = {
         header_timeout = { type = "number", default = 10, check = range(0.001, 86400) },
         idle_timeout = { type = "number", default = 60, check = range(0.001, 86400) },
         shutdown_timeout = { type = "number", default = 15, check = range(0, 86400) },
+        -- src/h2_guard.c: streams one HTTP/2 connection may reset before their
+        -- response is complete before it is closed (once they are also more
+        -- than half its requests), and its Lua handlers running at once
+        -- (those of reset streams included; beyond it 503 without Lua)
+        http2_max_resets = { type = "integer", default = 100, check = range(0, 1 << 30) },
+        http2_max_inflight = { type = "integer", default = 128, check = range(1, 1 << 30) },
         log_level = { type = "string", default = "info", check = function(v)
           if v ~= "debug" and v ~= "info" and v ~= "warn" and v ~= "error" then return "must be debug, info, warn or error" end
         end },
