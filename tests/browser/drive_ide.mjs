@@ -10,8 +10,10 @@
 //  - creates hello.py (New file), types a program into the editor, saves it
 //    (Ctrl+S), changes its middle (a second, smaller patch), waits for
 //    "saved"; runs it in the terminal and waits for its output;
-//  - starts `python3 -m http.server <app port>` in the terminal and opens the
-//    app panel on that port (/user-app/<port>/): the listing names hello.py;
+//  - starts the template's program (`python3 main.py`, on APP_PORT) in the
+//    terminal and opens the app panel (/user-app/): its page; then
+//    `python3 -m http.server <app port>` and the panel on that port
+//    (/user-app/<port>/): the listing names hello.py;
 //  - screenshot ide.png; Stop, Start (same page), opens hello.py again,
 //    runs it again; screenshot restarted.png; Stop.
 // Also: the page's makePatch on tricky pairs (non-ASCII, emoji, '%', empty
@@ -113,18 +115,25 @@ try {
   await run("python3 hello.py", "hello from the IDE 54 \u00e9t\u00e9 \u2603 \ud83d\ude00 100%");
   await run("echo exit=$?", "exit=0");
 
-  out.step = "the user's app";
+  out.step = "the user's app: the template's program on APP_PORT";
+  const frame = page.frameLocator("#app");
+  const panel = async (want) => { // the server takes a moment to listen: open the panel again until it answers
+    for (let i = 0; ; i++) {
+      await page.getByRole("button", { name: "Open", exact: true }).click();
+      await page.waitForTimeout(700);
+      const text = await frame.locator("body").innerText({ timeout: 3000 }).catch(() => "");
+      if (text.includes(want)) return { text, src: await page.locator("#app").getAttribute("src") };
+      if (i === 20) throw new Error("the app panel never showed " + want + ": " + text);
+    }
+  };
+  await run('echo "env: host=$HOST port=$PORT run=$RUN_COMMAND"', "env: host=");
+  out.term_env = (await term.innerText()).match(/^env: .*$/m)[0];
+  await run("python3 main.py &", "python3 main.py &");
+  out.app_default = await panel("Hello from your Python REPL");
+  out.step = "the user's app: another port";
   await run(`python3 -m http.server ${appPort} --bind 127.0.0.1 &`, `Serving HTTP on 127.0.0.1 port ${appPort}`);
   await page.locator("#appport").fill(appPort);
-  const frame = page.frameLocator("#app");
-  for (let i = 0; ; i++) { // the server takes a moment to listen: open the panel again until it answers
-    await page.getByRole("button", { name: "Open", exact: true }).click();
-    await page.waitForTimeout(700);
-    const listing = await frame.locator("body").innerText({ timeout: 3000 }).catch(() => "");
-    if (listing.includes("hello.py")) { out.app_text = listing; break; }
-    if (i === 20) throw new Error("the app panel never showed the listing: " + listing);
-  }
-  out.app_src = await page.locator("#app").getAttribute("src");
+  out.app_port = await panel("hello.py");
   await shot("ide.png");
 
   out.step = "stop and start again from the IDE page";

@@ -1,23 +1,26 @@
 """The development IDE page (/ide?repl=<id>, lua/routes/dev_ide.html; issue
 #16, item 5) in headless Chromium (playwright-core: tests/browser/drive_ide.mjs),
-against a development devexd on the local runtime whose python template runs
-the workspace agent (`devexd runner`) as the session:
+against devexd with the shipped development configuration and templates: a
+python session of the local runtime is the workspace agent (`devexd runner`),
+the template's main.py the user's program (on APP_PORT):
 
 sign in, create a python REPL and start it on the dashboard, follow its
-"open the IDE" link; in the IDE: New file hello.py, type a program into the
-editor and save it, change its middle (saved as a second patch), run it in
-the terminal and see its output (non-ASCII and an emoji included), serve the
-workspace with `python3 -m http.server` from the terminal and see it in the
-app panel (/user-app/<port>/); Stop, Start again from the same page: the file
-is there with the edit and runs again. After the last Stop the file is in
-storage as the editor last showed it.
+"open the IDE" link; in the IDE: the template's files in the tree; New file
+hello.py, type a program into the editor and save it, change its middle
+(saved as a second patch), run it in the terminal and see its output
+(non-ASCII and an emoji included); start the template's program from the
+terminal and see its page in the app panel (/user-app/), then
+`python3 -m http.server` on another port and the panel on that port
+(/user-app/<port>/); Stop, Start again from the same page: the file is there
+with the edit and runs again. After the last Stop the file is in storage as
+the editor last showed it.
 
 Also: the page's patch maker (the diff-match-patch text form) on tricky
 pairs, applied by the npm diff-match-patch package (tests/runner's lockfile),
 gives the new text. Screenshots (ide.png, restarted.png) go to the test's
 temp dir and are checked (PNG, not trivial, and the page's text when each was
 taken); no console error, no failed request but the app panel's tries before
-the server listens.
+its server listens.
 
 Chromium, playwright-core and diff-match-patch are installed when missing, as
 in test_browser_auth.py; the test fails (it never skips) when that is not
@@ -29,37 +32,47 @@ Run: python3 tests/integration/test_single_host_ide.py   (DEVEXD_BIN picks the b
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import test_gateway  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
 from test_browser_auth import BROWSER_DIR, CHROMIUM, ensure_chromium, ensure_playwright  # noqa: E402
 
+DEV_CONF = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
 RUNNER_TESTS = os.path.join(harness.SOURCE_DIR, "tests", "runner")
 PNG = b"\x89PNG\r\n\x1a\n"
 DRIVE_TIMEOUT = 240
 FIRST = 'print("hello from the IDE", 6*7)\n'
 SECOND = 'import sys\nprint("hello from the IDE", 6*9, "\u00e9t\u00e9 \u2603 \U0001F600 100%")\nsys.exit(0)\n'
+HELLO = "Hello from your Python REPL"
 OUTPUT = "hello from the IDE 54 \u00e9t\u00e9 \u2603 \U0001F600 100%"
 
 
 class IdePageTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        # the python template's session is the agent over the workspace (PORT and HOST from the local runtime)
-        test_gateway.standin_devexd(
-            cls, "devexd-ide-",
-            "return {\n"
-            "  templates = { catalogue = {\n"
-            "    python = { image = 'runner-python', port = 8081, local_command = { %s, '-L', %s, 'runner', '--dir', '.' } },\n"
-            "  } },\n"
-            "}\n" % (json.dumps(harness.DEVEXD_BIN), json.dumps(harness.LUA_DIR)),
-            templates=("python",), extra_conf="c.frontend_url = c.public_url\n")
+        # the shipped development configuration and templates: a python session is the agent over the
+        # workspace, the template's main.py the user's program (on APP_PORT, what /user-app/ reaches)
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-ide-")
+        cls.addClassCleanup(shutil.rmtree, cls.tmp, True)
+        cls.redis = cls.enterClassContext(RedisServer())
+        conf = ('local c = dofile(%s)\n'
+                'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
+                'c.public_url = "http://localhost:@PORT@"\n'
+                'c.frontend_url = c.public_url\n'
+                'return c\n') % json.dumps(DEV_CONF)
+        env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
+        cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
+        cls.addClassCleanup(harness.kill_session_runners, cls.redis)  # before devexd and redis stop
         cls.origin = "http://localhost:%d" % cls.d.port
+        cls.d.sync_templates()
 
     def drive(self, *args):
         ensure_chromium()
@@ -106,7 +119,7 @@ class IdePageTest(unittest.TestCase):
 
         # the IDE page: the REPL named, the template's files in the tree
         self.assertEqual(r["title"], "first (python)", info)
-        self.assertEqual(r["tree_first"], ["README.md"], info)
+        self.assertEqual(r["tree_first"], ["main.py"], info)
 
         # every patch the page made applies with the npm package and gives the new text
         for i, c in enumerate(r["patch_checks"]):
@@ -117,9 +130,13 @@ class IdePageTest(unittest.TestCase):
         # saved through the agent, run in its terminal, served to the app panel
         self.assertEqual(r["editor_after_save"], SECOND, info)
         self.assertEqual(r["dialogs"], ["File name (in /)"], info)
-        self.assertEqual(r["app_src"], "%s/repl/%s/user-app/%s/" % (self.origin, rid, app_port), info)
-        self.assertIn("hello.py", r["app_text"], info)
-        self.assertIn("Directory listing", r["app_text"], info)
+        # the terminal has the session's environment: the template's program runs on APP_PORT, on loopback
+        self.assertRegex(r["term_env"], r"^env: host=127\.0\.0\.1 port=\d+ run=python3 main\.py$", info)
+        self.assertEqual(r["app_default"]["src"], "%s/repl/%s/user-app/" % (self.origin, rid), info)
+        self.assertIn(HELLO, r["app_default"]["text"], info)
+        self.assertEqual(r["app_port"]["src"], "%s/repl/%s/user-app/%s/" % (self.origin, rid, app_port), info)
+        self.assertIn("hello.py", r["app_port"]["text"], info)
+        self.assertIn("Directory listing", r["app_port"]["text"], info)
 
         # after Stop and Start the edit is there (the local runtime saved and restored it) and runs
         self.assertEqual(r["stopped_tree"], 0, info)
@@ -146,6 +163,7 @@ class IdePageTest(unittest.TestCase):
             self.assertGreater(os.path.getsize(s["path"]), 5000, s["path"])
             self.assertIn("first (python)", s["text"], info)
             self.assertIn("hello.py", s["text"], info)
+            self.assertIn("main.py", s["text"], info)
             self.assertIn(OUTPUT, s["text"], info)
         self.assertIn("saved", shots_taken["ide.png"]["text"], info)
         self.assertIn("Serving HTTP on 127.0.0.1 port " + app_port, shots_taken["ide.png"]["text"], info)
@@ -156,7 +174,8 @@ class IdePageTest(unittest.TestCase):
                     and "Failed to load resource" not in m]
         self.assertEqual(problems, [], info)
         app_path = "/repl/%s/user-app/%s/" % (rid, app_port)
-        bad = [x for x in r["responses"] if x["status"] >= 400 and x["path"] != app_path]
+        bad = [x for x in r["responses"] if x["status"] >= 400
+               and x["path"] not in (app_path, "/repl/%s/user-app/" % rid)]
         self.assertEqual(bad, [], info)
 
 
