@@ -5,7 +5,9 @@
 # the same devexd binary, $THREADS worker threads, access_log=false:
 #   (a) GET /api/repl for a user owning $REPLS REPLs (shipped app): the
 #       session cookie check (HGETALL + TTL renewal) and the listing
-#       (SMEMBERS + HGETALL/EXISTS per REPL) in one Redis script
+#       (SMEMBERS + HGETALL/EXISTS per REPL) in one Redis script, then, once
+#       read, from the worker's caches (lua/services/tracked.lua: kept by
+#       Redis's invalidations; no Redis command for a repeated request)
 #   (b) GET /get/:key of tests/integration/apps/redisapp.lua (the Redis-GET
 #       endpoint bench_redis.sh measures): one Redis GET
 #   (c) the Node.js peer of (a), tests/bench/node/list.js (node:http + ioredis,
@@ -283,7 +285,7 @@ git_rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "HTTP load: wrk -t$CLIENT_THREADS -c$CONNECTIONS -d${DURATION}s --latency x $ROUNDS round(s) (mean), warm-up ${WARMUP}s"
   echo
   printf '%-62s %10s %9s %9s\n' "measurement" "req/s" "p50 ms" "p99 ms"
-  printf '%-62s %10s %9s %9s\n' "(a) GET /api/repl, $REPLS REPLs (cookie check + list: 1 script)" "$list_rps" "${p50[list]}" "${p99[list]}"
+  printf '%-62s %10s %9s %9s\n' "(a) GET /api/repl, $REPLS REPLs (cookie check + list, cached)" "$list_rps" "${p50[list]}" "${p99[list]}"
   printf '%-62s %10s %9s %9s\n' "(c) node:http + ioredis GET /api/repl (2 scripts)" "$node_rps" "${p50[node]}" "${p99[node]}"
   printf '%-62s %10s %9s %9s\n' "(b) GET /get/:key, redisapp.lua (1 Redis GET)" "$get_rps" "${p50[get]}" "${p99[get]}"
   echo "(a)/(c) devexd/node: $ratio_node; (a)/(b): $ratio; GET /api/repl body $list_bytes bytes"
