@@ -6,7 +6,7 @@ set -euo pipefail
 BUILD_PKGS=(build-essential cmake pkg-config libh2o-dev libuv1-dev liblua5.4-dev lua5.4 libhiredis-dev
   libyajl-dev libcurl4-openssl-dev libssl-dev libexpat1-dev libyaml-dev libmimalloc-dev libwslay-dev)
 RUN_PKGS=(redis-server bubblewrap)
-TEST_PKGS=(python3 python3-yaml curl nghttp2-client openssl procps iproute2 nodejs h2o chromium prometheus
+TEST_PKGS=(python3 python3-yaml python3-h2 curl nghttp2-client openssl procps iproute2 nodejs h2o chromium prometheus
   debootstrap rpm lintian debhelper systemd clang-14 libclang-rt-14-dev)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
