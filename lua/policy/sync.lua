@@ -18,6 +18,16 @@
 --   url_expires seconds a presigned URL of the broker is valid [300]
 --   max_files, max_path  the most paths one request may list [10000], the
 --               longest relative path in bytes [900]
+--   max_file_size bytes one file may have through the fs driver's blob route
+--               [1 GiB] (server.max_body bounds every request body too)
+-- When the template's runner is the agent (`devexd runner`,
+-- templates.<t>.agent), the agent itself saves and restores through the same
+-- routes (lua/runner/checkpoint.lua, restore.lua):
+--   checkpoint_interval seconds between the agent's checkpoints [30]: at most
+--               that much work is at risk when the pod or process dies; given
+--               to the agent as CHECKPOINT_INTERVAL
+--   concurrency transfers the agent runs at once [8] (CHECKPOINT_CONCURRENCY)
+--   final_timeout seconds a stop waits for the agent's final checkpoint [120]
 -- The uploader is locked down like the pod's init container
 -- (workload.helper_security_context: no privilege escalation, every
 -- capability dropped, RuntimeDefault seccomp), whatever the template's
@@ -37,7 +47,20 @@ local M = {
   url_expires = 300,
   max_files = 10000,
   max_path = 900,
+  max_file_size = 1 << 30,
+  checkpoint_interval = 30,
+  concurrency = 8,
+  final_timeout = 120,
 }
+
+-- The agent's environment for these knobs (both runtimes add it).
+function M.agent_env(p)
+  p = p or M
+  return {
+    CHECKPOINT_INTERVAL = tostring(p.checkpoint_interval or M.checkpoint_interval),
+    CHECKPOINT_CONCURRENCY = tostring(math.tointeger(p.concurrency or M.concurrency)),
+  }
+end
 
 M.upload_script = [=[
 set -eu

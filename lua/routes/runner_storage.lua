@@ -19,8 +19,21 @@
 -- no empty, "." or ".." segment, at most policy.sync.max_path bytes, at most
 -- policy.sync.max_files of them.
 --
--- The fs storage driver (development) cannot presign: these routes answer
--- 501 with the reason; the Kubernetes runtime needs the s3 driver.
+-- The fs storage driver (single-host development) cannot presign: there the
+-- `url` fields are devexd's own routes, path-absolute (no host: the agent
+-- joins them to its CALLBACK_URL's origin, whatever way it reaches devexd),
+-- authenticated by the same token:
+--   GET /api/runner/<id>/blob/<path>  the stored bytes, streamed from the file
+--   PUT /api/runner/<id>/blob/<path>  stores the body (at most
+--        policy.sync.max_file_size bytes, and server.max_body bounds every
+--        request body: a larger one is 413), written atomically
+-- so the runner agent (lua/runner/checkpoint.lua, restore.lua) has one code
+-- path. The sh scripts of the Kubernetes pods need the s3 driver (they send
+-- no token to the URLs).
+--
+--   POST /api/runner/<id>/progress {files, filesTotal, bytes, bytesTotal}
+--        the agent's restore progress, relayed on the session event stream
+--        as a `restoring` event with those fields (repl.events.progress)
 local crypto = require("devex.crypto")
 local log = require("devex.log")
 local policy = require("policy")
@@ -28,6 +41,8 @@ local sessions = require("repl.sessions")
 local store = require("repl.store")
 local service = require("repl.service")
 local common = require("storage.common")
+local fs = require("devex.fs")
+local dstream = require("devex.stream")
 
 local M = {}
 
@@ -113,11 +128,20 @@ local function open(id)
   if not meta then return nil, nil, 404, "repl not found" end
   local s, err = require("storage").open()
   if not s then return nil, nil, 503, "storage unavailable: " .. tostring(err) end
-  if not s.presign then
-    return nil, nil, 501, "the " .. tostring(s.driver) .. " storage driver cannot presign URLs: runner pods need the s3 driver"
-  end
   local prefix = (meta.prefix and meta.prefix ~= "") and meta.prefix or service.prefix(meta.user, meta.id)
   return s, prefix
+end
+
+-- a path as the URL path of the blob route: every byte but the unreserved
+-- ones and '/' percent-encoded (the router decodes the wildcard)
+local function url_path(p)
+  return (p:gsub("[^%w%-%._~/]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- a URL for one method and key: presigned on S3, the blob route on fs
+local function url_for(s, id, method, key, rel, expires)
+  if s.presign then return s:presign(method, key, expires) end
+  return "/api/runner/" .. id .. "/blob/" .. url_path(rel)
 end
 
 local function lines(list, field)
@@ -145,7 +169,7 @@ return function(app)
           log.warn("runner storage: object skipped", { repl = req.params.id, reason = why })
         end
       else
-        local url, perr = s:presign("GET", o.key, expires)
+        local url, perr = url_for(s, req.params.id, "GET", o.key, rel, expires)
         if not url then return 500, { error = "cannot presign: " .. tostring(perr) } end
         files[#files + 1] = { path = rel, size = o.size, etag = o.etag, url = url }
       end
@@ -165,12 +189,75 @@ return function(app)
       local key = prefix .. p
       local ok, kerr = common.check_key(key)
       if not ok then return 400, { error = tostring(kerr.message) } end
-      local url, perr = s:presign("PUT", key, expires)
+      local url, perr = url_for(s, req.params.id, "PUT", key, p, expires)
       if not url then return 500, { error = "cannot presign: " .. tostring(perr) } end
       out[i] = { path = p, url = url }
     end
     if plain(req) then return lines(out, "url") end
     return 200, { uploads = require("devex.json").array(out), expires = expires }, { ["cache-control"] = "no-store" }
+  end)
+
+  -- the fs driver's bytes (see the top): the path checked as any listed one
+  local function blob_target(req)
+    local rel = req.params.rest or ""
+    local ok, why = M.check_path(rel)
+    if not ok then return nil, 400, why end
+    local s, prefix, status, msg = open(req.params.id)
+    if not s then return nil, status, msg end
+    if s.presign then return nil, 404, "this storage driver hands out presigned URLs: use those" end
+    local key = prefix .. rel
+    local kok, kerr = common.check_key(key)
+    if not kok then return nil, 400, tostring(kerr.message) end
+    return s, key
+  end
+
+  app:get("/api/runner/:id/blob/*rest", runner, function(req)
+    local s, key, msg = blob_target(req)
+    if not s then return key, { error = msg } end
+    local path, perr = s:path(key)
+    if not path then return 400, { error = tostring(perr) } end
+    local f = io.open(path, "rb")
+    local st = f and fs.lstat(path)
+    if not f or not st or st.type ~= "file" then
+      if f then f:close() end
+      return 404, { error = "no such file" }
+    end
+    -- sent as read, 1 MiB at a time: a large file is never held in memory
+    return 200, dstream.new(function(w)
+      while true do
+        local chunk = f:read(1 << 20)
+        if not chunk or not w:write(chunk) then break end
+      end
+      f:close()
+    end), { ["content-type"] = "application/octet-stream", ["cache-control"] = "no-store",
+            ["x-object-size"] = tostring(st.size) }
+  end)
+
+  app:put("/api/runner/:id/blob/*rest", runner, function(req)
+    local s, key, msg = blob_target(req)
+    if not s then return key, { error = msg } end
+    local body = req.body or ""
+    local max = knob("max_file_size", 1 << 30)
+    if #body > max then return 413, { error = "a file is larger than " .. max .. " bytes" } end
+    local r, err = s:put(key, body)
+    if not r then return 502, { error = "storage: " .. tostring(err) } end
+    return 200, { etag = r.etag, size = #body }
+  end)
+
+  app:post("/api/runner/:id/progress", runner, function(req)
+    local b = req:json()
+    if type(b) ~= "table" then return 400, { error = "body must be a JSON object" } end
+    local out = {}
+    for _, k in ipairs({ "files", "filesTotal", "bytes", "bytesTotal" }) do
+      local v = b[k]
+      if math.type(v) ~= "integer" or v < 0 then return 400, { error = '"' .. k .. '" must be a non-negative integer' } end
+      out[k] = v
+    end
+    if out.files > out.filesTotal or out.bytes > out.bytesTotal then
+      return 400, { error = "progress is past its total" }
+    end
+    require("repl.events").progress(req.params.id, out)
+    return 204
   end)
 
   app:post("/api/runner/:id/sync", runner, function(req)

@@ -7,11 +7,35 @@ local proxy = require("devex.proxy")
 local settings = require("runner.settings")
 local protocol = require("runner.protocol")
 local lifecycle = require("runner.lifecycle")
+local restore = require("runner.restore")
+local checkpoint = require("runner.checkpoint")
 
 local conf = settings.get() -- a malformed setting stops the agent here
 
+-- ready only once the workspace is restored (runner.restore)
 app:get("/ping", function()
+  local phase, why = restore.state()
+  if phase ~= "done" then
+    return 503, { error = phase == "failed" and ("restore failed: " .. tostring(why)) or "restoring the workspace" }
+  end
   return 200, '"pong"\n', { ["content-type"] = "application/json" }
+end)
+
+-- devexd's stop asks for the final checkpoint here (Authorization: Bearer
+-- RUNNER_TOKEN) and deletes the workload only after a 200: a stop is
+-- complete when the last checkpoint is confirmed.
+app:post("/api/v1/checkpoint", function(req)
+  local h = req.headers["authorization"]
+  local token = h and h:match("^[Bb]earer%s+(%S+)$")
+  if not conf.token or not token or not require("devex.crypto").equal(token, conf.token) then
+    return 401, { error = "unauthorized" }
+  end
+  local report, err = checkpoint.run{ final = true }
+  if not report then return 503, { error = "checkpoint failed: " .. tostring(err) } end
+  local skipped = require("devex.json").array()
+  for i, k in ipairs(report.skipped) do skipped[i] = k end
+  return 200, { files = report.files, uploaded = report.uploaded, deleted = report.deleted,
+                lastSavedAt = report.lastSavedAt, skipped = skipped }
 end)
 
 app:get("/api/v1/repl/ws", protocol.serve)
@@ -32,5 +56,6 @@ end
 app:route("*", "/user-app/*rest", user_app)
 
 lifecycle.start()
+restore.start() -- then the checkpoints (runner.checkpoint)
 
 return app

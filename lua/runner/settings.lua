@@ -12,6 +12,10 @@
 --                            asks devexd to stop it (default 1800, cleanup.idle_limit's default)
 --   RUNNER_HEARTBEAT_INTERVAL seconds between heartbeats while in use (default 30)
 --   RUNNER_MAX_FILE          largest file read or written through the protocol (default 8 MiB)
+--   CHECKPOINT_INTERVAL      seconds between checkpoints to devexd (policy.sync.checkpoint_interval,
+--                            default 30; 0: only the final one devexd asks for at stop)
+--   CHECKPOINT_CONCURRENCY   transfers at once in a checkpoint or the restore (default 8)
+--   RESTORE                  0: do not restore the workspace at start (someone else did; default 1)
 local M = {}
 
 local function number(name, default, min, max)
@@ -56,6 +60,9 @@ function M.get()
     idle_limit = number("RUNNER_IDLE_LIMIT", 1800, 0.1, 365 * 86400),
     heartbeat_interval = number("RUNNER_HEARTBEAT_INTERVAL", 30, 0.05, 86400),
     max_file = math.tointeger(number("RUNNER_MAX_FILE", 8 * 1024 * 1024, 1, 1 << 30)),
+    checkpoint_interval = number("CHECKPOINT_INTERVAL", 30, 0, 86400),
+    checkpoint_concurrency = math.tointeger(number("CHECKPOINT_CONCURRENCY", 8, 1, 64)),
+    restore = number("RESTORE", 1, 0, 1) == 1,
   }
   return current
 end

@@ -565,7 +565,9 @@ class Callbacks(unittest.TestCase):
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         url = "http://127.0.0.1:%d/api/runner/r1" % srv.server_address[1]
         agent = Agent({"REPL_ID": "r1", "RUNNER_TOKEN": "tok-123", "CALLBACK_URL": url,
-                       "RUNNER_HEARTBEAT_INTERVAL": "0.2", "RUNNER_IDLE_LIMIT": "1.5"}).start()
+                       "RUNNER_HEARTBEAT_INTERVAL": "0.2", "RUNNER_IDLE_LIMIT": "1.5",
+                       # only heartbeats here: the restore and checkpoints are test_checkpoints'
+                       "RESTORE": "0", "CHECKPOINT_INTERVAL": "0"}).start()
         try:
             c = Client(agent)
             poll(lambda: sum(1 for x in calls if x[1] == "POST") >= 3, "three heartbeats", timeout=20)
@@ -591,7 +593,7 @@ class Callbacks(unittest.TestCase):
 
     def test_terminal_environment_has_no_token(self):
         agent = Agent({"REPL_ID": "r2", "RUNNER_TOKEN": "tok-secret", "CALLBACK_URL": "http://127.0.0.1:9/api/runner/r2",
-                       "RUNNER_IDLE_LIMIT": "3600"}).start()
+                       "RUNNER_IDLE_LIMIT": "3600", "RESTORE": "0", "CHECKPOINT_INTERVAL": "0"}).start()
         try:
             c = Client(agent)
             c.send("requestTerminal", None)

@@ -1,0 +1,94 @@
+-- runner.broker: the agent's client of devexd's storage broker
+-- (routes.runner_storage): list, upload URLs, sync, restore progress, and the
+-- transfers of single files to and from the URLs devexd hands out. The agent
+-- holds no storage credential: every call carries only RUNNER_TOKEN, and
+-- only to devexd. A URL devexd returns is either presigned (S3: absolute,
+-- sent without the token, which must not leak to the store) or, with the fs
+-- driver, path-absolute ("/api/runner/<id>/blob/..."): joined to
+-- CALLBACK_URL's origin and sent with the token.
+local http = require("devex.http")
+local json = require("devex.json")
+local settings = require("runner.settings")
+
+local M = {}
+
+-- CALLBACK_SOCKET: devexd reached over a Unix socket (single-host runtime);
+-- the URL's host is then only a name
+local function socket_opt(req)
+  local sock = os.getenv("CALLBACK_SOCKET")
+  if sock and sock ~= "" then req.unix_socket = sock end
+  return req
+end
+
+local function auth()
+  return "Bearer " .. settings.get().token
+end
+
+-- whether the agent can talk to devexd at all
+function M.enabled()
+  local s = settings.get()
+  return s.callback_url ~= nil and s.token ~= nil
+end
+
+-- call(method, path, body_table) -> status, decoded body (or raw text) | nil, err
+function M.call(method, path, body, timeout)
+  local s = settings.get()
+  local headers = { authorization = auth(), accept = "application/json" }
+  local text
+  if body ~= nil then
+    text = json.encode(body)
+    headers["content-type"] = "application/json"
+  end
+  local res, err = http.request(socket_opt{
+    method = method, url = s.callback_url .. path, body = text, headers = headers,
+    timeout = timeout or 60, max_size = 64 * 1024 * 1024,
+  })
+  if not res then return nil, err end
+  local decoded = res.body ~= "" and json.decode(res.body) or nil
+  return res.status, decoded or res.body
+end
+
+-- the request for a URL of the broker's answer: origin and token for
+-- devexd's own blob route, nothing added for a presigned one
+local function target(url, req)
+  if url:sub(1, 1) == "/" then
+    local origin = settings.get().callback_url:match("^(https?://[^/]+)")
+    req.url = origin .. url
+    req.headers = req.headers or {}
+    req.headers.authorization = auth()
+    return socket_opt(req)
+  end
+  req.url = url
+  return req
+end
+
+-- seconds a transfer of `size` bytes may take: generous (1 MB/s at worst)
+local function budget(size) return 60 + (size or 0) / (1 << 20) end
+
+-- put_file(url, path, size) -> true | nil, err (the file streamed from disk)
+function M.put_file(url, path, size)
+  local res, err = http.request(target(url, {
+    method = "PUT", body_file = path, timeout = budget(size),
+    headers = { ["content-type"] = "application/octet-stream" },
+  }))
+  if not res then return nil, err end
+  if res.status < 200 or res.status > 299 then
+    return nil, "upload answered " .. res.status .. ": " .. res.body:sub(1, 200)
+  end
+  return true
+end
+
+-- get_file(url, path, size) -> true | nil, err (the body streamed to disk)
+function M.get_file(url, path, size)
+  local res, err = http.request(target(url, {
+    method = "GET", output_file = path, timeout = budget(size),
+    max_size = math.max((size or 0) + 1, 1 << 20),
+  }))
+  if not res then return nil, err end
+  if res.status ~= 200 then
+    return nil, "download answered " .. res.status .. ": " .. res.body:sub(1, 200)
+  end
+  return true
+end
+
+return M

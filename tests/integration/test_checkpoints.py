@@ -1,0 +1,369 @@
+"""The runner agent's checkpoints and restore (issue #16, items 3 and 4):
+real devexd (storage broker, lua/routes/runner_storage.lua) and real
+`devexd runner` processes (lua/runner/checkpoint.lua, restore.lua), with the
+fs storage driver (devexd serves the bytes itself) and against the
+signature-checking S3 test server (presigned URLs).
+
+ - files written in the workspace reach storage without any stop, with the
+   checkpoint interval shortened to 1 s; a deletion is propagated; devexd
+   records lastSavedAt and GET /api/repl's store reads it;
+ - after kill -9 of the agent, a new agent over an empty directory restores
+   the last confirmed checkpoint byte-identical (nested folders, empty
+   files, non-ASCII names, a binary file) and reports its progress (files
+   and bytes) on the session's event stream;
+ - the final checkpoint devexd asks for at stop (POST /api/v1/checkpoint)
+   needs the token, is confirmed when it answers, and a FIFO and a symbolic
+   link in the workspace are reported, not fatal;
+ - the agent's environment and command line hold no storage credential.
+Assertions are on what arrives, never on elapsed time; waits are generous.
+"""
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import DEVEXD_BIN, LUA_DIR, Devexd, RedisServer, free_port, poll, sanitizer_errors  # noqa: E402
+from test_s3 import S3Server, ensure_s3_server  # noqa: E402
+
+OWNER = "gh_1001"
+RID = "repl-0000cccc-3333"
+TOKEN = "c" * 43
+
+FILES = {
+    "main.py": b"print('hello')\n",
+    "empty.txt": b"",
+    "src/pkg/deep/module.py": b"x = 1\n" * 100,
+    "donn\u00e9es/\u00e9t\u00e9 \u2603.txt": "caf\u00e9 \u2603\n".encode(),
+    "bin/blob.dat": bytes(range(256)) * 64,
+    ".hidden/config": b"k=v\n",
+}
+
+
+def request(method, url, body=None, headers=None, timeout=60):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Agent:
+    """`devexd runner` over a workspace, with the runner contract's variables only."""
+
+    def __init__(self, d, interval, extra=None):
+        self.dir = tempfile.mkdtemp(prefix="devexd-ckpt-ws-")
+        self.log_path = self.dir + ".log"
+        self.port = free_port()
+        # a clean environment: nothing of the test's own (no storage keys) leaks in
+        self.env = {"PATH": os.environ["PATH"], "HOME": self.dir, "DEVEXD_LUA_DIR": LUA_DIR,
+                    "REPL_ID": RID, "RUNNER_TOKEN": TOKEN, "CALLBACK_URL": d.url("/api/runner/" + RID),
+                    "CHECKPOINT_INTERVAL": str(interval), "LOG_LEVEL": "debug"}
+        for k in ("ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"):
+            if k in os.environ:
+                self.env[k] = os.environ[k]
+        self.env.update(extra or {})
+        self.proc = None
+
+    def start(self, wait_ready=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([DEVEXD_BIN, "runner", "--dir", self.dir, "--port", str(self.port),
+                                      "--host", "127.0.0.1"], env=self.env, stdout=self.log, stderr=self.log,
+                                     preexec_fn=harness._set_pdeathsig)
+        if wait_ready:
+            poll(lambda: self.ping() == 200, "the agent's /ping after its restore", timeout=60)
+        return self
+
+    def ping(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("the agent exited: " + self.logtext())
+        try:
+            return request("GET", "http://127.0.0.1:%d/ping" % self.port, timeout=5)[0]
+        except OSError:
+            return None
+
+    def checkpoint(self, token=TOKEN):
+        h = {"Authorization": "Bearer " + token} if token else {}
+        s, b = request("POST", "http://127.0.0.1:%d/api/v1/checkpoint" % self.port, body=b"", headers=h,
+                       timeout=120)
+        return s, json.loads(b or b"null")
+
+    def logtext(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def write(self, rel, data):
+        p = os.path.join(self.dir, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(data)
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def stop(self):
+        """SIGTERM; checks the exit and the log for sanitizer reports."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("the agent did not stop on SIGTERM")
+            self.log.close()
+            errs = sanitizer_errors(self.logtext())
+            if errs or self.proc.returncode != 0:
+                raise AssertionError("agent exit %s, sanitizer: %s\n%s"
+                                     % (self.proc.returncode, errs, self.logtext()[-4000:]))
+
+    def cleanup(self):
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if os.path.exists(self.log_path):
+                os.remove(self.log_path)
+
+
+class CheckpointBase:
+    """The tests, run once per storage driver (the subclasses say which)."""
+
+    @classmethod
+    def storage_conf(cls):
+        raise NotImplementedError
+
+    @classmethod
+    def setUpClass(cls):
+        cls.redis = RedisServer().__enter__()
+        conf = {"environment": "test", "public_url": "http://127.0.0.1:0",
+                "redis": {"url": cls.redis.url(), "timeout": 2}}
+        conf.update(cls.storage_conf())
+        cls.d = Devexd(app=None, threads=2, config=conf, max_body=16 << 20).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.stop_class_servers(cls, "d", "redis")
+        cls.cleanup_storage()
+
+    @classmethod
+    def cleanup_storage(cls):
+        pass
+
+    def setUp(self):
+        self.redis.call("FLUSHALL")
+        self.redis.call("HSET", "devex:replMeta:" + RID, "id", RID, "user", OWNER, "name", RID,
+                        "template", "python", "state", "running", "prefix", "repl/%s/%s/" % (OWNER, RID))
+        self.redis.call("HSET", "devex:activeSession:" + RID, "started_at", str(int(time.time())),
+                        "token_hash", hashlib.sha256(TOKEN.encode()).hexdigest(), "driver", "local")
+        s, b = self.api("POST", "/api/runner/%s/sync" % RID, {"paths": []})  # an empty prefix
+        self.assertEqual(s, 200, b)
+        self.agents = []
+
+    def tearDown(self):
+        for a in self.agents:
+            a.cleanup()
+
+    def agent(self, interval, **kw):
+        a = Agent(self.d, interval, **kw)
+        self.agents.append(a)
+        return a
+
+    def api(self, method, path, body=None):
+        r = self.d.request(method, path, body=json.dumps(body) if body is not None else None,
+                           headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"},
+                           timeout=120)
+        return r.status, r.body
+
+    def stored(self):
+        """{path: md5 hex} of what the broker lists for the REPL."""
+        s, b = self.api("GET", "/api/runner/%s/files" % RID)
+        self.assertEqual(s, 200, b)
+        return {f["path"]: f["etag"] for f in json.loads(b)["files"]}
+
+    def stored_bytes(self):
+        """{path: bytes}: every listed file fetched through its URL."""
+        s, b = self.api("GET", "/api/runner/%s/files" % RID)
+        out = {}
+        for f in json.loads(b)["files"]:
+            url = f["url"]
+            h = {}
+            if url.startswith("/"):
+                url, h = self.d.url(url), {"Authorization": "Bearer " + TOKEN}
+            st, data = request("GET", url, headers=h)
+            self.assertEqual(st, 200, data[:200])
+            out[f["path"]] = data
+        return out
+
+    def wait_stored(self, expected, what):
+        want = {k: hashlib.md5(v).hexdigest() for k, v in expected.items()}
+        poll(lambda: self.stored() == want, what, timeout=60, interval=0.2)
+
+    # ---- the tests ----
+
+    def test_checkpoints_deletions_and_restore_after_kill(self):
+        a = self.agent(1).start()
+        for rel, data in FILES.items():
+            a.write(rel, data)
+        # no stop, no request: the periodic checkpoint carries them
+        self.wait_stored(FILES, "the workspace's files in storage by a periodic checkpoint")
+        saved = self.redis.call("HGET", "devex:replMeta:" + RID, "lastSavedAt")
+        self.assertTrue(saved and int(saved) > 0, saved)
+        os.remove(os.path.join(a.dir, "main.py"))
+        a.write("src/pkg/deep/module.py", b"changed\n")
+        expected = dict(FILES)
+        del expected["main.py"]
+        expected["src/pkg/deep/module.py"] = b"changed\n"
+        self.wait_stored(expected, "the deletion and the change propagated")
+        a.write("late.txt", b"written last\n")
+        expected["late.txt"] = b"written last\n"
+        self.wait_stored(expected, "the last write confirmed")
+        a.kill9()
+
+        b = self.agent(1).start()
+        self.assertEqual(harness.tree(b.dir), expected)
+        self.assertEqual(self.stored_bytes(), expected)
+        # the restore's progress on the session's event stream: files and bytes
+        events = [json.loads(e[1][1]) for e in self.redis.call("XRANGE", "devex:replEvents:" + RID, "-", "+")]
+        prog = [e for e in events if e.get("phase") == "restoring" and "bytesTotal" in e]
+        self.assertTrue(prog, events)
+        last = prog[-1]
+        self.assertEqual(last["files"], len(expected))
+        self.assertEqual(last["filesTotal"], len(expected))
+        self.assertEqual(last["bytesTotal"], sum(len(v) for v in expected.values()))
+        self.assertEqual(last["bytes"], last["bytesTotal"])
+        # a restored workspace costs no upload: the next checkpoints find nothing changed
+        s, rep = b.checkpoint()
+        self.assertEqual(s, 200, rep)
+        self.assertEqual(rep["uploaded"], 0, rep)
+        self.assertEqual(rep["deleted"], 0, rep)
+
+    def test_final_checkpoint_special_files_and_token(self):
+        a = self.agent(0).start()  # no periodic checkpoint: only the one a stop asks for
+        a.write("a/b.txt", b"final\n")
+        keep = os.urandom(3 << 20)
+        a.write("keep.bin", keep)
+        os.mkfifo(os.path.join(a.dir, "a", "pipe"))
+        os.symlink("/etc/passwd", os.path.join(a.dir, "link"))
+        s, rep = a.checkpoint(token=None)
+        self.assertEqual(s, 401, rep)
+        s, rep = a.checkpoint(token="d" * 43)
+        self.assertEqual(s, 401, rep)
+        self.assertEqual(self.stored(), {})  # nothing sent without the token
+        s, rep = a.checkpoint()
+        self.assertEqual(s, 200, rep)
+        self.assertEqual(rep["files"], 2, rep)
+        self.assertEqual(rep["uploaded"], 2, rep)
+        self.assertIsInstance(rep["lastSavedAt"], int)
+        skipped = {k["path"]: k["reason"] for k in rep["skipped"]}
+        self.assertEqual(set(skipped), {"a/pipe", "link"}, rep)
+        # confirmed when it answered: storage already holds both
+        self.assertEqual(self.stored_bytes(), {"a/b.txt": b"final\n", "keep.bin": keep})
+        self.assertEqual(self.redis.call("HGET", "devex:replMeta:" + RID, "lastSavedAt"), str(rep["lastSavedAt"]).encode())
+        # touched but not changed: hashed, not sent again
+        os.utime(os.path.join(a.dir, "keep.bin"))
+        s, rep = a.checkpoint()
+        self.assertEqual((s, rep["uploaded"]), (200, 0), rep)
+        self.assertIn("checkpoint: skipped", a.logtext())
+
+    def test_no_storage_credential_in_the_agent(self):
+        a = self.agent(1).start()
+        a.write("x.txt", b"x")
+        self.wait_stored({"x.txt": b"x"}, "x.txt stored")
+        with open("/proc/%d/environ" % a.proc.pid, "rb") as f:
+            env = f.read().split(b"\0")
+        with open("/proc/%d/cmdline" % a.proc.pid, "rb") as f:
+            cmdline = f.read()
+        names = {e.split(b"=", 1)[0] for e in env if e}
+        self.assertEqual(names & {b"AWS_ACCESS_KEY_ID", b"AWS_SECRET_ACCESS_KEY", b"AWS_SESSION_TOKEN",
+                                  b"S3_ACCESS_KEY", b"S3_SECRET_KEY"}, set())
+        for secret in self.secrets():
+            self.assertNotIn(secret.encode(), b"\0".join(env))
+            self.assertNotIn(secret.encode(), cmdline)
+        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        mine = [l for l in ps.splitlines() if l.split(None, 1)[0] == str(a.proc.pid)]
+        self.assertTrue(mine, ps)
+        for secret in self.secrets():
+            self.assertNotIn(secret, mine[0])
+
+    def secrets(self):
+        return []
+
+
+class FsDriverTest(CheckpointBase, unittest.TestCase):
+    """The fs driver: devexd serves and stores the bytes itself (the blob route)."""
+
+    @classmethod
+    def storage_conf(cls):
+        cls.storage_dir = tempfile.mkdtemp(prefix="devexd-ckpt-store-")
+        return {"storage": {"driver": "fs", "dir": cls.storage_dir}}
+
+    @classmethod
+    def cleanup_storage(cls):
+        shutil.rmtree(cls.storage_dir, ignore_errors=True)
+
+    def test_blob_route_checks(self):
+        base = "/api/runner/%s/blob/" % RID
+        r = self.d.request("PUT", base + "a.txt", body=b"hi", headers={})
+        self.assertEqual(r.status, 401)
+        r = self.d.request("PUT", base + "a.txt", body=b"hi", headers={"Authorization": "Bearer " + "z" * 43})
+        self.assertEqual(r.status, 401)
+        h = {"Authorization": "Bearer " + TOKEN}
+        for bad in ("..%2F..%2Fetc%2Fpasswd", "a/../../b", "%00x", "a//b"):
+            r = self.d.request("GET", base + bad, headers=h)
+            self.assertIn(r.status, (400, 404), bad)
+            self.assertNotIn(b"root:", r.body)
+        r = self.d.request("PUT", base + "d%C3%A9j%C3%A0/x%20y.txt", body=b"bytes", headers=h)
+        self.assertEqual(r.status, 200, r.body)
+        r = self.d.request("GET", base + "d%C3%A9j%C3%A0/x%20y.txt", headers=h)
+        self.assertEqual((r.status, r.body), (200, b"bytes"))
+        r = self.d.request("GET", base + "missing.txt", headers=h)
+        self.assertEqual(r.status, 404)
+        # over server.max_body: refused from the Content-Length, before any byte of the body
+        c = http.client.HTTPConnection("127.0.0.1", self.d.port, timeout=60)
+        c.putrequest("PUT", base + "big")
+        c.putheader("Authorization", "Bearer " + TOKEN)
+        c.putheader("Content-Length", str((16 << 20) + 1))
+        c.endheaders()
+        self.assertEqual(c.getresponse().status, 413)
+        c.close()
+        # progress reports are checked like any input
+        for bad in ({}, {"files": -1, "filesTotal": 1, "bytes": 0, "bytesTotal": 0},
+                    {"files": 2, "filesTotal": 1, "bytes": 0, "bytesTotal": 0},
+                    {"files": "1", "filesTotal": 1, "bytes": 0, "bytesTotal": 0}):
+            s, b = self.api("POST", "/api/runner/%s/progress" % RID, bad)
+            self.assertEqual(s, 400, (bad, b))
+
+
+class S3DriverTest(CheckpointBase, unittest.TestCase):
+    """The s3 driver: presigned URLs to the signature-checking S3 test server."""
+
+    @classmethod
+    def storage_conf(cls):
+        ensure_s3_server()
+        cls.s3 = S3Server().start()
+        return {"s3": cls.s3.conf()}
+
+    @classmethod
+    def cleanup_storage(cls):
+        harness.stop_class_servers(cls, "s3")
+
+    def secrets(self):
+        return [self.s3.access_key, self.s3.secret_key]
+
+
+if __name__ == "__main__":
+    harness.main()
