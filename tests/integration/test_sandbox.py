@@ -129,6 +129,8 @@ class H(http.server.BaseHTTPRequestHandler):
                     f.truncate(10 * 1024 ** 3)
             return self.reply({"truncate": outcome(grow),
                                "size": os.path.getsize("huge.bin") if os.path.exists("huge.bin") else None})
+        if u.path == "/exit":
+            os._exit(3)
         if u.path == "/forkbomb":
             if os.fork() == 0:
                 os.setsid()
@@ -354,6 +356,30 @@ class SandboxTest(unittest.TestCase):
         self.assertIn("not a socket", r.body.decode())
         self.assertEqual(self.session(rid), {})
         self.assertNotEqual(self.redis.call("HGET", "devex:replMeta:" + rid, "state"), b"running")
+
+    def test_a_runner_that_exits_is_cleaned_up(self):
+        alice = self.login("alice", 1001)
+        rid, sess, sock = self.start(alice, "exits")
+        uid = int(sess["uid"])
+        cgroups = [c for c in sess.get("cgroups", "").split("\n") if c]
+        if os.access("/sys/fs/cgroup/pids", os.W_OK) and not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.assertTrue(any("/pids/" in c for c in cgroups), cgroups)  # cgroup v1 with pids writable
+        for c in cgroups:
+            self.assertTrue(os.path.isdir(c), c)
+        st, _ = runner_get(sock, "/write?name=last.txt&text=bye")
+        self.assertEqual(st, 200)
+        with self.assertRaises((http.client.HTTPException, OSError)):
+            runner_get(sock, "/exit")
+        deadline = time.monotonic() + 30
+        while self.redis.call("HGET", "devex:replMeta:" + rid, "state") != b"stopped":
+            self.assertLess(time.monotonic(), deadline, "the runner's exit was not noticed")
+            time.sleep(0.1)
+        with open(os.path.join(self.store_dir, "repl", "gh_1001", rid, "last.txt")) as f:
+            self.assertEqual(f.read(), "bye")
+        self.assertEqual(procs_of_uid(uid), [])
+        for c in cgroups:
+            self.assertFalse(os.path.exists(c), c)
+        self.assertIsNone(self.redis.call("GET", "devex:sandbox:uid:%d" % uid))
 
     def test_fork_bomb_and_memory_hog_are_contained(self):
         alice, bob = self.login("alice", 1001), self.login("bob", 1002)
