@@ -208,6 +208,18 @@ class StorageSuite:
             f.write("from a file\n")
         self.ok("put_file", "file/upload.bin", path)
         self.assertEqual(self.ok("get", "file/upload.bin")["body"], "from a file\n")
+        # streamed in pieces: 3 MB crosses several, byte-identical (etag = MD5)
+        big = os.urandom(3 * 1024 * 1024 + 17)
+        with open(path, "wb") as f:
+            f.write(big)
+        r = self.ok("put_file", "file/upload.bin", path, {"max_bytes": len(big)})
+        self.assertEqual(r["result"]["etag"], hashlib.md5(big).hexdigest())
+        self.assertEqual(self.ok("head", "file/upload.bin")["result"]["size"], len(big))
+        # max_bytes: a larger file is refused and the stored copy stays
+        r = self.op("put_file", "file/upload.bin", path, {"max_bytes": len(big) - 1})
+        self.assertFalse(r["ok"])
+        self.assertEqual(r["err"]["code"], "TooLarge")
+        self.assertEqual(self.ok("head", "file/upload.bin")["result"]["size"], len(big))
         self.ok("delete", "file/upload.bin")
 
     def test_special_keys(self):
