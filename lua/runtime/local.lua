@@ -46,7 +46,7 @@ function M.new(config)
     if l.socket and l.only == "/api/runner/" then callback_socket = l.socket end
   end
   return setmetatable({ name = "local", dir = dir, public_url = public, grace = rt.stop_grace or 5,
-                        ready_timeout = rt.ready_timeout or 60, sandbox = sandbox.settings(config),
+                        ready_timeout = rt.ready_timeout or 60, sandbox = sandbox.settings(config, dir),
                         callback_socket = callback_socket, agent_env = rt.agent_env or {} }, Driver)
 end
 

@@ -34,13 +34,14 @@ local policy = require("policy")
 
 local M = {}
 
--- Settings from config.runtime; nil when isolation is off.
-function M.settings(config)
+-- Settings from config.runtime (dir: the local runtime's workspace
+-- directory); nil when isolation is off.
+function M.settings(config, dir)
   local rt = config.runtime or {}
   if rt.isolation ~= true then return nil end
   local sb = rt.sandbox or {}
   local uids = sb.uids or {}
-  local dir = rt.dir or "/tmp/devexd-workspaces"
+  dir = dir or rt.dir or "/tmp/devexd-workspaces"
   return {
     first_uid = math.tointeger(uids.first or 200000),
     uid_count = math.tointeger(uids.count or 1000),
