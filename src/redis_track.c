@@ -54,6 +54,7 @@
 #define TRACK_CONNECT_MS 2000
 #define TRACK_BACKOFF_MIN_MS 50
 #define TRACK_BACKOFF_MAX_MS 2000
+#define TRACK_REFUSED_RETRY_MS 10000
 #define TRACK_CHANNEL "__redis__:invalidate"
 
 typedef enum { T_DOWN = 0, T_CONNECTING, T_HANDSHAKE, T_READY } tstate_t;
@@ -103,7 +104,7 @@ static void t_set_events(tracker_t *t, int events)
 
 /* Drops the connection; everything cached must go (epoch), and a reconnect
  * is scheduled with backoff. */
-static void t_fail(tracker_t *t, const char *why)
+static void t_fail_as(tracker_t *t, const char *why, int refused)
 {
     snprintf(t->last_error, sizeof(t->last_error), "%s", why);
     if (t->state == T_READY)
@@ -123,8 +124,15 @@ static void t_fail(tracker_t *t, const char *why)
     t->state = T_DOWN;
     t->epoch++;
     unsigned ms = t->backoff_ms ? t->backoff_ms : TRACK_BACKOFF_MIN_MS;
+    if (refused) /* Redis said no (an ACL without the channel, Redis < 6): not soon again */
+        ms = TRACK_REFUSED_RETRY_MS;
     t->backoff_ms = ms * 2 > TRACK_BACKOFF_MAX_MS ? TRACK_BACKOFF_MAX_MS : ms * 2;
     t->next_attempt_ns = devex_now_ns() + (uint64_t)(ms + (unsigned)(rand() % (int)(ms / 2 + 1))) * 1000000ull;
+}
+
+static void t_fail(tracker_t *t, const char *why)
+{
+    t_fail_as(t, why, 0);
 }
 
 /* Sends what hiredis has buffered; arms the write watch while some is left. */
@@ -179,7 +187,7 @@ static void t_handshake_reply(tracker_t *t, redisReply *r)
         snprintf(why, sizeof(why), "%s: %s",
                  t->step == H_AUTH ? "AUTH" : t->step == H_ID ? "CLIENT ID" : t->step == H_TRACKING ? "CLIENT TRACKING" : "SUBSCRIBE",
                  r->str);
-        t_fail(t, why);
+        t_fail_as(t, why, 1);
         return;
     }
     switch (t->step) {

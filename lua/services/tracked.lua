@@ -91,8 +91,12 @@ local function sync()
     local err
     handle, err = track.open(URL, M.PREFIXES)
     if not handle then
-      open_failed = true
-      log.warn("redis caches off", { error = tostring(err) })
+      -- outside a worker thread (a CLI task) try again later; else (rediss://,
+      -- a malformed URL) this VM never caches
+      if not tostring(err):find("worker thread", 1, true) then
+        open_failed = true
+        log.warn("redis caches off", { error = tostring(err) })
+      end
       return false
     end
   end
