@@ -14,6 +14,14 @@
 --   local_command  the command the single-host runtime runs in the
 --              workspace (a stand-in for the runner image on a bare machine;
 --              that runtime picks a free port of its own and ignores `port`)
+--   agent      true: the runner is the agent (`devexd runner`), which restores
+--              and checkpoints the workspace itself through devexd: on
+--              Kubernetes the pod has no init container and stop asks the
+--              agent for its final checkpoint (policy.workload, policy.sync);
+--              false: the original runner image with the init container and
+--              the uploader. Default: true with RUNNER_AGENT_REGISTRY's
+--              images, else false. (The single-host runtime reads only an
+--              explicit false: it runs the agent otherwise.)
 --   resources  Kubernetes requests and limits of the runner container
 --   security   the pod's security for this template, merged key by key over
 --              workload.security (lua/policy/workload.lua, where the fields
@@ -51,6 +59,7 @@ return {
   defaults = {
     port = 8081,
     grpc_port = not agent_registry and 50051 or false,
+    agent = agent_registry ~= nil,
     readiness_path = "/ping",
     image_pull_policy = "Always",
     resources = default_resources,

@@ -25,6 +25,12 @@
 --     prefix. That URL is NOT authenticated: anyone with it reaches the
 --     runner. In "gateway" mode (the default) there is no Ingress and no
 --     Middleware: devexd serves the runner domain itself, owner only.
+-- When the template's runner is the agent (templates.<t>.agent = true, the
+-- default with RUNNER_AGENT_REGISTRY's images): no init container; the
+-- runner gets CHECKPOINT_INTERVAL and CHECKPOINT_CONCURRENCY
+-- (policy.sync.agent_env) and restores the workspace itself before its
+-- /ping answers, then checkpoints it; stop asks it for a final checkpoint
+-- (runtime.kubernetes) and adds the uploader only when that fails.
 -- What differs from the original on purpose: no S3 credential is in the pod
 -- (the init container and the uploader fetch presigned URLs from devexd with
 -- the runner token), objects carry the managed-by, repl and
@@ -356,6 +362,18 @@ function M.build(ctx)
     { name = "RUNNER_TOKEN", value = ctx.token },
     { name = "CALLBACK_URL", value = ctx.callback_url },
   }
+  -- the runner is the agent (`devexd runner`, templates.<t>.agent): it
+  -- restores and checkpoints the workspace itself through devexd (policy.sync
+  -- checkpoint_interval, concurrency), so the pod has no init container, and
+  -- stop asks it for a final checkpoint instead of adding the uploader
+  local agent = t.agent == true
+  if agent then
+    local env = require("policy.sync").agent_env(ctx.sync)
+    local names = {}
+    for k in pairs(env) do names[#names + 1] = k end
+    table.sort(names) -- a stable render
+    for _, k in ipairs(names) do runner_env[#runner_env + 1] = { name = k, value = env[k] } end
+  end
   local runner_mounts = { { name = "workspaces", mountPath = "/workspaces" } }
   local volumes = { { name = "workspaces", emptyDir = json.object({}) } }
   if home then
@@ -413,14 +431,14 @@ function M.build(ctx)
           enableServiceLinks = false,
           securityContext = M.pod_security_context(sec),
           volumes = json.array(volumes),
-          initContainers = json.array({ {
+          initContainers = (not agent) and json.array({ {
             name = "download",
             image = p.downloader_image,
             command = json.array({ "sh", "-c", M.download_script }),
             env = M.helper_env(ctx.token, ctx.callback_url),
             securityContext = M.helper_security_context(),
             volumeMounts = workspace_mount(),
-          } }),
+          } }) or nil,
           containers = json.array(containers),
         },
       },

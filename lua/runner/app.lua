@@ -21,13 +21,18 @@ app:get("/ping", function()
   return 200, '"pong"\n', { ["content-type"] = "application/json" }
 end)
 
--- devexd's stop asks for the final checkpoint here (Authorization: Bearer
--- RUNNER_TOKEN) and deletes the workload only after a 200: a stop is
--- complete when the last checkpoint is confirmed.
+-- devexd's stop asks for the final checkpoint here and deletes the workload
+-- (or the workspace) only after a 200: a stop is complete when the last
+-- checkpoint is confirmed. Authorization: Bearer RUNNER_TOKEN, or the
+-- token's SHA-256 hex, which is all devexd keeps of it (the session's
+-- token_hash): that proves devexd's session store, and the route can only
+-- save the workspace to the REPL's own storage through devexd.
 app:post("/api/v1/checkpoint", function(req)
+  local crypto = require("devex.crypto")
   local h = req.headers["authorization"]
   local token = h and h:match("^[Bb]earer%s+(%S+)$")
-  if not conf.token or not token or not require("devex.crypto").equal(token, conf.token) then
+  if not conf.token or not token or not (crypto.equal(token, conf.token)
+      or crypto.equal(token, crypto.sha256_hex(conf.token))) then
     return 401, { error = "unauthorized" }
   end
   local report, err = checkpoint.run{ final = true }

@@ -114,6 +114,7 @@ function M.context(policy, meta, opts)
     repl = meta, template = t, image = image, name = meta.id, namespace = opts.namespace,
     token = opts.token, callback_url = public .. "/api/runner/" .. meta.id, s3 = config.s3,
     exposure = exposure, host = host, url = url, mcp = mcp and true or false, policy = wp,
+    sync = policy.sync, -- the agent's checkpoint settings (policy.sync.agent_env)
   }
 end
 
@@ -452,6 +453,16 @@ function Driver:stop(meta, sess)
   for _, p in ipairs(l.items) do
     if not (p.metadata and p.metadata.deletionTimestamp) then pod = p end
   end
+  local t = M.template(P(), meta.template)
+  if pod and t and t.agent == true then
+    -- the agent saves the workspace itself: its final checkpoint, confirmed
+    -- by devexd's sync before it answers, and only then the deletion. A dead
+    -- or failing agent falls back to the uploader below.
+    events.emit(meta.id, "saving")
+    local ok, why = M.final_checkpoint(sess, P().sync)
+    if ok then return self:delete_deployment(c, id.names.deployment) end
+    log.warn("repl stop: the agent's final checkpoint failed, saving with the uploader", { repl = meta.id, error = why })
+  end
   if pod then
     local policy = P()
     local sp = policy.sync
@@ -470,6 +481,28 @@ function Driver:stop(meta, sess)
     log.warn("repl stop: no running pod, nothing to save", { repl = meta.id })
   end
   return self:delete_deployment(c, id.names.deployment)
+end
+
+-- POST <endpoint>/api/v1/checkpoint on the agent (lua/runner/app.lua):
+-- devexd keeps only the hash of the session's runner token, and the agent
+-- takes that hash as devexd's credential for this one route (whoever can
+-- read the session in Redis can at most make the agent save the files to
+-- the REPL's own storage). -> true | nil, reason
+function M.final_checkpoint(sess, sp)
+  local endpoint = sess and sess.endpoint
+  if type(endpoint) ~= "string" or endpoint == "" or not sess.token_hash then return nil, "no endpoint" end
+  local req = { method = "POST", body = "", timeout = (sp and sp.final_timeout) or 120,
+                headers = { authorization = "Bearer " .. sess.token_hash } }
+  local sock = endpoint:match("^unix:(/.+)$")
+  if sock then
+    req.unix_socket, req.url = sock, "http://localhost/api/v1/checkpoint"
+  else
+    req.url = "http://" .. endpoint .. "/api/v1/checkpoint"
+  end
+  local res, e = require("devex.http").request(req)
+  if not res then return nil, tostring(e) end
+  if res.status ~= 200 then return nil, "the agent answered " .. res.status .. ": " .. res.body:sub(1, 300) end
+  return true
 end
 
 function Driver:delete_deployment(c, name)

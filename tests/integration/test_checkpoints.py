@@ -365,5 +365,50 @@ class S3DriverTest(CheckpointBase, unittest.TestCase):
         return [self.s3.access_key, self.s3.secret_key]
 
 
+class AgentWorkloadTest(unittest.TestCase):
+    """`devexd workload render`: with the agent (templates.<t>.agent, the default
+    with RUNNER_AGENT_REGISTRY) the pod has no init container and the runner
+    gets the checkpoint settings of policy.sync; the original image keeps the
+    init container."""
+
+    def render(self, policy_text=None, **env):
+        from test_workload_render import SHIPPED_CONF, clean_env
+        conf = SHIPPED_CONF
+        tmp = tempfile.mkdtemp(prefix="devexd-ckpt-render-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        if policy_text is not None:
+            pol = os.path.join(tmp, "policy.lua")
+            with open(pol, "w") as f:
+                f.write(policy_text)
+            conf = os.path.join(tmp, "devexd.conf.lua")
+            with open(conf, "w") as f:
+                f.write("return { policy = { file = %s } }\n" % json.dumps(pol))
+        env.setdefault("ENVIRONMENT", "test")
+        p = subprocess.run([DEVEXD_BIN, "-c", conf, "-L", LUA_DIR, "workload", "render", "--template", "python"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                           env=clean_env(**env))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        dep = [o for o in json.loads(p.stdout)["objects"] if o["kind"] == "Deployment"][0]
+        spec = dep["spec"]["template"]["spec"]
+        runner = [c for c in spec["containers"] if c["name"] == "runner"][0]
+        return spec, {e["name"]: e.get("value") for e in runner["env"]}
+
+    def test_agent_has_no_init_container(self):
+        spec, env = self.render(RUNNER_AGENT_REGISTRY="registry.invalid/devex")
+        self.assertNotIn("initContainers", spec)
+        self.assertEqual(env["CHECKPOINT_INTERVAL"], "30")
+        self.assertEqual(env["CHECKPOINT_CONCURRENCY"], "8")
+        self.assertFalse([k for k in env if k.startswith("AWS_")], env)
+        spec, env = self.render('return { templates = { catalogue = { python = { image = "x/y:1", agent = true } } },'
+                                ' sync = { checkpoint_interval = 7 } }')
+        self.assertNotIn("initContainers", spec)
+        self.assertEqual(env["CHECKPOINT_INTERVAL"], "7")
+
+    def test_original_runner_keeps_the_init_container(self):
+        spec, env = self.render()
+        self.assertEqual([c["name"] for c in spec["initContainers"]], ["download"])
+        self.assertNotIn("CHECKPOINT_INTERVAL", env)
+
+
 if __name__ == "__main__":
     harness.main()
