@@ -366,7 +366,7 @@ class EncodedReplIdTest(unittest.TestCase):
             policy = os.path.join(tmp, "policy.lua")
             with open(policy, "w") as f:
                 f.write("return { templates = { catalogue = { standin = { image = 'runner-standin', port = 8081,\n"
-                        "  local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } } }\n"
+                        "  agent = false, local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } } }\n"
                         % standin)
             os.makedirs(os.path.join(tmp, "templates", "standin"))
             with open(os.path.join(tmp, "templates", "standin", "README.md"), "w") as f:

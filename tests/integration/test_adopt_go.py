@@ -217,9 +217,8 @@ class AdoptGoTest(unittest.TestCase):
         self.assertEqual([(x["id"], x["name"], x["isActive"]) for x in listed], [(self.A, "my app", False)])
         r = gh.get("/api/repl/session/" + self.A)
         self.assertEqual(r.status, 200, r.body)
-        r = gh.get("/repl/%s/" % self.A)  # the REPL's own app, through the runner gateway
-        self.assertEqual(r.status, 200, r.body)
-        self.assertIn(b"Hello from your Python REPL", r.body)
+        r = gh.get("/repl/%s/ping" % self.A)  # the REPL's runner agent, through the runner gateway
+        self.assertEqual((r.status, r.body), (200, b'"pong"\n'))
         self.assertEqual(gh.request("DELETE", "/api/repl/session/" + self.A, headers=JSON).status, 200)
         self.assertEqual(self.gh_login("dave", 4242).get("/api/repl").json()[0]["id"], self.D)
         self.assertEqual(self.gh_login("carol", 77).get("/api/repl").json(), [])

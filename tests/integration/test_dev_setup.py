@@ -64,9 +64,10 @@ class DevSetupTest(unittest.TestCase):
                     r = b.get("/api/repl/session/" + rid)
                     self.assertEqual(r.status, 200, r.body)
                     self.assertEqual(r.json()["url"], "http://localhost:%d/repl/%s/" % (d.port, rid))
-                    r = b.get("/repl/%s/" % rid)
-                    self.assertEqual(r.status, 200, r.body)
-                    self.assertIn(b"Hello from your Python REPL", r.body)
+                    r = b.get("/repl/%s/ping" % rid)  # the session's runner agent, through the gateway
+                    self.assertEqual((r.status, r.body), (200, b'"pong"\n'))
+                    with open(os.path.join(tmp, "workspaces", rid, "main.py")) as f:
+                        self.assertIn("Hello from your Python REPL", f.read())
                     with open(os.path.join(tmp, "workspaces", rid, "saved.txt"), "w") as f:
                         f.write("kept\n")
                     r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)

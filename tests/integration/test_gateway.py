@@ -117,7 +117,7 @@ class GatewayTest(unittest.TestCase):
             cls, "devexd-gateway-",
             "return {\n"
             "  templates = { catalogue = { standin = { image = 'runner-standin', port = 8081,\n"
-            "    local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } },\n"
+            "    agent = false, local_command = { 'sh', '-c', 'exec python3 %s --host 127.0.0.1 --port \"$PORT\"' } } } },\n"
             "  cleanup = { idle_limit = %d, activity_interval = %d, sweep_interval = 1 },\n"
             "}\n" % (STANDIN, IDLE_LIMIT, ACTIVITY_INTERVAL),
             extra_conf='c.runner = { domain = "%s", exposure = "gateway", scheme = "http" }\n' % RUNNER_DOMAIN)

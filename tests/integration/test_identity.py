@@ -134,9 +134,8 @@ class IdentityTest(IdentityBase):
         self.assertEqual((meta["user"], meta["prefix"], meta["login"]), ("gh_1001", "repl/gh_1001/%s/" % rid, "Alice"))
         self.assertEqual(self.members("gh_1001"), [rid])
         self.assertEqual(alice.get("/api/repl/session/" + rid).status, 200)
-        r = alice.get("/repl/%s/" % rid)  # the runner gateway on devexd's host
-        self.assertEqual(r.status, 200, r.body)
-        self.assertIn(b"Hello from your Python REPL", r.body)
+        r = alice.get("/repl/%s/ping" % rid)  # the runner gateway on devexd's host (the agent)
+        self.assertEqual((r.status, r.body), (200, b'"pong"\n'))
 
         # Alice renames her account; someone else registers "Alice"
         mallory = self.gh_login("Alice", 2002)
@@ -155,7 +154,7 @@ class IdentityTest(IdentityBase):
         renamed = self.gh_login("Alice-Renamed", 1001)
         listed = renamed.get("/api/repl").json()
         self.assertEqual(listed, [dict(repl, user="Alice-Renamed", isActive=True)])
-        r = renamed.get("/repl/%s/" % rid)
+        r = renamed.get("/repl/%s/ping" % rid)
         self.assertEqual(r.status, 200, r.body)
         self.assertEqual(renamed.request("DELETE", "/api/repl/session/" + rid, headers=JSON).status, 200)
         self.assertEqual(renamed.request("DELETE", "/api/repl/" + rid, headers=JSON).status, 200)

@@ -1,6 +1,6 @@
 """Sessions with the single-host runtime (lua/runtime/local.lua): the
-template's runner runs as a child process of devexd in a workspace
-materialised from storage. Start (the runner answers), a file written into
+runner (the agent, `devexd runner`, by default) runs as a child process of
+devexd in a workspace materialised from storage. Start (the runner answers), a file written into
 the workspace as the runner would, stop (file saved, process gone, directory
 gone), start again (the file is back), a runner killed from outside (session
 marked stopped, files saved), concurrent starts (one runner), delete."""
@@ -97,18 +97,19 @@ class LocalRuntimeTest(unittest.TestCase):
         sess = self.session(rid)
         pid, endpoint = int(sess["pid"]), sess["endpoint"]
         self.assertTrue(endpoint.startswith("127.0.0.1:"))
-        with urllib.request.urlopen("http://%s/" % endpoint, timeout=5) as resp:
-            self.assertIn(b"Hello from your Python REPL", resp.read())
+        with urllib.request.urlopen("http://%s/ping" % endpoint, timeout=5) as resp:
+            self.assertEqual(resp.read(), b'"pong"\n')  # the agent
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            self.assertEqual(f.read().split(b"\0")[1:4], [b"runner", b"--dir", os.path.join(self.ws_dir, rid).encode()])
         self.assertEqual(self.state(rid), "running")
         self.assertIs(b.get("/api/repl").json()[0]["isActive"], True)
         # through devexd's proxy: the owner gets the runner's page, nobody else
-        r = b.get("/repl/%s/" % rid)
-        self.assertEqual(r.status, 200, r.body)
-        self.assertIn(b"Hello from your Python REPL", r.body)
+        r = b.get("/repl/%s/ping" % rid)
+        self.assertEqual((r.status, r.body), (200, b'"pong"\n'))
         self.assertEqual(b.get("/repl/%s" % rid).status, 308)
-        self.assertEqual(self.d.get("/repl/%s/" % rid).status, 404)  # no session cookie
+        self.assertEqual(self.d.get("/repl/%s/ping" % rid).status, 404)  # no session cookie
         other = test_repl.ReplTest.login(self, "Mallory", 666)
-        r = other.get("/repl/%s/" % rid)
+        r = other.get("/repl/%s/ping" % rid)
         self.assertEqual(r.status, 404, r.body)
         self.assertEqual(r.json(), {"error": "repl not found"})
         # starting again answers at once with the same session
@@ -171,12 +172,13 @@ class LocalRuntimeTest(unittest.TestCase):
             t.join(60)
         self.assertEqual([s for s, _ in out], [200, 200], out)
         self.assertEqual(out[0][1], out[1][1])
-        runners = subprocess.run(["pgrep", "-f", "-c", "main.py"], stdout=subprocess.PIPE, text=True).stdout.strip()
+        ws = os.path.join(self.ws_dir, rid)
+        runners = subprocess.run(["pgrep", "-f", "-x", ".* runner --dir %s .*" % ws], stdout=subprocess.PIPE, text=True).stdout.split()
         pid = int(self.session(rid)["pid"])
+        self.assertEqual(runners, [str(pid)])
         self.assertTrue(pid_alive(pid))
         self.assertEqual(b.request("DELETE", "/api/repl/" + rid, headers=JSON).status, 200)
         self.assertFalse(pid_alive(pid))
-        del runners
 
 
 if __name__ == "__main__":

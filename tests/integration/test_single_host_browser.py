@@ -60,11 +60,18 @@ class SingleHostTest(unittest.TestCase):
         # class cleanups run last first, also when setUpClass fails halfway
         cls.addClassCleanup(cls.remove_tmp)
         cls.redis = cls.enterClassContext(RedisServer())
+        # the python starter program itself is the session's runner here (its
+        # page and its WebSocket echo are what this test opens through the
+        # proxy); the default, the runner agent, is test_local_agent's
+        policy = os.path.join(cls.tmp, "policy.lua")
+        with open(policy, "w") as f:
+            f.write("return { templates = { catalogue = { python = { agent = false } } } }\n")
         conf = ('local c = dofile(%s)\n'
                 'c.server.listen = { { host = "127.0.0.1", port = @PORT@ } }\n'
                 'c.public_url = "http://localhost:@PORT@"\n'
                 'c.frontend_url = c.public_url\n'
-                'return c\n') % json.dumps(DEV_CONF)
+                'c.policy = { file = %s }\n'
+                'return c\n') % (json.dumps(DEV_CONF), json.dumps(policy))
         env = {"DEVEXD_DATA": cls.data, "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
         cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
         cls.addClassCleanup(harness.kill_session_runners, cls.redis)  # before devexd and redis stop
