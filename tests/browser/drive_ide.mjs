@@ -10,8 +10,8 @@
 //  - creates hello.py (New file), types a program into the editor, saves it
 //    (Ctrl+S), changes its middle (a second, smaller patch), waits for
 //    "saved"; runs it in the terminal and waits for its output;
-//  - starts the template's program (`python3 main.py`, on APP_PORT) in the
-//    terminal and opens the app panel (/user-app/): its page; then
+//  - Run (the template's program, `python3 main.py` on APP_PORT, in the
+//    terminal) and the app panel (/user-app/): its page; ^C ends it; then
 //    `python3 -m http.server <app port>` and the panel on that port
 //    (/user-app/<port>/): the listing names hello.py;
 //  - screenshot ide.png; Stop, Start (same page), opens hello.py again,
@@ -128,8 +128,11 @@ try {
   };
   await run('echo "env: host=$HOST port=$PORT run=$RUN_COMMAND"', "env: host=");
   out.term_env = (await term.innerText()).match(/^env: .*$/m)[0];
-  await run("python3 main.py &", "python3 main.py &");
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  await term.filter({ hasText: "listening on port" }).waitFor({ timeout: RUN_TIMEOUT });
   out.app_default = await panel("Hello from your Python REPL");
+  await page.getByRole("button", { name: "^C", exact: true }).click();
+  await term.filter({ hasText: "KeyboardInterrupt" }).waitFor({ timeout: RUN_TIMEOUT });
   out.step = "the user's app: another port";
   await run(`python3 -m http.server ${appPort} --bind 127.0.0.1 &`, `Serving HTTP on 127.0.0.1 port ${appPort}`);
   await page.locator("#appport").fill(appPort);

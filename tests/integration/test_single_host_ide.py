@@ -8,8 +8,8 @@ sign in, create a python REPL and start it on the dashboard, follow its
 "open the IDE" link; in the IDE: the template's files in the tree; New file
 hello.py, type a program into the editor and save it, change its middle
 (saved as a second patch), run it in the terminal and see its output
-(non-ASCII and an emoji included); start the template's program from the
-terminal and see its page in the app panel (/user-app/), then
+(non-ASCII and an emoji included); Run (the template's run command in the
+terminal) and its page in the app panel (/user-app/), ^C ends it; then
 `python3 -m http.server` on another port and the panel on that port
 (/user-app/<port>/); Stop, Start again from the same page: the file is there
 with the edit and runs again. After the last Stop the file is in storage as
@@ -166,6 +166,7 @@ class IdePageTest(unittest.TestCase):
             self.assertIn("main.py", s["text"], info)
             self.assertIn(OUTPUT, s["text"], info)
         self.assertIn("saved", shots_taken["ide.png"]["text"], info)
+        self.assertIn("KeyboardInterrupt", shots_taken["ide.png"]["text"], info)  # Run, then ^C
         self.assertIn("Serving HTTP on 127.0.0.1 port " + app_port, shots_taken["ide.png"]["text"], info)
         self.assertIn("second=0", shots_taken["restarted.png"]["text"], info)
 
