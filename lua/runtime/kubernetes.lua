@@ -28,6 +28,7 @@
 local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
+local pod_informer = require("runtime.pod_informer")
 local log = require("devex.log")
 local events = require("repl.events") -- the session event stream (issue #18)
 local json = require("devex.json")
@@ -339,8 +340,39 @@ local function pod_state(pod)
   return nil
 end
 
+-- Waits through the worker's shared pod watch (runtime.pod_informer) until
+-- a pod of the start's selector is Ready or fails. Used when the pods carry
+-- the policy's managed_selector and both selectors are equality-based (the
+-- informer watches the first and matches the second itself); otherwise the
+-- start watches its own pods (wait_ready_own_watch).
+function Driver:wait_ready_shared(c, id, timeout, repl_id)
+  local deadline = timer.now() + timeout
+  local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
+  local w = inf:waiter(repl_id, function(labels) return selects(labels, id.selector) == true end)
+  while true do
+    local left = deadline - timer.now()
+    if left <= 0 then
+      w:close()
+      return err(504, "the pod was not Ready within " .. timeout .. "s")
+    end
+    local pods, e = w:next(left)
+    if not pods then
+      w:close()
+      return err(502, "kubernetes: " .. tostring(e))
+    end
+    for _, p in ipairs(pods) do
+      if not (p.metadata and p.metadata.deletionTimestamp) then -- a previous session's on its way out
+        events.pod(repl_id, p) -- phases for the session's event stream
+        local st, why = pod_state(p)
+        if st == "ready" then w:close(); return p end
+        if st == "failed" then w:close(); return err(502, why) end
+      end
+    end
+  end
+end
+
 -- Watches the pods of selector until one is Ready or fails.
-function Driver:wait_ready(c, selector, timeout, repl_id)
+function Driver:wait_ready_own_watch(c, selector, timeout, repl_id)
   local deadline = timer.now() + timeout
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
@@ -423,9 +455,19 @@ function Driver:start(meta, opts)
       return err(502, "kubernetes: " .. tostring(r[3] or r[2]) .. " (object " .. i .. ")")
     end
   end
+  local shared = policy.workload.shared_watch ~= false and selects(pod_labels_of(objs.deployment), id.managed_selector)
+    and id.repl_label and parse_selector(id.selector)
+  -- a parked start keeps only what it waits with: the objects it sent and the
+  -- API's answers (tens of KB of tables each) are garbage from here on
+  objs, dep, others, owner = nil, nil, nil, nil
   local pod
   events.emit(meta.id, "scheduling")
-  pod, e = self:wait_ready(c, id.selector, math.max(0.1, deadline - timer.now()), meta.id)
+  local left = math.max(0.1, deadline - timer.now())
+  if shared then
+    pod, e = self:wait_ready_shared(c, id, left, meta.id)
+  else
+    pod, e = self:wait_ready_own_watch(c, id.selector, left, meta.id)
+  end
   if not pod then return nil, e end
   local ip = pod.status and pod.status.podIP or ""
   return {
@@ -459,7 +501,7 @@ function Driver:stop(meta, sess)
     -- by devexd's sync before it answers, and only then the deletion. A dead
     -- or failing agent falls back to the uploader below.
     events.emit(meta.id, "saving")
-    local ok, why = M.final_checkpoint(sess, P().sync)
+    local ok, why = require("runtime.agent").final_checkpoint(sess, P().sync)
     if ok then return self:delete_deployment(c, id.names.deployment) end
     log.warn("repl stop: the agent's final checkpoint failed, saving with the uploader", { repl = meta.id, error = why })
   end
@@ -481,28 +523,6 @@ function Driver:stop(meta, sess)
     log.warn("repl stop: no running pod, nothing to save", { repl = meta.id })
   end
   return self:delete_deployment(c, id.names.deployment)
-end
-
--- POST <endpoint>/api/v1/checkpoint on the agent (lua/runner/app.lua):
--- devexd keeps only the hash of the session's runner token, and the agent
--- takes that hash as devexd's credential for this one route (whoever can
--- read the session in Redis can at most make the agent save the files to
--- the REPL's own storage). -> true | nil, reason
-function M.final_checkpoint(sess, sp)
-  local endpoint = sess and sess.endpoint
-  if type(endpoint) ~= "string" or endpoint == "" or not sess.token_hash then return nil, "no endpoint" end
-  local req = { method = "POST", body = "", timeout = (sp and sp.final_timeout) or 120,
-                headers = { authorization = "Bearer " .. sess.token_hash } }
-  local sock = endpoint:match("^unix:(/.+)$")
-  if sock then
-    req.unix_socket, req.url = sock, "http://localhost/api/v1/checkpoint"
-  else
-    req.url = "http://" .. endpoint .. "/api/v1/checkpoint"
-  end
-  local res, e = require("devex.http").request(req)
-  if not res then return nil, tostring(e) end
-  if res.status ~= 200 then return nil, "the agent answered " .. res.status .. ": " .. res.body:sub(1, 300) end
-  return true
 end
 
 function Driver:delete_deployment(c, name)

@@ -1,0 +1,225 @@
+-- runtime.pod_informer: one pod watch per worker and namespace for every
+-- session start waiting for its pod (issue #17 section 5, #18).
+--
+-- Each start used to list and watch the pods of its own selector until one
+-- was Ready: 500 parked starts were 500 watches on the API server and about
+-- 195 KB of devexd memory each (a watch stream, its buffers, its decoder).
+-- Here a worker keeps a single watch of the pods devexd manages (the
+-- policy's managed_selector), opened when the first start waits and closed
+-- `LINGER` seconds after the last one is done, and hands every pod it sees to
+-- the waiters whose REPL label the pod carries. A waiter is a small table and
+-- a condition variable.
+--
+--   local inf = pod_informer.get(client, namespace, managed_selector, repl_label)
+--   local w = inf:waiter(repl_id, match)    -- match(labels) -> boolean (the start's selector)
+--   local pods, err = w:next(timeout)       -- the waiter's pods that changed since the last
+--                                           -- call ({} on timeout), or nil, err when the
+--                                           -- informer cannot list or watch
+--   w:close()
+--
+-- A waiter registered after its pods were created still sees them: it is
+-- seeded with the informer's cache, and registering and seeding happen
+-- without yielding, so no event falls between the two.
+local task = require("devex.task")
+local dstream = require("devex.stream")
+local timer = require("devex.timer")
+local log = require("devex.log")
+
+local M = {}
+M.LINGER = 30 -- seconds the watch stays open with no waiter
+M.WATCH_TIMEOUT = 60 -- seconds of one watch request (it is reopened while waiters remain)
+M.BACKOFF = 1 -- seconds before relisting after a failed list or watch
+
+local informers = {} -- "namespace\0selector\0label" -> informer (this worker)
+
+local Informer = {}
+Informer.__index = Informer
+local Waiter = {}
+Waiter.__index = Waiter
+
+M.stats = { lists = 0, watches = 0 } -- requests made by this worker's informers
+
+function M.get(client, namespace, selector, repl_label)
+  local key = namespace .. "\0" .. selector .. "\0" .. repl_label
+  local inf = informers[key]
+  if not inf then
+    inf = setmetatable({ key = key, client = client, namespace = namespace, selector = selector,
+                         label = repl_label, pods = {}, by_repl = {}, waiters = {}, nwaiters = 0,
+                         synced = false, running = false, idle_since = timer.now() }, Informer)
+    informers[key] = inf
+  end
+  inf.client = client -- the newest client (a reload may have built another)
+  return inf
+end
+
+local function repl_of(inf, pod)
+  local labels = pod.metadata and pod.metadata.labels
+  return type(labels) == "table" and labels[inf.label] or nil
+end
+
+-- hands pod to the waiters of its REPL that it matches
+local function deliver(inf, pod, deleted)
+  local id = repl_of(inf, pod)
+  local ws = id and inf.waiters[id]
+  if not ws then return end
+  for w in pairs(ws) do
+    if w.match(pod.metadata.labels) then
+      w.pending[pod.metadata.name] = deleted and false or pod
+      w.cond:signal()
+    end
+  end
+end
+
+-- What a start and the event stream read of a pod (pod_state, events.pod,
+-- the session's podIP/nodeName): the informer keeps this much of each pod,
+-- not the whole object (managedFields, volumes, env are most of its size).
+local function containers(list)
+  if type(list) ~= "table" then return nil end
+  local out = {}
+  for i, c in ipairs(list) do out[i] = { name = c.name, image = c.image } end
+  return out
+end
+local function statuses(list)
+  if type(list) ~= "table" then return nil end
+  local out = {}
+  for i, c in ipairs(list) do
+    out[i] = { name = c.name, image = c.image, ready = c.ready, restartCount = c.restartCount,
+               started = c.started, state = c.state, lastState = c.lastState }
+  end
+  return out
+end
+local function slim(p)
+  local m, sp, st = p.metadata or {}, type(p.spec) == "table" and p.spec or {}, type(p.status) == "table" and p.status or {}
+  local conds
+  if type(st.conditions) == "table" then
+    conds = {}
+    for i, c in ipairs(st.conditions) do
+      conds[i] = { type = c.type, status = c.status, reason = c.reason, message = c.message }
+    end
+  end
+  return {
+    kind = "Pod",
+    metadata = { name = m.name, namespace = m.namespace, labels = m.labels, uid = m.uid,
+                 deletionTimestamp = m.deletionTimestamp },
+    spec = { nodeName = sp.nodeName, containers = containers(sp.containers),
+             initContainers = containers(sp.initContainers) },
+    status = { phase = st.phase, reason = st.reason, message = st.message, podIP = st.podIP,
+               conditions = conds, containerStatuses = statuses(st.containerStatuses),
+               initContainerStatuses = statuses(st.initContainerStatuses) },
+  }
+end
+M._slim = slim
+
+local function remember(inf, pod, deleted)
+  local name = pod.metadata and pod.metadata.name
+  if not name then return end
+  pod = slim(pod)
+  if deleted then inf.pods[name] = nil else inf.pods[name] = pod end
+  deliver(inf, pod, deleted)
+end
+
+local function fail_all(inf, err)
+  inf.err = err
+  for _, ws in pairs(inf.waiters) do
+    for w in pairs(ws) do w.cond:signal() end
+  end
+end
+
+local function idle(inf)
+  return inf.nwaiters == 0 and timer.now() - inf.idle_since >= M.LINGER
+end
+
+-- The list-then-watch loop, while anyone waits (and LINGER seconds after).
+local function run(inf)
+  local ref = { apiVersion = "v1", kind = "Pod", namespace = inf.namespace }
+  while not idle(inf) do
+    M.stats.lists = M.stats.lists + 1
+    local l, err = inf.client:list(ref, { label_selector = inf.selector })
+    if not l then
+      inf.synced = false
+      fail_all(inf, err)
+      timer.sleep(M.BACKOFF)
+    else
+      inf.err = nil
+      inf.pods = {}
+      for _, p in ipairs(l.items) do remember(inf, p, false) end
+      inf.synced = true
+      for _, ws in pairs(inf.waiters) do
+        for w in pairs(ws) do w.cond:signal() end
+      end
+      M.stats.watches = M.stats.watches + 1
+      local w
+      w, err = inf.client:watch(ref, { label_selector = inf.selector, resource_version = l.resourceVersion,
+                                       timeout = M.WATCH_TIMEOUT })
+      while w do
+        local ev
+        ev, err = w:next()
+        if not ev then
+          w:close()
+          w = nil
+          if not (err and err.code == "timeout") then
+            log.warn("pod informer: watch ended, relisting", { namespace = inf.namespace, error = tostring(err) })
+            timer.sleep(M.BACKOFF)
+          end
+        elseif ev.type == "RESYNC" then
+          local seen = {}
+          for _, p in ipairs(ev.items or {}) do seen[p.metadata.name] = true; remember(inf, p, false) end
+          for name, p in pairs(inf.pods) do
+            if not seen[name] then remember(inf, p, true) end
+          end
+        elseif type(ev.object) == "table" and ev.object.kind ~= "Status" then
+          remember(inf, ev.object, ev.type == "DELETED")
+        end
+        if w and idle(inf) then w:close(); w = nil end
+      end
+      if not w and err and not (err.code == "timeout") and not inf.synced then fail_all(inf, err) end
+    end
+  end
+  inf.running, inf.synced, inf.pods = false, false, {}
+end
+
+function Informer:waiter(repl_id, match)
+  local w = setmetatable({ inf = self, repl = repl_id, match = match, pending = {}, cond = dstream.cond() }, Waiter)
+  local ws = self.waiters[repl_id]
+  if not ws then ws = {}; self.waiters[repl_id] = ws end
+  ws[w] = true
+  self.nwaiters = self.nwaiters + 1
+  if self.synced then
+    for _, p in pairs(self.pods) do
+      if repl_of(self, p) == repl_id and match(p.metadata.labels) then w.pending[p.metadata.name] = p end
+    end
+  end
+  if not self.running then
+    self.running = true
+    task.spawn(run, self)
+  end
+  return w
+end
+
+-- -> { pod, ... } (deleted pods left out), or nil, err when the informer failed
+function Waiter:next(timeout)
+  if next(self.pending) == nil then
+    if self.inf.err and not self.inf.synced then return nil, self.inf.err end
+    self.cond:wait(math.max(0, timeout))
+  end
+  if next(self.pending) == nil and self.inf.err and not self.inf.synced then return nil, self.inf.err end
+  local out = {}
+  for _, p in pairs(self.pending) do
+    if p then out[#out + 1] = p end
+  end
+  self.pending = {}
+  return out
+end
+
+function Waiter:close()
+  local inf = self.inf
+  local ws = inf.waiters[self.repl]
+  if ws and ws[self] then
+    ws[self] = nil
+    if next(ws) == nil then inf.waiters[self.repl] = nil end
+    inf.nwaiters = inf.nwaiters - 1
+    if inf.nwaiters == 0 then inf.idle_since = timer.now() end
+  end
+end
+
+return M

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Parked session starts (issue #17 section 5): STARTS session starts waiting
+at once for pods the simulated kubelet never makes Ready, on one devexd with
+2 workers against the real API server of tests/integration/k8s_harness.py.
+Measured, for the shared pod watch (policy.workload.shared_watch, the
+default) and for one watch per start (shared_watch = false), side by side in
+the same run:
+
+- devexd's resident memory with every start parked, minus before, / STARTS;
+- the pod WATCH requests open on the API server meanwhile (its
+  apiserver_longrunning_gauge, namespaced pods);
+- devexd's TCP connections to the API server.
+
+A benchmark, not a test: numbers are printed and written to
+tests/bench/results/parked_starts.json, not judged.
+
+Usage: DEVEXD_BIN=build/devexd python3 tests/bench/bench_parked_starts.py
+Knobs (environment): STARTS (200), SETTLE (8 seconds parked before measuring).
+"""
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+import k8s_harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+from test_k8s_runtime import cluster_config  # noqa: E402
+from test_k8s_shared_watch import pod_watches  # noqa: E402
+import test_repl  # noqa: E402
+
+STARTS = int(os.environ.get("STARTS", "200"))
+SETTLE = float(os.environ.get("SETTLE", "8"))
+JSON = {"Content-Type": "application/json"}
+NS = "parked"
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def conns_to(pid, port):
+    """devexd's established TCP connections to port (from /proc/<pid>/net/tcp and its fds)."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            t = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if t.startswith("socket:["):
+            inodes.add(t[8:-1])
+    n = 0
+    for table in ("tcp", "tcp6"):
+        with open("/proc/%d/net/%s" % (pid, table)) as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[3] == "01" and int(parts[2].rsplit(":", 1)[1], 16) == port and parts[9] in inodes:
+                    n += 1
+    return n
+
+
+class Ctx(unittest.TestCase):
+    """what test_repl.ReplTest.login needs of a test case"""
+
+    def runTest(self):
+        pass
+
+
+def run_mode(kc, kubeconfig, shared):
+    c = Ctx()
+    c.tmp = tempfile.mkdtemp(prefix="devexd-parked-")
+    c.store_dir = os.path.join(c.tmp, "bucket")
+    os.mkdir(c.store_dir)
+    ns = "%s-%s" % (NS, "shared" if shared else "own")
+    kc.create_namespace(ns)
+    policy = os.path.join(c.tmp, "policy.lua")
+    with open(policy, "w") as f:
+        f.write("return { quota = { repls_per_user = %d, sessions_per_user = %d },\n"
+                "  limits = { create = false, start = false, stop = false },\n"
+                "  workload = { shared_watch = %s, start_timeout = 600 } }\n"
+                % (STARTS + 10, STARTS + 10, "true" if shared else "false"))
+    with RedisServer() as redis, GitHubFake() as gh:
+        c.redis, c.gh = redis, gh
+        conf = cluster_config(c, kubeconfig, ns)
+        conf["policy"] = {"file": policy}
+        with Devexd(app=None, threads=2, config=conf) as d:
+            c.d = d
+            d.sync_templates()
+            b = test_repl.ReplTest.login(c, "parker", 4400 + int(shared))
+            ids = []
+            for i in range(STARTS):
+                r = b.request("POST", "/api/repl/new", headers=JSON,
+                              body=json.dumps({"template": "node", "replName": "p%d" % i}))
+                assert r.status == 201, r.body
+                ids.append(r.json()["id"])
+            kc.kubelet.add_rule({"devex.test/never-ready": "true"}, namespace=ns)
+            # one start first, so the connections to the API server and the
+            # discovery cache exist before the baseline
+            api_port = int(kc.server.rsplit(":", 1)[1]) if hasattr(kc, "server") else None
+            time.sleep(1)
+            before = rss_kb(d.proc.pid)
+            socks = []
+            req = ("GET /api/repl/session/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n")
+            for rid in ids:
+                s = socket.create_connection(("127.0.0.1", d.port))
+                s.sendall((req % (rid, b.cookie_header())).encode())
+                socks.append(s)
+            time.sleep(SETTLE)
+            after = rss_kb(d.proc.pid)
+            watches = pod_watches(kc)
+            conns = conns_to(d.proc.pid, api_port) if api_port else None
+            for s in socks:
+                s.close()
+            kc.kubelet.clear_rules()
+            return {"mode": "shared" if shared else "own", "starts": STARTS, "rss_before_kb": before,
+                    "rss_parked_kb": after, "kb_per_parked_start": round((after - before) / STARTS, 1),
+                    "pod_watches_open": watches, "api_connections": conns}
+
+
+def main():
+    out = []
+    with k8s_harness.KubeCluster(standins=False) as kc:
+        tmp = tempfile.mkdtemp(prefix="devexd-parked-kc-")
+        kubeconfig = kc.write_kubeconfig(os.path.join(tmp, "kubeconfig"))
+        for shared in (True, False):
+            r = run_mode(kc, kubeconfig, shared)
+            print(json.dumps(r))
+            out.append(r)
+    res_dir = os.environ.get("RESULTS_DIR") or os.path.join(HERE, "results")
+    os.makedirs(res_dir, exist_ok=True)
+    with open(os.path.join(res_dir, "parked_starts.json"), "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

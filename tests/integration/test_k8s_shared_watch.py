@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Many session starts share one pod watch per devexd worker (issue #17
+section 5, issue #18): 50 starts parked together until their pods are Ready,
+with 200 clients watching their event streams, cost the real API server at
+most one pod WATCH request per worker (counted from the API server's own
+apiserver_request_total metric), every start still gets its own pod, and a
+pod that fails reaches only its own start."""
+import json
+import os
+import sys
+import tempfile
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import k8s_harness  # noqa: E402
+from harness import Devexd, RedisServer  # noqa: E402
+from fakes.github_fake import GitHubFake  # noqa: E402
+from test_k8s_runtime import cluster_config  # noqa: E402
+from test_session_events import Watcher  # noqa: E402
+
+NS = "shared-watch"
+JSON = {"Content-Type": "application/json"}
+STARTS = 50
+WATCHERS_PER_START = 4
+WORKERS = 2
+
+POLICY = """return {
+  quota = { repls_per_user = 200, sessions_per_user = 200 },
+  limits = { create = false, start = false, stop = false },
+}
+"""
+
+
+def pod_watches(kc):
+    """Namespaced pod WATCH requests open on the API server now (its own
+    apiserver_longrunning_gauge; the simulated kubelet's watches are
+    cluster-scoped and not counted)."""
+    r = kc.api.request("GET", "/metrics")
+    total = 0
+    for line in r.body.decode().splitlines():
+        if line.startswith("apiserver_longrunning_gauge{") and 'verb="WATCH"' in line and \
+                'resource="pods"' in line and 'scope="namespace"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+class SharedWatchTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-sharedwatch-")
+        cls.store_dir = os.path.join(cls.tmp, "bucket")
+        os.mkdir(cls.store_dir)
+        # pods get Ready from the simulated kubelet alone: no runner stand-in
+        # processes (50 of them would only load the machine)
+        cls.kc = cls.enterClassContext(k8s_harness.KubeCluster(standins=False))
+        cls.kc.create_namespace(NS)
+        kubeconfig = cls.kc.write_kubeconfig(os.path.join(cls.tmp, "kubeconfig"))
+        cls.redis = cls.enterClassContext(RedisServer())
+        cls.gh = cls.enterClassContext(GitHubFake())
+        policy = os.path.join(cls.tmp, "policy.lua")
+        with open(policy, "w") as f:
+            f.write(POLICY)
+        conf = cluster_config(cls, kubeconfig, NS)
+        conf["policy"] = {"file": policy}
+        cls.d = cls.enterClassContext(Devexd(app=None, threads=WORKERS, config=conf))
+        cls.d.sync_templates()
+
+    def login(self, login, uid):
+        import test_repl
+        return test_repl.ReplTest.login(self, login, uid)
+
+    def test_fifty_starts_one_watch_per_worker(self):
+        b = self.login("many", 777001)
+        ids = []
+        for i in range(STARTS):
+            r = b.request("POST", "/api/repl/new", headers=JSON,
+                          body=json.dumps({"template": "node", "replName": "w%d" % i}))
+            self.assertEqual(r.status, 201, r.body)
+            ids.append(r.json()["id"])
+        # every pod Ready 3 s after it is created, so the starts overlap;
+        # one of them fails its image pull instead
+        failing = ids[7]
+        for rid in ids:
+            keys = {"devex.test/fail-image": "true"} if rid == failing else {"devex.test/ready-after": "3"}
+            self.kc.kubelet.add_rule(keys, namespace=NS, labels={"devex.io/repl": rid})
+        watchers = {rid: [Watcher(self.d, "/api/repl/session/%s/events" % rid, b.cookie_header(), None)
+                          for _ in range(WATCHERS_PER_START)] for rid in ids}
+        for ws in watchers.values():
+            for w in ws:
+                self.addCleanup(w.close)
+        self.assertEqual(pod_watches(self.kc), 0)
+        results = {}
+        cookie = {"Cookie": b.cookie_header()}
+
+        def start(rid):
+            results[rid] = self.d.request("GET", "/api/repl/session/" + rid, headers=cookie, timeout=240)
+        threads = [threading.Thread(target=start, args=(rid,)) for rid in ids]
+        for t in threads:
+            t.start()
+        # the open pod watches, sampled while the starts are parked
+        peak = 0
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, pod_watches(self.kc))
+            threads[0].join(0.3)
+        for t in threads:
+            t.join(300)
+        for rid in ids:
+            self.addCleanup(lambda rid=rid: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        # at most one pod watch per worker for all 50 (before: one per start)
+        self.assertGreaterEqual(peak, 1)
+        self.assertLessEqual(peak, WORKERS)
+        # each start got its own pod; the failing one failed alone
+        pods = self.kc.api.get("/api/v1/namespaces/%s/pods" % NS)["items"]
+        pod_repl = {p["metadata"]["name"]: p["metadata"]["labels"].get("devex.io/repl") for p in pods}
+        for rid in ids:
+            r = results[rid]
+            if rid == failing:
+                self.assertEqual(r.status, 502, r.body)
+                self.assertEqual(r.json()["code"], "image_pull", r.body)
+                continue
+            self.assertEqual(r.status, 200, r.body)
+        sess = {}
+        for rid in ids:
+            if rid != failing:
+                m = self.redis.call("HGET", "devex:activeSession:" + rid, "pod")
+                sess[rid] = m.decode() if isinstance(m, bytes) else m
+        for rid, pod in sess.items():
+            self.assertEqual(pod_repl.get(pod), rid, (rid, pod))
+        self.assertEqual(len(set(sess.values())), STARTS - 1)
+        # the 200 watchers each saw their own session's end of the start
+        for rid, ws in watchers.items():
+            last = "failed" if rid == failing else "ready"
+            for w in ws:
+                got = w.until(last, timeout=30)
+                self.assertTrue(all(e["data"]["replId"] == rid for e in got), got)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
