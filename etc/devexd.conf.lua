@@ -46,7 +46,14 @@ return {
     client_ip_header = env.str("DEVEXD_CLIENT_IP_HEADER", "X-Forwarded-For"),
   },
 
-  redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },
+  redis = {
+    url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "rediss", "unix" }),
+    -- rediss:// only: PEM CAs to trust (default: the system's), and a client
+    -- certificate and key when Redis asks for one (tls-auth-clients)
+    ca_file = env.str("REDIS_CA_FILE"),
+    cert_file = env.str("REDIS_CERT_FILE"),
+    key_file = env.str("REDIS_KEY_FILE"),
+  },
 
   s3 = {
     endpoint = env.url("S3_ENDPOINT", nil, { "http", "https" }),

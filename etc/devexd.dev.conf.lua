@@ -20,7 +20,14 @@ return {
     threads = env.int("DEVEXD_THREADS", 0, 0, 256),
     log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
   },
-  redis = { url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "unix" }) },
+  redis = {
+    url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "rediss", "unix" }),
+    -- rediss:// only: PEM CAs to trust (default: the system's), and a client
+    -- certificate and key when Redis asks for one (tls-auth-clients)
+    ca_file = env.str("REDIS_CA_FILE"),
+    cert_file = env.str("REDIS_CERT_FILE"),
+    key_file = env.str("REDIS_KEY_FILE"),
+  },
   storage = { driver = "fs", dir = data .. "/storage" },
   -- RUNTIME_ISOLATION=1: each runner under its own uid in a sandbox (README
   -- "Single-host isolation"); needed as soon as a real sign-in is configured

@@ -18,6 +18,7 @@
 #include "redis.h"
 #include "metrics.h"
 #include "redis_uv.h"
+#include "redis_tls.h"
 #include "textutil.h"
 
 #include <hiredis/async.h>
@@ -44,6 +45,12 @@ typedef struct rconn {
     char user[128];
     char password[256];
     int db;
+    /* rediss://: TLS through a bridge (redis_tls.c); the bridge of the
+     * current connection, and why it ended, for the disconnect's message */
+    int tls;
+    SSL_CTX *ssl_ctx;
+    devex_redis_tls_t *tls_conn;
+    char tls_error[256];
     redisAsyncContext *ac;
     conn_state_t state;
     uint64_t connect_started_ns;
@@ -159,8 +166,9 @@ static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
     return 0;
 }
 
-/* Parses redis://[user:password@]host[:port][/db], unix:///path[?db=N] or a
- * bare /path to a socket. Returns 0 or -1 with err. */
+/* Parses redis://[user:password@]host[:port][/db] (rediss:// the same, over
+ * TLS), unix:///path[?db=N] or a bare /path to a socket. Returns 0 or -1 with
+ * err. */
 static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
 {
     snprintf(err, errlen, "invalid redis URL"); /* for any path below that sets no message */
@@ -180,11 +188,13 @@ static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
             c->db = atoi(q + 4);
         return 0;
     }
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "redis URL must start with redis:// or unix:// (rediss:// is not supported)");
+    if (strncmp(url, "rediss://", 9) == 0)
+        c->tls = 1;
+    else if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "redis URL must start with redis://, rediss:// or unix://");
         return -1;
     }
-    const char *p = url + 8;
+    const char *p = url + (c->tls ? 9 : 8);
     const char *at = strrchr(p, '@');
     const char *slash = strchr(at ? at : p, '/');
     if (at && (!slash || at < slash)) {
@@ -415,7 +425,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     rconn_t *c = ac->data;
     if (c == NULL)
         return;
-    if (status != REDIS_OK)
+    if (c->tls_error[0]) /* the TLS bridge ended it: its reason is the real one */
+        set_error(c, c->tls_error);
+    else if (status != REDIS_OK)
         set_error(c, ac->errstr[0] ? ac->errstr : "connection lost");
     else if (!c->last_error[0])
         set_error(c, "disconnected");
@@ -454,7 +466,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (c == NULL)
         return;
     if (status != REDIS_OK) {
-        set_error(c, ac->errstr[0] ? ac->errstr : "connect failed");
+        set_error(c, c->tls_error[0] ? c->tls_error : ac->errstr[0] ? ac->errstr : "connect failed");
         c->ac = NULL; /* hiredis frees the context after this callback */
         c->state = CONN_DOWN;
         schedule_retry(c);
@@ -470,9 +482,68 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
 }
 
+static void conn_start(rconn_t *c, redisAsyncContext *ac);
+
+/* A TLS connection attempt failed before hiredis had it. */
+static void tls_attempt_failed(rconn_t *c, const char *msg)
+{
+    set_error(c, msg);
+    /* once per distinct reason, not at every retry */
+    if (strcmp(c->tls_error, msg) != 0)
+        devex_logf(DEVEX_LOG_ERROR, "redis TLS connection failed: %s", msg);
+    snprintf(c->tls_error, sizeof(c->tls_error), "%s", msg);
+    c->state = CONN_DOWN;
+    schedule_retry(c);
+    attempt_ended(c);
+}
+
+static void on_tls_event(void *arg, devex_redis_tls_t *t, devex_redis_tls_event_t ev, const char *err)
+{
+    rconn_t *c = arg;
+    if (c->tls_conn != t)
+        return;
+    if (ev == DEVEX_RTLS_READY) {
+        char msg[256];
+        redisAsyncContext *ac = devex_redis_tls_hiredis(t, msg, sizeof(msg));
+        if (ac == NULL) {
+            c->tls_conn = NULL;
+            tls_attempt_failed(c, msg);
+            return;
+        }
+        c->tls_error[0] = '\0';
+        conn_start(c, ac);
+        return;
+    }
+    c->tls_conn = NULL; /* the bridge is gone */
+    if (c->ac == NULL && c->state == CONN_CONNECTING)
+        tls_attempt_failed(c, err ? err : "TLS connection closed");
+    else if (c->ac != NULL && err != NULL) {
+        /* hiredis sees only the end of its socket: keep the reason for on_disconnect */
+        snprintf(c->tls_error, sizeof(c->tls_error), "%s", err);
+        devex_logf(DEVEX_LOG_WARN, "redis TLS connection ended: %s", err);
+    }
+}
+
 static void conn_connect(rconn_t *c)
 {
+    if (c->tls) {
+        char err[256];
+        c->state = CONN_CONNECTING;
+        c->connect_started_ns = devex_now_ns();
+        c->tls_conn = devex_redis_tls_start(devex_worker_loop(devex_worker_current()), c->ssl_ctx, c->host, c->port,
+                                            on_tls_event, c, err, sizeof(err));
+        if (c->tls_conn == NULL)
+            tls_attempt_failed(c, err);
+        return;
+    }
     redisAsyncContext *ac = c->unix_path[0] ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
+    conn_start(c, ac);
+}
+
+/* Hands a new hiredis context (TCP, Unix socket, or the TLS bridge's local
+ * end) its callbacks and the handshake commands. */
+static void conn_start(rconn_t *c, redisAsyncContext *ac)
+{
     if (ac == NULL || ac->err) {
         set_error(c, ac ? ac->errstr : "out of memory");
         if (ac)
@@ -525,6 +596,18 @@ static void on_tick(uv_timer_t *h)
             cmd_fail(cmd, "timeout", "redis command timed out");
         cmd = next;
     }
+    if (c->state == CONN_CONNECTING && c->tls_conn && !c->ac &&
+        now - c->connect_started_ns > REDIS_CONNECT_TIMEOUT_MS * 1000000ull) {
+        devex_redis_tls_t *t = c->tls_conn; /* still connecting or in the TLS handshake */
+        char msg[400];
+        /* a handshake that never ends is typically a plain port (Redis waits
+         * for the rest of a "command") */
+        snprintf(msg, sizeof(msg), "%s with %s:%d timed out%s", devex_redis_tls_phase(t), c->host, c->port,
+                 strcmp(devex_redis_tls_phase(t), "TLS handshake") == 0 ? " (is it Redis's TLS port?)" : "");
+        c->tls_conn = NULL;
+        devex_redis_tls_close(t);
+        tls_attempt_failed(c, msg);
+    }
     if (c->state == CONN_CONNECTING && c->ac && now - c->connect_started_ns > REDIS_CONNECT_TIMEOUT_MS * 1000000ull) {
         /* redisAsyncDisconnect would wait for replies that never come */
         redisAsyncContext *ac = c->ac;
@@ -540,22 +623,55 @@ static void on_tick(uv_timer_t *h)
         wake_waiters(c, 1, now);
 }
 
-static rconn_t *conn_get(const char *url, char *err, size_t errlen)
+/* TLS options of redis.connect (all NULL for none). */
+typedef struct {
+    const char *ca_file, *cert_file, *key_file;
+} tls_opts_t;
+
+/* The connection of this worker for url and TLS options (one per distinct
+ * pair: the key is the URL followed by the options). */
+static rconn_t *conn_get(const char *url, const tls_opts_t *o, char *err, size_t errlen)
 {
+    char *key = NULL;
+    size_t keylen = 0;
+    FILE *kf = open_memstream(&key, &keylen);
+    if (kf == NULL) {
+        snprintf(err, errlen, "redis: out of memory");
+        return NULL;
+    }
+    fprintf(kf, "%s\n%s\n%s\n%s", url, o->ca_file ? o->ca_file : "", o->cert_file ? o->cert_file : "",
+            o->key_file ? o->key_file : "");
+    fclose(kf);
     for (rconn_t *c = conns; c; c = c->next)
-        if (strcmp(c->url, url) == 0)
+        if (strcmp(c->url, key) == 0) {
+            free(key);
             return c;
+        }
     devex_worker_t *w = devex_worker_current();
     if (w == NULL) {
         snprintf(err, errlen, "redis: needs a worker thread");
+        free(key);
         return NULL;
     }
     rconn_t *c = calloc(1, sizeof(*c));
     if (c == NULL || parse_url(c, url, err, errlen) != 0) {
         free(c);
+        free(key);
         return NULL;
     }
-    c->url = strdup(url);
+    if (!c->tls && (o->ca_file || o->cert_file || o->key_file)) {
+        /* a CA given with a plain URL would look like TLS and not be */
+        snprintf(err, errlen, "redis: ca_file, cert_file and key_file need a rediss:// URL");
+        free(c);
+        free(key);
+        return NULL;
+    }
+    if (c->tls && (c->ssl_ctx = devex_redis_tls_ctx(o->ca_file, o->cert_file, o->key_file, err, errlen)) == NULL) {
+        free(c);
+        free(key);
+        return NULL;
+    }
+    c->url = key;
     uv_timer_init(devex_worker_loop(w), &c->retry_timer);
     c->retry_timer.data = c;
     uv_timer_init(devex_worker_loop(w), &c->tick);
@@ -584,6 +700,10 @@ void devex_redis_thread_cleanup(void)
             c->ac->data = NULL;
             redisAsyncFree(c->ac); /* calls every pending callback with a NULL reply */
         }
+        if (c->tls_conn) {
+            devex_redis_tls_close(c->tls_conn);
+            c->tls_conn = NULL;
+        }
         uv_close((uv_handle_t *)&c->retry_timer, NULL);
         uv_close((uv_handle_t *)&c->tick, NULL);
         uv_timer_stop(&c->wake_timer);
@@ -593,6 +713,9 @@ void devex_redis_thread_cleanup(void)
         free(c->url);
         c->url = NULL;
         c->next = NULL;
+        if (c->ssl_ctx)
+            SSL_CTX_free(c->ssl_ctx);
+        c->ssl_ctx = NULL;
         /* freed after the loop processed the close callbacks */
         uv_run(devex_worker_loop(devex_worker_current()), UV_RUN_NOWAIT);
         free(c);
@@ -611,21 +734,37 @@ static client_ud_t *check_client(lua_State *L)
     return luaL_checkudata(L, 1, "devex.redis");
 }
 
-/* redis.connect(url, {timeout=seconds}) -> client | nil, err. Never blocks:
- * the connection is made in the background. */
+/* redis.connect(url, {timeout=seconds, ca_file=, cert_file=, key_file=})
+ * -> client | nil, err. Never blocks: the connection is made in the
+ * background. The files are for rediss:// (PEM: the CAs to trust, default
+ * the system's; a client certificate and its key for mutual TLS). */
 static int l_connect(lua_State *L)
 {
     const char *url = luaL_checkstring(L, 1);
     double timeout = 5;
-    if (lua_istable(L, 2)) {
+    tls_opts_t o = {0};
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
         lua_getfield(L, 2, "timeout");
         if (!lua_isnil(L, -1))
             timeout = luaL_checknumber(L, -1);
         lua_pop(L, 1);
+        static const char *const files[] = {"ca_file", "cert_file", "key_file"};
+        const char **dst[] = {&o.ca_file, &o.cert_file, &o.key_file};
+        for (int i = 0; i < 3; i++) {
+            lua_getfield(L, 2, files[i]);
+            if (!lua_isnil(L, -1)) {
+                size_t n;
+                const char *v = luaL_checklstring(L, -1, &n);
+                luaL_argcheck(L, n > 0 && strlen(v) == n, 2, "a TLS file option must be a non-empty path");
+                *dst[i] = v; /* the table keeps it alive during this call */
+            }
+            lua_pop(L, 1);
+        }
     }
     luaL_argcheck(L, timeout > 0 && timeout <= 3600, 2, "timeout must be between 0 and 3600 seconds");
-    char err[256];
-    rconn_t *c = conn_get(url, err, sizeof(err));
+    char err[300];
+    rconn_t *c = conn_get(url, &o, err, sizeof(err));
     if (c == NULL)
         return devex_push_fail(L, "invalid", err, 0);
     client_ud_t *ud = lua_newuserdatauv(L, sizeof(*ud), 0);

@@ -80,12 +80,9 @@ local function redact(v)
 end
 M.redact = redact
 
--- Schemes that look right but that this build cannot speak, and what to do instead.
-local UNSUPPORTED = {
-  rediss = "TLS to Redis (rediss://) is not available: the hiredis devexd is built with (0.14, Debian 12) "
-    .. "has no TLS. Reach Redis over a private network, or run a TLS tunnel (such as stunnel) beside devexd "
-    .. "and point REDIS_URL at its local end (redis://user:password@127.0.0.1:PORT/0)",
-}
+-- Schemes that look right but that this build cannot speak, and what to do
+-- instead (none at the moment: rediss:// is spoken since src/redis_tls.c).
+local UNSUPPORTED = {}
 
 -- A URL whose scheme is one of `schemes` (for example {"http", "https"}).
 -- unix:///path (a socket path, no host) is accepted when "unix" is one of

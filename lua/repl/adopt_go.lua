@@ -137,7 +137,7 @@ function M.run(opts)
   if not r then complain("redis: %s", tostring(err)); return 1 end
   local src = r
   if opts.source_url then
-    src, err = require("devex.redis").connect(opts.source_url, { timeout = redis.timeout })
+    src, err = require("devex.redis").connect(opts.source_url, redis.options(opts.source_url))
     if not src then complain("source redis: %s", tostring(err)); return 1 end
   end
   local s
@@ -319,7 +319,7 @@ function M.suggest(opts)
   if not r then complain("redis: %s", tostring(err)); return 1 end
   local src = r
   if opts.source_url then
-    src, err = require("devex.redis").connect(opts.source_url, { timeout = redis.timeout })
+    src, err = require("devex.redis").connect(opts.source_url, redis.options(opts.source_url))
     if not src then complain("source redis: %s", tostring(err)); return 1 end
   end
   local sp = opts.source_prefix or ""

@@ -2,6 +2,8 @@
 -- key prefix every key of devexd carries (redis.prefix, default "devex:").
 -- The connection is per worker thread and made in the background, so this
 -- module loads (and devexd starts) whether Redis is up or not.
+-- rediss:// is TLS (src/redis_tls.c): redis.ca_file (default: the system's
+-- CAs), and redis.cert_file + redis.key_file for a client certificate.
 local redis = require("devex.redis")
 local config = require("devex.config").get()
 
@@ -12,15 +14,34 @@ local url = conf.url or "redis://127.0.0.1:6379/0"
 M.prefix = conf.prefix or "devex:"
 M.timeout = conf.timeout or 5
 
+-- The options of devex.redis.connect for url: the TLS files only for a
+-- rediss:// URL (the C side refuses them with a plain one). Also for the
+-- other Redis a command connects to (migrate from-go --source-redis).
+function M.options(u)
+  local o = { timeout = M.timeout }
+  if type(u) == "string" and u:sub(1, 9) == "rediss://" then
+    o.ca_file, o.cert_file, o.key_file = conf.ca_file, conf.cert_file, conf.key_file
+  end
+  return o
+end
+
 local client
 -- The client of this worker; nil, err only for a malformed URL.
 function M.client()
   if client then return client end
-  local c, err = redis.connect(url, { timeout = M.timeout })
+  local c, err = redis.connect(url, M.options(url))
   if not c then return nil, err end
   client = c
   return c
 end
+
+-- Connect as soon as the worker runs (in the background), so that a wrong
+-- password, CA or host is in the log at start, not at the first request.
+-- From a timer, not now: the app is loaded on the main thread for each
+-- worker, and devex.redis keeps its connections per thread, so a connection
+-- made during the load would be shared by every worker. pcall: outside a
+-- worker (commands) there are no timers, and the first use connects.
+pcall(require("devex.timer").at, 0, function() M.client() end)
 
 -- M.key("replMeta", id) -> "devex:replMeta:<id>"
 function M.key(...)
