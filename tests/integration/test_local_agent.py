@@ -232,6 +232,9 @@ class LocalAgentTest(unittest.TestCase):
         for pid, what in ((agent_pid, "agent"), (shell_pid, "terminal"), (app_pid, "user program")):
             poll(lambda: not alive(pid), "the %s to end" % what, timeout=20)
         self.assertEqual(self.saved(rid, "alice", "notes.txt"), "term-%s-42\n" % rid)
+        # the agent's own output (beside the workspace): a sanitizer build reports there
+        with open(os.path.join(self.tmp, "data", "workspaces", rid + ".log"), errors="replace") as f:
+            self.assertEqual(harness.sanitizer_errors(f.read()), [])
         # start again: the file is back, in a new agent
         r = self.d.request("GET", "/api/repl/session/" + rid, headers={"Cookie": cookie}, timeout=90)
         self.assertEqual(r.status, 200, r.body)
