@@ -118,17 +118,17 @@ function M.lease(s, id)
   local r, e = require("services.redis").client()
   if not r then return nil, e end
   local store = require("repl.store")
-  local start = math.random(0, s.uid_count - 1)
   for i = 0, s.uid_count - 1 do
-    local uid = s.first_uid + (start + i) % s.uid_count
+    local uid = s.first_uid + i -- the lowest free one
     local ok, err = r:call("SET", lease_key(uid), id, "NX")
-    if ok == nil and err then return nil, err end
-    if ok then return uid end
+    if ok == nil then return nil, err end
+    if ok == "OK" then return uid end -- (a nil reply, key taken, is a null sentinel, not nil)
     local holder = r:call("GET", lease_key(uid))
     if holder == id then return uid end
+    if type(holder) ~= "string" then holder = nil end -- released meanwhile: the next one
     local m = holder and store.get(holder)
     local st = m and m.state
-    if st ~= "starting" and st ~= "running" and st ~= "stopping" then
+    if holder and st ~= "starting" and st ~= "running" and st ~= "stopping" then
       M.kill(s, uid)
       -- compare-and-set: only if the stale holder still has it
       local took = r:call("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0",
