@@ -4,9 +4,17 @@
 -- holder dies another replica takes over within the lock's expiry. A run:
 --   1. stops sessions idle past policy.cleanup.idle_limit (no heartbeat or
 --      request) or older than max_lifetime;
---   2. retries REPLs stuck in "starting" or "stopping" past stuck_after
---      (stopping: stop again, which saves first; starting: remove what the
---      start made and go back to "created");
+--   2. retries REPLs stuck in a transition past stuck_after, as a crash of
+--      devexd (or of Redis or S3) in the middle of an operation leaves them
+--      (tests/integration/test_crash_injection.py):
+--        stopping: stop again, which saves first; after policy.sync.max_attempts
+--          failed saves the REPL is flagged save_failed (reason in save_error,
+--          metric devex_repl_save_failed) and left to the operator
+--          (`devexd repl stuck`, `devexd repl resolve`), not retried for ever;
+--        starting: remove what the start made and go back to "created";
+--        creating: the template copy was cut short: remove its objects and
+--          the REPL (its quota slot with it), as a failed create does;
+--        deleting: finish the delete (the files, then the REPL);
 --   3. asks the runtime to remove labelled workloads that no session owns,
 --      older than orphan_grace (driver:orphans / driver:remove_orphan).
 -- Every action is logged and counted in the run's report.
@@ -58,6 +66,56 @@ local function all_repl_ids(r)
   return ids
 end
 
+-- Save failures of a stop (repl.sessions.stop records each): counted in the
+-- REPL's meta; at policy.sync.max_attempts the REPL is flagged save_failed.
+local NOTE_FAILURE = [[
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('HINCRBY', KEYS[1], 'save_failures', 1)
+redis.call('HSET', KEYS[1], 'save_error', ARGV[1])
+if n >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'save_failed', '1') end
+return n
+]]
+function M.save_failed(id, why)
+  local r = redis.client()
+  if not r then return nil end
+  local max = math.tointeger(policy.sync.max_attempts) or 3
+  local n = r:eval(NOTE_FAILURE, { store.meta_key(id) }, tostring(why):sub(1, 500), max)
+  require("devex.metrics").counter("devex_repl_save_failures_total")
+  if n == max then
+    log.error("repl stop: the files could not be saved after " .. max .. " attempts; the sweep no longer retries"
+      .. " (devexd repl resolve)", { repl = id, error = tostring(why) })
+  end
+  return n
+end
+
+-- A save succeeded (or the operator resolved the REPL): the count starts over.
+function M.save_ok(id)
+  local r = redis.client()
+  if r then r:call("HDEL", store.meta_key(id), "save_failures", "save_error", "save_failed") end
+end
+
+local function errmsg(err)
+  if type(err) == "table" then
+    return tostring(err.body and err.body.error or err.message or err.error or "error")
+  end
+  return tostring(err)
+end
+
+-- Finishes a create or delete cut short: the REPL's files, then the REPL.
+local function drop_repl(m)
+  local s, err = require("storage").open()
+  if not s then return nil, err end
+  local prefix = (m.prefix ~= nil and m.prefix ~= "") and m.prefix or nil
+  if prefix then
+    local res
+    res, err = s:delete_prefix(prefix)
+    if not res then return nil, err end
+    if #res.failures > 0 then return nil, res.failures[1].error end
+  end
+  store.end_session(m.id)
+  return store.remove(m.user, m.id)
+end
+
 function M.run(now)
   now = now or os.time()
   local c = policy.cleanup
@@ -103,26 +161,34 @@ function M.run(now)
   end
   for id, why in pairs(seen) do
     local m = store.get(id)
+    -- the log says "lifetime" as GET /api/repl/<id>/activity's stopReason does
+    local reason = why == "expired" and "lifetime" or why
     if m and m.state == "running" then
       local ok, err = sessions.stop(m)
       if ok then
         report[why] = report[why] + 1
-        log.info("sweep stopped a session", { repl = id, reason = why })
+        log.info("sweep stopped a session", { repl = id, reason = reason })
       else
         report.errors = report.errors + 1
-        log.warn("sweep could not stop a session", { repl = id, reason = why, error = err and err.body and err.body.error })
+        log.warn("sweep could not stop a session", { repl = id, reason = reason, error = err and err.body and err.body.error })
       end
     elseif m == false then
       store.end_session(id) -- activity entry of a REPL that no longer exists
     end
   end
   -- 2. stuck transitions
+  local flagged = 0
   for _, m in ipairs(metas) do
     local since = tonumber(m.state_since or m.last_active or 0) or 0
-    if (m.state == "stopping" or m.state == "starting") and now - since > c.stuck_after then
+    if m.state == "stopping" and m.save_failed == "1" then
+      flagged = flagged + 1 -- the operator's: devexd repl resolve
+    elseif (m.state == "stopping" or m.state == "starting" or m.state == "creating" or m.state == "deleting")
+        and now - since > c.stuck_after then
       local ok, err
       if m.state == "stopping" then
         ok, err = sessions.stop(m)
+      elseif m.state == "creating" or m.state == "deleting" then
+        ok, err = drop_repl(m)
       else
         if drv then drv:remove(m) end
         store.end_session(m.id)
@@ -133,11 +199,12 @@ function M.run(now)
         log.info("sweep repaired a stuck repl", { repl = m.id, state = m.state })
       else
         report.errors = report.errors + 1
-        log.warn("sweep could not repair a stuck repl", { repl = m.id, state = m.state,
-          error = type(err) == "table" and err.body and err.body.error or tostring(err) })
+        log.warn("sweep could not repair a stuck repl", { repl = m.id, state = m.state, error = errmsg(err) })
       end
     end
   end
+  report.save_failed = flagged
+  require("devex.metrics").gauge("devex_repl_save_failed", nil, flagged)
   -- 3. orphan workloads
   if drv and drv.orphans then
     local list = drv:orphans(c.orphan_grace) or {}

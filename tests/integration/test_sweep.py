@@ -38,9 +38,10 @@ class SweepTest(unittest.TestCase):
         self.redis.__exit__(None, None, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def devexd(self, idle=3600, interval=0.3, **kw):
+    def devexd(self, idle=3600, interval=0.3, lifetime=28800, **kw):
         with open(self.policy, "w") as f:
-            f.write("return { cleanup = { idle_limit = %s, sweep_interval = %s, stuck_after = 1 } }\n" % (idle, interval))
+            f.write("return { cleanup = { idle_limit = %s, sweep_interval = %s, stuck_after = 1, max_lifetime = %s } }\n"
+                    % (idle, interval, lifetime))
         conf = {"environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
                 "redis": {"url": self.redis.url(), "timeout": 2}, "github": self.gh.config(GH_REDIRECT),
                 "storage": {"driver": "fs", "dir": self.store_dir},
@@ -74,6 +75,52 @@ class SweepTest(unittest.TestCase):
             self.assertFalse(os.path.exists(ws))
             d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "idle",
                        what="the sweep's log line")
+
+    def heartbeat(self, rid):
+        """POST /api/runner/<id>/heartbeat with the token the runner was given."""
+        pid = int(self.redis.call("HGET", "devex:activeSession:" + rid, "pid"))
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        token = env[b"RUNNER_TOKEN"].decode()
+        r = self.d.request("POST", "/api/runner/%s/heartbeat" % rid, headers={"Authorization": "Bearer " + token})
+        self.assertEqual(r.status, 200, r.body)
+
+    def test_heartbeats_prevent_the_idle_stop(self):
+        with self.devexd(idle=2) as d:
+            d.sync_templates()
+            b, rid = self.start_session(d)
+            # three idle limits with a heartbeat every half second: still running
+            until = time.time() + 6
+            while time.time() < until:
+                self.heartbeat(rid)
+                time.sleep(0.5)
+            self.assertEqual(self.state(rid), "running")
+            self.assertFalse([e for e in d.logs() if e.get("msg") == "sweep stopped a session"])
+            # without them it ends as idle
+            poll(lambda: self.state(rid) == "stopped", "the idle session to be stopped", timeout=15)
+            d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "idle",
+                       what="the sweep's log line")
+
+    def test_max_lifetime_stops_a_busy_session(self):
+        with self.devexd(idle=3600, lifetime=3) as d:
+            d.sync_templates()
+            b, rid = self.start_session(d)
+            ws = os.path.join(self.tmp, "ws", rid)
+            with open(os.path.join(ws, "late.txt"), "w") as f:
+                f.write("saved at the lifetime stop\n")
+            # busy all along, yet stopped at its lifetime
+            deadline = time.time() + 20
+            while self.state(rid) == "running" and time.time() < deadline:
+                try:
+                    self.heartbeat(rid)
+                except (OSError, ValueError, TypeError):
+                    pass  # the runner is going away
+                time.sleep(0.3)
+            poll(lambda: self.state(rid) == "stopped", "the session to end at its lifetime")
+            d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "lifetime",
+                       what="the sweep's log line")
+            with open(os.path.join(self.store_dir, "repl", "gh_583231", rid, "late.txt")) as f:
+                self.assertEqual(f.read(), "saved at the lifetime stop\n")
 
     def test_one_sweeper_and_takeover(self):
         with self.devexd() as a, self.devexd() as b:
