@@ -65,6 +65,13 @@ class ReplCacheTest(unittest.TestCase):
                 return v.split(";", 1)[0]
         self.fail("no session cookie")
 
+    def try_sign_in(self, user, d):
+        r = d.request("POST", "/auth/dev/login", body="user=" + user, headers=FORM)
+        if r.status != 302:
+            return None
+        return next((v.split(";", 1)[0] for v in r.headers.get_all("Set-Cookie") or []
+                     if v.startswith("devex_session=")), None)
+
     def req(self, d, method, path, cookie, body=None):
         h = {"Cookie": cookie, "Origin": ORIGIN}
         if body is not None:
@@ -181,8 +188,10 @@ class ReplCacheTest(unittest.TestCase):
         # an empty Redis (nothing persisted): the old session is gone everywhere
         harness.poll(lambda: self.listing(self.b, cookie)[0] == 401, "the old session refused after the restart",
                      timeout=20)
-        # the invalidation stream reconnects (backoff up to 2 s) and caching resumes
-        bob = self.sign_in("bob", d=self.b)
+        # the invalidation stream reconnects (backoff up to 2 s) and caching
+        # resumes; each worker's command connection reconnects on its own
+        # backoff too, so the sign-in may need a few tries
+        bob = harness.poll(lambda: self.try_sign_in("bob", self.b), "a sign-in after the restart", timeout=20)
 
         def cached():
             # each worker's command connection reconnects on its own backoff
@@ -197,6 +206,9 @@ class ReplCacheTest(unittest.TestCase):
         # with the caches on again, nothing from before the restart came back
         for _ in range(6):
             self.assertEqual(self.listing(self.b, cookie)[0], 401, "a session from before the restart was accepted")
+        # both replicas serve again before the next test
+        harness.poll(lambda: all(self.listing(self.a, bob)[0] == 200 for _ in range(8)), "replica A serving again",
+                     timeout=20)
 
     def test_caches_stay_bounded_and_right_with_many_users(self):
         # redis.cache.entries = 8 per cache and worker: 30 users overflow it
