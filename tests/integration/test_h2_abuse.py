@@ -366,6 +366,26 @@ class FloodAndSlowlorisTest(unittest.TestCase):
         self.assertLess(peak - rss0, 30 * 1024, "RSS grew from %d KB to %d KB" % (rss0, peak))
         self.assertEqual(self.d.get("/healthz").status, 200)
 
+    def test_headers_flood_is_bounded(self):
+        # 20,000 tiny HEADERS frames (each a request for a slow route) on one
+        # connection whose answers are never read: libh2o runs 100 and
+        # refuses the streams past its SETTINGS_MAX_CONCURRENT_STREAMS
+        rss0 = rss_kb(self.d.proc.pid)
+        frame = harness.H2Client._frame
+        block = b"".join(b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v for n, v in (
+            (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/sleep/2"), (b":authority", b"x")))
+        s = self.raw_h2(self.d.port)
+        try:
+            sid = 1
+            for _ in range(40):
+                s.sendall(b"".join(frame(1, 0x5, sid + 2 * k, block) for k in range(500)))
+                sid += 1000
+            peak = rss_kb(self.d.proc.pid)
+            self.assertEqual(self.d.get("/healthz").status, 200)
+        finally:
+            s.close()
+        self.assertLess(peak - rss0, 30 * 1024, "RSS grew from %d KB to %d KB" % (rss0, peak))
+
     def test_empty_continuation_trickle_is_closed_after_header_timeout(self):
         before = guard_metrics(self.d)
         s = self.raw_h2(self.d.port)
