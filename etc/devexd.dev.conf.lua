@@ -16,7 +16,13 @@ return {
   -- the built-in development dashboard; a separate frontend would set its own
   frontend_url = env.url("FRONTEND_URL", public, { "http", "https" }),
   server = {
-    listen = { { host = env.str("HOST", "127.0.0.1"), port = port } },
+    listen = {
+      { host = env.str("HOST", "127.0.0.1"), port = port },
+      -- runners call back here (heartbeats, self-stop, their files): an
+      -- isolated runner has no network to devexd; only /api/runner/ answers
+      -- (a Unix socket path has at most 107 bytes: a longer DEVEXD_DATA goes without)
+      #(data .. "/devexd.sock") <= 107 and { socket = data .. "/devexd.sock", only = "/api/runner/" } or nil,
+    },
     threads = env.int("DEVEXD_THREADS", 0, 0, 256),
     log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
   },

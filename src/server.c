@@ -487,10 +487,11 @@ static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errl
     return fd;
 }
 
-/* A Unix socket listener: a socket file left by an earlier run is replaced
- * (anything else at the path is not ours and is an error); mode 0666, since
- * whoever may connect (a runner with its own uid) is decided by the
- * directory the socket is in. */
+/* A Unix socket listener, its directory made if missing: a socket file left
+ * by an earlier run is replaced (anything else at the path is not ours and is
+ * an error). Mode 0666: a runner under a uid of its own must be able to
+ * connect; who reaches the path at all is up to its directory (and to what
+ * a sandbox binds in). */
 static int open_unix_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
 {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
@@ -499,6 +500,17 @@ static int open_unix_listener(const devex_listener_conf_t *lc, char *err, size_t
         return -1;
     }
     memcpy(sa.sun_path, lc->socket_path, strlen(lc->socket_path) + 1);
+    /* its directory is made if missing (a data directory on first start) */
+    char dir[sizeof(sa.sun_path)];
+    memcpy(dir, sa.sun_path, sizeof(dir));
+    for (char *slash = strchr(dir + 1, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "server.listen: cannot make the directory %s: %s", dir, strerror(errno));
+            return -1;
+        }
+        *slash = '/';
+    }
     struct stat st;
     if (lstat(sa.sun_path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {

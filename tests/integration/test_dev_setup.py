@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -185,6 +186,16 @@ class RunDevScriptTest(unittest.TestCase):
         p, data = self.run_dev(redis_port)
         reservation.close()
         redis_pid = self.started_redis(p)
+        # the runners' callback socket of the development configuration: /api/runner/ only
+        c = http.client.HTTPConnection("localhost", timeout=10)
+        c.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.sock.connect(os.path.join(data, "devexd.sock"))
+        for path, status in (("/healthz", 404), ("/api/runner/repl-0/heartbeat", 401)):
+            c.request("POST", path, body=b"")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, status, path)
+        c.close()
         os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
         self.assert_stopped_in_order(p, redis_pid)
         self.assertIn("SIGINT: finishing in-flight requests", self.log())
