@@ -31,8 +31,12 @@ return {
     },
     threads = env.int("DEVEXD_THREADS", 0, 0, 256), -- 0: one per CPU
     max_body = env.int("DEVEXD_MAX_BODY", 1048576, 1024), -- bytes; larger bodies get 413
-    header_timeout = 10, -- seconds to receive request headers (HTTP/1)
-    idle_timeout = 60, -- seconds an idle HTTP/2 connection is kept
+    header_timeout = 10, -- seconds to receive request headers, and a new connection's first request
+    idle_timeout = 60, -- seconds an HTTP/2 connection with no request open is kept
+    -- HTTP/2 abuse (README "Connection limits"): streams a connection may
+    -- reset before it is closed, and its Lua handlers running at once
+    http2_max_resets = 100,
+    http2_max_inflight = 128,
     shutdown_timeout = 15, -- seconds in-flight requests get on SIGTERM
     log_level = env.enum("LOG_LEVEL", "info", { "debug", "info", "warn", "error" }),
     access_log = env.bool("ACCESS_LOG", true),
