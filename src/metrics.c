@@ -109,6 +109,13 @@ static family_t families[] = {
     {"devex_repl_start_phase_duration_seconds", M_HISTOGRAM,
      "How long each phase of a REPL start lasted (repl.events), by template and phase.", {"template", "phase", NULL},
      HIST(B_START), 0, {{0}}},
+    {"devex_repl_save_failures_total", M_COUNTER,
+     "Stops whose save of the files failed (repl.sweep.save_failed; the workload was kept).", {NULL}, NULL, 0, 0,
+     {{0}}},
+    {"devex_repl_save_failed", M_GAUGE,
+     "REPLs left stopping because their files could not be saved after policy.sync.max_attempts tries, as the "
+     "sweeping replica last counted them (devexd repl stuck / resolve).",
+     {NULL}, NULL, 0, 0, {{0}}},
 };
 
 enum { F_HTTP_REQ, F_HTTP_DUR, F_SESSIONS, F_START, F_K8S_REQ, F_K8S_ERR, F_K8S_DUR, F_S3_REQ, F_S3_ERR, F_S3_DUR,

@@ -114,8 +114,13 @@ commands["owners suggest"] = function() return require("repl.migrate").suggest()
 -- taken over (lua/repl/adopt_go.lua)
 commands["migrate from-go"] = function(args) return require("repl.adopt_go").cli({ table.unpack(args, 3) }) end
 
+-- devexd repl stuck | repl resolve ID --retry | --discard --yes: REPLs stuck
+-- in a transition and stops that cannot save (lua/repl/stuck.lua)
+commands["repl stuck"] = function(args) return require("repl.stuck").cli(args) end
+commands["repl resolve"] = function(args) return require("repl.stuck").cli(args) end
+
 local function usage(args)
-  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T, owners migrate [--map FILE] [--apply], owners suggest, migrate from-go --map FILE [--apply]\n",
+  io.stderr:write(string.format("devexd: unknown command '%s'; available: templates sync [DIR], workload render --template T, owners migrate [--map FILE] [--apply], owners suggest, migrate from-go --map FILE [--apply], repl stuck, repl resolve ID --retry|--discard --yes\n",
     table.concat(args, " "):gsub("[%c]", "?")))
   return 2
 end

@@ -20,6 +20,11 @@
 --               longest relative path in bytes [900]
 --   max_file_size bytes one file may have through the fs driver's blob route
 --               [1 GiB] (server.max_body bounds every request body too)
+--   max_attempts failed saves of one stop after which the sweep stops
+--               retrying it [3]: the REPL stays "stopping" with save_failed
+--               set until an operator runs `devexd repl resolve` (README,
+--               "Stuck saves"); an uploader still running is waited for,
+--               never doubled
 -- When the template's runner is the agent (`devexd runner`,
 -- templates.<t>.agent), the agent itself saves and restores through the same
 -- routes (lua/runner/checkpoint.lua, restore.lua):
@@ -48,6 +53,7 @@ local M = {
   max_files = 10000,
   max_path = 900,
   max_file_size = 1 << 30,
+  max_attempts = 3,
   checkpoint_interval = 30,
   concurrency = 8,
   final_timeout = 120,

@@ -131,11 +131,13 @@ function M.stop(meta)
   ok, err = driver:stop(meta, sess)
   if not ok then
     log.error("repl stop: files not saved, workload kept", { repl = meta.id, error = tostring(err and err.message or err) })
+    pcall(require("repl.sweep").save_failed, meta.id, type(err) == "table" and err.message or err) -- counted, flagged at N
     return fail((type(err) == "table" and err.status) or 502,
       "stop failed, files not saved: " .. tostring(type(err) == "table" and err.message or err))
   end
   store.end_session(meta.id)
   store.transition(meta.id, "stopped", { "stopping" })
+  if meta.save_failures then pcall(require("repl.sweep").save_ok, meta.id) end
   events.emit(meta.id, "stopped")
   log.info("repl stopped", { repl = meta.id })
   return true

@@ -482,6 +482,22 @@ function Driver:start(meta, opts)
   }
 end
 
+-- The name of an uploader (ephemeral container named save-*, as
+-- policy.sync.container names them) that the pod lists but that has not
+-- terminated, or nil.
+function M.running_uploader(pod)
+  local spec = type(pod.spec) == "table" and pod.spec.ephemeralContainers or {}
+  local done = {}
+  local st = type(pod.status) == "table" and pod.status.ephemeralContainerStatuses or {}
+  for _, cs in ipairs(st) do
+    if type(cs.state) == "table" and cs.state.terminated then done[cs.name] = true end
+  end
+  for _, ec in ipairs(spec) do
+    if type(ec.name) == "string" and ec.name:match("^save%-") and not done[ec.name] then return ec.name end
+  end
+  return nil
+end
+
 function Driver:stop(meta, sess)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
@@ -509,13 +525,23 @@ function Driver:stop(meta, sess)
     local policy = P()
     local sp = policy.sync
     local ctx = { repl = meta, s3 = config.s3, policy = sp, workload_policy = policy.workload }
-    local container = (type(sp.container) == "function" and sp.container or require("policy.sync").container)(ctx)
-    local ok
     events.emit(meta.id, "saving")
-    ok, e = c:add_ephemeral_container({ namespace = self.namespace, name = pod.metadata.name }, container)
-    if not ok then return err(502, "could not start the uploader: " .. tostring(e)) end
+    -- An uploader of an earlier attempt that has not finished (devexd was
+    -- restarted while it waited, or the sweep retries a slow save): wait for
+    -- it instead of adding another, since an ephemeral container can never
+    -- be removed from its pod and each retry would add one more.
+    local name = M.running_uploader(pod)
+    if name then
+      log.info("repl stop: waiting for the uploader of an earlier attempt", { repl = meta.id, container = name })
+    else
+      local container = (type(sp.container) == "function" and sp.container or require("policy.sync").container)(ctx)
+      local ok
+      ok, e = c:add_ephemeral_container({ namespace = self.namespace, name = pod.metadata.name }, container)
+      if not ok then return err(502, "could not start the uploader: " .. tostring(e)) end
+      name = container.name
+    end
     local code
-    code, e = c:wait_ephemeral({ namespace = self.namespace, name = pod.metadata.name }, container.name,
+    code, e = c:wait_ephemeral({ namespace = self.namespace, name = pod.metadata.name }, name,
       { timeout = sp.timeout or 300 })
     if code == nil then return err(504, "the upload did not finish: " .. tostring(e)) end
     if code ~= 0 then return err(502, "the upload failed with exit code " .. tostring(code)) end
@@ -574,7 +600,50 @@ function Driver:remove(meta, sess)
   local id
   id, e = session_identity(self, meta, sess)
   if not id then return err(500, "cannot tell which objects are this session's: " .. tostring(e)) end
-  return self:delete_deployment(c, id.names.deployment)
+  return self:remove_now(c, id)
+end
+
+-- What a failed start (or the delete of a REPL) leaves is removed at once and
+-- seen gone: nothing there served anyone, so nothing waits for a graceful
+-- end. The Deployment goes with background propagation (a foreground delete
+-- stays visible until the garbage collector has removed every pod, minutes
+-- for a burst of failed starts), then its ReplicaSets and pods are deleted
+-- directly with no grace period, and the pods are listed until none is left
+-- (up to REMOVE_CONFIRM seconds; past that the sweep's orphan cleanup is the
+-- backstop, and the log says so).
+M.REMOVE_CONFIRM = 15
+function Driver:remove_now(c, id)
+  local ns = self.namespace
+  local res, e = c:delete({ apiVersion = "apps/v1", kind = "Deployment", namespace = ns, name = id.names.deployment },
+    { propagation = "Background" })
+  if not res then return err(502, "kubernetes: " .. tostring(e)) end
+  local deadline = timer.now() + M.REMOVE_CONFIRM
+  for _, kind in ipairs({ { "apps/v1", "ReplicaSet" }, { "v1", "Pod" } }) do
+    local ref = { apiVersion = kind[1], kind = kind[2], namespace = ns }
+    local l
+    l, e = c:list(ref, { label_selector = id.selector })
+    if not l then return err(502, "kubernetes: " .. tostring(e)) end
+    local dels = {}
+    for _, o in ipairs(l.items) do
+      dels[#dels + 1] = function()
+        return c:delete({ apiVersion = kind[1], kind = kind[2], namespace = ns, name = o.metadata.name },
+          { grace_period = 0, propagation = "Background" })
+      end
+    end
+    tasks.all(dels)
+  end
+  local podref = { apiVersion = "v1", kind = "Pod", namespace = ns }
+  while true do
+    local l
+    l, e = c:list(podref, { label_selector = id.selector })
+    if l and #l.items == 0 then return true end
+    if timer.now() > deadline then
+      log.warn("a failed start's pods are not gone yet; the sweep's orphan cleanup will see to them",
+        { deployment = id.names.deployment, pods = l and #l.items or nil, error = e and tostring(e) or nil })
+      return true
+    end
+    timer.sleep(0.25)
+  end
 end
 
 return M
