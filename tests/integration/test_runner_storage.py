@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -274,9 +275,16 @@ class RunnerStorageTest(unittest.TestCase):
             with open(os.path.join(src, rel), "wb") as f:
                 f.write(data)
         os.mkfifo(os.path.join(src, "a.fifo"))
+        # a language server's socket (issue 17.4: a stop of such a workspace must not fail)
+        lsp = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(lsp.close)
+        lsp.bind(os.path.join(src, "deep", "lsp.sock"))
+        lsp.listen(1)
         r = self.run_script(UPLOAD, src)
         self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
         self.assertIn(b"a.fifo", r.stderr)  # reported, skipped
+        self.assertIn(b"deep/lsp.sock", r.stderr)
+        os.remove(os.path.join(src, "deep", "lsp.sock"))
         dst = os.path.join(self.tmp, "dst")
         os.mkdir(dst)
         r = self.run_script(DOWNLOAD, dst)
