@@ -68,7 +68,12 @@ class IdePageTest(unittest.TestCase):
                 'c.public_url = "http://localhost:@PORT@"\n'
                 'c.frontend_url = c.public_url\n'
                 'return c\n') % json.dumps(DEV_CONF)
-        env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development"}
+        # HOME of its own: the terminals' bash reads $HOME/.bashrc, and this machine's user's may do anything
+        # (a shell init that waits on a lock held by some other shell kept the prompt away for a minute)
+        home = os.path.join(cls.tmp, "home")
+        os.mkdir(home)
+        env = {"DEVEXD_DATA": os.path.join(cls.tmp, "data"), "REDIS_URL": cls.redis.url(), "ENVIRONMENT": "development",
+               "HOME": home}
         cls.d = cls.enterClassContext(Devexd(app=None, threads=2, config_text=conf, env=env))
         cls.addClassCleanup(harness.kill_session_runners, cls.redis)  # before devexd and redis stop
         cls.origin = "http://localhost:%d" % cls.d.port
