@@ -575,6 +575,12 @@ class K8sEventsTest(unittest.TestCase):
         self.assertTrue(failed["image"], failed)
         self.assertIn(failed["image"], failed["message"])
         self.assertEqual(failed["message"], body["message"])
+        # the failed start left nothing behind, at once (not after the
+        # garbage collector's foreground deletion)
+        sel = {"labelSelector": "devex.io/repl=" + rid}
+        for path in ("/apis/apps/v1/namespaces/%s/deployments", "/apis/apps/v1/namespaces/%s/replicasets",
+                     "/api/v1/namespaces/%s/pods"):
+            self.assertEqual(self.kc.api.get(path % self.NS, sel)["items"], [], path)
 
 
 if __name__ == "__main__":
