@@ -44,7 +44,7 @@ APP_NS = "devexd"
 REPL_NS = "devex-repls"
 PLURALS = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Role": "roles",
            "RoleBinding": "rolebindings", "ConfigMap": "configmaps", "Secret": "secrets",
-           "Deployment": "deployments", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
+           "Deployment": "deployments", "StatefulSet": "statefulsets", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
            "Ingress": "ingresses", "NetworkPolicy": "networkpolicies"}
 # what lua/runtime/kubernetes.lua touches, by API group
 ALLOWED = {("apps", "deployments"), ("", "services"), ("networking.k8s.io", "ingresses"),
@@ -155,6 +155,45 @@ class ManifestsTest(unittest.TestCase):
         env = {e["name"]: e.get("value") for e in c["env"]}
         self.assertEqual(env["KUBE_NAMESPACE"], REPL_NS)
 
+    def test_redis_is_tls_only(self):
+        """redis.yaml: redis-server's TLS on 6379, the plain port off, client
+        certificates required, the ACL file; devexd points at it with
+        rediss://, the CA and its client certificate (test_redis_tls.py runs
+        the same settings for real)."""
+        apply_namespaces(self.kc, self.docs)
+        sts = apply(self.kc, [d for d in self.docs if d.kind == "StatefulSet"][0], dry_run=True)
+        pod = sts["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        args = c["args"]
+        opts = dict(zip(args[1::2], args[2::2]))
+        self.assertEqual(args[0], "redis-server")
+        self.assertEqual(opts["--port"], "0")
+        self.assertEqual(opts["--tls-port"], "6379")
+        self.assertEqual(opts["--tls-auth-clients"], "yes")
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in pod["volumes"]}
+        for flag in ("--tls-cert-file", "--tls-key-file", "--tls-ca-cert-file"):
+            self.assertTrue(opts[flag].startswith(mounts["tls"] + "/"), opts[flag])
+        self.assertEqual(vols["tls"]["secret"]["secretName"], "redis-tls")
+        self.assertTrue(opts["--aclfile"].startswith(mounts["acl"] + "/"))
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        svc = [d for d in self.docs if d.kind == "Service" and d.name == "redis"][0]
+        # devexd: rediss:// to that Service, the CA and client certificate mounted from devexd-redis-tls
+        secrets = [d for d in self.docs if d.kind == "Secret" and d.name == "devexd-secrets"][0]
+        url = re.search(r'REDIS_URL:\s*"([^"]+)"', secrets.text).group(1)
+        self.assertTrue(url.startswith("rediss://"), url)
+        self.assertEqual(url.split("@", 1)[1], "%s.%s.svc:6379/0" % (svc.name, svc.namespace))
+        dep = apply(self.kc, [d for d in self.docs if d.kind == "Deployment"][0], dry_run=True)
+        dpod = dep["spec"]["template"]["spec"]
+        dc = dpod["containers"][0]
+        env = {e["name"]: e.get("value") for e in dc["env"]}
+        dmounts = {m["name"]: m["mountPath"] for m in dc["volumeMounts"]}
+        dvols = {v["name"]: v for v in dpod["volumes"]}
+        self.assertEqual(dvols["redis-tls"]["secret"]["secretName"], "devexd-redis-tls")
+        for k in ("REDIS_CA_FILE", "REDIS_CERT_FILE", "REDIS_KEY_FILE"):
+            self.assertTrue(env[k].startswith(dmounts["redis-tls"] + "/"), (k, env[k]))
+
     def render(self, template="node"):
         """`devexd workload render` with the shipped config and the MCP sidecar on."""
         from test_config import SHIPPED_CONF, clean_env
@@ -169,7 +208,8 @@ class ManifestsTest(unittest.TestCase):
         apply_namespaces(self.kc, self.docs)
         pols = {(d.namespace, d.name): apply(self.kc, d, dry_run=True)["spec"]
                 for d in self.docs if d.kind == "NetworkPolicy"}
-        self.assertEqual(sorted(pols), sorted([(APP_NS, "devexd"), (REPL_NS, "default-deny"), (REPL_NS, "runners")]))
+        self.assertEqual(sorted(pols), sorted([(APP_NS, "devexd"), (APP_NS, "redis"), (REPL_NS, "default-deny"),
+                                               (REPL_NS, "runners")]))
         # everything in the REPL namespace that no other policy allows is denied
         deny = pols[(REPL_NS, "default-deny")]
         self.assertEqual(deny["podSelector"], {})
@@ -237,6 +277,16 @@ class ManifestsTest(unittest.TestCase):
             allowed = [b for b in blocks if a in ipaddress.ip_network(b["cidr"])
                        and not any(a in ipaddress.ip_network(e) for e in b["except"])]
             self.assertEqual(allowed, [], addr)
+
+        # Redis (redis.yaml): only devexd's pods, on the TLS port
+        rds = pols[(APP_NS, "redis")]
+        redis_set = apply(self.kc, [d for d in self.docs if d.kind == "StatefulSet"][0], dry_run=True)
+        self.assertTrue(selects(rds["podSelector"], redis_set["spec"]["template"]["metadata"]["labels"]))
+        (rule,) = rds["ingress"]
+        (peer,) = rule["from"]
+        self.assertEqual(set(peer), {"podSelector"})  # this namespace only
+        self.assertTrue(selects(peer["podSelector"], app_labels), peer)
+        self.assertEqual([(p["protocol"], p["port"]) for p in rule["ports"]], [("TCP", 6379)])
 
         # devexd: DNS, Redis, the runners' ports, HTTPS
         app = pols[(APP_NS, "devexd")]
