@@ -250,6 +250,7 @@ class SandboxTest(unittest.TestCase):
         }
         cls.d = Devexd(app=None, threads=2, config=conf, env={"DEVEXD_TEST_SECRET": SECRET}).__enter__()
         cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
+        cls.d.sync_templates()  # the shipped ones, for the default agent
 
     @classmethod
     def tearDownClass(cls):
@@ -342,6 +343,27 @@ class SandboxTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.run_dir, str(uid_a))))
         self.assertFalse(os.path.exists(sock_a))
         self.assertIsNone(self.redis.call("GET", "devex:sandbox:uid:%d" % uid_a))
+
+    def test_the_default_agent_runs_isolated(self):
+        # the shipped python template: `devexd runner --socket` in the sandbox
+        alice = self.login("alice", 1001)
+        r = alice.request("POST", "/api/repl/new", headers=JSON,
+                          body=json.dumps({"template": "python", "replName": "agent"}))
+        self.assertEqual(r.status, 201, r.body)
+        rid = r.json()["id"]
+        self.addCleanup(lambda: alice.request("DELETE", "/api/repl/session/" + rid))
+        r = alice.get("/api/repl/session/" + rid)
+        self.assertEqual(r.status, 200, r.body)
+        sess = self.session(rid)
+        uid = int(sess["uid"])
+        self.assertTrue(sess["endpoint"].startswith("unix:" + self.run_dir + "/.sockets/"), sess)
+        agents = [p for p in procs_of_uid(uid) if b"runner" in open("/proc/%d/cmdline" % p, "rb").read()]
+        self.assertTrue(agents, "no agent process under the runner's uid")
+        r = alice.get("/repl/%s/ping" % rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.stop(alice, rid)
+        self.assertEqual(procs_of_uid(uid), [])
+        self.assertTrue(os.path.exists(os.path.join(self.store_dir, "repl", "gh_1001", rid, "main.py")))
 
     def test_a_symlink_for_a_socket_is_refused(self):
         # the runner's directory is its own to write: a symlink named
