@@ -223,6 +223,9 @@ class SandboxTest(unittest.TestCase):
         os.makedirs(tdir)
         with open(os.path.join(tdir, "runner.py"), "w") as f:
             f.write(ATTACKER)
+        # the shipped python template, for the default agent
+        shutil.copytree(os.path.join(harness.SOURCE_DIR, "templates", "python"),
+                        os.path.join(cls.tmp, "templates", "python"))
         os.makedirs(os.path.join(cls.tmp, "templates", "swap"))
         with open(os.path.join(cls.tmp, "templates", "swap", "README.md"), "w") as f:
             f.write("swap\n")
@@ -250,7 +253,6 @@ class SandboxTest(unittest.TestCase):
         }
         cls.d = Devexd(app=None, threads=2, config=conf, env={"DEVEXD_TEST_SECRET": SECRET}).__enter__()
         cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
-        cls.d.sync_templates()  # the shipped ones, for the default agent
 
     @classmethod
     def tearDownClass(cls):
