@@ -14,7 +14,12 @@ program (RUN_COMMAND in the agent's terminals, on PORT = APP_PORT, which
 - a session whose endpoint is a Unix socket ("unix:/path", what isolation
   records) is reached through the gateway, HTTP and WebSocket;
 - stop ends the agent, its terminals and what runs in them, and saves the
-  files; start again: they are back.
+  files; start again: they are back;
+- isolated (runtime.isolation, as root with bubblewrap): the agent runs
+  under its own uid with its own network, devexd reaches it only at
+  unix:<socket> (HTTP, WebSocket, /user-app/ to the program run in its
+  terminal) and it calls back only over devexd's socket; stop leaves no
+  process of that uid.
 
 Assertions are on what arrives, never on elapsed time; the waits are
 generous upper bounds."""
@@ -298,6 +303,87 @@ class LocalAgentTest(unittest.TestCase):
         r = self.d.request("GET", "/repl/%s/ping" % rid, headers={"Cookie": cookie})
         self.assertEqual(r.status, 502, r.body)
         self.assertEqual(r.json()["error"], "bad gateway")
+
+
+def procs_of_uid(uid):
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open("/proc/%s/status" % p) as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if "\nUid:\t%d\t" % uid in st and "\nState:\tZ" not in st:
+                out.append(int(p))
+    return out
+
+
+@unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/bin/bwrap"),
+                     "needs root and bubblewrap: isolated runners switch to their own uids")
+class IsolatedAgentTest(LocalAgentTest):
+    """The same agent under runtime.isolation (lua/runtime/sandbox.lua): its
+    own uid in bubblewrap with its own network, reached by devexd only
+    through its Unix socket, calling back only through devexd's."""
+
+    FIRST_UID = 240000 + (os.getpid() % 100) * 4
+
+    @classmethod
+    def setUpClass(cls):
+        standin_devexd(
+            cls, "devexd-agent-iso-",
+            "return {\n"
+            "  templates = { catalogue = { py = { image = 'runner-py', port = 8081,\n"
+            "    local_command = { 'python3', 'app.py' } } } },\n"
+            "}\n",
+            templates=("py",),
+            extra_conf='c.server.listen[2] = { socket = os.getenv("DEVEXD_DATA") .. "-cb.sock", only = "/api/runner/" }\n'
+                       'c.runtime.agent_env = { RUNNER_HEARTBEAT_INTERVAL = "0.5", RUNNER_SHELL = "/bin/sh" }\n'
+                       'c.runtime.isolation = true\n'
+                       'c.runtime.sandbox = { uids = { first = %d, count = 4 }, run_dir = os.getenv("DEVEXD_DATA") .. "/run" }\n'
+                       % cls.FIRST_UID)
+        os.chmod(cls.tmp, 0o755)
+        with open(os.path.join(cls.tmp, "templates", "py", "app.py"), "w") as f:
+            f.write(APP_PY)
+        cls.d.sync_templates(os.path.join(cls.tmp, "templates"))
+
+    # the tests of the class above read host pids and a loopback endpoint
+    test_ide_terminal_user_app_and_stop = None
+    test_unix_socket_endpoint_through_the_gateway = None
+    test_callback_socket_serves_only_runner_routes = None
+
+    def test_isolated_agent(self):
+        alice = self.sign_in("alice")
+        rid = self.start_repl(alice, "agent-iso")
+        sess = self.session(rid)
+        self.assertTrue(sess["endpoint"].startswith("unix:/"), sess)
+        uid = int(sess["uid"])
+        self.assertTrue(procs_of_uid(uid))
+        cookie = alice.cookie_header()
+        r = self.d.request("GET", "/repl/%s/ping" % rid, headers={"Cookie": cookie})
+        self.assertEqual((r.status, r.body), (200, b'"pong"\n'))
+        ide = IDE(self, rid, cookie)
+        ide.send("Connection", None)
+        self.assertIn("app.py", [e["name"] for e in ide.expect("Loaded")["rootContents"]])
+        ide.send("requestTerminal", None)
+        tid = ide.expect("terminalConnected")["sessionId"]
+        ide.send("terminalInput", {"sessionId": tid, "data": "echo uid=$(id -u)-$REPL_ID; $RUN_COMMAND &\n"})
+        ide.terminal_until("uid=%d-%s" % (uid, rid))
+
+        def user_app():
+            r = self.d.request("GET", "/repl/%s/user-app/x" % rid, headers={"Cookie": cookie})
+            return r if r.status == 200 else None
+        r = poll(user_app, "the user's program in the sandbox through /user-app/", timeout=60)
+        self.assertEqual(r.body.decode(), "user program on %s path /x" % sess["app_port"])
+        hb = "/api/runner/%s/heartbeat" % rid
+        self.d.wait_log(lambda e: e.get("path") == hb and e.get("status") == 200, timeout=30,
+                        what="a heartbeat from the sandbox over the callback socket")
+        ide.close()
+        r = self.d.request("DELETE", "/api/repl/session/" + rid, headers=dict(JSON, Cookie=cookie, Origin=ORIGIN),
+                           timeout=60)
+        self.assertEqual(r.status, 200, r.body)
+        poll(lambda: not procs_of_uid(uid), "every process of the runner's uid to end", timeout=20)
+        self.assertIn("app.py", os.listdir(os.path.join(self.tmp, "data", "storage", "repl", "dev_alice", rid)))
 
 
 if __name__ == "__main__":
