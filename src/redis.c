@@ -61,7 +61,7 @@ typedef struct rconn {
     rcmd_t *pending; /* commands with a deadline, for timeouts */
     struct rwait *waiters; /* tasks waiting for the connection attempt to end */
     uv_timer_t wake_timer; /* wakes the waiters outside hiredis's callbacks */
-    char last_error[256];
+    char last_error[320]; /* "redis: " and a tls_error fit */
     struct rconn *next;
 } rconn_t;
 
