@@ -78,6 +78,10 @@ function M.start(meta)
   end
   events.begin(meta.id, meta.template)
   local token = crypto.b64url(crypto.random_bytes(32))
+  -- the runner may call devexd before the start returns (the agent's restore,
+  -- the init container's download): routes.runner_storage accepts this hash
+  -- while the REPL is "starting"; the session's token_hash takes over after
+  store.set_fields(meta.id, { start_token_hash = crypto.sha256_hex(token) })
   local driver = runtime.driver()
   local started_at = os.time()
   local t0 = metrics.now()

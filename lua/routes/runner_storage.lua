@@ -28,7 +28,10 @@
 --        policy.sync.max_file_size bytes, and server.max_body bounds every
 --        request body: a larger one is 413), written atomically
 -- so the runner agent (lua/runner/checkpoint.lua, restore.lua) has one code
--- path. The sh scripts of the Kubernetes pods need the s3 driver (they send
+-- path. With "?via=devexd" on GET files and POST uploads the URLs are the
+-- blob routes whatever the driver: a sandboxed single-host agent reaches
+-- devexd only, never S3 (the blob routes then read and write the object
+-- whole, bounded by max_file_size). The sh scripts of the Kubernetes pods need the s3 driver (they send
 -- no token to the URLs).
 --
 --   POST /api/runner/<id>/progress {files, filesTotal, bytes, bytesTotal}
@@ -58,11 +61,19 @@ local function bearer(req)
   return h and h:match("^[Bb]earer%s+(%S+)$")
 end
 
--- The session token, or the save token of a stop in progress (policy.sync:
--- save_token_hash and save_token_expires in the session hash).
+-- The session token (while the REPL is starting: the start's token, whose
+-- hash repl.sessions puts in replMeta first), or the save token of a stop in
+-- progress (policy.sync: save_token_hash and save_token_expires in the
+-- session hash).
 function M.check_token(id, token)
   if sessions.check_runner(id, token) then return true end
   if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
+  -- a start in progress (repl.sessions): its runner restores before the session exists
+  local meta = store.get(id)
+  if meta and meta.state == "starting" and meta.start_token_hash
+      and crypto.equal(crypto.sha256_hex(token), meta.start_token_hash) then
+    return true
+  end
   local sess = store.get_session(id)
   if not sess or not sess.save_token_hash then return false end
   if (tonumber(sess.save_token_expires) or 0) < os.time() then return false end
@@ -139,10 +150,12 @@ local function url_path(p)
 end
 
 -- a URL for one method and key: presigned on S3, the blob route on fs
-local function url_for(s, id, method, key, rel, expires)
-  if s.presign then return s:presign(method, key, expires) end
+local function url_for(s, id, method, key, rel, expires, via)
+  if s.presign and not via then return s:presign(method, key, expires) end
   return "/api/runner/" .. id .. "/blob/" .. url_path(rel)
 end
+
+local function via_devexd(req) return req.query and req.query.via == "devexd" end
 
 local function lines(list, field)
   local out = {}
@@ -169,7 +182,7 @@ return function(app)
           log.warn("runner storage: object skipped", { repl = req.params.id, reason = why })
         end
       else
-        local url, perr = url_for(s, req.params.id, "GET", o.key, rel, expires)
+        local url, perr = url_for(s, req.params.id, "GET", o.key, rel, expires, via_devexd(req))
         if not url then return 500, { error = "cannot presign: " .. tostring(perr) } end
         files[#files + 1] = { path = rel, size = o.size, etag = o.etag, url = url }
       end
@@ -189,7 +202,7 @@ return function(app)
       local key = prefix .. p
       local ok, kerr = common.check_key(key)
       if not ok then return 400, { error = tostring(kerr.message) } end
-      local url, perr = url_for(s, req.params.id, "PUT", key, p, expires)
+      local url, perr = url_for(s, req.params.id, "PUT", key, p, expires, via_devexd(req))
       if not url then return 500, { error = "cannot presign: " .. tostring(perr) } end
       out[i] = { path = p, url = url }
     end
@@ -204,7 +217,6 @@ return function(app)
     if not ok then return nil, 400, why end
     local s, prefix, status, msg = open(req.params.id)
     if not s then return nil, status, msg end
-    if s.presign then return nil, 404, "this storage driver hands out presigned URLs: use those" end
     local key = prefix .. rel
     local kok, kerr = common.check_key(key)
     if not kok then return nil, 400, tostring(kerr.message) end
@@ -214,6 +226,14 @@ return function(app)
   app:get("/api/runner/:id/blob/*rest", runner, function(req)
     local s, key, msg = blob_target(req)
     if not s then return key, { error = msg } end
+    if s.driver ~= "fs" then -- ?via=devexd over S3: the object whole
+      local body, gerr = s:get(key)
+      if not body then
+        if gerr and gerr.status == 404 then return 404, { error = "no such file" } end
+        return 502, { error = "storage: " .. tostring(gerr) }
+      end
+      return 200, body, { ["content-type"] = "application/octet-stream", ["cache-control"] = "no-store" }
+    end
     local path, perr = s:path(key)
     if not path then return 400, { error = tostring(perr) } end
     local f = io.open(path, "rb")

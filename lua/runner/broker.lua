@@ -33,6 +33,9 @@ end
 -- call(method, path, body_table) -> status, decoded body (or raw text) | nil, err
 function M.call(method, path, body, timeout)
   local s = settings.get()
+  -- STORAGE_VIA_DEVEXD=1: every transfer through devexd's blob routes (a
+  -- sandboxed agent reaches nothing else)
+  if s.via_devexd and (path == "/files" or path == "/uploads") then path = path .. "?via=devexd" end
   local headers = { authorization = auth(), accept = "application/json" }
   local text
   if body ~= nil then

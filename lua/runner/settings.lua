@@ -16,6 +16,8 @@
 --                            default 30; 0: only the final one devexd asks for at stop)
 --   CHECKPOINT_CONCURRENCY   transfers at once in a checkpoint or the restore (default 8)
 --   RESTORE                  0: do not restore the workspace at start (someone else did; default 1)
+--   STORAGE_VIA_DEVEXD       1: transfers through devexd's own routes, not presigned URLs (a
+--                            sandboxed single-host agent reaches only devexd)
 local M = {}
 
 local function number(name, default, min, max)
@@ -63,6 +65,7 @@ function M.get()
     checkpoint_interval = number("CHECKPOINT_INTERVAL", 30, 0, 86400),
     checkpoint_concurrency = math.tointeger(number("CHECKPOINT_CONCURRENCY", 8, 1, 64)),
     restore = number("RESTORE", 1, 0, 1) == 1,
+    via_devexd = number("STORAGE_VIA_DEVEXD", 0, 0, 1) == 1,
   }
   return current
 end

@@ -191,8 +191,14 @@ function Driver:child_command(meta, tpl, ws, port, token)
   env.PORT, env.APP_PORT, env.HOST = app_port, app_port, "127.0.0.1"
   env.RUN_COMMAND = shell_line(tpl.local_command)
   env.DEVEXD_LUA_DIR = rt.lua_dir
-  -- the workspace is materialised above, before the agent starts
-  env.RESTORE = "0"
+  -- the agent checkpoints the workspace (lua/runner/checkpoint.lua) and,
+  -- over devexd's callback socket, restores it (restore.lua) through
+  -- devexd's own routes: a sandboxed agent reaches nothing but devexd, so not
+  -- S3's presigned URLs. Without the socket, public_url may not be devexd's
+  -- own listener: devexd materialises the workspace itself (Driver:start)
+  env.STORAGE_VIA_DEVEXD = "1"
+  if not self.callback_socket then env.RESTORE = "0" end
+  for k, v in pairs(require("policy.sync").agent_env(policy.sync)) do env[k] = v end
   local idle = policy.cleanup and policy.cleanup.idle_limit
   if type(idle) == "number" then env.RUNNER_IDLE_LIMIT = tostring(idle) end
   for k, v in pairs(self.agent_env) do env[k] = tostring(v) end
@@ -209,10 +215,12 @@ function Driver:start(meta, opts)
   local ok
   ok, e = s3.fs_mkdir_p(ws)
   if not ok then return err(500, tostring(e)) end
-  local n
   events.emit(meta.id, "restoring")
-  n, e = materialise(store, meta.prefix, ws)
-  if not n then return err(502, "could not fetch the files: " .. tostring(e)) end
+  if tpl.agent == false or not self.callback_socket then -- else the agent restores it
+    local n
+    n, e = materialise(store, meta.prefix, ws)
+    if not n then return err(502, "could not fetch the files: " .. tostring(e)) end
+  end
   local port = process.free_port()
   events.emit(meta.id, "starting")
   local cmd, args, env, ready_path = self:child_command(meta, tpl, ws, port, opts.token)
@@ -335,6 +343,19 @@ function Driver:stop(meta, sess)
   -- swap a file for a symlink to devexd's own files between the walk and the
   -- read, or keep growing one. (Without isolation it runs as devexd anyway,
   -- and it ends after the save, so that a failed save leaves it running.)
+  local tpl = policy.templates.catalogue[meta.template]
+  if tpl and tpl.agent ~= false and sess and sess.endpoint then
+    -- the agent's final checkpoint; devexd's own save below stays the
+    -- fallback for an agent that is dead or failing
+    events.emit(meta.id, "saving")
+    local ok, why = require("runtime.agent").final_checkpoint(sess, policy.sync)
+    if ok then
+      self:end_processes(meta, sess)
+      rm_rf(ws)
+      return true
+    end
+    log.warn("repl stop: the agent's final checkpoint failed, devexd saves the workspace", { repl = meta.id, error = why })
+  end
   if self.sandbox then self:end_processes(meta, sess) end
   local f = io.open(ws, "r")
   if f then

@@ -364,6 +364,19 @@ class S3DriverTest(CheckpointBase, unittest.TestCase):
     def secrets(self):
         return [self.s3.access_key, self.s3.secret_key]
 
+    def test_via_devexd(self):
+        """STORAGE_VIA_DEVEXD=1 (a sandboxed single-host agent): no presigned URL, devexd moves the bytes."""
+        a = self.agent(0, extra={"STORAGE_VIA_DEVEXD": "1"}).start()
+        a.write("n/\u00fc.txt", "\u00fc\n".encode())
+        a.write("e", b"")
+        s, rep = a.checkpoint(token=hashlib.sha256(TOKEN.encode()).hexdigest())  # devexd's credential: the hash
+        self.assertEqual((s, rep["uploaded"]), (200, 2), rep)
+        a.kill9()
+        b = self.agent(0, extra={"STORAGE_VIA_DEVEXD": "1"}).start()
+        self.assertEqual(harness.tree(b.dir), {"n/\u00fc.txt": "\u00fc\n".encode(), "e": b""})
+        s, b_ = self.api("GET", "/api/runner/%s/files?via=devexd" % RID)
+        self.assertTrue(all(f["url"].startswith("/api/runner/") for f in json.loads(b_)["files"]), b_)
+
 
 class AgentWorkloadTest(unittest.TestCase):
     """`devexd workload render`: with the agent (templates.<t>.agent, the default
