@@ -267,6 +267,14 @@ class LocalAgentTest(unittest.TestCase):
         self.assertIn(r.status, (401, 404))
         c.close()
 
+    def test_runner_socket_argument(self):
+        env = {"PATH": os.environ["PATH"], "DEVEXD_LUA_DIR": LUA_DIR}
+        for bad in ("relative.sock", "/" + "x" * 120):
+            p = subprocess.run([DEVEXD_BIN, "runner", "--dir", self.tmp, "--socket", bad], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+            self.assertEqual(p.returncode, 2, p.stderr)
+            self.assertIn("--socket must be an absolute path", p.stderr)
+
     def test_unix_socket_endpoint_through_the_gateway(self):
         alice = self.sign_in("alice")
         rid = self.start_repl(alice, "agent-unix")
@@ -351,6 +359,7 @@ class IsolatedAgentTest(LocalAgentTest):
     test_ide_terminal_user_app_and_stop = None
     test_unix_socket_endpoint_through_the_gateway = None
     test_callback_socket_serves_only_runner_routes = None
+    test_runner_socket_argument = None
 
     def test_isolated_agent(self):
         alice = self.sign_in("alice")
