@@ -115,6 +115,11 @@ class ConfigTest(unittest.TestCase):
         cases = [
             ({"max_body": "big"}, "server.max_body"),
             ({"listen": [{"host": "127.0.0.1", "port": 70000}]}, r"server\.listen\[1\]\.port"),
+            # a listener is a port or a Unix socket (absolute), not both, not neither
+            ({"listen": [{"host": "127.0.0.1"}]}, r"server\.listen\[1\]: needs either port or socket"),
+            ({"listen": [{"port": 8080, "socket": "/tmp/x.sock"}]}, r"server\.listen\[1\]: needs either port or socket"),
+            ({"listen": [{"socket": "rel.sock"}]}, r"server\.listen\[1\]\.socket: must be an absolute path"),
+            ({"listen": [{"socket": "/tmp/x.sock", "only": "api/"}]}, r"server\.listen\[1\]\.only"),
             ({"log_level": "loud"}, "server.log_level"),
             ({"access_log": "yes"}, "server.access_log"),
             ({"request_id_header": "sometimes"}, "server.request_id_header"),
