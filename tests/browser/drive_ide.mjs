@@ -14,7 +14,9 @@
 //    terminal) and the app panel (/user-app/): its page; ^C ends it; then
 //    `python3 -m http.server <app port>` and the panel on that port
 //    (/user-app/<port>/): the listing names hello.py;
-//  - screenshot ide.png; Stop, Start (same page), opens hello.py again,
+//  - screenshot ide.png; New folder pkg, New file util.py in it (typed,
+//    saved), Rename to pkg/helpers.py, Delete pkg;
+//  - Stop, Start (same page), opens hello.py again,
 //    runs it again; screenshot restarted.png; Stop.
 // Also: the page's makePatch on tricky pairs (non-ASCII, emoji, '%', empty
 // sides), applied by the npm diff-match-patch package (tests/runner).
@@ -139,6 +141,32 @@ try {
   out.app_port = await panel("hello.py");
   await shot("ide.png");
 
+  out.step = "folders: New folder, a file in it, Rename, Delete";
+  const top = () => page.locator("#tree > li > span").allInnerTexts();
+  const item = (name) => page.locator("#tree span", { hasText: new RegExp("^" + name.replace(".", "\\.") + "$") });
+  answers.push("pkg");
+  await page.getByRole("button", { name: "New folder" }).click();
+  await item("pkg").waitFor();
+  await item("pkg").click(); // opens it (fetchDir) and selects it
+  answers.push("util.py");
+  await page.getByRole("button", { name: "New file" }).click();
+  await page.locator("#path").filter({ hasText: /^pkg\/util\.py$/ }).waitFor();
+  await page.locator("#editor:enabled").waitFor();
+  await page.locator("#editor").pressSequentially("x = 1\n");
+  await page.locator("#saved").filter({ hasText: /^saved$/ }).waitFor();
+  out.folder_open = await page.locator("#tree li.dir.open").innerText();
+  await item("util.py").click();
+  answers.push("pkg/helpers.py");
+  await page.getByRole("button", { name: "Rename" }).click();
+  await item("helpers.py").waitFor();
+  await page.locator("#path").filter({ hasText: /^pkg\/helpers\.py$/ }).waitFor();
+  out.renamed = { tree: await page.locator("#tree li.dir.open").innerText(), path: await page.locator("#path").innerText() };
+  await item("pkg").click(); // selects it (and closes it)
+  await page.getByRole("button", { name: "Delete" }).click();
+  await item("pkg").waitFor({ state: "detached" });
+  await page.locator("#path").filter({ hasText: "(no file open)" }).waitFor();
+  out.after_delete = await top();
+
   out.step = "stop and start again from the IDE page";
   await page.locator("#stop").click();
   await page.locator("#state").filter({ hasText: /^stopped$/ }).waitFor({ timeout: START_TIMEOUT });
@@ -146,6 +174,7 @@ try {
   await page.locator("#start").click();
   await page.locator("#state").filter({ hasText: /^connected$/ }).waitFor({ timeout: START_TIMEOUT });
   await page.locator("#tree span", { hasText: /^hello\.py$/ }).click();
+  out.tree_restarted = await page.locator("#tree > li > span").allInnerTexts();
   await page.locator("#editor:enabled").waitFor();
   await page.locator("#saved").filter({ hasText: /^saved$/ }).waitFor();
   out.editor_restarted = await page.locator("#editor").inputValue();

@@ -11,7 +11,8 @@ hello.py, type a program into the editor and save it, change its middle
 (non-ASCII and an emoji included); Run (the template's run command in the
 terminal) and its page in the app panel (/user-app/), ^C ends it; then
 `python3 -m http.server` on another port and the panel on that port
-(/user-app/<port>/); Stop, Start again from the same page: the file is there
+(/user-app/<port>/); a folder made, a file in it typed and saved, renamed,
+the folder deleted; Stop, Start again from the same page: the file is there
 with the edit and runs again. After the last Stop the file is in storage as
 the editor last showed it.
 
@@ -134,7 +135,6 @@ class IdePageTest(unittest.TestCase):
 
         # saved through the agent, run in its terminal, served to the app panel
         self.assertEqual(r["editor_after_save"], SECOND, info)
-        self.assertEqual(r["dialogs"], ["File name (in /)"], info)
         # the terminal has the session's environment: the template's program runs on APP_PORT, on loopback
         self.assertRegex(r["term_env"], r"^env: host=127\.0\.0\.1 port=\d+ run=python3 main\.py$", info)
         self.assertEqual(r["app_default"]["src"], "%s/repl/%s/user-app/" % (self.origin, rid), info)
@@ -143,8 +143,16 @@ class IdePageTest(unittest.TestCase):
         self.assertIn("hello.py", r["app_port"]["text"], info)
         self.assertIn("Directory listing", r["app_port"]["text"], info)
 
+        # folders: a file made inside one, renamed, the folder deleted (the open file closes with it)
+        self.assertEqual(r["folder_open"], "pkg\nutil.py", info)
+        self.assertEqual(r["renamed"], {"tree": "pkg\nhelpers.py", "path": "pkg/helpers.py"}, info)
+        self.assertEqual(r["after_delete"], ["hello.py", "main.py"], info)
+        self.assertEqual(r["dialogs"], ["File name (in /)", "Folder name (in /)", "File name (in /pkg)",
+                                        "New path", "Delete pkg?"], info)
+
         # after Stop and Start the edit is there (the local runtime saved and restored it) and runs
         self.assertEqual(r["stopped_tree"], 0, info)
+        self.assertEqual(r["tree_restarted"], ["hello.py", "main.py"], info)
         self.assertEqual(r["editor_restarted"], SECOND, info)
         self.assertIn(OUTPUT, r["term_restarted"], info)
         self.assertIn("second=0", r["term_restarted"], info)
