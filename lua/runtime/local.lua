@@ -339,10 +339,6 @@ function Driver:stop(meta, sess)
   local ws = self:workspace(meta.id)
   local store, e = storage()
   if not store then return err(502, "storage: " .. tostring(e)) end
-  -- isolated, the runner ends before its files are read: a live runner could
-  -- swap a file for a symlink to devexd's own files between the walk and the
-  -- read, or keep growing one. (Without isolation it runs as devexd anyway,
-  -- and it ends after the save, so that a failed save leaves it running.)
   local tpl = policy.templates.catalogue[meta.template]
   if tpl and tpl.agent ~= false and sess and sess.endpoint then
     -- the agent's final checkpoint; devexd's own save below stays the
@@ -356,6 +352,10 @@ function Driver:stop(meta, sess)
     end
     log.warn("repl stop: the agent's final checkpoint failed, devexd saves the workspace", { repl = meta.id, error = why })
   end
+  -- isolated, the runner ends before its files are read: a live runner could
+  -- swap a file for a symlink to devexd's own files between the walk and the
+  -- read, or keep growing one. (Without isolation it runs as devexd anyway,
+  -- and it ends after the save, so that a failed save leaves it running.)
   if self.sandbox then self:end_processes(meta, sess) end
   local f = io.open(ws, "r")
   if f then
