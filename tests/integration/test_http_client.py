@@ -467,6 +467,7 @@ class HttpClientTest(unittest.TestCase):
             ({"url": self.up.url("/echo"), "max_size": 0}, "max_size"),
             ({"url": self.up.url("/echo"), "method": "GE T"}, "invalid method"),
             ({"url": self.up.url("/echo"), "headers": {"Content-Length": "5"}}, "set by devex.http"),
+            ({"url": self.up.url("/echo"), "unix_socket": "relative.sock"}, "'unix_socket' must be an absolute path"),
         ]
         for opts, msg in cases:
             res = self.misuse(**opts)
