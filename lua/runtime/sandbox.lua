@@ -34,6 +34,12 @@ local policy = require("policy")
 
 local M = {}
 
+local function exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() return true end
+  return false
+end
+
 -- Settings from config.runtime (dir: the local runtime's workspace
 -- directory); nil when isolation is off.
 function M.settings(config, dir)
@@ -80,6 +86,24 @@ function M.check(config, real_signin)
     for _, b in ipairs(s.binds) do
       if type(b) ~= "string" or b:sub(1, 1) ~= "/" then error("runtime.sandbox.binds: absolute paths only", 0) end
     end
+    -- what every start needs, refused now rather than at the first start
+    local found = s.bwrap:find("/", 1, true) and exists(s.bwrap)
+    if not found then
+      for d in (os.getenv("PATH") or "/usr/bin:/bin"):gmatch("[^:]+") do
+        if exists(d .. "/" .. s.bwrap) then found = true break end
+      end
+    end
+    if not found then
+      error("runtime.isolation: bubblewrap (" .. s.bwrap .. ") is not installed: apt-get install bubblewrap, "
+        .. "or set runtime.sandbox.bwrap", 0)
+    end
+    local caps
+    for line in io.lines("/proc/self/status") do caps = caps or line:match("^CapEff:%s*(%x+)") end
+    caps = caps and tonumber(caps:sub(-8), 16) or 0
+    if (caps >> 6) & 3 ~= 3 then -- CAP_SETGID (6) and CAP_SETUID (7)
+      error("runtime.isolation: devexd needs CAP_SETUID and CAP_SETGID (root, or the systemd drop-in "
+        .. "packaging/devexd-isolation.conf) to run each runner under its own uid", 0)
+    end
   end
 end
 
@@ -99,12 +123,6 @@ local function write(path, text)
   local ok2, e3 = f:close()
   if not ok or not ok2 then return nil, e2 or e3 end
   return true
-end
-
-local function exists(path)
-  local f = io.open(path, "r")
-  if f then f:close() return true end
-  return false
 end
 
 ---- uid leases ----

@@ -484,6 +484,11 @@ class RefusalTest(unittest.TestCase):
         self.assertIn("runtime.isolation", p.stderr)
         p = self.check({"driver": "local", "dir": "/tmp/x", "isolation": True})
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        # isolation without bubblewrap: refused at start, not at the first session
+        p = self.check({"driver": "local", "dir": "/tmp/x", "isolation": True,
+                        "sandbox": {"bwrap": "/nonexistent/bwrap"}})
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("bubblewrap (/nonexistent/bwrap) is not installed", p.stderr)
 
 
 if __name__ == "__main__":
