@@ -355,7 +355,8 @@ class ProxyTest(unittest.TestCase):
             self.assertIsNone(r.header("X-Upstream"))
 
     def test_invalid_instructions_500(self):
-        for path, err in (("/bad/upstream", "upstream must be"), ("/bad/path", "path must start"),
+        for path, err in (("/bad/upstream", "upstream must be"), ("/bad/unix", "upstream must be"),
+                          ("/bad/path", "path must start"),
                           ("/bad/header", "cannot be set"), ("/bad/shape", None)):
             mark = self.d.mark()
             r = self.d.get(path)

@@ -49,6 +49,11 @@ app:get("/bad/upstream", function()
   return proxy.pass { upstream = "http://10.1.2.3:80", path = "/" }
 end)
 
+-- a Unix socket upstream must be an absolute path
+app:get("/bad/unix", function()
+  return proxy.pass { upstream = "unix:relative.sock", path = "/" }
+end)
+
 app:get("/bad/path", function()
   return proxy.pass { upstream = UPSTREAMS.ok, path = "/a\r\nx-injected: 1" }
 end)
