@@ -407,6 +407,20 @@ function M.pod_phase(pod)
   return "starting", {}
 end
 
+-- note(id, fields): what Kubernetes said about the start's pod (an Event:
+-- reason, message, type, pod), as a `note` in the stream; not a phase, so
+-- it does not move the phases on. A kubelet's "Pulled" note carries the
+-- image's size in bytes when the kubelet reports it.
+function M.note(id, fields)
+  if type(id) ~= "string" then return end
+  local ev = { phase = "note", replId = id, at = os.time() }
+  for k, v in pairs(fields or {}) do ev[k] = v end
+  local size = type(ev.message) == "string" and ev.message:match("[Ii]mage size: (%d+) bytes")
+  if size then ev.bytes = tonumber(size) end
+  local ok, e = xadd(id, ev)
+  if not ok then log.warn("repl events: note not recorded", { repl = id, error = tostring(e) }) end
+end
+
 -- pod(id, pod): called by the driver for each version of the pod it sees.
 function M.pod(id, pod)
   if type(id) ~= "string" or type(pod) ~= "table" then return end

@@ -349,23 +349,50 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id)
   local deadline = timer.now() + timeout
   local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
   local w = inf:waiter(repl_id, function(labels) return selects(labels, id.selector) == true end)
+  -- what the scheduler and the kubelet say about this start's pods, as notes
+  -- in the session's event stream; woken through the pod waiter's cond
+  local evs = pod_informer.events(c, self.namespace)
+  local ews, said = {}, {}
+  local function close_all()
+    w:close()
+    for _, ew in pairs(ews) do ew:close() end
+  end
+  local function notes()
+    for _, ew in pairs(ews) do
+      for _, ev in ipairs(ew:take()) do
+        local k = tostring(ev.reason) .. "\0" .. tostring(ev.message)
+        if not said[k] then
+          said[k] = true
+          events.note(repl_id, { reason = ev.reason, message = ev.message, type = ev.type,
+                                 pod = ev.involvedObject and ev.involvedObject.name })
+        end
+      end
+    end
+  end
   while true do
     local left = deadline - timer.now()
     if left <= 0 then
-      w:close()
+      close_all()
       return err(504, "the pod was not Ready within " .. timeout .. "s")
     end
     local pods, e = w:next(left)
     if not pods then
-      w:close()
+      close_all()
       return err(502, "kubernetes: " .. tostring(e))
     end
     for _, p in ipairs(pods) do
       if not (p.metadata and p.metadata.deletionTimestamp) then -- a previous session's on its way out
+        local name = p.metadata.name
+        if name and not ews[name] then ews[name] = evs:waiter(name, nil, w.cond) end
+      end
+    end
+    notes()
+    for _, p in ipairs(pods) do
+      if not (p.metadata and p.metadata.deletionTimestamp) then
         events.pod(repl_id, p) -- phases for the session's event stream
         local st, why = pod_state(p)
-        if st == "ready" then w:close(); return p end
-        if st == "failed" then w:close(); return err(502, why) end
+        if st == "ready" then close_all(); return p end
+        if st == "failed" then close_all(); return err(502, why) end
       end
     end
   end
@@ -558,21 +585,22 @@ function Driver:delete_deployment(c, name)
   return true
 end
 
--- Deployments of managed_selector older than grace seconds: { {repl=, name=}, ... }.
+-- Deployments of managed_selector older than grace seconds: { {repl=, name=, age=}, ... };
+-- nil when they cannot be listed (so that no caller takes "none" for an answer).
 function Driver:orphans(grace)
   local policy = P()
   local names = sorted_keys(policy.templates.catalogue)
-  if not names[1] then return {} end
+  if not names[1] then return nil end
   local ok, _, id = pcall(M.build, policy, M.probe(policy, names[1]), { namespace = self.namespace })
   if not ok then
     log.warn("sweep: cannot list orphans, the policy does not build", { error = tostring(_) })
-    return {}
+    return nil
   end
   local c = client()
-  if not c then return {} end
+  if not c then return nil end
   local l = c:list({ apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace },
     { label_selector = id.managed_selector })
-  if not l then return {} end
+  if not l then return nil end
   local out = {}
   local now = os.time()
   -- os.time reads a date table as local time; creationTimestamp is UTC
@@ -582,7 +610,7 @@ function Driver:orphans(grace)
     local y, mo, da, h, mi, se = created:match("^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)")
     local t = y and os.time({ year = y, month = mo, day = da, hour = h, min = mi, sec = se, isdst = false }) - offset or now
     local repl = d.metadata.labels and d.metadata.labels[id.repl_label]
-    if repl and now - t >= grace then out[#out + 1] = { repl = repl, name = d.metadata.name } end
+    if repl and now - t >= grace then out[#out + 1] = { repl = repl, name = d.metadata.name, age = now - t } end
   end
   return out
 end

@@ -1,5 +1,7 @@
 -- runtime.pod_informer: one pod watch per worker and namespace for every
--- session start waiting for its pod (issue #17 section 5, #18).
+-- session start waiting for its pod (issue #17 section 5, #18), and one
+-- watch of the namespace's Kubernetes Events about pods, for what the
+-- scheduler and the kubelet say while a start waits (M.events).
 --
 -- Each start used to list and watch the pods of its own selector until one
 -- was Ready: 500 parked starts were 500 watches on the API server and about
@@ -16,6 +18,10 @@
 --                                           -- call ({} on timeout), or nil, err when the
 --                                           -- informer cannot list or watch
 --   w:close()
+--
+--   local evs = pod_informer.events(client, namespace)   -- Events whose involvedObject is a Pod
+--   local ew = evs:waiter(pod_name, nil, w.cond)  -- woken with the pod waiter (same cond)
+--   ew:take()                                     -- the pod's new or changed Events, at once
 --
 -- A waiter registered after its pods were created still sees them: it is
 -- seeded with the informer's cache, and registering and seeding happen
@@ -39,12 +45,11 @@ Waiter.__index = Waiter
 
 M.stats = { lists = 0, watches = 0 } -- requests made by this worker's informers
 
-function M.get(client, namespace, selector, repl_label)
-  local key = namespace .. "\0" .. selector .. "\0" .. repl_label
+local function informer(key, client, namespace, spec)
   local inf = informers[key]
   if not inf then
-    inf = setmetatable({ key = key, client = client, namespace = namespace, selector = selector,
-                         label = repl_label, pods = {}, by_repl = {}, waiters = {}, nwaiters = 0,
+    inf = setmetatable({ key = key, client = client, namespace = namespace, spec = spec,
+                         pods = {}, waiters = {}, nwaiters = 0,
                          synced = false, running = false, idle_since = timer.now() }, Informer)
     informers[key] = inf
   end
@@ -52,10 +57,33 @@ function M.get(client, namespace, selector, repl_label)
   return inf
 end
 
-local function repl_of(inf, pod)
-  local labels = pod.metadata and pod.metadata.labels
-  return type(labels) == "table" and labels[inf.label] or nil
+-- The pods of selector, handed to waiters by the value of their repl_label.
+function M.get(client, namespace, selector, repl_label)
+  return informer(namespace .. "\0pods\0" .. selector .. "\0" .. repl_label, client, namespace, {
+    ref = { apiVersion = "v1", kind = "Pod", namespace = namespace },
+    opts = { label_selector = selector },
+    key_of = function(pod)
+      local labels = pod.metadata and pod.metadata.labels
+      return type(labels) == "table" and labels[repl_label] or nil
+    end,
+    keep = function(pod) return M._slim(pod) end,
+  })
 end
+
+-- Kubernetes Events about pods, handed to waiters by the pod's name.
+function M.events(client, namespace)
+  return informer(namespace .. "\0events", client, namespace, {
+    ref = { apiVersion = "v1", kind = "Event", namespace = namespace },
+    opts = { field_selector = "involvedObject.kind=Pod" },
+    key_of = function(ev) return type(ev.involvedObject) == "table" and ev.involvedObject.name or nil end,
+    keep = function(ev)
+      return { metadata = { name = ev.metadata and ev.metadata.name }, reason = ev.reason, message = ev.message,
+               type = ev.type, count = ev.count, involvedObject = { name = ev.involvedObject.name } }
+    end,
+  })
+end
+
+local function repl_of(inf, obj) return inf.spec.key_of(obj) end
 
 -- hands pod to the waiters of its REPL that it matches
 local function deliver(inf, pod, deleted)
@@ -63,7 +91,7 @@ local function deliver(inf, pod, deleted)
   local ws = id and inf.waiters[id]
   if not ws then return end
   for w in pairs(ws) do
-    if w.match(pod.metadata.labels) then
+    if not w.match or w.match(pod.metadata and pod.metadata.labels) then
       w.pending[pod.metadata.name] = deleted and false or pod
       w.cond:signal()
     end
@@ -110,12 +138,16 @@ local function slim(p)
 end
 M._slim = slim
 
-local function remember(inf, pod, deleted)
-  local name = pod.metadata and pod.metadata.name
+local function remember(inf, obj, deleted)
+  local name = obj.metadata and obj.metadata.name
   if not name then return end
-  pod = slim(pod)
-  if deleted then inf.pods[name] = nil else inf.pods[name] = pod end
-  deliver(inf, pod, deleted)
+  if deleted then
+    inf.pods[name] = nil
+  else
+    obj = inf.spec.keep(obj)
+    inf.pods[name] = obj
+  end
+  deliver(inf, obj, deleted)
 end
 
 local function fail_all(inf, err)
@@ -131,10 +163,10 @@ end
 
 -- The list-then-watch loop, while anyone waits (and LINGER seconds after).
 local function run(inf)
-  local ref = { apiVersion = "v1", kind = "Pod", namespace = inf.namespace }
+  local ref, sel = inf.spec.ref, inf.spec.opts
   while not idle(inf) do
     M.stats.lists = M.stats.lists + 1
-    local l, err = inf.client:list(ref, { label_selector = inf.selector })
+    local l, err = inf.client:list(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector })
     if not l then
       inf.synced = false
       fail_all(inf, err)
@@ -149,8 +181,8 @@ local function run(inf)
       end
       M.stats.watches = M.stats.watches + 1
       local w
-      w, err = inf.client:watch(ref, { label_selector = inf.selector, resource_version = l.resourceVersion,
-                                       timeout = M.WATCH_TIMEOUT })
+      w, err = inf.client:watch(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
+                                       resource_version = l.resourceVersion, timeout = M.WATCH_TIMEOUT })
       while w do
         local ev
         ev, err = w:next()
@@ -167,7 +199,7 @@ local function run(inf)
           for name, p in pairs(inf.pods) do
             if not seen[name] then remember(inf, p, true) end
           end
-        elseif type(ev.object) == "table" and ev.object.kind ~= "Status" then
+        elseif type(ev.object) == "table" and ev.object.kind ~= "Status" and type(ev.object.metadata) == "table" then
           remember(inf, ev.object, ev.type == "DELETED")
         end
         if w and idle(inf) then w:close(); w = nil end
@@ -178,15 +210,15 @@ local function run(inf)
   inf.running, inf.synced, inf.pods = false, false, {}
 end
 
-function Informer:waiter(repl_id, match)
-  local w = setmetatable({ inf = self, repl = repl_id, match = match, pending = {}, cond = dstream.cond() }, Waiter)
+function Informer:waiter(repl_id, match, cond)
+  local w = setmetatable({ inf = self, repl = repl_id, match = match, pending = {}, cond = cond or dstream.cond() }, Waiter)
   local ws = self.waiters[repl_id]
   if not ws then ws = {}; self.waiters[repl_id] = ws end
   ws[w] = true
   self.nwaiters = self.nwaiters + 1
   if self.synced then
     for _, p in pairs(self.pods) do
-      if repl_of(self, p) == repl_id and match(p.metadata.labels) then w.pending[p.metadata.name] = p end
+      if repl_of(self, p) == repl_id and (not match or match(p.metadata.labels)) then w.pending[p.metadata.name] = p end
     end
   end
   if not self.running then
@@ -203,6 +235,11 @@ function Waiter:next(timeout)
     self.cond:wait(math.max(0, timeout))
   end
   if next(self.pending) == nil and self.inf.err and not self.inf.synced then return nil, self.inf.err end
+  return self:take()
+end
+
+-- -> what changed since the last take, without waiting
+function Waiter:take()
   local out = {}
   for _, p in pairs(self.pending) do
     if p then out[#out + 1] = p end

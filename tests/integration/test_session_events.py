@@ -559,6 +559,44 @@ class K8sEventsTest(unittest.TestCase):
         self.assertEqual([e[1] for e in etas], sorted([e[1] for e in etas], reverse=True), etas)
         self.assertEqual([e[2] for e in etas], sorted([e[2] for e in etas], reverse=True), etas)
 
+    def test_kubernetes_events_become_notes(self):
+        b = self.login("notes-user", 6161)
+        rid = self.create(b, "notes")
+        self.kc.kubelet.add_rule({"devex.test/ready-after": "4"}, namespace=self.NS, labels={"devex.io/repl": rid})
+        w = self.watch(b, rid)
+        import threading
+        res = {}
+        t = threading.Thread(target=lambda: res.update(r=b.get("/api/repl/session/" + rid)))
+        t.start()
+        sel = {"labelSelector": "devex.io/repl=" + rid}
+        pods = harness.poll(lambda: self.kc.api.get("/api/v1/namespaces/%s/pods" % self.NS, sel)["items"],
+                            "the start's pod", timeout=30)
+        pod = pods[0]["metadata"]
+        # what a kubelet reports while it pulls (the simulated one reports nothing)
+        for i, (reason, message) in enumerate([
+                ("Pulling", 'Pulling image "runner-node"'),
+                ("Pulled", 'Successfully pulled image "runner-node" in 1.2s. Image size: 123456789 bytes.')]):
+            self.kc.api.request("POST", "/api/v1/namespaces/%s/events" % self.NS, body={
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": "%s.note%d" % (pod["name"], i), "namespace": self.NS},
+                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod["name"],
+                                   "namespace": self.NS, "uid": pod["uid"]},
+                "reason": reason, "message": message, "type": "Normal",
+                "source": {"component": "kubelet"}, "count": 1})
+        got = w.until("ready", timeout=60)
+        t.join(60)
+        self.assertEqual(res["r"].status, 200, res["r"].body)
+        notes = [e["data"] for e in got if e["event"] == "note"]
+        self.assertIn(("Pulling", 'Pulling image "runner-node"'), [(n["reason"], n["message"]) for n in notes], got)
+        pulled = [n for n in notes if n["reason"] == "Pulled"]
+        self.assertEqual(len(pulled), 1, notes)
+        self.assertEqual((pulled[0]["bytes"], pulled[0]["pod"], pulled[0]["type"]), (123456789, pod["name"], "Normal"))
+        phases = [e["event"] for e in got if e["event"] != "note"]
+        order = [PHASE_ORDER.index(p) for p in phases]
+        self.assertEqual(order, sorted(order), phases)
+        r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
+        self.assertEqual(r.status, 200, r.body)
+
     def test_image_pull_failure(self):
         b = self.login("pull-user", 4242)
         rid = self.create(b, "bad image")
