@@ -205,19 +205,45 @@ function M.run(now)
   end
   report.save_failed = flagged
   require("devex.metrics").gauge("devex_repl_save_failed", nil, flagged)
-  -- 3. orphan workloads
+  -- 3. workloads no session owns (orphans), and running REPLs whose workload
+  -- is gone (deleted by hand, or a start whose "running" was written while
+  -- devexd lost the reply and removed the workload): one listing for both
   if drv and drv.orphans then
-    local list = drv:orphans(c.orphan_grace) or {}
-    for _, o in ipairs(list) do
-      local m = store.get(o.repl)
-      local owned = m and (m.state == "running" or m.state == "starting" or m.state == "stopping")
-      if not owned then
-        local removed = drv:remove_orphan(o)
-        if removed then
-          report.orphans = report.orphans + 1
-          log.info("sweep removed an orphan workload", { repl = o.repl, name = o.name })
-        else
-          report.errors = report.errors + 1
+    local listed_at = os.time()
+    local list = drv:orphans(0)
+    if list then
+      local has = {}
+      for _, o in ipairs(list) do
+        has[o.repl] = true
+        local orphan = false
+        if (o.age or c.orphan_grace) >= c.orphan_grace then
+          local m = store.get(o.repl)
+          -- m == nil: Redis did not answer (restarting); a failed read never
+          -- makes a live session's workload an orphan
+          orphan = m == false or (m ~= nil and m.state ~= "running" and m.state ~= "starting" and m.state ~= "stopping")
+        end
+        if orphan then
+          local removed = drv:remove_orphan(o)
+          if removed then
+            report.orphans = report.orphans + 1
+            log.info("sweep removed an orphan workload", { repl = o.repl, name = o.name })
+          else
+            report.errors = report.errors + 1
+          end
+        end
+      end
+      for _, m in ipairs(metas) do
+        if m.state == "running" and not has[m.id] then
+          -- read again: only a REPL that was already running when the list
+          -- was made (a start marks "running" after its workload exists)
+          local fresh = store.get(m.id)
+          local since = fresh and tonumber(fresh.state_since or 0) or 0
+          if fresh and fresh.state == "running" and since < listed_at - 1
+              and store.transition(m.id, "stopped", { "running" }) then
+            store.end_session(m.id)
+            report.lost = (report.lost or 0) + 1
+            log.warn("sweep: a running session's workload is gone; the REPL is stopped", { repl = m.id })
+          end
         end
       end
     end
