@@ -319,9 +319,11 @@ class RedisReplyTest(unittest.TestCase):
 
     def test_invalid_urls(self):
         cases = {
-            "http://127.0.0.1:6379": "must start with redis:// or unix://",
-            "rediss://127.0.0.1:6379": "rediss:// is not supported",
-            "127.0.0.1:6379": "must start with redis:// or unix://",
+            "http://127.0.0.1:6379": "must start with redis://, rediss:// or unix://",
+            "127.0.0.1:6379": "must start with redis://, rediss:// or unix://",
+            # rediss:// (TLS, test_redis_tls.py) is read by the same rules
+            "rediss://": "missing host",
+            "rediss://127.0.0.1:99999": "invalid port",
             "redis://": "missing host",
             "redis://:6379": "missing host",
             "redis://127.0.0.1:0": "invalid port",

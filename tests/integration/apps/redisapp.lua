@@ -21,9 +21,13 @@ local function fail(err)
   return STATUS[err.code] or 500, { error = tostring(err), code = err.code, message = err.message }
 end
 
+-- $DEVEX_TEST_REDIS_CA: the CA file for a rediss:// URL (bench_redis_tls.sh)
+local CA = os.getenv("DEVEX_TEST_REDIS_CA")
+
 local function client(opts)
   local url = (opts and opts.url) or DEFAULT_URL
-  local r, err = redis.connect(url, { timeout = opts and opts.timeout })
+  local r, err = redis.connect(url, { timeout = opts and opts.timeout,
+    ca_file = CA and type(url) == "string" and url:sub(1, 9) == "rediss://" and CA or nil })
   if not r then framework.error(fail(err)) end
   return r
 end
