@@ -144,7 +144,9 @@ function M.lease(s, id)
     local holder = r:call("GET", lease_key(uid))
     if holder == id then return uid end
     if type(holder) ~= "string" then holder = nil end -- released meanwhile: the next one
-    local m = holder and store.get(holder)
+    local m, gerr
+    if holder then m, gerr = store.get(holder) end
+    if m == nil and gerr then return nil, gerr end -- unknown: never take a lease on a guess
     local st = m and m.state
     if holder and st ~= "starting" and st ~= "running" and st ~= "stopping" then
       M.kill(s, uid)
