@@ -14,9 +14,9 @@ local url = conf.url or "redis://127.0.0.1:6379/0"
 M.prefix = conf.prefix or "devex:"
 M.timeout = conf.timeout or 5
 
--- The options of devex.redis.connect for url: the TLS files only for a
--- rediss:// URL (the C side refuses them with a plain one). Also for the
--- other Redis a command connects to (migrate from-go --source-redis).
+-- The options of devex.redis.connect for another Redis a command connects
+-- to (migrate from-go --source-redis): the TLS files only for a rediss://
+-- URL (the C side refuses them with a plain one).
 function M.options(u)
   local o = { timeout = M.timeout }
   if type(u) == "string" and u:sub(1, 9) == "rediss://" then
@@ -29,7 +29,10 @@ local client
 -- The client of this worker; nil, err only for a malformed URL.
 function M.client()
   if client then return client end
-  local c, err = redis.connect(url, M.options(url))
+  -- the configured files as they are: with a plain URL devex.redis refuses
+  -- them (they would look like TLS and not be)
+  local c, err = redis.connect(url, { timeout = M.timeout, ca_file = conf.ca_file, cert_file = conf.cert_file,
+    key_file = conf.key_file })
   if not c then return nil, err end
   client = c
   return c
@@ -40,8 +43,13 @@ end
 -- From a timer, not now: the app is loaded on the main thread for each
 -- worker, and devex.redis keeps its connections per thread, so a connection
 -- made during the load would be shared by every worker. pcall: outside a
--- worker (commands) there are no timers, and the first use connects.
-pcall(require("devex.timer").at, 0, function() M.client() end)
+-- worker (commands) there are no timers, and the first use connects. A
+-- client that cannot even be made (a malformed URL, TLS files with a plain
+-- URL, an unreadable CA file) is logged here too.
+pcall(require("devex.timer").at, 0, function()
+  local _, err = M.client()
+  if err then require("devex.log").error("redis client not usable", { error = tostring(err) }) end
+end)
 
 -- M.key("replMeta", id) -> "devex:replMeta:<id>"
 function M.key(...)

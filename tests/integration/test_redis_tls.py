@@ -9,6 +9,8 @@ second CA nobody signed with, and a certificate for another host.
     it works; without, /ping is degraded and the log says why;
   * a wrong CA, a certificate for another host and a plain (non-TLS) port
     are clear errors in the log at start and at /ping, without the password;
+  * settings that cannot work (a missing CA file, TLS files with a plain
+    redis:// URL) are logged at start;
   * redis-server restarting is survived (reconnect as for plain TCP);
   * 5 MB values round-trip (the bridge's bounded buffers and backpressure),
     several at once in one pipeline.
@@ -308,6 +310,20 @@ class RedisTLSTest(unittest.TestCase):
                 n = len([1 for e in d.logs() if e.get("msg", "").startswith("redis TLS connection failed")])
                 self.assertLessEqual(n, 4, "the TLS error is logged at every retry")
         self.assertGreater(stub.handshakes, 0)
+
+    def test_unusable_tls_settings_are_logged_at_start(self):
+        cases = {
+            # a CA file that is not there
+            "missing-ca": (self.url(), os.path.join(self.tmp, "no-such-ca.crt"), "cannot load the CA file"),
+            # TLS files with a plain URL would look like TLS and not be
+            "plain-url": ("redis://127.0.0.1:%d/0" % self.redis.port, True, "need a rediss:// URL"),
+        }
+        for name, (redis_url, ca, reason) in cases.items():
+            with self.subTest(case=name):
+                d = self.devexd(name, redis_url, ca=ca)
+                d.wait_log(lambda e: e.get("msg") == "redis client not usable" and reason in e.get("error", ""),
+                           what="the unusable client at start: " + reason, timeout=30)
+                self.assert_no_secret(d.raw_log())
 
     def test_restart_is_survived(self):
         # one worker: when /ping says ok, the connection every request uses is back
