@@ -269,7 +269,8 @@ function M.start()
     end
     metrics.counter("devex_sweep_runs_total", { result = "ok" })
     for action, n in pairs(report) do
-      if math.type(n) == "integer" and n > 0 then metrics.counter("devex_sweep_actions_total", { action = action }, n) end
+      -- save_failed is a count of flagged REPLs (the gauge), not an action
+      if action ~= "save_failed" and math.type(n) == "integer" and n > 0 then metrics.counter("devex_sweep_actions_total", { action = action }, n) end
     end
     log.info("sweep", report)
   end)
