@@ -10,6 +10,7 @@
 -- identity (lua/runtime/kubernetes.lua, M.check): a build that raises or
 -- returns no Deployment is refused the same way, not found at the first start.
 local config = require("devex.config").get()
+local schema = require("policy.schema")
 
 local KNOBS = { "quota", "naming", "templates", "cleanup", "workload", "sync", "limits", "messages" }
 KNOBS[#KNOBS + 1] = "magiclink" -- who may sign in with an e-mail magic link (routes.magiclink)
@@ -57,6 +58,8 @@ if file and file ~= "" then
     local known = false
     for _, knob in ipairs(KNOBS) do if knob == k then known = true end end
     if not known then error(string.format("policy: %s: unknown knob '%s'", file, tostring(k)), 0) end
+    local ok, why = schema.check(k, v, policy[k])
+    if not ok then error(string.format("policy: %s: %s", file, why), 0) end
     if type(v) == "table" and type(policy[k]) == "table" then
       merge(policy[k], v, k)
     else
