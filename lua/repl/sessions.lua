@@ -28,8 +28,10 @@ local function answer(meta, sess)
   return { replId = meta.id, replName = meta.name, url = sess.url }
 end
 
+-- how long a start may take: the workload's own start timeout (the drivers
+-- wait at most this for their runner to be ready)
 local function start_deadline()
-  return (policy.cleanup.start_timeout or 120)
+  return tonumber(policy.workload.start_timeout) or 120
 end
 
 -- Waits for another request's start of the same REPL to finish.
