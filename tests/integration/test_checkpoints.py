@@ -14,7 +14,10 @@ signature-checking S3 test server (presigned URLs).
  - the final checkpoint devexd asks for at stop (POST /api/v1/checkpoint)
    needs the token, is confirmed when it answers, and a FIFO and a symbolic
    link in the workspace are reported, not fatal;
- - the agent's environment and command line hold no storage credential.
+ - the agent's environment and command line hold no storage credential;
+ - STORAGE_VIA_DEVEXD=1 moves the bytes through devexd even with S3;
+ - GET /api/repl returns lastSavedAt once a save was confirmed;
+ - `devexd workload render`: with the agent as runner no init container.
 Assertions are on what arrives, never on elapsed time; waits are generous.
 """
 import hashlib
@@ -376,6 +379,46 @@ class S3DriverTest(CheckpointBase, unittest.TestCase):
         self.assertEqual(harness.tree(b.dir), {"n/\u00fc.txt": "\u00fc\n".encode(), "e": b""})
         s, b_ = self.api("GET", "/api/runner/%s/files?via=devexd" % RID)
         self.assertTrue(all(f["url"].startswith("/api/runner/") for f in json.loads(b_)["files"]), b_)
+
+
+class LastSavedAtTest(unittest.TestCase):
+    """GET /api/repl returns lastSavedAt (an extra field) once a save was confirmed."""
+
+    @classmethod
+    def setUpClass(cls):
+        from fakes.github_fake import GitHubFake
+        from test_auth import FRONTEND, GH_REDIRECT
+        cls.tmp = tempfile.mkdtemp(prefix="devexd-ckpt-list-")
+        cls.redis = RedisServer().__enter__()
+        cls.gh = GitHubFake().__enter__()
+        conf = {"environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
+                "redis": {"url": cls.redis.url(), "timeout": 2}, "github": cls.gh.config(GH_REDIRECT),
+                "storage": {"driver": "fs", "dir": cls.tmp}}
+        cls.d = Devexd(app=None, threads=2, config=conf).__enter__()
+        cls.d.sync_templates()
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.stop_class_servers(cls, "d", "gh", "redis")
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_list_has_last_saved_at(self):
+        import test_repl
+        b = test_repl.ReplTest.login(self)
+        status, body = test_repl.ReplTest.create(self, b)
+        self.assertEqual(status, 201, body)
+        rid = body["id"]
+        r = b.get("/api/repl")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertNotIn("lastSavedAt", [x for x in r.json() if x["id"] == rid][0])
+        self.redis.call("HSET", "devex:activeSession:" + rid, "started_at", str(int(time.time())),
+                        "token_hash", hashlib.sha256(TOKEN.encode()).hexdigest(), "driver", "local")
+        r = self.d.request("POST", "/api/runner/%s/sync" % rid, body=json.dumps({"paths": []}),
+                           headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
+        self.assertEqual(r.status, 200, r.body)
+        saved = r.json()["lastSavedAt"]
+        r = b.get("/api/repl")
+        self.assertEqual([x.get("lastSavedAt") for x in r.json() if x["id"] == rid], [saved])
 
 
 class AgentWorkloadTest(unittest.TestCase):
