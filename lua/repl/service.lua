@@ -136,20 +136,14 @@ function M.create(user, input)
   local owner = owner_of(user)
   if not owner then return fail(403, "this sign-in has no owner key") end
   local limit = limit_for(owner, template)
-  if per_template then
-    local repls = store.list(owner) or {}
-    local n = 0
-    for _, m in ipairs(repls) do if m.template == template then n = n + 1 end end
-    if n >= per_template then return fail(429, "repl limit reached", { limit = per_template }) end
-  end
   local now = os.time()
   local prefix = M.prefix(owner, id)
   local ok, err = store.reserve(owner, limit, {
     id = id, name = name, user = owner, login = user.login, template = template, state = "creating",
     created_at = now, last_active = now, prefix = prefix,
-  })
+  }, math.type(per_template) == "integer" and per_template or nil) -- both limits in one script
   if ok == nil then return fail(503, "store unavailable: " .. tostring(err)) end
-  if not ok then return fail(429, "repl limit reached", { limit = limit }) end
+  if not ok then return fail(429, "repl limit reached", { limit = err == "template" and per_template or limit }) end
 
   -- copy the template; on any failure undo everything done so far
   local s

@@ -51,24 +51,19 @@ local function wait_running(meta)
   return fail(504, "timed out waiting for the repl to start")
 end
 
-local function count_sessions(user)
-  local repls = store.list(user) or {}
-  local n = 0
-  for _, m in ipairs(repls) do if m.active or m.state == "starting" then n = n + 1 end end
-  return n
-end
-
 function M.start(meta)
   local sess = store.get_session(meta.id)
   if sess and meta.state == "running" then return answer(meta, sess) end
   if meta.state == "starting" then return wait_running(meta) end
-  local in_use = count_sessions(meta.user)
-  if in_use >= policy.quota.sessions_per_user then
-    return nil, { status = 429, body = { error = "session limit reached", limit = policy.quota.sessions_per_user,
-      code = "quota", in_use = in_use, message = events.sentence("quota", in_use, policy.quota.sessions_per_user) } }
-  end
-  local prev, err = store.transition(meta.id, "starting", { "created", "stopped", "failed" })
+  -- the sessions_per_user check and the move to "starting" are one script
+  -- (repl.store.reserve_session): atomic across workers and replicas
+  local limit = policy.quota.sessions_per_user
+  local prev, err, in_use = store.reserve_session(meta, limit, { "created", "stopped", "failed" })
   if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == false and err == "limit" then
+    return nil, { status = 429, body = { error = "session limit reached", limit = limit,
+      code = "quota", in_use = in_use, message = events.sentence("quota", in_use, limit) } }
+  end
   if prev == false then
     local m = store.get(meta.id)
     if m and m.state == "starting" then return wait_running(m) end

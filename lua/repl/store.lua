@@ -23,20 +23,35 @@ local function client()
   return r
 end
 
--- KEYS: userRepls, replMeta. ARGV: limit, id, then field/value pairs.
--- Returns 1 when reserved, 0 when the user is at the limit.
+-- KEYS: userRepls, replMeta. ARGV: limit, id, template, per-template limit
+-- (-1: none), the replMeta key prefix, then field/value pairs. Both limits
+-- are checked and the REPL recorded in one script, so concurrent creates on
+-- any worker or replica cannot pass a limit together. The per-template count
+-- is read from the user's REPL records (not kept apart), so whatever removes
+-- a REPL (rollback, delete, the sweep) releases its slot with it.
+-- Returns 1 when reserved, 0 at the REPL limit, 2 at the per-template limit.
 local RESERVE = [[
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local per = tonumber(ARGV[4])
+if per >= 0 then
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if redis.call('HGET', ARGV[5] .. id, 'template') == ARGV[3] then n = n + 1 end
+  end
+  if n >= per then return 2 end
+end
 redis.call('SADD', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[2], unpack(ARGV, 6))
 return 1
 ]]
 
--- reserve(user, limit, fields) -> true | false (limit) | nil, err
-function M.reserve(user, limit, fields)
+-- reserve(user, limit, fields, per_template) -> true | false, "repls" or
+-- "template" (the limit reached) | nil, err. per_template: the most REPLs of
+-- fields.template the user may have (nil: no such limit).
+function M.reserve(user, limit, fields, per_template)
   local r, err = client()
   if not r then return nil, err end
-  local args = { limit, fields.id }
+  local args = { limit, fields.id, fields.template or "", per_template or -1, key("replMeta", "") }
   for k, v in pairs(fields) do
     args[#args + 1] = k
     args[#args + 1] = tostring(v)
@@ -44,7 +59,8 @@ function M.reserve(user, limit, fields)
   local res
   res, err = r:eval(RESERVE, { M.user_key(user), M.meta_key(fields.id) }, table.unpack(args))
   if res == nil then return nil, err end
-  return res == 1
+  if res == 1 then return true end
+  return false, res == 2 and "template" or "repls"
 end
 
 -- Removes a REPL's keys and its quota slot (rollback and delete).
@@ -85,6 +101,52 @@ function M.transition(id, to, from)
   if res == nil then return nil, err end
   if res == json.null or res == false then return false end
   return res
+end
+
+-- KEYS: replMeta, userRepls. ARGV: sessions limit, now, the replMeta and
+-- activeSession key prefixes, the REPL's id, then the states a start may
+-- begin from. A REPL holds one of its user's sessions while "starting",
+-- "running" or "stopping" (a workload exists or is being made or saved), or
+-- while an activeSession key exists. The sessions_per_user check and the transition to "starting"
+-- in one script: two starts of one user's REPLs on any worker or replica
+-- cannot both pass the limit, and one REPL cannot be started twice. The
+-- count is read from the user's REPL records, so every way out of those
+-- states (a failed start, stop, delete, the sweep's repairs) releases the
+-- slot; there is no counter to drift.
+-- Returns { 1, previous state }, { 0, current state or false } when the REPL
+-- is gone or not in a from-state, { -1, sessions in use } at the limit.
+local RESERVE_SESSION = [[
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return { 0, false } end
+local ok = false
+for i = 6, #ARGV do if ARGV[i] == cur then ok = true end end
+if not ok then return { 0, cur } end
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if id ~= ARGV[5] then
+    local st = redis.call('HGET', ARGV[3] .. id, 'state')
+    if st == 'starting' or st == 'running' or st == 'stopping'
+        or redis.call('EXISTS', ARGV[4] .. id) == 1 then n = n + 1 end
+  end
+end
+if n >= tonumber(ARGV[1]) then return { -1, n } end
+redis.call('HSET', KEYS[1], 'state', 'starting', 'state_since', ARGV[2])
+return { 1, cur }
+]]
+
+-- reserve_session(meta, limit, from) -> previous state | false, current
+-- state (nil: gone) | false, "limit", in_use | nil, err
+function M.reserve_session(meta, limit, from)
+  local r, err = client()
+  if not r then return nil, err end
+  local res
+  res, err = r:eval(RESERVE_SESSION, { M.meta_key(meta.id), M.user_key(meta.user) },
+    limit, os.time(), key("replMeta", ""), key("activeSession", ""), meta.id, table.unpack(from))
+  if res == nil then return nil, err end
+  if type(res) ~= "table" then return nil, "unexpected reply from the session reservation" end
+  if res[1] == 1 then return res[2] end
+  if res[1] == -1 then return false, "limit", res[2] end
+  return false, type(res[2]) == "string" and res[2] or nil
 end
 
 local function hash_to_table(flat)
