@@ -47,8 +47,8 @@ PLURALS = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Role
            "Deployment": "deployments", "StatefulSet": "statefulsets", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
            "Ingress": "ingresses", "NetworkPolicy": "networkpolicies"}
 # what lua/runtime/kubernetes.lua touches, by API group
-ALLOWED = {("apps", "deployments"), ("", "services"), ("networking.k8s.io", "ingresses"),
-           ("traefik.io", "middlewares"), ("", "pods"), ("", "pods/ephemeralcontainers")}
+ALLOWED = {("apps", "deployments"), ("apps", "replicasets"), ("", "services"), ("networking.k8s.io", "ingresses"),
+           ("traefik.io", "middlewares"), ("", "pods"), ("", "pods/ephemeralcontainers"), ("", "events")}
 
 
 class Doc:
@@ -320,7 +320,11 @@ class ManifestsTest(unittest.TestCase):
             self.assertFalse(set(rule["verbs"]) - {"get", "list", "watch", "create", "patch", "update", "delete"},
                              rule)
             if "pods" in rule["resources"]:
-                self.assertEqual(sorted(rule["verbs"]), ["get", "list", "watch"])
+                # delete: what a failed start made (Driver:remove_now); never create, patch or update
+                self.assertEqual(sorted(rule["verbs"]), ["delete", "get", "list", "watch"])
+            if "events" in rule["resources"] or "replicasets" in rule["resources"]:
+                self.assertFalse(set(rule["verbs"]) - {"list", "watch", "delete"}, rule)
+                self.assertFalse("events" in rule["resources"] and "delete" in rule["verbs"], rule)
         (binding,) = [d for d in self.docs if d.kind == "RoleBinding"]
         self.assertEqual(binding.namespace, REPL_NS)
         b = apply(self.kc, binding, dry_run=True)
