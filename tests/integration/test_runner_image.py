@@ -22,9 +22,18 @@ must agree with:
 - the image's command itself (ENTRYPOINT after tini, and CMD, with the
   workspace and port moved to a temporary directory and a free port) runs
   the agent, and the HEALTHCHECK command, run as written, passes against it;
-  SIGTERM ends it with status 0.
+  SIGTERM ends it with status 0;
+- runner-base played in a fresh Debian 12 root (test_packaging's cached
+  debootstrap minbase): its RUN instructions as written (apt-get from the
+  Debian archive, the user, /workspaces), the built devexd and the Lua app
+  where its COPYs put them; no library of devexd missing there; ENTRYPOINT
+  and CMD unchanged as its USER in its WORKDIR with its ENV, in network and
+  PID namespaces of their own: the HEALTHCHECK passes, the agent runs as
+  devex:devex, owns /workspaces, and SIGTERM (through tini) ends it with 0.
 
-Needs readelf, ldd, dpkg and lua5.4 (the build dependencies). About 5 s.
+Needs readelf, ldd, dpkg and lua5.4 (the build dependencies); the chroot part
+needs root, debootstrap and the Debian archive, like test_packaging.
+About 25 s, and 60 s more for the chroot (apt-get in it each time).
 
 Run: python3 tests/integration/test_runner_image.py   (DEVEXD_BIN picks the binary)
 """
@@ -38,6 +47,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -308,6 +318,131 @@ class RunnerImageTest(unittest.TestCase):
         self.assertEqual(proc.wait(timeout=30), 0)
         # it served the workspace it was given and left it alone
         self.assertEqual(sorted(os.listdir(tmp)), ["agent.log", "main.py"])
+
+
+# Runs a command in the chroot, in a private mount namespace (and for the image's command network and PID
+# namespaces of its own, the network with only a loopback, so it listens on 8081 and 0.0.0.0 as in a
+# container; its RUN instructions need the Debian archive): /proc mounted and the apt archive cache bound there vanish with them.
+CHROOT_SH = r'''
+set -e
+R="$1"; shift
+if [ -n "$DEVEXD_OWN_NET" ]; then ip link set lo up; fi
+mount -t proc proc "$R/proc"
+mount --bind "$DEVEXD_APT_CACHE" "$R/var/cache/apt/archives"
+exec chroot "$R" "$@"
+'''
+
+
+def sanitizer_libraries(binary):
+    """[(path as ldd shows it, real file)] of the sanitizer runtimes a -DDEVEX_SANITIZE build links (none
+    for the image's build)."""
+    ldd = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    return [(path, os.path.realpath(path)) for soname, path in re.findall(r"^\s*(\S+) => (/\S+)", ldd, re.M)
+            if re.match(r"^lib(asan|ubsan|lsan|tsan)\.so", soname)]
+
+
+class RunnerBaseInChrootTest(unittest.TestCase):
+    """The runner-base stage played in a fresh Debian 12 root (test_packaging's
+    cached debootstrap minbase): its RUN instructions run as written (apt-get
+    from the Debian archive, the user, /workspaces), its COPYs put the built
+    devexd and this tree's Lua app where the build stage's would go, then its
+    ENTRYPOINT and CMD run unchanged as its USER in its WORKDIR with its ENV,
+    and its HEALTHCHECK command, run as the same user, must pass. Needs root
+    (chroot, namespaces) like test_packaging; about 30 s with the apt cache."""
+
+    @classmethod
+    def setUpClass(cls):
+        assert os.geteuid() == 0, "the chroot test needs root (chroot, namespaces)"
+        import test_packaging
+        cls.tp = test_packaging
+        cls.stages = {st["name"]: st for st in parse_dockerfile(DOCKERFILE) if st["name"]}
+        tarball = test_packaging.debootstrap_root()
+        cls.root = tempfile.mkdtemp(prefix="devexd-runner-image-", dir="/var/tmp")
+        cls.addClassCleanup(shutil.rmtree, cls.root, True)
+        subprocess.run(["tar", "--numeric-owner", "-C", cls.root, "-xf", tarball], check=True, timeout=300)
+        os.chmod(cls.root, 0o755)
+        shutil.copy("/etc/resolv.conf", os.path.join(cls.root, "etc", "resolv.conf"))
+        cls.apt_cache = os.path.join(test_packaging.CACHE, "apt-archives")
+        os.makedirs(os.path.join(cls.apt_cache, "partial"), exist_ok=True)
+        # apt's downloads run as root here (the chroot's _apt cannot write the bound cache)
+        with open(os.path.join(cls.root, "etc", "apt", "apt.conf.d", "99devexd-test"), "w") as f:
+            f.write('APT::Sandbox::User "root";\n')
+
+    @classmethod
+    def chroot(cls, *cmd, timeout=600, check=True, own_net=False):
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "DEVEXD_APT_CACHE": cls.apt_cache}
+        ns = ["--mount"]
+        if own_net:  # and its own processes: ps shows only the image's
+            ns += ["--net", "--pid", "--fork"]
+            env["DEVEXD_OWN_NET"] = "1"
+        return cls.tp.run(["unshare"] + ns + ["--propagation", "private", "sh", "-c", CHROOT_SH, "sh", cls.root]
+                          + list(cmd), timeout=timeout, check=check, env=env)
+
+    def test_runner_base_serves_as_its_user(self):
+        base = self.stages["runner-base"]
+        user = [t for i, t in base["instrs"] if i == "USER"][-1]
+        workdir = [t for i, t in base["instrs"] if i == "WORKDIR"][-1]
+        env = {}
+        for i, t in base["instrs"]:
+            if i == "ENV":
+                env.update(w.split("=", 1) for w in shlex.split(t))
+        t0 = time.monotonic()
+        for i, t in base["instrs"]:
+            if i == "RUN":
+                self.chroot("sh", "-c", t)
+            elif i == "COPY":
+                src, dest = t.split()[1:]
+                self.assertTrue(t.startswith("--from=build "), t)
+                if dest.endswith("/lua"):  # the Lua app
+                    shutil.copytree(harness.LUA_DIR, self.root + dest)
+                else:  # the binary (this build's: its compiled-in Lua directory is not the image's, see below)
+                    shutil.copy(harness.DEVEXD_BIN, self.root + dest)
+        sys.stderr.write("runner-base's RUN instructions in the chroot: %.0fs\n" % (time.monotonic() - t0))
+        extra = sanitizer_libraries(harness.DEVEXD_BIN)
+        for path, real in extra:  # a sanitizer build needs its runtimes (the image's Release build does not)
+            shutil.copy(real, self.root + path)  # this machine's, the same Debian release
+        if extra:
+            shutil.copy(os.path.join(SRC, "tests", "lsan.supp"), os.path.join(self.root, "tmp", "lsan.supp"))
+            env["LSAN_OPTIONS"] = "suppressions=/tmp/lsan.supp:print_suppressions=0"
+        # the image's build compiles /usr/share/devexd/lua in; this binary was built for another prefix
+        env["DEVEXD_LUA_DIR"] = [t.split()[2] for i, t in base["instrs"] if i == "COPY" and t.endswith("/lua")][0]
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        uid, gid = user.split(":")
+        as_user = ["setpriv", "--reuid=" + uid, "--regid=" + gid, "--clear-groups"]
+        command = exec_form([t for i, t in base["instrs"] if i == "ENTRYPOINT"][-1]) + \
+            exec_form([t for i, t in base["instrs"] if i == "CMD"][-1])
+        health = exec_form(re.search(r"CMD (\[.*\])$", [t for i, t in base["instrs"] if i == "HEALTHCHECK"][-1])
+                           .group(1))
+        script = "\n".join([
+            "cd " + shlex.quote(workdir),
+            "missing=$(ldd /usr/bin/devexd | grep 'not found' || true)",
+            'echo "MISSING [$missing]"',
+            shlex.join(as_user + ["env", "-i"] + ["%s=%s" % kv for kv in sorted(env.items())] + command)
+            + " >/tmp/agent.log 2>&1 &",
+            "pid=$!",
+            "i=0",
+            "until " + shlex.join(as_user + health) + " 2>/dev/null; do",
+            "  i=$((i+1)); if [ $i -gt 300 ] || ! kill -0 $pid 2>/dev/null; then echo NEVER-HEALTHY; cat /tmp/agent.log;"
+            " exit 1; fi; sleep 0.1",
+            "done",
+            'echo "PING $(curl -sS http://127.0.0.1:8081/ping)"',
+            'echo "PROCS $(ps -o user=,group=,args= -C devexd)"',
+            'echo "OWNER $(stat -c %U:%G .)"',
+            "kill -TERM $pid; status=0; wait $pid || status=$?",
+            'echo "EXIT $status"',
+            "grep -c 'devexd started' /tmp/agent.log | sed 's/^/STARTED /'",
+        ])
+        with open(os.path.join(self.root, "tmp", "serve.sh"), "w") as f:
+            f.write(script + "\n")
+        p = self.chroot("sh", "/tmp/serve.sh", timeout=120, check=False, own_net=True)
+        out = p.stdout
+        self.assertEqual(p.returncode, 0, out)
+        self.assertIn("MISSING []", out)
+        self.assertIn('PING "pong"', out)
+        self.assertRegex(out, r"PROCS devex +devex +/usr/bin/devexd runner --dir /workspaces --port 8081", out)
+        self.assertIn("OWNER devex:devex", out)
+        self.assertIn("EXIT 0", out)
+        self.assertIn("STARTED 1", out)
 
 
 if __name__ == "__main__":
