@@ -86,9 +86,6 @@ local function run(final)
   local s = settings.get()
   local root = s.dir
   local files, skipped = M.scan(root)
-  for _, k in ipairs(skipped) do
-    log.warn("checkpoint: skipped", { path = k.path, reason = k.reason })
-  end
   local next_state, uploads, paths = {}, {}, {}
   local deleted = 0
   for rel, f in pairs(files) do
@@ -102,7 +99,12 @@ local function run(final)
         local entry = { size = n, mtime = f.mtime, md5 = md5 }
         next_state[rel] = entry
         if not (old and old.md5 == md5) then uploads[#uploads + 1] = rel end
-      end -- unreadable now (removed since the scan): left out of this one
+      elseif fs.lstat(root .. "/" .. rel) then
+        -- there but unreadable (its mode): reported, and its stored copy,
+        -- if any, kept rather than deleted by the sync
+        skipped[#skipped + 1] = { path = rel, reason = "unreadable: " .. tostring(n) }
+        next_state[rel] = old
+      end -- removed since the scan: left out, so the sync deletes its copy
     end
   end
   -- a file the scan saw but could not hash is not listed: it is not stored
@@ -111,6 +113,9 @@ local function run(final)
   end
   for rel in pairs(confirmed) do
     if not next_state[rel] then deleted = deleted + 1 end
+  end
+  for _, k in ipairs(skipped) do
+    log.warn("checkpoint: skipped", { path = k.path, reason = k.reason })
   end
   if #uploads == 0 and deleted == 0 and not final and stats.checkpoints > 0 then
     return { files = #paths, uploaded = 0, deleted = 0, skipped = skipped, unchanged = true }
@@ -175,7 +180,8 @@ end
 function M.start()
   enabled = true
   local every = settings.get().checkpoint_interval
-  if every > 0 then timer.every(every, function() M.run() end) end
+  -- a tick while a checkpoint still runs is skipped, not queued
+  if every > 0 then timer.every(every, function() if not busy then M.run() end end) end
 end
 
 return M
