@@ -17,7 +17,9 @@
 //  - screenshot ide.png; New folder pkg, New file util.py in it (typed,
 //    saved), Rename to pkg/helpers.py, Delete pkg;
 //  - Stop, Start (same page), opens hello.py again,
-//    runs it again; screenshot restarted.png; Stop.
+//    runs it again; screenshot restarted.png; main.py changed from the
+//    terminal under the editor, then typed into: the save is refused, the
+//    page says so and shows the file as it is now; Stop.
 // Also: the page's makePatch on tricky pairs (non-ASCII, emoji, '%', empty
 // sides), applied by the npm diff-match-patch package (tests/runner).
 // Prints one JSON object on stdout; on a failure it has "error", a
@@ -181,6 +183,17 @@ try {
   await run("python3 hello.py; echo second=$?", "second=0");
   out.term_restarted = await term.innerText();
   await shot("restarted.png");
+
+  out.step = "a save refused: the file changed under the editor";
+  await page.locator("#tree span", { hasText: /^main\.py$/ }).click();
+  await page.locator("#path").filter({ hasText: /^main\.py$/ }).waitFor();
+  await page.locator("#editor:enabled").waitFor();
+  await run("printf 'print(1)\\n' > main.py; echo changed=$?", "changed=0");
+  await page.locator("#editor").press("Control+End");
+  await page.locator("#editor").pressSequentially("# mine\n");
+  await page.locator("#msg").filter({ hasText: /^not saved: / }).waitFor();
+  await page.locator("#saved").filter({ hasText: /^saved$/ }).waitFor();
+  out.refused = { msg: await page.locator("#msg").innerText(), editor: await page.locator("#editor").inputValue() };
 
   out.step = "stop";
   await page.locator("#stop").click();

@@ -13,8 +13,9 @@ terminal) and its page in the app panel (/user-app/), ^C ends it; then
 `python3 -m http.server` on another port and the panel on that port
 (/user-app/<port>/); a folder made, a file in it typed and saved, renamed,
 the folder deleted; Stop, Start again from the same page: the file is there
-with the edit and runs again. After the last Stop the file is in storage as
-the editor last showed it.
+with the edit and runs again; a save against a file changed from the
+terminal behind the editor is refused and the page shows the file as it is.
+After the last Stop hello.py is in storage as the editor last showed it.
 
 Also: the page's patch maker (the diff-match-patch text form) on tricky
 pairs, applied by the npm diff-match-patch package (tests/runner's lockfile),
@@ -157,7 +158,10 @@ class IdePageTest(unittest.TestCase):
         self.assertIn(OUTPUT, r["term_restarted"], info)
         self.assertIn("second=0", r["term_restarted"], info)
         self.assertNotIn("\x1b", r["term_restarted"], info)
-        self.assertEqual(r["msg"], "", info)
+        # a save against a file changed behind the editor is refused, said, and the editor shows the file as it is
+        self.assertRegex(r["refused"]["msg"], r"^not saved: \S", info)
+        self.assertEqual(r["refused"]["editor"], "print(1)\n", info)
+        self.assertEqual(r["msg"], "", info)  # cleared by the Stop that followed
 
         # in storage after the last Stop, as the editor showed it
         saved = glob.glob(os.path.join(self.tmp, "data", "storage", "repl", "*", rid, "hello.py"))
