@@ -154,7 +154,8 @@ devex_vm_t *devex_vm_of(lua_State *L);
 /* Called by task.c when a task of vm ends. */
 void devex_vm_task_ended(devex_vm_t *vm);
 
-/* The worker whose thread is running (thread-local), NULL on other threads. */
+/* The worker whose thread is running (thread-local), NULL on other threads
+ * (worker_current.c). */
 devex_worker_t *devex_worker_current(void);
 uv_loop_t *devex_worker_loop(devex_worker_t *w);
 int devex_worker_id(devex_worker_t *w);

@@ -20,13 +20,11 @@
 #include "k8s.h"
 #include "metrics.h"
 #include "router.h"
+#include "runtime_info.h"
 #include "server.h"
+#include "task_lib.h"
 #include "timer.h"
 #include "websocket.h"
-
-int luaopen_devex_runtime(lua_State *L);
-int luaopen_devex_task(lua_State *L);
-int luaopen_devex_redis(lua_State *L);
 
 static const luaL_Reg devex_modules[] = {
     {"devex.json", luaopen_devex_json},     {"devex.crypto", luaopen_devex_crypto}, {"devex.router", luaopen_devex_router},

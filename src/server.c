@@ -1,44 +1,34 @@
 /*
- * server.c: H2O's global configuration, TLS, listening sockets, and the
+ * server.c: H2O's global configuration (one host, one handler) and the
  * bridge from an H2O request to a Lua task and back to a response. Every
  * request gets its own task (coroutine); the reqctx that links the two lives
  * in the request's memory pool, and H2O's pool disposal detaches the task, so
  * a task that finishes after its client left drops its result instead of
- * touching a freed request.
+ * touching a freed request. The listeners and TLS are in listen.c, the
+ * worker threads in worker.c, the command-line tasks in cli.c.
  */
 #include "server.h"
-#include "crypto.h"
 #include "errjson.h"
 #include "h2_guard.h"
 #include "json.h"
+#include "listen.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
-#include "redis.h"
 #include "stream.h"
 #include "textutil.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 static h2o_globalconf_t gconf;
-static SSL_CTX *ssl_ctxs[DEVEX_MAX_LISTENERS];
-/* listen_fds[listener][worker]: one SO_REUSEPORT socket per worker, so the
- * kernel spreads connections over the threads without a shared accept lock */
-static int *listen_fds[DEVEX_MAX_LISTENERS];
-static int nworkers_prepared;
+
+h2o_globalconf_t *devex_server_globalconf(void)
+{
+    return &gconf;
+}
 
 /* ---- responses ---- */
 
@@ -341,43 +331,6 @@ static int is_runner_domain(h2o_iovec_t authority)
     return strlen(d) == n && strncasecmp(authority.base, d, n) == 0;
 }
 
-/* Whether any listener restricts its paths (server.listen[i].only): only
- * then is a request's local address looked at. */
-static bool any_only;
-
-/* The `only` prefix of the Unix listener this request came in on, or NULL. */
-static const char *only_prefix(h2o_req_t *req)
-{
-    struct sockaddr_storage ss;
-    if (req->conn->callbacks->get_sockname == NULL)
-        return NULL;
-    socklen_t len = req->conn->callbacks->get_sockname(req->conn, (struct sockaddr *)&ss);
-    if (len == 0 || ss.ss_family != AF_UNIX)
-        return NULL;
-    const struct sockaddr_un *su = (const struct sockaddr_un *)&ss;
-    for (size_t i = 0; i < devex_settings.nlisteners; i++) {
-        const devex_listener_conf_t *lc = &devex_settings.listeners[i];
-        if (lc->socket_path != NULL && lc->only != NULL && strncmp(su->sun_path, lc->socket_path, sizeof(su->sun_path)) == 0)
-            return lc->only;
-    }
-    return NULL;
-}
-
-/* A request on a restricted listener outside its prefix: both the path as
- * sent (what the router matches) and H2O's normalized one (dot segments
- * resolved, percent-decoded) must be under it. */
-static bool outside_only(h2o_req_t *req)
-{
-    const char *only = only_prefix(req);
-    if (only == NULL)
-        return false;
-    size_t n = strlen(only);
-    size_t plen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
-    if (plen < n || memcmp(req->path.base, only, n) != 0)
-        return true;
-    return req->path_normalized.len < n || memcmp(req->path_normalized.base, only, n) != 0;
-}
-
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     devex_worker_t *w = DEVEX_CONTAINER_OF(req->conn->ctx, devex_worker_t, ctx);
@@ -405,7 +358,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         }
         rc->request_id[32] = '\0';
     }
-    if (any_only && outside_only(req)) {
+    if (devex_listen_refuses(req)) { /* listen.c: a restricted Unix listener */
         send_error(rc, 404, "not found");
         return 0;
     }
@@ -439,96 +392,6 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
-/* ---- listeners and TLS ---- */
-
-static SSL_CTX *make_ssl_ctx(const devex_listener_conf_t *lc, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    if (SSL_CTX_use_certificate_chain_file(ctx, lc->tls_cert) != 1) {
-        snprintf(err, errlen, "server.listen: cannot load TLS certificate %s: %s", lc->tls_cert,
-                 ERR_reason_error_string(ERR_get_error()));
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, lc->tls_key, SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(err, errlen, "server.listen: cannot load TLS key %s: %s", lc->tls_key, ERR_reason_error_string(ERR_get_error()));
-        SSL_CTX_free(ctx);
-        return NULL;
-    }
-    h2o_ssl_register_alpn_protocols(ctx, h2o_http2_alpn_protocols);
-    return ctx;
-}
-
-static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
-{
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
-    struct addrinfo *res = NULL;
-    char port[16];
-    snprintf(port, sizeof(port), "%d", lc->port);
-    int gai = getaddrinfo(lc->host, port, &hints, &res);
-    if (gai != 0) {
-        snprintf(err, errlen, "server.listen: cannot resolve %s: %s", lc->host, gai_strerror(gai));
-        return -1;
-    }
-    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int on = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 ||
-        listen(fd, 1024) != 0) {
-        snprintf(err, errlen, "server.listen: cannot listen on %s:%d: %s", lc->host, lc->port, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        freeaddrinfo(res);
-        return -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
-/* A Unix socket listener, its directory made if missing: a socket file left
- * by an earlier run is replaced (anything else at the path is not ours and is
- * an error). Mode 0666: a runner under a uid of its own must be able to
- * connect; who reaches the path at all is up to its directory (and to what
- * a sandbox binds in). */
-static int open_unix_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(lc->socket_path) >= sizeof(sa.sun_path)) {
-        snprintf(err, errlen, "server.listen: socket path too long: %s", lc->socket_path);
-        return -1;
-    }
-    memcpy(sa.sun_path, lc->socket_path, strlen(lc->socket_path) + 1);
-    /* its directory is made if missing (a data directory on first start) */
-    char dir[sizeof(sa.sun_path)];
-    memcpy(dir, sa.sun_path, sizeof(dir));
-    for (char *slash = strchr(dir + 1, '/'); slash != NULL; slash = strchr(slash + 1, '/')) {
-        *slash = '\0';
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-            snprintf(err, errlen, "server.listen: cannot make the directory %s: %s", dir, strerror(errno));
-            return -1;
-        }
-        *slash = '/';
-    }
-    struct stat st;
-    if (lstat(sa.sun_path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            snprintf(err, errlen, "server.listen: %s exists and is not a socket", sa.sun_path);
-            return -1;
-        }
-        unlink(sa.sun_path);
-    }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || chmod(sa.sun_path, 0666) != 0 || listen(fd, 1024) != 0) {
-        snprintf(err, errlen, "server.listen: cannot listen on %s: %s", sa.sun_path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 int devex_server_init(int nworkers, char *err, size_t errlen)
 {
     const devex_settings_t *s = &devex_settings;
@@ -547,268 +410,5 @@ int devex_server_init(int nworkers, char *err, size_t errlen)
     devex_errjson_register(path);
     devex_errjson_register(&host->fallback_path); /* errors raised before routing, like 413 */
     devex_metrics_register_filter(path); /* metrics: responses H2O makes itself (no x-request-id) */
-    devex_metrics_register_filter(&host->fallback_path);
-
-    for (size_t i = 0; i < s->nlisteners; i++) {
-        const devex_listener_conf_t *lc = &s->listeners[i];
-        if (lc->tls_cert != NULL) {
-            ssl_ctxs[i] = make_ssl_ctx(lc, err, errlen);
-            if (ssl_ctxs[i] == NULL)
-                return -1;
-        }
-        listen_fds[i] = calloc((size_t)nworkers, sizeof(int));
-        if (lc->socket_path != NULL) {
-            /* one socket (a path binds once), polled by every worker; none
-             * for a command or --check (nworkers 0): binding would replace
-             * the socket file of a devexd that serves */
-            if (nworkers == 0)
-                continue;
-            if (lc->only != NULL)
-                any_only = true;
-            int fd = open_unix_listener(lc, err, errlen);
-            if (fd < 0)
-                return -1;
-            for (int k = 0; k < nworkers; k++)
-                listen_fds[i][k] = k == 0 ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
-            continue;
-        }
-        for (int k = 0; k < nworkers; k++) {
-            listen_fds[i][k] = open_listener(lc, err, errlen);
-            if (listen_fds[i][k] < 0)
-                return -1;
-        }
-    }
-    nworkers_prepared = nworkers;
-    return 0;
-}
-
-/* ---- workers ---- */
-
-static _Thread_local devex_worker_t *current_worker;
-
-devex_worker_t *devex_worker_current(void)
-{
-    return current_worker;
-}
-
-uv_loop_t *devex_worker_loop(devex_worker_t *w)
-{
-    return &w->loop;
-}
-
-int devex_worker_id(devex_worker_t *w)
-{
-    return w ? w->id : -1;
-}
-
-static void on_accept(uv_stream_t *listener, int status)
-{
-    if (status != 0)
-        return;
-    devex_worker_t *w = current_worker;
-    size_t idx = (size_t)(uintptr_t)listener->data;
-    uv_stream_t *conn;
-    if (devex_settings.listeners[idx].socket_path != NULL) {
-        uv_pipe_t *p = h2o_mem_alloc(sizeof(*p));
-        uv_pipe_init(listener->loop, p, 0);
-        conn = (uv_stream_t *)p;
-    } else {
-        uv_tcp_t *t = h2o_mem_alloc(sizeof(*t));
-        uv_tcp_init(listener->loop, t);
-        conn = (uv_stream_t *)t;
-    }
-    if (uv_accept(listener, conn) != 0) {
-        uv_close((uv_handle_t *)conn, (uv_close_cb)free);
-        return;
-    }
-    if (conn->type == UV_TCP)
-        uv_tcp_nodelay((uv_tcp_t *)conn, 1);
-    h2o_socket_t *sock = h2o_uv_socket_create(conn, (uv_close_cb)free);
-    devex_conn_guard_attach(sock, (uv_handle_t *)conn, listener->loop); /* h2_guard.c */
-    h2o_accept(&w->accept_ctx[idx], sock);
-}
-
-static void drain_check(uv_timer_t *h)
-{
-    devex_worker_t *w = h->data;
-    if (w->inflight > 0 && devex_now_ns() < w->drain_deadline_ns)
-        return;
-    if (w->inflight > 0)
-        devex_logf(DEVEX_LOG_WARN, "worker %d: shutdown deadline passed with %d requests in flight", w->id, w->inflight);
-    uv_timer_stop(h);
-    if (w->vm) {
-        devex_vm_close(w->vm);
-        w->vm = NULL;
-    }
-    uv_stop(&w->loop);
-}
-
-static void reload(devex_worker_t *w)
-{
-    char err[4096];
-    devex_vm_t *vm = devex_vm_new(w, err, sizeof(err));
-    if (vm == NULL) {
-        devex_buf_t b = DEVEX_BUF_INIT;
-        devex_metrics_reload(0); /* metrics */
-        devex_log_begin(&b, DEVEX_LOG_ERROR, "reload failed, keeping the running code", NULL);
-        devex_log_int(&b, "worker", w->id);
-        devex_log_str(&b, "error", err);
-        devex_log_end(&b);
-        devex_buf_free(&b);
-        return;
-    }
-    devex_vm_t *old = w->vm;
-    w->vm = vm;
-    if (old)
-        devex_vm_retire(old);
-    devex_metrics_reload(1); /* metrics */
-    devex_buf_t b = DEVEX_BUF_INIT;
-    devex_log_begin(&b, DEVEX_LOG_INFO, "reloaded", NULL);
-    devex_log_int(&b, "worker", w->id);
-    devex_log_end(&b);
-    devex_buf_free(&b);
-}
-
-static void on_control(uv_async_t *h)
-{
-    devex_worker_t *w = h->data;
-    int what = __atomic_exchange_n(&w->pending_ctl, 0, __ATOMIC_ACQ_REL);
-    if ((what & DEVEX_CTL_RELOAD) && !w->draining)
-        reload(w);
-    if ((what & DEVEX_CTL_SHUTDOWN) && !w->draining) {
-        w->draining = true;
-        for (size_t i = 0; i < w->nlisteners; i++)
-            uv_close((uv_handle_t *)&w->listeners[i], NULL);
-        h2o_context_request_shutdown(&w->ctx);
-        w->drain_deadline_ns = devex_now_ns() + (uint64_t)(devex_settings.shutdown_timeout * 1e9);
-        uv_timer_init(&w->loop, &w->drain_timer);
-        w->drain_timer.data = w;
-        uv_timer_start(&w->drain_timer, drain_check, 0, 20);
-    }
-}
-
-int devex_worker_init(devex_worker_t *w, int id, bool with_listeners, char *err, size_t errlen)
-{
-    memset(w, 0, sizeof(*w));
-    w->id = id;
-    uv_loop_init(&w->loop);
-    h2o_context_init(&w->ctx, &w->loop, &gconf);
-    uv_async_init(&w->loop, &w->control, on_control);
-    w->control.data = w;
-    uint64_t r = 0;
-    devex_random_bytes(&r, sizeof(r));
-    w->reqid_prefix = r;
-    if (with_listeners) {
-        for (size_t i = 0; i < devex_settings.nlisteners; i++) {
-            w->accept_ctx[i].ctx = &w->ctx;
-            w->accept_ctx[i].hosts = gconf.hosts;
-            w->accept_ctx[i].ssl_ctx = ssl_ctxs[i];
-            int r;
-            if (devex_settings.listeners[i].socket_path != NULL) {
-                uv_pipe_init(&w->loop, &w->listeners[i].pipe, 0);
-                r = uv_pipe_open(&w->listeners[i].pipe, listen_fds[i][id]);
-            } else {
-                uv_tcp_init(&w->loop, &w->listeners[i].tcp);
-                r = uv_tcp_open(&w->listeners[i].tcp, listen_fds[i][id]);
-            }
-            w->listeners[i].handle.data = (void *)(uintptr_t)i;
-            if (r != 0) {
-                snprintf(err, errlen, "cannot use listening socket");
-                return -1;
-            }
-            w->nlisteners++;
-        }
-    }
-    current_worker = w; /* the VM's load-time code (timers) needs its worker */
-    w->vm = devex_vm_new(w, err, errlen);
-    current_worker = NULL;
-    return w->vm ? 0 : -1;
-}
-
-static void *worker_main(void *arg)
-{
-    devex_worker_t *w = arg;
-    current_worker = w;
-    for (size_t i = 0; i < w->nlisteners; i++) {
-        int r = uv_listen((uv_stream_t *)&w->listeners[i], 1024, on_accept);
-        if (r != 0)
-            devex_logf(DEVEX_LOG_ERROR, "worker %d: listen failed: %s", w->id, uv_strerror(r));
-    }
-    devex_idle_start(w);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    devex_redis_thread_cleanup();
-    return NULL;
-}
-
-int devex_workers_start(devex_worker_t *ws, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (pthread_create(&ws[i].thread, NULL, worker_main, &ws[i]) != 0)
-            return -1;
-    return 0;
-}
-
-void devex_workers_control(devex_worker_t *ws, int n, int what)
-{
-    for (int i = 0; i < n; i++) {
-        __atomic_fetch_or(&ws[i].pending_ctl, what, __ATOMIC_ACQ_REL);
-        uv_async_send(&ws[i].control);
-    }
-}
-
-void devex_workers_join(devex_worker_t *ws, int n)
-{
-    for (int i = 0; i < n; i++)
-        pthread_join(ws[i].thread, NULL);
-}
-
-/* ---- command-line tasks ---- */
-
-typedef struct {
-    int done;
-    int code;
-    devex_worker_t *w;
-} cli_state_t;
-
-static void cli_done(devex_task_t *t, int status, int nres)
-{
-    cli_state_t *st = t->data;
-    st->done = 1;
-    if (status == LUA_OK) {
-        int base = lua_gettop(t->co) - nres + 1;
-        st->code = nres >= 1 && lua_isinteger(t->co, base) ? (int)lua_tointeger(t->co, base) : 0;
-    } else if (status != DEVEX_TASK_KILLED) {
-        fprintf(stderr, "devexd: %s\n", luaL_tolstring(t->co, -1, NULL));
-        st->code = 1;
-    } else {
-        st->code = 1;
-    }
-    uv_stop(&st->w->loop);
-}
-
-int devex_worker_run_cli(devex_worker_t *w, int argc, char **argv)
-{
-    cli_state_t st = {0, 0, w};
-    current_worker = w;
-    lua_State *L = w->vm->L;
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "devex.cli");
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-        fprintf(stderr, "devexd: %s\n", lua_tostring(L, -1));
-        return 1;
-    }
-    lua_getfield(L, -1, "main");
-    lua_remove(L, -2);
-    lua_createtable(L, argc, 0);
-    for (int i = 0; i < argc; i++) {
-        lua_pushstring(L, argv[i]);
-        lua_rawseti(L, -2, i + 1);
-    }
-    devex_task_spawn(w->vm, L, 1, cli_done, &st, NULL, NULL);
-    while (!st.done)
-        uv_run(&w->loop, UV_RUN_DEFAULT);
-    devex_vm_close(w->vm);
-    w->vm = NULL;
-    current_worker = NULL;
-    return st.code;
+    devex_metrics_register_filter(&host->fallback_path);    return devex_listen_prepare(nworkers, err, errlen); /* listen.c: TLS and sockets */
 }

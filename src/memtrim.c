@@ -1,12 +1,12 @@
 /*
- * idle.c: gives memory back after a burst. A request burst leaves garbage in
+ * memtrim.c: gives memory back after a burst. A request burst leaves garbage in
  * the worker's Lua heap and freed blocks in the allocator, which together kept
  * an idle devexd several MB above its startup size. Once a second each worker
  * looks whether it served requests since the last look; the first quiet
  * second after some traffic it runs a full Lua collection and asks the
  * allocator to return free pages to the OS. A busy worker never pays for it.
  */
-#include "server.h"
+#include "memtrim.h"
 
 #ifdef DEVEX_MIMALLOC
 #include <mimalloc.h>

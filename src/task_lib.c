@@ -1,12 +1,12 @@
 /*
- * spawn.c: devex.task, concurrency inside one request. task.spawn(fn, ...)
+ * task_lib.c: devex.task, concurrency inside one request. task.spawn(fn, ...)
  * starts fn as a sibling task on the same worker and returns a handle;
  * handle:wait() parks the caller until fn ends and returns `true, results...`
  * or `false, err` (like pcall). Lua helpers all() and map() live in
  * lua/devex/tasks.lua. A child outlives its handle: a handle that is garbage
  * collected before the child ends just drops the results.
  */
-#include "devex.h"
+#include "task_lib.h"
 
 #include "log.h"
 

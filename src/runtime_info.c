@@ -1,11 +1,11 @@
 /*
- * runtime.c: devex.runtime, what the Lua side needs to know about the process
+ * runtime_info.c: devex.runtime, what the Lua side needs to know about the process
  * it runs in: version, config file, worker id, VM generation, and exe (the
  * path of the devexd binary, which the local runtime runs again for its
  * sandbox helpers and runner agents; "" when /proc is not mounted), and
  * lua_dir (the Lua directories such a child is given).
  */
-#include "devex.h"
+#include "runtime_info.h"
 #include "settings.h"
 
 #include <unistd.h>
