@@ -70,6 +70,34 @@ class RoundRobin:
             return r.status, r.body
 
 
+class H2Burst(harness.H2Client):
+    """POSTs with JSON bodies over one HTTP/2 connection, all written in one
+    send: the server reads them together, so they run interleaved on the
+    connection's worker (each yields at its first Redis call), which is
+    where a read-then-act check lets two requests through."""
+
+    def send_all(self, path, bodies, cookie):
+        frames, sids = [], []
+        for body in bodies:
+            sid = self.next_id
+            self.next_id += 2
+            data = json.dumps(body).encode()
+            block = b"".join(self._literal(k, v) for k, v in [
+                (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", self.authority),
+                ("content-type", "application/json"), ("content-length", str(len(data))), ("cookie", cookie)])
+            self.streams[sid] = {"status": None, "data": b"", "ended": False, "reset": False}
+            frames.append(self._frame(self.HEADERS, self.END_HEADERS, sid, block))
+            frames.append(self._frame(self.DATA, self.END_STREAM, sid, data))
+            sids.append(sid)
+        self.sock.sendall(b"".join(frames))
+        return sids
+
+    def answers(self, sids):
+        """The decoded JSON bodies (the status of a 201 or 429 is not in the
+        client's small static table; the bodies tell them apart)."""
+        return [json.loads(self.wait(sid)["data"]) for sid in sids]
+
+
 def at_once(calls):
     """Runs the callables in threads released together; their results in order."""
     out = [None] * len(calls)
@@ -110,7 +138,7 @@ class ReplicasTest(unittest.TestCase):
                     "    broken = { image = 'runner-broken', port = 8081, agent = false,"
                     " local_command = { 'sh', '-c', 'exit 3' } } } },\n"
                     "  quota = { repls_per_user = %d, sessions_per_user = %d, per_template = { standin = %d } },\n"
-                    "  cleanup = { sweep_interval = 1, idle_limit = 3600 },\n"
+                    "  cleanup = { sweep_interval = 2, idle_limit = 3600 },\n"
                     # the storms are many creates and starts per user: the rate
                     # limits (tested in test_abuse) stay out of the way
                     "  limits = { create = false, start = false, stop = false },\n"
@@ -138,7 +166,13 @@ class ReplicasTest(unittest.TestCase):
     def tearDownClass(cls):
         # one sweeper across the two replicas for the whole run (the lock's
         # expiry is 3 sweep intervals; no replica stalls that long here)
-        runs = [len([e for e in d.logs() if e.get("msg") == "sweep"]) for d in cls.replicas]
+        def runs():
+            return [len([e for e in d.logs() if e.get("msg") == "sweep"]) for d in cls.replicas]
+        try:
+            poll(lambda: max(runs()) > 0, "a sweep", timeout=15)
+        except AssertionError:
+            pass  # reported below
+        runs = runs()
         super().tearDownClass()
         if not (min(runs) == 0 and max(runs) > 0):
             raise AssertionError("sweep runs per replica: %r (want exactly one sweeper)" % runs)
@@ -207,20 +241,30 @@ class ReplicasTest(unittest.TestCase):
     def test_quotas_exact_across_replicas(self):
         clients = [self.sign_in(u) for u in USERS]
         for rnd in range(ROUNDS):
-            # create storm: 5 of the limited template and 4 of the other, per user
-            calls = []
-            for c in clients:
-                for i in range(9):
-                    tpl = "standin" if i % 2 == 0 else "other"
-                    calls.append(lambda c=c, i=i, tpl=tpl: c.request(
-                        "POST", "/api/repl/new", {"template": tpl, "replName": "r%d-%d" % (rnd, i)}))
-            results = at_once(calls)
-            for st, body in results:
-                if st != 201:
-                    self.assertEqual(st, 429, body)
-                    self.assertIn(body, ({"error": "repl limit reached", "limit": REPLS},
-                                         {"error": "repl limit reached", "limit": PER_TEMPLATE}))
-            self.assertEqual(len([1 for st, _ in results if st == 201]), REPLS * len(clients), results)
+            # create storms, as concurrent streams of one HTTP/2 connection to
+            # each replica (every user's at once): 6 creates of the limited
+            # template (exactly PER_TEMPLATE made), then 3 of each template
+            # (exactly one more, of the other)
+            conns = [H2Burst("127.0.0.1", d.port, timeout=120) for d in self.replicas]
+            for n_limited, n_other, made in ((6, 0, PER_TEMPLATE), (3, 3, REPLS - PER_TEMPLATE)):
+                sent = []
+                for c in clients:
+                    bodies = [{"template": t, "replName": "r%d-%s%d" % (rnd, t, i)}
+                              for i, t in enumerate(["standin"] * n_limited + ["other"] * n_other)]
+                    for k, h2 in enumerate(conns):
+                        sent.append((c, h2, h2.send_all("/api/repl/new", bodies[k::2], c.cookie)))
+                per_user = {}
+                for c, h2, sids in sent:
+                    for body in h2.answers(sids):
+                        if "id" in body:
+                            per_user[c] = per_user.get(c, 0) + 1
+                        else:
+                            self.assertIn(body, ({"error": "repl limit reached", "limit": REPLS},
+                                                 {"error": "repl limit reached", "limit": PER_TEMPLATE}))
+                self.assertEqual(sorted(per_user.values()), [made] * len(clients), per_user)
+                self.check_exact(clients)
+            for h2 in conns:
+                h2.close()
             for c in clients:
                 repls = self.listed(c)
                 self.assertEqual(len(repls), REPLS)
