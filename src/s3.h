@@ -33,9 +33,7 @@
  *   s3.delete_body(keys, quiet) -> xml, content_md5 (base64) | nil, err (a key XML 1.0 cannot carry)
  *   s3.md5_hex(data), s3.md5_base64(data)
  *   s3.uri_encode(s, encode_slash) -> AWS UriEncode
- *   s3.fs_walk(dir) -> { {path = "a/b" (relative), size = n, mtime = s}... } (regular files, recursive,
- *                      entries whose name starts with "." skipped) | nil, err
- *   s3.fs_mkdir_p(dir) -> true | nil, err
+ *   s3.fs_walk(dir[, hidden]), s3.fs_mkdir_p(dir): local file-system helpers, see fs_tree.h
  */
 #ifndef DEVEX_S3_H
 #define DEVEX_S3_H
