@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -136,13 +137,15 @@ class ReplicasTest(unittest.TestCase):
                     "    standin = { image = 'runner-standin', port = 8081, %s },\n"
                     "    other = { image = 'runner-other', port = 8081, %s },\n"
                     "    broken = { image = 'runner-broken', port = 8081, agent = false,"
-                    " local_command = { 'sh', '-c', 'exit 3' } } } },\n"
+                    " local_command = { 'sh', '-c', 'exit 3' } },\n"
+                    # no files in storage: its creates fail and roll back
+                    "    empty = { image = 'runner-empty', port = 8081, %s } } },\n"
                     "  quota = { repls_per_user = %d, sessions_per_user = %d, per_template = { standin = %d } },\n"
-                    "  cleanup = { sweep_interval = 2, idle_limit = 3600 },\n"
+                    "  cleanup = { sweep_interval = 2, idle_limit = 3600, stuck_after = 60 },\n"
                     # the storms are many creates and starts per user: the rate
                     # limits (tested in test_abuse) stay out of the way
                     "  limits = { create = false, start = false, stop = false },\n"
-                    "}\n" % (runner, runner, REPLS, SESSIONS, PER_TEMPLATE))
+                    "}\n" % (runner, runner, runner, REPLS, SESSIONS, PER_TEMPLATE))
         for t in ("standin", "other", "broken"):
             os.makedirs(os.path.join(cls.tmp, "templates", t))
             with open(os.path.join(cls.tmp, "templates", t, "README.md"), "w") as f:
@@ -315,8 +318,15 @@ class ReplicasTest(unittest.TestCase):
             self.assertEqual(self.keys("activeSession:*"), [])
             self.assertEqual(self.runner_pids(), [])
 
-    def test_failed_starts_release_their_slot(self):
+    def test_failed_creates_and_starts_release_their_slot(self):
         c = self.sign_in("dan")
+        # creates that fail (the template has no files) and roll back, at once
+        # on both replicas: none keeps a slot, so all three creates below pass
+        results = at_once([lambda i=i: c.request("POST", "/api/repl/new", {"template": "empty", "replName": "e%d" % i})
+                           for i in range(2 * REPLS)])
+        for st, body in results:
+            self.assertEqual((st, body), (500, {"error": "template empty has no files"}))
+        self.assertEqual(self.redis.call("SCARD", "devex:userRepls:dev_dan"), 0)
         ids = {}
         for tpl in ("standin", "other", "broken"):
             st, body = c.request("POST", "/api/repl/new", {"template": tpl, "replName": tpl})
@@ -350,6 +360,32 @@ class ReplicasTest(unittest.TestCase):
                 st, body = c.request("DELETE", "/api/repl/session/" + ids[tpl])
                 self.assertIn(st, (200, 204), body)
             self.assertEqual(self.check_exact([c]), 0)
+
+
+    def test_sweep_repair_releases_the_slot(self):
+        """A REPL left "starting" by a crash holds a session slot until the
+        sweep (on whichever replica holds its lock) repairs it; then it is free."""
+        c = self.sign_in("eve")
+        ids = []
+        for tpl in ("standin", "other", "other"):
+            st, body = c.request("POST", "/api/repl/new", {"template": tpl, "replName": "x" + tpl})
+            self.assertEqual(st, 201, body)
+            ids.append(body["id"])
+        self.addCleanup(lambda: [c.request("DELETE", "/api/repl/" + i) for i in ids])
+        st, body = c.request("GET", "/api/repl/session/" + ids[0])
+        self.assertEqual(st, 200, body)
+        # a start cut short by a crash long ago: "starting", no workload
+        self.redis.call("HSET", "devex:replMeta:" + ids[1], "state", "starting", "state_since", str(int(time.time()) - 1000))
+        st, body = c.request("GET", "/api/repl/session/" + ids[2])
+        self.assertEqual((st, body.get("in_use")), (429, SESSIONS), body)
+        poll(lambda: self.redis.call("HGET", "devex:replMeta:" + ids[1], "state") == b"created",
+             "the sweep to repair the stuck start", timeout=60)
+        st, body = c.request("GET", "/api/repl/session/" + ids[2])
+        self.assertEqual(st, 200, body)
+        for rid in (ids[0], ids[2]):
+            st, body = c.request("DELETE", "/api/repl/session/" + rid)
+            self.assertIn(st, (200, 204), body)
+        self.assertEqual(self.check_exact([c]), 0)
 
 
 if __name__ == "__main__":
