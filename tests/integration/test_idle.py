@@ -1,4 +1,4 @@
-"""Memory is given back after a burst (src/idle.c): once a worker has served
+"""Memory is given back after a burst (src/memtrim.c): once a worker has served
 requests and then had a quiet second, it runs a full Lua collection and trims
 the allocator. Observed through the Lua heap size, which nothing else would
 shrink while no request allocates."""
