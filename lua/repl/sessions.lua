@@ -118,7 +118,23 @@ function M.start(meta)
   return answer(meta, fields)
 end
 
+local stop_locked -- the stop itself, run while holding the REPL's stop lock
+
 function M.stop(meta)
+  -- one stop at a time per REPL: two at once (a double click, a retry, the
+  -- sweep, on any worker or replica) would each save the workspace while the
+  -- other removes it, and one would fail "files not saved". The lock expires
+  -- after cleanup.stuck_after, when the sweep would retry a stop anyway.
+  local lock, err = store.lock_stop(meta.id, tonumber(policy.cleanup.stuck_after) or 300)
+  if lock == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if lock == false then return fail(409, "a stop of this repl is in progress") end
+  local ok, res, e = pcall(stop_locked, meta)
+  store.unlock_stop(meta.id, lock)
+  if not ok then error(res, 0) end
+  return res, e
+end
+
+stop_locked = function(meta)
   local prev, err = store.transition(meta.id, "stopping", { "running", "stopping", "starting" })
   if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
   if prev == false then

@@ -77,6 +77,31 @@ function M.remove(user, id)
   return true
 end
 
+-- One stop at a time per REPL: stopLock:{id} holds the token of the stop in
+-- progress, on whichever worker or replica, and expires after ttl seconds if
+-- its holder dies. lock_stop(id, ttl) -> token | false (held) | nil, err
+function M.lock_stop(id, ttl)
+  local r, err = client()
+  if not r then return nil, err end
+  local token = require("devex.crypto").b64url(require("devex.crypto").random_bytes(12))
+  local res
+  res, err = r:call("SET", key("stopLock", id), token, "NX", "EX", math.max(1, math.floor(ttl)))
+  if res == nil then return nil, err end
+  if res == json.null or res == false then return false end
+  return token
+end
+
+local UNLOCK_STOP = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+]]
+-- unlock_stop(id, token): releases the lock if it is still this stop's.
+function M.unlock_stop(id, token)
+  local r, err = client()
+  if not r then return nil, err end
+  return r:eval(UNLOCK_STOP, { key("stopLock", id) }, token)
+end
+
 -- KEYS: replMeta. ARGV: new state, now, allowed from-states...
 -- Returns the previous state, or false when the REPL is gone or in a state
 -- the transition does not start from.
