@@ -8,17 +8,21 @@ Single-host runtime; the templates' runner is the runner stand-in
 (agent = false), one python process per running session. Every request goes
 to the next replica in turn, from many threads at once.
 
-- create storms: per user, more creates than allowed, of two templates: each
-  user ends with exactly repls_per_user REPLs, at most per_template of the
+- create storms (concurrent HTTP/2 streams to both replicas): per user, more
+  creates than allowed, of two templates: each user ends with exactly
+  repls_per_user REPLs, at most per_template of the
   limited template, every refusal the unchanged 429 {"error", "limit"};
   Redis' userRepls set equals the REPLs the API lists;
 - start storms: every REPL started twice at once on both replicas: exactly
   sessions_per_user running per user, the others refused with the unchanged
   429 (error, limit, code "quota", in_use, the policy's sentence); one runner
   process per running session (no double start);
-- stop and delete storms (each twice, both replicas): no session, no runner,
-  no REPL key left; the counts are back to zero;
-- failed starts (a runner that exits at once) release their session slot;
+- stop and delete storms (each twice, both replicas; a second stop at once
+  gets 409, never a failed save): no session, no runner, no REPL key left;
+  the counts are back to zero;
+- failed creates (a template without files) and failed starts (a runner
+  that exits at once) release their slot; so does the sweep's repair of a
+  REPL left "starting" by a crash;
 - one sweeper across the two replicas for the whole run.
 Each storm runs several rounds.
 """
