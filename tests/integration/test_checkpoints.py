@@ -421,6 +421,62 @@ class LastSavedAtTest(unittest.TestCase):
         self.assertEqual([x.get("lastSavedAt") for x in r.json() if x["id"] == rid], [saved])
 
 
+class LocalRuntimeAgentTest(unittest.TestCase):
+    """The single-host runtime with the agent (the default) and devexd's callback
+    socket: the agent restores (progress on the event stream), checkpoints
+    every sync.checkpoint_interval (1 s here), and the stop is its final
+    checkpoint (devexd's own save not needed)."""
+
+    @classmethod
+    def setUpClass(cls):
+        from test_gateway import standin_devexd
+        standin_devexd(
+            cls, "devexd-ckpt-local-",
+            "return {\n"
+            "  templates = { catalogue = { py = { image = 'runner-py', port = 8081,\n"
+            "    local_command = { 'python3', 'app.py' } } } },\n"
+            "  sync = { checkpoint_interval = 1 },\n"
+            "}\n",
+            templates=("py",),
+            extra_conf='c.server.listen[2] = { socket = os.getenv("DEVEXD_DATA") .. "-cb.sock", only = "/api/runner/" }\n'
+                       'c.runtime.agent_env = { RUNNER_SHELL = "/bin/sh" }\n')
+
+    def stored(self, rid, rel):
+        p = os.path.join(self.tmp, "data", "storage", "repl")
+        for owner in os.listdir(p):
+            f = os.path.join(p, owner, rid, rel)
+            if os.path.exists(f):
+                with open(f, "rb") as fh:
+                    return fh.read()
+        return None
+
+    def test_restore_checkpoints_and_final_checkpoint(self):
+        import test_local_agent as tla
+        b = tla.LocalAgentTest.sign_in(self, "carol")
+        rid = tla.LocalAgentTest.start_repl(self, b, "ckpt")
+        events = [json.loads(e[1][1]) for e in self.redis.call("XRANGE", "devex:replEvents:" + rid, "-", "+")]
+        prog = [e for e in events if e.get("phase") == "restoring" and "bytesTotal" in e]
+        self.assertTrue(prog, events)
+        self.assertEqual(prog[-1]["files"], prog[-1]["filesTotal"])
+        self.assertGreaterEqual(prog[-1]["files"], 1)  # the template's README.md
+        ws = os.path.join(self.tmp, "data", "workspaces", rid)
+        self.assertEqual(harness.tree(ws).get("README.md"), b"workspace\n")
+        with open(os.path.join(ws, "periodic.txt"), "wb") as f:
+            f.write(b"saved without a stop\n")
+        poll(lambda: self.stored(rid, "periodic.txt") == b"saved without a stop\n", "a periodic checkpoint",
+             timeout=60, interval=0.2)
+        with open(os.path.join(ws, "last.txt"), "wb") as f:
+            f.write(b"just before the stop\n")
+        r = self.d.request("DELETE", "/api/repl/session/" + rid, timeout=120,
+                           headers={"Cookie": b.cookie_header(), "Origin": tla.ORIGIN})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(self.stored(rid, "last.txt"), b"just before the stop\n")
+        self.assertTrue(self.redis.call("HGET", "devex:replMeta:" + rid, "lastSavedAt"))
+        log = self.d.raw_log()
+        self.assertIn("repl files saved", log)  # the broker's sync, as the agent called it
+        self.assertNotIn("final checkpoint failed", log)  # so devexd's own save did not run
+
+
 class AgentWorkloadTest(unittest.TestCase):
     """`devexd workload render`: with the agent (templates.<t>.agent, the default
     with RUNNER_AGENT_REGISTRY) the pod has no init container and the runner
