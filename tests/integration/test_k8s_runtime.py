@@ -180,7 +180,7 @@ class K8sRuntimeTest(unittest.TestCase):
         self.assertEqual(len(self.objects(rid)["deployments"]), 1, "the workload was deleted before the files were saved")
         # every credential in the pod, read back from the API server: the init
         # container's runner token and the uploader's save token open this
-        # REPL's storage broker only (the fs driver here: 501, authenticated)
+        # REPL's storage broker only (with the fs driver devexd serves the bytes)
         api = self.kc.client(user="admin")
         pods = api.get(k8s_harness.api_path("v1", "pods", NS), query={"labelSelector": "devex.io/repl=" + rid})["items"]
         spec = pods[0]["spec"]
@@ -193,7 +193,11 @@ class K8sRuntimeTest(unittest.TestCase):
         st2, other = self.create(b, name="other", template="python")
         for tok in (up_env["RUNNER_TOKEN"], init_env["RUNNER_TOKEN"]):
             hdr = {"Authorization": "Bearer " + tok}
-            self.assertEqual(self.d.request("GET", "/api/runner/%s/files" % rid, headers=hdr).status, 501)
+            r = self.d.request("GET", "/api/runner/%s/files" % rid, headers=hdr)
+            self.assertEqual(r.status, 200, r.body)
+            # the fs driver's broker serves the bytes itself, under this REPL's routes only
+            for f in json.loads(r.body)["files"]:
+                self.assertIn("/api/runner/%s/blob/" % rid, f["url"])
             self.assertEqual(self.d.request("GET", "/api/runner/%s/files" % other["id"], headers=hdr).status, 401)
         self.kc.kubelet.remove_rule(rule)
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
