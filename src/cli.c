@@ -1,7 +1,7 @@
 /*
- * cli.c: devexd's subcommands (`devexd repl ...`, `devexd user ...`): the
- * Lua side's require("devex.cli").main(args) runs as a task on a worker's
- * loop in the calling thread, without listeners, until it ends.
+ * cli.c: devexd's one-shot commands (`devexd templates sync`, `devexd repl
+ * stuck`...): the Lua side's require("devex.cli").main(args) runs as a task
+ * on a worker's loop in the calling thread, without listeners, until it ends.
  */
 #include "worker.h"
 
