@@ -100,13 +100,6 @@ static const char *reason_phrase(int status)
     }
 }
 
-static _Thread_local h2o_req_t *own_response;
-
-int devex_server_made_response(h2o_req_t *req)
-{
-    return req == own_response || h2o_find_header_by_str(&req->res.headers, H2O_STRLIT("x-request-id"), -1) != -1;
-}
-
 /* Sends a copy of body (which may be the worker's scratch buffer, which
  * access_log reuses, or a Lua string the collector may free). */
 static void send_body(devex_reqctx_t *rc, int status, const char *ctype, const char *body, size_t len)
@@ -128,9 +121,9 @@ static void send_body(devex_reqctx_t *rc, int status, const char *ctype, const c
     req->res.content_length = len;
     int head = h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("HEAD"));
     access_log(rc, status, head ? 0 : len);
-    own_response = req;
+    devex_server_set_own_response(req); /* response_origin.c: for the filters that run inside */
     h2o_start_response(req, &generator);
-    own_response = NULL;
+    devex_server_set_own_response(NULL);
     h2o_send(req, head ? NULL : &buf, head ? 0 : 1, H2O_SEND_STATE_FINAL);
 }
 

@@ -9,6 +9,7 @@
 #include <h2o.h>
 #include "buf.h"
 #include "devex.h"
+#include "response_origin.h"
 #include "settings.h"
 #include "worker.h"
 
@@ -31,11 +32,6 @@ struct devex_reqctx {
 int devex_server_init(int nworkers, char *err, size_t errlen);
 /* The H2O global config devex_server_init made (worker.c's contexts use it). */
 h2o_globalconf_t *devex_server_globalconf(void);
-/* Whether req's response comes from devexd: sent by its own code right now
- * (H2O's filters run inside h2o_start_response), or proxied by devex.proxy
- * (which always adds x-request-id). errjson and the metrics filter leave
- * such responses alone; the others are H2O's own (413, 400...). */
-int devex_server_made_response(h2o_req_t *req);
 
 /* request.c */
 void devex_request_push(lua_State *L, devex_reqctx_t *rc);
