@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "errjson.h"
-#include "server.h"
+#include "response_origin.h"
 
 typedef struct {
     h2o_ostream_t super;
