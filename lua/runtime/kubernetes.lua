@@ -544,7 +544,18 @@ function Driver:stop(meta, sess)
     -- by devexd's sync before it answers, and only then the deletion. A dead
     -- or failing agent falls back to the uploader below.
     events.emit(meta.id, "saving")
-    local ok, why = require("runtime.agent").final_checkpoint(sess, P().sync)
+    -- ask the pod that runs now: after a node loss the Deployment recreated
+    -- it at another address than the one the start recorded (the port is
+    -- the template's, unchanged)
+    local target = sess
+    local ip, port = pod.status and pod.status.podIP, type(sess) == "table" and type(sess.endpoint) == "string"
+      and sess.endpoint:match("^[^/]+:(%d+)$")
+    if type(ip) == "string" and ip ~= "" and port then
+      target = {}
+      for k, v in pairs(sess) do target[k] = v end
+      target.endpoint = ip .. ":" .. port
+    end
+    local ok, why = require("runtime.agent").final_checkpoint(target, P().sync)
     if ok then return self:delete_deployment(c, id.names.deployment) end
     log.warn("repl stop: the agent's final checkpoint failed, saving with the uploader", { repl = meta.id, error = why })
   end

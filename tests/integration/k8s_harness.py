@@ -114,6 +114,7 @@ POD_IP = ANN + "pod-ip"
 TERMINATION_DELAY = ANN + "termination-delay"
 EPHEMERAL_EXIT_CODE = ANN + "ephemeral-exit-code"      # or ephemeral-exit-code.<container>
 EPHEMERAL_RUN_SECONDS = ANN + "ephemeral-run-seconds"  # or ephemeral-run-seconds.<container>
+AGENT = ANN + "agent"  # "true": the runner container runs the real agent (`devexd runner`), see SimKubelet
 
 # The runner stand-in the kubelet runs per Running pod (see SimKubelet)
 STANDIN_SCRIPT = os.path.join(HERE, "runner_standin.py")
@@ -1072,6 +1073,20 @@ class SimKubelet(threading.Thread):
     its readiness is status only, as with standins=False (podIP 10.244.x.y).
     kc.kubelet.standin("ns", "pod") tells the address, port and pid.
 
+    The real agent instead of the stand-in: when the pod's runner container
+    is the agent (key devex.test/agent "true", or an agent image named
+    devexd-runner-*, or a command or args containing "runner"), the kubelet
+    starts `$DEVEXD_BIN -L <lua dir> runner --dir <workspace> --host <podIP>
+    --port <container port>` with only the container's env values (valueFrom
+    is not resolved) plus PATH, HOME (the workspace), DEVEXD_LUA_DIR and the
+    sanitizer options: nothing of the test's own environment (no storage
+    keys). The workspace is agent-NS-NAME-UID8 beside the log (an emptyDir:
+    kept across the container's restarts, a new pod starts empty). It
+    "answers" once its port accepts a connection; the readiness probe is real
+    as above. The pod's deletion SIGKILLs it (a node loss: no last
+    checkpoint), other stops are SIGTERM as for the stand-in. standin()
+    also tells "agent": True and "dir".
+
     Behaviour per pod, from its annotations or labels (values are strings):
       devex.test/fail-image: "true" (every container) or "a,b" (these
           containers, init containers included): waiting ErrImagePull, after
@@ -1242,7 +1257,8 @@ class SimKubelet(threading.Thread):
             if sa is not None and st.get("ns") == namespace and st.get("name") == name:
                 p = sa["proc"]
                 return {"ip": st["ip"], "port": sa["port"], "pid": p.pid if p is not None and p.poll() is None else None,
-                        "ready": sa.get("ready", False), "restarts": sa["restarts"], "log": sa.get("log")}
+                        "ready": sa.get("ready", False), "restarts": sa["restarts"], "log": sa.get("log"),
+                        "agent": bool(sa.get("agent")), "dir": sa.get("dir")}
         return None
 
     def _alloc_loopback(self, port, avoid=()):
@@ -1281,11 +1297,14 @@ class SimKubelet(threading.Thread):
         with self._standin_lock:
             if self._closed:
                 return False
-            sa["log"] = os.path.join(self.log_dir, "standin-%s-%s.log" % (md["namespace"], md["name"]))
-            env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+            if sa.get("agent"):
+                cmd, env = self._agent_command(pod, st)
+            else:
+                sa["log"] = os.path.join(self.log_dir, "standin-%s-%s.log" % (md["namespace"], md["name"]))
+                env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+                cmd = [sys.executable, STANDIN_SCRIPT, "--host", st["ip"], "--port", str(sa["port"])]
             with open(sa["log"], "ab") as log:
-                p = subprocess.Popen([sys.executable, STANDIN_SCRIPT, "--host", st["ip"], "--port", str(sa["port"])],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      preexec_fn=_set_pdeathsig)
         sa.update(proc=p, pid=p.pid, started_mono=time.monotonic(), answered=False, ready=False, succ=0, fails=0,
                   last_probe=0.0, probe_what=None)
@@ -1294,8 +1313,42 @@ class SimKubelet(threading.Thread):
         self.log("stand-in %s/%s: pid %d on %s:%d", md["namespace"], md["name"], p.pid, st["ip"], sa["port"])
         return True
 
-    def _terminate(self, p):
-        """SIGTERM, then SIGKILL; True once the process is gone."""
+    def _agent_command(self, pod, st):
+        """The real agent's command line and environment for pod (see the class
+        docstring); sets st["sa"]'s log and dir."""
+        import harness as h  # noqa: PLC0415 - DEVEXD_BIN and LUA_DIR, as the tests use them
+        sa, md = st["sa"], pod["metadata"]
+        c = pod["spec"]["containers"][_runner_index(pod["spec"])]
+        tag = "%s-%s-%s" % (md["namespace"], md["name"], md["uid"][:8])
+        sa["log"] = os.path.join(self.log_dir, "agent-%s.log" % tag)
+        sa["dir"] = os.path.join(self.log_dir, "agent-%s" % tag)
+        os.makedirs(sa["dir"], exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": sa["dir"], "DEVEXD_LUA_DIR": h.LUA_DIR}
+        for k in ("ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS"):
+            if k in os.environ:
+                env[k] = os.environ[k]
+        for e in c.get("env") or []:
+            if "value" in e:  # valueFrom (secrets, the downward API) is not resolved here
+                env[e["name"]] = str(e["value"])
+        env["HOME"] = sa["dir"]  # the pod's HOME (security.home) is a path of the image, not of this host
+        cmd = [os.environ.get("DEVEXD_BIN") or h.DEVEXD_BIN, "-L", h.LUA_DIR, "runner", "--dir", sa["dir"],
+               "--host", st["ip"], "--port", str(sa["port"])]
+        return cmd, env
+
+    @staticmethod
+    def _is_agent(pod, keys):
+        """Whether the pod's runner container is the agent (see the class docstring)."""
+        if _true(keys.get(AGENT)):
+            return True
+        c = pod["spec"]["containers"][_runner_index(pod["spec"])]
+        image = (c.get("image") or "").rsplit("/", 1)[-1]
+        return image.startswith("devexd-runner-") or "runner" in (c.get("command") or []) + (c.get("args") or [])
+
+    def _terminate(self, p, kill=False):
+        """SIGTERM, then SIGKILL (at once with kill); True once the process is gone."""
+        if kill and p.poll() is None:
+            with contextlib.suppress(OSError):
+                p.kill()
         if p.poll() is None:
             with contextlib.suppress(OSError):
                 p.terminate()
@@ -1310,13 +1363,13 @@ class SimKubelet(threading.Thread):
                     return False
         return True
 
-    def _stop_standin(self, st, why):
+    def _stop_standin(self, st, why, kill=False):
         sa = st.get("sa")
         if sa is None or sa["proc"] is None:
             return
         p, sa["proc"] = sa["proc"], None
         sa.update(answered=False, ready=False)
-        if not self._terminate(p):
+        if not self._terminate(p, kill=kill and sa.get("agent")):
             sa["zombie"] = p
             with self._standin_lock:
                 self._reaping.append([p, None])
@@ -1410,6 +1463,14 @@ class SimKubelet(threading.Thread):
                 s["started"] = False
                 return False
         s["state"] = {"running": {"startedAt": sa["started_at"]}}
+        if not sa["answered"] and sa.get("agent"):
+            try:  # the agent: listening is enough (it answers /ping 503 while it restores)
+                socket.create_connection((st["ip"], sa["port"]), timeout=0.5).close()
+            except OSError:
+                return False
+            sa["answered"] = True
+            sa["answered_mono"] = now
+            self.log("agent %s answers on %s:%d", where, st["ip"], sa["port"])
         if not sa["answered"]:
             try:
                 with contextlib.closing(http.client.HTTPConnection(st["ip"], sa["port"], timeout=0.5)) as conn:
@@ -1557,7 +1618,7 @@ class SimKubelet(threading.Thread):
             if time.monotonic() - st["deleting_since"] < _num(keys.get(TERMINATION_DELAY), 0):
                 return
             if not st.get("deleted"):
-                self._stop_standin(st, "pod %s/%s deleted" % (ns, name))
+                self._stop_standin(st, "pod %s/%s deleted" % (ns, name), kill=True)
                 self.log("delete %s/%s (grace 0)", ns, name)
                 self.api.delete(path, grace_period=0, preconditions={"uid": uid}, missing_ok=True)
                 st["deleted"] = True
@@ -1610,7 +1671,7 @@ class SimKubelet(threading.Thread):
                 st["ip_n"] = self._alloc_loopback(port)
                 st["ip"] = _loopback(st["ip_n"])
                 st["sa"] = {"port": port, "proc": None, "pid": None, "restarts": 0, "last": None,
-                            "next_start": 0.0, "started_at": None}
+                            "next_start": 0.0, "started_at": None, "agent": self._is_agent(pod, keys)}
             else:
                 n = next(self._ips)
                 st["ip"] = "10.244.%d.%d" % (n // 250, n % 250 + 2)
