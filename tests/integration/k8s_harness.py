@@ -1082,7 +1082,7 @@ class SimKubelet(threading.Thread):
     sanitizer options: nothing of the test's own environment (no storage
     keys). The workspace is agent-NS-NAME-UID8 beside the log (an emptyDir:
     kept across the container's restarts, a new pod starts empty). It
-    "answers" once its port accepts a connection; the readiness probe is real
+    "answers" once GET /ping gets any HTTP answer; the readiness probe is real
     as above. The pod's deletion SIGKILLs it (a node loss: no last
     checkpoint), other stops are SIGTERM as for the stand-in. standin()
     also tells "agent": True and "dir".
@@ -1304,6 +1304,7 @@ class SimKubelet(threading.Thread):
                 env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
                 cmd = [sys.executable, STANDIN_SCRIPT, "--host", st["ip"], "--port", str(sa["port"])]
             with open(sa["log"], "ab") as log:
+                sa["log_at"] = log.tell()  # this run's output starts here (_log_says)
                 p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      preexec_fn=_set_pdeathsig)
         sa.update(proc=p, pid=p.pid, started_mono=time.monotonic(), answered=False, ready=False, succ=0, fails=0,
@@ -1437,7 +1438,8 @@ class SimKubelet(threading.Thread):
         if p is not None and p.poll() is not None:
             rc = p.returncode
             sa["proc"] = None
-            if rc == 98 and not sa.get("answered") and sa.get("moves", 0) < 5 and "ip_n" in st:
+            in_use = rc == 98 or (sa.get("agent") and rc == 1 and _log_says(sa.get("log"), b"Address already in use", sa.get("log_at", 0)))
+            if in_use and not sa.get("answered") and sa.get("moves", 0) < 5 and "ip_n" in st:
                 # its address was taken after all (another test cluster): another address
                 old, old_n = st["ip"], st["ip_n"]
                 st["ip_n"] = self._alloc_loopback(sa["port"], avoid={old_n})
@@ -1464,9 +1466,11 @@ class SimKubelet(threading.Thread):
                 return False
         s["state"] = {"running": {"startedAt": sa["started_at"]}}
         if not sa["answered"] and sa.get("agent"):
-            try:  # the agent: listening is enough (it answers /ping 503 while it restores)
-                socket.create_connection((st["ip"], sa["port"]), timeout=0.5).close()
-            except OSError:
+            try:  # the agent: any HTTP answer to /ping (503 while it restores), so not someone else's listener
+                with contextlib.closing(http.client.HTTPConnection(st["ip"], sa["port"], timeout=0.5)) as conn:
+                    conn.request("GET", "/ping", headers={"User-Agent": PROBE_USER_AGENT})
+                    conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
                 return False
             sa["answered"] = True
             sa["answered_mono"] = now
@@ -1805,6 +1809,17 @@ class SimKubelet(threading.Thread):
         if eph_statuses:
             status["ephemeralContainerStatuses"] = eph_statuses
         return status
+
+
+def _log_says(path, what, since=0):
+    """Whether the log at path holds what (bytes) in its last 2 KB written after offset since."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(since, f.tell() - 2048))
+            return what in f.read()
+    except (OSError, TypeError):
+        return False
 
 
 def _true(v):

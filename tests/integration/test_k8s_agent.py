@@ -20,11 +20,14 @@ credential to leak), policy.sync.checkpoint_interval = 1 s.
    for its final checkpoint (the stop looks the pod up, not the address the
    start recorded);
  - no storage credential in the pod spec, nor in the agent's
-   /proc/<pid>/environ and cmdline.
+   /proc/<pid>/environ and cmdline;
+ - the harness: an agent whose address was taken between the kubelet's
+   check and its bind moves to another address (no crash loop).
 Assertions are on what arrives, never on elapsed time; waits are generous.
 """
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -230,6 +233,45 @@ class K8sAgentTest(unittest.TestCase):
             with open(a["log"], "rb") as f:
                 text = f.read().decode("utf-8", "replace")
             self.assertEqual(sanitizer_errors(text), [], a["log"])
+
+    def test_agent_moves_off_an_address_in_use(self):
+        """The harness itself: an agent that cannot bind its pod's address (held by
+        someone else between the kubelet's check and the bind: another test
+        cluster) is moved to another address, as a stand-in is, instead of
+        crash-looping the pod."""
+        kl = self.kc.kubelet
+        with kl._standin_lock:  # the address the kubelet hands out next
+            n = min(kl._loop_free) if kl._loop_free else kl._loop_next
+        ip = k8s_harness._loopback(n)
+        port = harness.free_port()  # a port of its own: no other test's stand-in comes and goes on it
+        held = socket.socket()
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind((ip, port))
+        held.listen()
+        real = k8s_harness._port_bindable
+        k8s_harness._port_bindable = lambda host, port: True  # the kubelet's check passes: the race
+        api = self.kc.client(user="admin")
+        name = "agent-move"
+        try:
+            api.post(k8s_harness.api_path("v1", "pods", NS), {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": NS, "annotations": {k8s_harness.AGENT: "true"}},
+                "spec": {"containers": [{"name": "runner", "image": "x", "ports": [{"containerPort": port}],
+                                         "env": [{"name": "RESTORE", "value": "0"}],
+                                         "readinessProbe": {"httpGet": {"path": "/ping", "port": port}}}]}})
+            poll(lambda: (kl.standin(NS, name) or {}).get("ready"), "the moved agent Ready", timeout=60)
+        finally:
+            k8s_harness._port_bindable = real
+            held.close()
+        a = kl.standin(NS, name)
+        self.assertNotEqual(a["ip"], ip)
+        self.assertTrue(a["agent"])
+        self.assertEqual(a["restarts"], 0)  # a move, not a container restart
+        with open(a["log"], "rb") as f:
+            self.assertIn(b"Address already in use", f.read())
+        api.delete(k8s_harness.api_path("v1", "pods", NS, name))
+        poll(lambda: kl.standin(NS, name) is None or kl.standin(NS, name)["pid"] is None, "the agent gone",
+             timeout=30)
 
 
 if __name__ == "__main__":
