@@ -332,6 +332,28 @@ function M.session_endpoints(id)
   return ep, type(v[2]) == "string" and v[2] ~= "" and v[2] or nil
 end
 
+-- Sets fields of a session that still exists (a session ended meanwhile is
+-- not brought back as a partial hash): true, false when there is none.
+local UPDATE_SESSION = [[
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+]]
+function M.update_session(id, fields)
+  local r, err = client()
+  if not r then return nil, err end
+  local args = {}
+  for k, v in pairs(fields) do
+    args[#args + 1] = k
+    args[#args + 1] = tostring(v)
+  end
+  if #args == 0 then return true end
+  local res
+  res, err = r:eval(UPDATE_SESSION, { M.session_key(id) }, table.unpack(args))
+  if res == nil then return nil, err end
+  return res == 1
+end
+
 function M.put_session(id, fields)
   local r, err = client()
   if not r then return nil, err end

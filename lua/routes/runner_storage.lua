@@ -277,6 +277,19 @@ return function(app)
       return 400, { error = "progress is past its total" }
     end
     require("repl.events").progress(req.params.id, out)
+    if out.files == out.filesTotal then
+      -- a restore finished in a session that is already running: its pod was
+      -- replaced, and the gateway must reach the new one (the driver asks the
+      -- API server where it is)
+      local meta = store.get(req.params.id)
+      local drv = meta and meta.state == "running" and require("runtime").driver()
+      if drv and drv.refresh_endpoint then
+        local moved, err = drv:refresh_endpoint(meta, store.get_session(meta.id) or {})
+        if moved == nil then
+          log.warn("could not look up a restored session's new pod", { repl = meta.id, error = tostring(err) })
+        end
+      end
+    end
     return 204
   end)
 

@@ -685,4 +685,46 @@ function Driver:remove_now(c, id)
   end
 end
 
+-- A running session's pod was replaced (its node lost, evicted, deleted):
+-- the Deployment made a new one, whose agent restored the last checkpoint
+-- and said so (routes.runner_storage, the restore's progress). The gateway
+-- must reach the new pod, so the session's endpoint is read again from the
+-- API server: the newest pod of the session's selector that is not being
+-- deleted and has an IP, on the ports the session had. The runner's own word
+-- is never the address (a runner could otherwise point the owner's gateway
+-- anywhere inside the cluster). -> true when the endpoint moved.
+function Driver:refresh_endpoint(meta, sess)
+  local c, e = client()
+  if not c then return nil, e end
+  local id
+  id, e = session_identity(self, meta, sess)
+  if not id then return nil, e end
+  local l
+  l, e = c:list({ apiVersion = "v1", kind = "Pod", namespace = self.namespace }, { label_selector = id.selector })
+  if not l then return nil, e end
+  local best
+  for _, p in ipairs(l.items) do
+    local md, st = p.metadata or {}, p.status or {}
+    if not md.deletionTimestamp and type(st.podIP) == "string" and st.podIP ~= ""
+        and (not best or tostring(md.creationTimestamp) > tostring(best.metadata.creationTimestamp)) then
+      best = p
+    end
+  end
+  if not best then return false end
+  local ip = best.status.podIP
+  local function moved(ep)
+    local port = type(ep) == "string" and ep:match(":(%d+)$")
+    return port and (ip .. ":" .. port) or nil
+  end
+  local ep, mcp = moved(sess.endpoint), moved(sess.mcp_endpoint)
+  if not ep or (ep == sess.endpoint and best.metadata.name == sess.pod) then return false end
+  local fields = { endpoint = ep, pod = best.metadata.name, node = best.spec and best.spec.nodeName or "" }
+  if mcp then fields.mcp_endpoint = mcp end
+  local ok
+  ok, e = require("repl.store").update_session(meta.id, fields)
+  if not ok then return ok, e end
+  log.info("repl session moved to a new pod", { repl = meta.id, pod = best.metadata.name, endpoint = ep })
+  return true
+end
+
 return M

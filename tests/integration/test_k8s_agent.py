@@ -214,7 +214,14 @@ class K8sAgentTest(unittest.TestCase):
         self.assertEqual(got.get("last.txt"), b"just before the stop\n")
         self.check_no_credential(pod3, agent3)
         state = self.redis.call("HGET", "devex:replMeta:" + rid, "state")
-        self.assertEqual(state, b"running")  # devexd did not notice: the Deployment did the recovery
+        self.assertEqual(state, b"running")  # the Deployment did the recovery, the session went on
+        # and the gateway follows the session to the new pod (devexd looked it up
+        # when the new agent's restore finished)
+        ep = self.redis.call("HGET", "devex:activeSession:" + rid, "endpoint").decode()
+        self.assertEqual(ep, "%s:%s" % (pod3["status"]["podIP"], ep.rsplit(":", 1)[1]))
+        r = self.d.request("GET", "/%s/ping" % rid, headers={"Host": "runners.example.test", "Cookie": b.cookie_header()})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json(), "pong")
 
         # the stop after the loss: the new pod's agent does the final checkpoint
         self.write(agent3, "after-loss.txt", b"written in the new pod\n")
