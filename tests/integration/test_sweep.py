@@ -108,14 +108,18 @@ class SweepTest(unittest.TestCase):
             ws = os.path.join(self.tmp, "ws", rid)
             with open(os.path.join(ws, "late.txt"), "w") as f:
                 f.write("saved at the lifetime stop\n")
-            # busy all along, yet stopped at its lifetime
+            # busy all along (heartbeats, and the owner's keepalives), yet stopped at its lifetime
             deadline = time.time() + 20
+            keepalives = 0
             while self.state(rid) == "running" and time.time() < deadline:
                 try:
                     self.heartbeat(rid)
                 except (OSError, ValueError, TypeError):
                     pass  # the runner is going away
+                r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+                keepalives += r.status == 200
                 time.sleep(0.3)
+            self.assertGreater(keepalives, 0)
             poll(lambda: self.state(rid) == "stopped", "the session to end at its lifetime")
             d.wait_log(lambda e: e.get("msg") == "sweep stopped a session" and e.get("reason") == "lifetime",
                        what="the sweep's log line")
