@@ -175,13 +175,6 @@ class Devexd:
         self.server_extra = server or {}
         self.config_text = config_text
         self.extra_config = config or {}  # more top-level config keys (redis = {...}, ...)
-        # The local runtime with a real sign-in refuses to start without
-        # runtime.isolation (issue 14.3); tests that are not about isolation
-        # say so (runtime.unsafe_no_isolation). test_sandbox sets either itself.
-        rt = self.extra_config.get("runtime")
-        if isinstance(rt, dict) and rt.get("driver") == "local" and "isolation" not in rt \
-                and "unsafe_no_isolation" not in rt:
-            self.extra_config = dict(self.extra_config, runtime=dict(rt, unsafe_no_isolation=True))
         self.extra_env = env or {}
         self.expect_exit = expect_exit
         self.max_body = max_body
@@ -248,6 +241,13 @@ class Devexd:
             server.update(self.server_extra)
             conf = {"server": server}
             conf.update(self.extra_config)
+            # The local runtime with a real sign-in refuses to start without
+            # runtime.isolation (issue 14.3); tests that are not about isolation
+            # say so (runtime.unsafe_no_isolation). test_sandbox sets either itself.
+            rt = conf.get("runtime")
+            if isinstance(rt, dict) and rt.get("driver") == "local" and "isolation" not in rt \
+                    and "unsafe_no_isolation" not in rt:
+                conf["runtime"] = dict(rt, unsafe_no_isolation=True)
             if self.app is not None:
                 conf["lua"] = {"path": [self.app_dir], "app": self.app}
             text = "return " + to_lua(conf) + "\n"
