@@ -97,6 +97,42 @@ def ensure_playwright():
     return node
 
 
+def drive_script(test, script, origin, args, tmp, timeout):
+    """Runs tests/browser/<script> with Debian's Chromium against origin (the
+    script's last stdout line is its JSON answer) and returns that answer;
+    fails the test when the script times out, exits non-zero, or answers with
+    an "error" (its output and stderr in the message)."""
+    ensure_chromium()
+    node = ensure_playwright()
+    profile = os.path.join(tmp, "chromium")
+    os.makedirs(profile, exist_ok=True)
+    env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, TMPDIR=profile)
+    proc = subprocess.Popen([node, script, origin] + list(args), cwd=BROWSER_DIR,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, preexec_fn=harness._set_pdeathsig)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        test.fail("%s did not finish within %d s\nstdout: %s\nstderr: %s"
+                  % (script, timeout, out.decode("utf-8", "replace")[-4000:], err.decode("utf-8", "replace")[-4000:]))
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    try:
+        r = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        r = None
+    if proc.returncode != 0 or not isinstance(r, dict) or "error" in r:
+        seen = json.dumps(r, indent=1) if r else out.decode("utf-8", "replace")[-4000:]
+        test.fail("the browser run failed (exit %d)\n%s\nstderr: %s"
+                  % (proc.returncode, seen, err.decode("utf-8", "replace")[-4000:]))
+    return r
+
+
 # ---- the servers ---------------------------------------------------------------------
 
 

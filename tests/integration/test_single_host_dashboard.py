@@ -24,15 +24,13 @@ Run: python3 tests/integration/test_single_host_dashboard.py   (DEVEXD_BIN picks
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import test_gateway  # noqa: E402
-from test_browser_auth import BROWSER_DIR, CHROMIUM, ensure_chromium, ensure_playwright  # noqa: E402
+from test_browser_auth import drive_script  # noqa: E402
 from test_gateway import STANDIN  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
@@ -59,35 +57,7 @@ class DashboardTest(unittest.TestCase):
         cls.origin = "http://localhost:%d" % cls.d.port
 
     def drive(self, *args):
-        ensure_chromium()
-        node = ensure_playwright()
-        profile = os.path.join(self.tmp, "chromium")
-        os.makedirs(profile, exist_ok=True)
-        env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, TMPDIR=profile)
-        proc = subprocess.Popen([node, "drive_dash.mjs", self.origin] + list(args), cwd=BROWSER_DIR,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, preexec_fn=harness._set_pdeathsig)
-        try:
-            out, err = proc.communicate(timeout=DRIVE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                out, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            self.fail("drive_dash.mjs did not finish within %d s\nstdout: %s\nstderr: %s"
-                      % (DRIVE_TIMEOUT, out.decode("utf-8", "replace")[-4000:], err.decode("utf-8", "replace")[-4000:]))
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        try:
-            r = json.loads(lines[-1])
-        except (IndexError, ValueError):
-            r = None
-        if proc.returncode != 0 or not isinstance(r, dict) or "error" in r:
-            seen = json.dumps(r, indent=1) if r else out.decode("utf-8", "replace")[-4000:]
-            self.fail("the browser run failed (exit %d)\n%s\nstderr: %s"
-                      % (proc.returncode, seen, err.decode("utf-8", "replace")[-4000:]))
-        return r
+        return drive_script(self, "drive_dash.mjs", self.origin, args, self.tmp, DRIVE_TIMEOUT)
 
     def test_progress_failure_countdown_keepalive(self):
         # one start of `slow` through the API first: the template's start history gives the ETA

@@ -35,8 +35,6 @@ import glob
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import unittest
@@ -45,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import test_gateway  # noqa: E402
 from harness import Devexd, RedisServer  # noqa: E402
-from test_browser_auth import BROWSER_DIR, CHROMIUM, ensure_chromium, ensure_playwright  # noqa: E402
+from test_browser_auth import drive_script  # noqa: E402
 
 DEV_CONF = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
 RUNNER_TESTS = os.path.join(harness.SOURCE_DIR, "tests", "runner")
@@ -82,36 +80,8 @@ class IdePageTest(unittest.TestCase):
         cls.d.sync_templates()
 
     def drive(self, *args):
-        ensure_chromium()
-        node = ensure_playwright()
         harness.npm_ci(RUNNER_TESTS, "diff-match-patch")
-        profile = os.path.join(self.tmp, "chromium")
-        os.makedirs(profile, exist_ok=True)
-        env = dict(os.environ, CHROMIUM_BIN=CHROMIUM, TMPDIR=profile)
-        proc = subprocess.Popen([node, "drive_ide.mjs", self.origin] + list(args), cwd=BROWSER_DIR,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, preexec_fn=harness._set_pdeathsig)
-        try:
-            out, err = proc.communicate(timeout=DRIVE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                out, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            self.fail("drive_ide.mjs did not finish within %d s\nstdout: %s\nstderr: %s"
-                      % (DRIVE_TIMEOUT, out.decode("utf-8", "replace")[-4000:], err.decode("utf-8", "replace")[-4000:]))
-        lines = out.decode("utf-8", "replace").strip().splitlines()
-        try:
-            r = json.loads(lines[-1])
-        except (IndexError, ValueError):
-            r = None
-        if proc.returncode != 0 or not isinstance(r, dict) or "error" in r:
-            seen = json.dumps(r, indent=1) if r else out.decode("utf-8", "replace")[-4000:]
-            self.fail("the browser run failed (exit %d)\n%s\nstderr: %s"
-                      % (proc.returncode, seen, err.decode("utf-8", "replace")[-4000:]))
-        return r
+        return drive_script(self, "drive_ide.mjs", self.origin, args, self.tmp, DRIVE_TIMEOUT)
 
     def test_edit_run_app_stop_start(self):
         shots = os.path.join(self.tmp, "shots")
