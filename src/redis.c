@@ -32,10 +32,17 @@
 #define REDIS_CONNECT_TIMEOUT_MS 2000
 #define REDIS_BACKOFF_MIN_MS 50
 #define REDIS_BACKOFF_MAX_MS 2000
+#define REDIS_MAX_SENTINELS 8
+#define REDIS_SENTINEL_TIMEOUT_MS 1000 /* per sentinel: a dead one must not hold up the next */
 
 typedef struct rcmd rcmd_t;
 
 typedef enum { CONN_DOWN = 0, CONN_CONNECTING, CONN_READY } conn_state_t;
+
+typedef struct {
+    char host[256];
+    int port;
+} redis_sentinel_t;
 
 typedef struct rconn {
     char *url;
@@ -51,6 +58,20 @@ typedef struct rconn {
     SSL_CTX *ssl_ctx;
     devex_redis_tls_t *tls_conn;
     char tls_error[256];
+    /* redis+sentinel://: host and port above are the primary the sentinels
+     * named last; each (re)connect asks them again, in order (sq_idx), on
+     * its own short-lived connection (sac), and the primary's ROLE is checked
+     * before the connection counts as ready */
+    int sentinel;
+    int nsentinels;
+    redis_sentinel_t sentinels[REDIS_MAX_SENTINELS];
+    char master_name[128];
+    int sq_idx;
+    redisAsyncContext *sac;
+    uint64_t sq_started_ns;
+    char sq_error[300];    /* why the last sentinel asked gave no primary */
+    char logged_error[320]; /* sentinel failures are logged once per distinct reason */
+    int role_unchecked_logged;
     redisAsyncContext *ac;
     conn_state_t state;
     uint64_t connect_started_ns;
@@ -166,8 +187,87 @@ static int pct_decode(const char *s, size_t n, char *out, size_t outlen)
     return 0;
 }
 
+/* Reads host[:port] (or [v6]:port) of n bytes at p; port stays as it is
+ * when the text names none. */
+static int parse_hostport(const char *p, size_t n, char *host, size_t hostsz, int *port, char *err, size_t errlen)
+{
+    const char *colon = NULL;
+    if (n > 0 && p[0] == '[') {
+        const char *close = memchr(p, ']', n);
+        if (!close) {
+            snprintf(err, errlen, "invalid IPv6 host in redis URL");
+            return -1;
+        }
+        size_t hn = (size_t)(close - p - 1);
+        if (hn == 0 || hn >= hostsz) {
+            snprintf(err, errlen, "invalid IPv6 host in redis URL");
+            return -1;
+        }
+        memcpy(host, p + 1, hn);
+        host[hn] = '\0';
+        if (close + 1 < p + n) {
+            if (close[1] != ':') {
+                snprintf(err, errlen, "invalid IPv6 host in redis URL");
+                return -1;
+            }
+            colon = close + 1;
+        }
+    } else {
+        colon = memchr(p, ':', n);
+        size_t hn = colon ? (size_t)(colon - p) : n;
+        if (hn == 0 || hn >= hostsz) {
+            snprintf(err, errlen, "missing host in redis URL");
+            return -1;
+        }
+        memcpy(host, p, hn);
+        host[hn] = '\0';
+    }
+    if (colon) {
+        char *end;
+        long v = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || end != p + n || v < 1 || v > 65535) {
+            snprintf(err, errlen, "invalid port in redis URL");
+            return -1;
+        }
+        *port = (int)v;
+    }
+    return 0;
+}
+
+/* The sentinel form's path: /master_name[/db]. A Sentinel master name is a
+ * plain word; anything else is more likely a mistake than a name. */
+static int parse_sentinel_path(rconn_t *c, const char *slash, char *err, size_t errlen)
+{
+    if (!slash || slash[1] == '\0' || slash[1] == '/') {
+        snprintf(err, errlen, "redis+sentinel URL needs the master name: redis+sentinel://host:port,.../mymaster[/db]");
+        return -1;
+    }
+    const char *name = slash + 1;
+    const char *end = strchr(name, '/');
+    size_t n = end ? (size_t)(end - name) : strlen(name);
+    if (n >= sizeof(c->master_name) || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") < n) {
+        snprintf(err, errlen, "invalid master name in redis+sentinel URL (letters, digits, '.', '_', '-')");
+        return -1;
+    }
+    memcpy(c->master_name, name, n);
+    c->master_name[n] = '\0';
+    if (end && end[1] != '\0') {
+        char *e;
+        long db = strtol(end + 1, &e, 10);
+        if (*e != '\0' || e == end + 1 || db < 0 || db > 1000000) {
+            snprintf(err, errlen, "invalid database number in redis URL");
+            return -1;
+        }
+        c->db = (int)db;
+    }
+    return 0;
+}
+
 /* Parses redis://[user:password@]host[:port][/db] (rediss:// the same, over
- * TLS), unix:///path[?db=N] or a bare /path to a socket. Returns 0 or -1 with
+ * TLS), unix:///path[?db=N], a bare /path to a socket, or
+ * redis+sentinel://[user:password@]host[:port][,host[:port]...]/master[/db]:
+ * the sentinels to ask for the primary named master (port 26379 by
+ * default); the credentials and db are the primary's. Returns 0 or -1 with
  * err. */
 static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
 {
@@ -188,13 +288,25 @@ static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
             c->db = atoi(q + 4);
         return 0;
     }
-    if (strncmp(url, "rediss://", 9) == 0)
+    size_t skip;
+    if (strncmp(url, "rediss://", 9) == 0) {
         c->tls = 1;
-    else if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "redis URL must start with redis://, rediss:// or unix://");
+        skip = 9;
+    } else if (strncmp(url, "redis://", 8) == 0) {
+        skip = 8;
+    } else if (strncmp(url, "redis+sentinel://", 17) == 0) {
+        c->sentinel = 1;
+        skip = 17;
+    } else if (strncmp(url, "rediss+sentinel://", 18) == 0) {
+        /* the sentinels' answers and the primary would each need TLS and
+         * names to verify against; not built */
+        snprintf(err, errlen, "redis: Sentinel over TLS (rediss+sentinel://) is not supported");
+        return -1;
+    } else {
+        snprintf(err, errlen, "redis URL must start with redis://, rediss://, redis+sentinel:// or unix://");
         return -1;
     }
-    const char *p = url + (c->tls ? 9 : 8);
+    const char *p = url + skip;
     const char *at = strrchr(p, '@');
     const char *slash = strchr(at ? at : p, '/');
     if (at && (!slash || at < slash)) {
@@ -212,39 +324,34 @@ static int parse_url(rconn_t *c, const char *url, char *err, size_t errlen)
         p = at + 1;
     }
     size_t hostlen = slash ? (size_t)(slash - p) : strlen(p);
-    const char *colon = NULL;
-    if (p[0] == '[') {
-        const char *close = memchr(p, ']', hostlen);
-        if (!close) {
-            snprintf(err, errlen, "invalid IPv6 host in redis URL");
-            return -1;
+    if (c->sentinel) {
+        const char *end = p + hostlen;
+        while (p < end) {
+            const char *comma = memchr(p, ',', (size_t)(end - p));
+            size_t n = comma ? (size_t)(comma - p) : (size_t)(end - p);
+            if (c->nsentinels == REDIS_MAX_SENTINELS) {
+                snprintf(err, errlen, "redis+sentinel URL: at most %d sentinels", REDIS_MAX_SENTINELS);
+                return -1;
+            }
+            redis_sentinel_t *s = &c->sentinels[c->nsentinels];
+            s->port = 26379;
+            if (parse_hostport(p, n, s->host, sizeof(s->host), &s->port, err, errlen) != 0)
+                return -1;
+            c->nsentinels++;
+            p = comma ? comma + 1 : end;
+            if (comma && p == end) {
+                snprintf(err, errlen, "missing host in redis URL");
+                return -1;
+            }
         }
-        size_t hn = (size_t)(close - p - 1);
-        if (hn >= sizeof(c->host))
-            return -1;
-        memcpy(c->host, p + 1, hn);
-        c->host[hn] = '\0';
-        if (close + 1 < p + hostlen && close[1] == ':')
-            colon = close + 1;
-    } else {
-        colon = memchr(p, ':', hostlen);
-        size_t hn = colon ? (size_t)(colon - p) : hostlen;
-        if (hn == 0 || hn >= sizeof(c->host)) {
+        if (c->nsentinels == 0) {
             snprintf(err, errlen, "missing host in redis URL");
             return -1;
         }
-        memcpy(c->host, p, hn);
-        c->host[hn] = '\0';
+        return parse_sentinel_path(c, slash, err, errlen);
     }
-    if (colon) {
-        char *end;
-        long port = strtol(colon + 1, &end, 10);
-        if (end != p + hostlen || port < 1 || port > 65535) {
-            snprintf(err, errlen, "invalid port in redis URL");
-            return -1;
-        }
-        c->port = (int)port;
-    }
+    if (parse_hostport(p, hostlen, c->host, sizeof(c->host), &c->port, err, errlen) != 0)
+        return -1;
     if (slash && slash[1] != '\0') {
         char *end;
         long db = strtol(slash + 1, &end, 10);
@@ -346,12 +453,43 @@ static void cmd_fail(rcmd_t *cmd, const char *code, const char *msg)
 }
 
 static void send_script_fallback(rcmd_t *cmd);
+static void set_error(struct rconn *c, const char *msg);
+
+/* A write refused because the server is a replica (Redis answers READONLY,
+ * from a script too). */
+static int is_readonly(const redisReply *r)
+{
+    return r->type == REDIS_REPLY_ERROR && r->len >= 8 && strncmp(r->str, "READONLY", 8) == 0;
+}
+
+/* The primary of a sentinel connection answered READONLY: drop the
+ * connection; the reconnect asks the sentinels for the new primary. */
+static void primary_demoted(rconn_t *c, redisAsyncContext *ac)
+{
+    if (c->ac != ac || (ac->c.flags & REDIS_DISCONNECTING))
+        return;
+    char msg[400];
+    snprintf(msg, sizeof(msg), "%s:%d is no longer the primary (READONLY); asking the sentinels again", c->host,
+             c->port);
+    set_error(c, msg);
+    devex_logf(DEVEX_LOG_WARN, "redis: %s", msg);
+    redisAsyncDisconnect(ac);
+}
 
 static void on_reply(redisAsyncContext *ac, void *r_, void *privdata)
 {
     rcmd_t *cmd = privdata;
     redisReply *r = r_;
     cmd->remaining--;
+    if (r != NULL && is_readonly(r) && cmd->conn->sentinel) {
+        /* the primary was made a replica (a failover it survived): the
+         * command fails as "unavailable", like one cut off by a disconnect */
+        primary_demoted(cmd->conn, ac);
+        if (cmd->pipeline)
+            cmd->failed = 1;
+        else
+            r = NULL;
+    }
     if (cmd->op.task != NULL) {
         if (r == NULL) {
             cmd_fail(cmd, "unavailable", cmd->conn->last_error[0] ? cmd->conn->last_error : "redis connection lost");
@@ -440,19 +578,60 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     schedule_retry(c);
 }
 
+/* privdata of the handshake's commands: NULL, or the last one (LAST, or
+ * ROLE, which a sentinel connection sends last) */
+#define HS_LAST ((void *)1)
+#define HS_ROLE ((void *)2)
+
+/* The ROLE reply of the server a sentinel named: 1 when it is the primary.
+ * Else the connection is dropped and the reconnect asks the sentinels again
+ * (an answer from a sentinel that has not seen the failover yet must not
+ * send writes to a replica). An ACL user without ROLE (it is in @dangerous)
+ * cannot check: the connection is used, and a write to a replica still
+ * comes back as READONLY, which makes devexd ask again. */
+static int role_ok(rconn_t *c, redisAsyncContext *ac, const redisReply *r)
+{
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (!c->role_unchecked_logged)
+            devex_logf(DEVEX_LOG_WARN,
+                       "redis: cannot check that %s:%d is the primary (ROLE: %s); allow +role to the ACL user",
+                       c->host, c->port, r->str);
+        c->role_unchecked_logged = 1;
+        return 1;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(r->element[0]->str, "master") == 0)
+        return 1;
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s:%d, named by the sentinels as the primary of '%s', is a %s; asking again",
+             c->host, c->port, c->master_name,
+             r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING
+                 ? r->element[0]->str
+                 : "server of unknown role");
+    set_error(c, msg);
+    devex_logf(DEVEX_LOG_WARN, "redis: %s", msg);
+    redisAsyncDisconnect(ac);
+    return 0;
+}
+
 static void on_handshake(redisAsyncContext *ac, void *r_, void *privdata)
 {
     rconn_t *c = ac->data;
     redisReply *r = r_;
     if (c == NULL || r == NULL || (ac->c.flags & REDIS_DISCONNECTING)) /* keep the first handshake error */
         return;
-    if (r->type == REDIS_REPLY_ERROR) {
+    if (r->type == REDIS_REPLY_ERROR && privdata != HS_ROLE) {
         set_error(c, r->str);
         devex_logf(DEVEX_LOG_ERROR, "redis handshake failed: %s", r->str);
         redisAsyncDisconnect(ac);
         return;
     }
+    if (privdata == HS_ROLE && !role_ok(c, ac, r))
+        return;
     if (privdata != NULL) { /* the last handshake command */
+        if (c->sentinel && c->last_error[0])
+            devex_logf(DEVEX_LOG_INFO, "redis: connected to the primary %s:%d of '%s'", c->host, c->port,
+                       c->master_name);
         c->state = CONN_READY;
         c->backoff_ms = 0;
         c->last_error[0] = '\0';
@@ -474,7 +653,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     /* AUTH and SELECT were queued first, so they run before any command */
-    if (c->state == CONN_CONNECTING && !c->password[0] && c->db == 0) {
+    if (c->state == CONN_CONNECTING && !c->password[0] && c->db == 0 && !c->sentinel) {
         c->state = CONN_READY;
         c->backoff_ms = 0;
         c->last_error[0] = '\0';
@@ -524,8 +703,142 @@ static void on_tls_event(void *arg, devex_redis_tls_t *t, devex_redis_tls_event_
     }
 }
 
+/* ---- Sentinel ---- */
+
+static void sentinel_ask(rconn_t *c);
+
+/* The sentinel being asked gave no primary (why): ask the next one. */
+static void sentinel_next(rconn_t *c, const char *why)
+{
+    const redis_sentinel_t *s = &c->sentinels[c->sq_idx];
+    snprintf(c->sq_error, sizeof(c->sq_error), "sentinel %s:%d: %s", s->host, s->port, why);
+    c->sq_idx++;
+    sentinel_ask(c);
+}
+
+/* Ends the query connection without calling back into the query. */
+static void sentinel_drop(rconn_t *c, int free_now)
+{
+    redisAsyncContext *ac = c->sac;
+    if (ac == NULL)
+        return;
+    c->sac = NULL;
+    ac->data = NULL;
+    if (free_now)
+        redisAsyncFree(ac); /* calls the pending reply callback with NULL, which ignores it */
+    else
+        redisAsyncDisconnect(ac); /* from one of its callbacks: hiredis frees it after */
+}
+
+static void on_sentinel_connect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *c = ac->data;
+    if (c == NULL || c->sac != ac || status == REDIS_OK)
+        return;
+    c->sac = NULL; /* hiredis frees the context after this callback */
+    sentinel_next(c, ac->errstr[0] ? ac->errstr : "connect failed");
+}
+
+static void on_sentinel_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    rconn_t *c = ac->data;
+    if (c == NULL || c->sac != ac)
+        return;
+    c->sac = NULL;
+    sentinel_next(c, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void on_sentinel_reply(redisAsyncContext *ac, void *r_, void *privdata)
+{
+    (void)privdata;
+    rconn_t *c = ac->data;
+    redisReply *r = r_;
+    if (c == NULL || c->sac != ac || r == NULL) /* NULL: the disconnect callback follows */
+        return;
+    char why[300];
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING && r->element[0]->len > 0 &&
+        r->element[0]->len < sizeof(c->host)) {
+        char *end;
+        long port = strtol(r->element[1]->str, &end, 10);
+        if (*end == '\0' && port >= 1 && port <= 65535) {
+            if (strcmp(c->host, r->element[0]->str) != 0 || c->port != (int)port)
+                devex_logf(DEVEX_LOG_INFO, "redis: sentinel %s:%d names %s:%ld as the primary of '%s'",
+                           c->sentinels[c->sq_idx].host, c->sentinels[c->sq_idx].port, r->element[0]->str, port,
+                           c->master_name);
+            memcpy(c->host, r->element[0]->str, r->element[0]->len + 1);
+            c->port = (int)port;
+            c->logged_error[0] = '\0';
+            sentinel_drop(c, 0);
+            conn_start(c, redisAsyncConnect(c->host, c->port));
+            return;
+        }
+    }
+    if (r->type == REDIS_REPLY_NIL)
+        snprintf(why, sizeof(why), "does not know a primary named '%s'", c->master_name);
+    else if (r->type == REDIS_REPLY_ERROR)
+        snprintf(why, sizeof(why), "%s", r->str);
+    else
+        snprintf(why, sizeof(why), "unexpected answer to SENTINEL get-master-addr-by-name");
+    sentinel_drop(c, 0);
+    sentinel_next(c, why);
+}
+
+/* Asks sentinel sq_idx (then the next ones) for the primary; when none
+ * names one, the connection is down until the next retry. */
+static void sentinel_ask(rconn_t *c)
+{
+    while (c->sq_idx < c->nsentinels) {
+        const redis_sentinel_t *s = &c->sentinels[c->sq_idx];
+        redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
+        if (ac == NULL || ac->err) {
+            snprintf(c->sq_error, sizeof(c->sq_error), "sentinel %s:%d: %s", s->host, s->port,
+                     ac ? ac->errstr : "out of memory");
+            if (ac)
+                redisAsyncFree(ac);
+            c->sq_idx++;
+            continue;
+        }
+        if (devex_redis_uv_attach(ac, devex_worker_loop(devex_worker_current())) != 0) {
+            snprintf(c->sq_error, sizeof(c->sq_error), "cannot attach to the event loop");
+            redisAsyncFree(ac);
+            c->sq_idx++;
+            continue;
+        }
+        ac->data = c;
+        c->sac = ac;
+        c->sq_started_ns = devex_now_ns();
+        redisAsyncSetConnectCallback(ac, on_sentinel_connect);
+        redisAsyncSetDisconnectCallback(ac, on_sentinel_disconnect);
+        if (ac->ev.addWrite) /* as in conn_start: see the connect end */
+            ac->ev.addWrite(ac->ev.data);
+        const char *argv[3] = {"SENTINEL", "get-master-addr-by-name", c->master_name};
+        size_t lens[3] = {8, 23, strlen(c->master_name)};
+        redisAsyncCommandArgv(ac, on_sentinel_reply, NULL, 3, argv, lens);
+        return;
+    }
+    char msg[512];
+    snprintf(msg, sizeof(msg), "no sentinel named the primary of '%s' (%s)", c->master_name, c->sq_error);
+    set_error(c, msg);
+    if (strcmp(c->logged_error, c->last_error) != 0)
+        devex_logf(DEVEX_LOG_ERROR, "%s", c->last_error);
+    snprintf(c->logged_error, sizeof(c->logged_error), "%s", c->last_error);
+    c->state = CONN_DOWN;
+    schedule_retry(c);
+    attempt_ended(c);
+}
+
 static void conn_connect(rconn_t *c)
 {
+    if (c->sentinel) {
+        c->state = CONN_CONNECTING;
+        c->connect_started_ns = devex_now_ns();
+        c->sq_idx = 0;
+        c->sq_error[0] = '\0';
+        sentinel_ask(c);
+        return;
+    }
     if (c->tls) {
         char err[256];
         c->state = CONN_CONNECTING;
@@ -570,18 +883,23 @@ static void conn_start(rconn_t *c, redisAsyncContext *ac)
      * refused or completed connect is seen even with nothing queued */
     if (ac->ev.addWrite)
         ac->ev.addWrite(ac->ev.data);
-    int nhs = (c->password[0] ? 1 : 0) + (c->db ? 1 : 0);
+    int nhs = (c->password[0] ? 1 : 0) + (c->db ? 1 : 0) + (c->sentinel ? 1 : 0);
     if (c->password[0]) {
         const char *argv[3] = {"AUTH", c->user[0] ? c->user : c->password, c->password};
         size_t lens[3] = {4, strlen(argv[1]), strlen(argv[2])};
-        redisAsyncCommandArgv(ac, on_handshake, nhs == 1 ? (void *)1 : NULL, c->user[0] ? 3 : 2, argv, lens);
+        redisAsyncCommandArgv(ac, on_handshake, nhs == 1 ? HS_LAST : NULL, c->user[0] ? 3 : 2, argv, lens);
     }
     if (c->db) {
         char db[16];
         snprintf(db, sizeof(db), "%d", c->db);
         const char *argv[2] = {"SELECT", db};
         size_t lens[2] = {6, strlen(db)};
-        redisAsyncCommandArgv(ac, on_handshake, (void *)1, 2, argv, lens);
+        redisAsyncCommandArgv(ac, on_handshake, c->sentinel ? NULL : HS_LAST, 2, argv, lens);
+    }
+    if (c->sentinel) {
+        const char *argv[1] = {"ROLE"};
+        size_t lens[1] = {4};
+        redisAsyncCommandArgv(ac, on_handshake, HS_ROLE, 1, argv, lens);
     }
 }
 
@@ -618,6 +936,10 @@ static void on_tick(uv_timer_t *h)
         redisAsyncFree(ac);
         schedule_retry(c);
         attempt_ended(c);
+    }
+    if (c->sac && now - c->sq_started_ns > REDIS_SENTINEL_TIMEOUT_MS * 1000000ull) {
+        sentinel_drop(c, 1);
+        sentinel_next(c, "no answer in time");
     }
     if (c->waiters)
         wake_waiters(c, 1, now);
@@ -704,6 +1026,7 @@ void devex_redis_thread_cleanup(void)
             devex_redis_tls_close(c->tls_conn);
             c->tls_conn = NULL;
         }
+        sentinel_drop(c, 1);
         uv_close((uv_handle_t *)&c->retry_timer, NULL);
         uv_close((uv_handle_t *)&c->tick, NULL);
         uv_timer_stop(&c->wake_timer);
@@ -1075,7 +1398,25 @@ int devex_redis_url_target(const char *url, devex_redis_target_t *t, char *err, 
         memcpy(t->user, c->user, sizeof(t->user));
         memcpy(t->password, c->password, sizeof(t->password));
         t->db = c->db;
+        t->sentinel = c->sentinel;
     }
     free(c);
     return rc;
+}
+
+/* The primary this worker's client of a redis+sentinel:// url is connected
+ * to, once its ROLE was checked (redis.h). The key of a client made without
+ * TLS options is the URL and three empty lines (conn_get). */
+int devex_redis_current_primary(const char *url, char *host, size_t hostlen, int *port)
+{
+    size_t n = strlen(url);
+    for (rconn_t *c = conns; c; c = c->next)
+        if (c->sentinel && strncmp(c->url, url, n) == 0 && strcmp(c->url + n, "\n\n\n") == 0) {
+            if (c->state != CONN_READY || strlen(c->host) >= hostlen)
+                return -1;
+            memcpy(host, c->host, strlen(c->host) + 1);
+            *port = c->port;
+            return 0;
+        }
+    return -1;
 }

@@ -18,8 +18,15 @@ typedef struct {
     char user[128];
     char password[256];
     int db;
+    int sentinel; /* redis+sentinel://: host and port are not set; ask devex_redis_current_primary */
 } devex_redis_target_t;
 int devex_redis_url_target(const char *url, devex_redis_target_t *t, char *err, size_t errlen);
+
+/* For a redis+sentinel:// URL: the primary that this worker's devex.redis
+ * client of the same URL found through the sentinels and checked (ROLE), so
+ * redis_track.c follows the same server. 0, or -1 while there is none (the
+ * client is down, re-resolving, or not made yet). */
+int devex_redis_current_primary(const char *url, char *host, size_t hostlen, int *port);
 
 /* redis_track.c: closes this worker thread's invalidation connections. */
 void devex_redis_track_thread_cleanup(void);

@@ -31,6 +31,11 @@
  *
  * rediss:// (TLS) is not supported here: open() answers nil, err and the
  * caches stay off (every read goes to Redis, as without this file).
+ *
+ * redis+sentinel://: this connection goes to the primary that the worker's
+ * devex.redis client of the same URL found through the sentinels (and
+ * checked with ROLE); while that client has none, or has moved to another
+ * (a failover), the stream is not ready and reconnects to the new one.
  */
 #include "devex.h"
 #include "log.h"
@@ -344,9 +349,33 @@ static void on_poll(uv_poll_t *h, int status, int events)
         t_read(t);
 }
 
+/* redis+sentinel://: the tracker follows the primary the worker's client
+ * found and checked; 1 while that is the server this connection is to. A
+ * different one (a failover) drops the connection, and so the caches: the
+ * new primary's tracking state knows nothing of what was cached. */
+static int t_primary_same(tracker_t *t)
+{
+    char host[256];
+    int port;
+    if (devex_redis_current_primary(t->url, host, sizeof(host), &port) != 0)
+        return 0; /* the client is between primaries: nothing can be trusted */
+    if (t->state != T_DOWN && (strcmp(host, t->target.host) != 0 || port != t->target.port)) {
+        char why[320];
+        snprintf(why, sizeof(why), "the primary moved to %s:%d", host, port);
+        t_fail(t, why);
+        return 0;
+    }
+    return 1;
+}
+
 static void t_connect(tracker_t *t)
 {
     const devex_redis_target_t *g = &t->target;
+    if (g->sentinel &&
+        devex_redis_current_primary(t->url, t->target.host, sizeof(t->target.host), &t->target.port) != 0) {
+        t_fail(t, "waiting for the client to find the primary through the sentinels");
+        return;
+    }
     t->rc = g->unix_path[0] ? redisConnectUnixNonBlock(g->unix_path) : redisConnectNonBlock(g->host, g->port);
     if (t->rc == NULL || t->rc->err) {
         char why[256];
@@ -392,10 +421,14 @@ static void on_tick(uv_timer_t *h)
         break;
     case T_CONNECTING:
     case T_HANDSHAKE:
+        if (t->target.sentinel && !t_primary_same(t))
+            break;
         if (now - t->started_ns > TRACK_CONNECT_MS * 1000000ull)
             t_fail(t, "connect timed out");
         break;
     case T_READY:
+        if (t->target.sentinel && !t_primary_same(t))
+            break;
         if (now - t->last_seen_ns > TRACK_DEAD_MS * 1000000ull) {
             t_fail(t, "no answer to PING");
         } else if (now - t->last_ping_ns >= TRACK_PING_MS * 1000000ull) {
@@ -538,7 +571,8 @@ static int l_poll(lua_State *L)
 {
     tracker_t *t = check_tracker(L);
     t_drain(t);
-    int ready = t->state == T_READY && devex_now_ns() - t->last_seen_ns <= TRACK_DEAD_MS * 1000000ull;
+    int ready = t->state == T_READY && devex_now_ns() - t->last_seen_ns <= TRACK_DEAD_MS * 1000000ull &&
+                (!t->target.sentinel || t_primary_same(t));
     lua_pushboolean(L, ready);
     lua_pushinteger(L, (lua_Integer)t->epoch);
     lua_pushinteger(L, (lua_Integer)t->seq);
