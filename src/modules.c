@@ -5,6 +5,7 @@
  */
 #include "devex.h"
 #include "crypto.h"
+#include "errors.h"
 #include "json.h"
 #include "log.h"
 #include "oauth.h"
@@ -42,6 +43,7 @@ static const luaL_Reg devex_modules[] = {
     {"devex.fs", luaopen_devex_fs},
     {"devex.smtp", luaopen_devex_smtp}, /* the magic-link mail: lua/auth/mail.lua */
     {"devex.stream", luaopen_devex_stream}, /* streamed bodies: the session event stream */
+    {"devex.error", luaopen_devex_error},   /* the one error shape (errors.c) */
     {NULL, NULL},
 };
 

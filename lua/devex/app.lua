@@ -7,7 +7,10 @@
 -- A handler returns `status, body, headers`; a table body is sent as JSON.
 -- Errors raised with app.error(status, body) become that response; any other
 -- Lua error becomes 500 {"error":"internal error","request_id":...} and is
--- logged with its traceback.
+-- logged with its traceback. An error *returned* by the layers below (a
+-- devex.error: primitives, drivers, storage, the REPL domain) becomes its
+-- HTTP answer in app.fail(err), the one place that mapping is made; handlers
+-- write `return app.reply(service.list(req.user))`.
 local router = require("devex.router")
 local json = require("devex.json")
 local log = require("devex.log")
@@ -27,6 +30,43 @@ function M.error(status, body, headers)
 end
 
 function M.is_error(e) return getmetatable(e) == HttpError end
+
+local derror = require("devex.error")
+
+-- the status of an error that does not carry one, by its code
+local STATUS_OF_CODE = {
+  unavailable = 503, timeout = 504, invalid_input = 400, not_found = 404, conflict = 409, limit = 429,
+}
+
+-- fail(err) -> status, body: the HTTP answer of a returned error. A
+-- devex.error answers its status (or, without one, the status its code
+-- implies, else 500) with {"error": err.message} plus err.fields. The
+-- domain (repl.service, repl.sessions) wraps the errors of drivers and
+-- upstreams, whose status is the upstream's, before they reach a route.
+-- Anything else is a bug below: logged, answered 500 "internal error".
+function M.fail(err)
+  if derror.is(err) then
+    local st = err.status
+    if math.type(st) ~= "integer" or st < 400 or st > 599 then st = STATUS_OF_CODE[err.code] or 500 end
+    local body = { error = tostring(err.message or err.code) }
+    if type(err.fields) == "table" then
+      for k, v in pairs(err.fields) do
+        if k ~= "error" then body[k] = v end
+      end
+    end
+    return st, body
+  end
+  metrics.counter("devex_lua_errors_total", { where = "request" })
+  log.error("a route got an error that is not a devex.error", { error = tostring(err) })
+  return 500, { error = "internal error" }
+end
+
+-- reply(value, err) -> 200, value; or the answer of err (app.fail) when
+-- value is nil or false.
+function M.reply(v, err)
+  if v == nil or v == false then return M.fail(err) end
+  return 200, v
+end
 
 -- ---- request -------------------------------------------------------------
 

@@ -60,14 +60,8 @@ local M = {}
 local Client = {}
 Client.__index = Client
 
--- the shared devex.error metatable
-local errmt = getmetatable(select(2, kc.kubeconfig("/nonexistent/devexd/kubeconfig")))
-
-local function E(code, message, status, extra)
-  local e = setmetatable({ code = code, message = message or code, status = status }, errmt)
-  if extra then for k, v in pairs(extra) do e[k] = v end end
-  return e
-end
+-- errors: devex.error values (the shape every primitive returns)
+local E = require("devex.error").new
 M.error = E
 
 local function bad(msg) return nil, E("invalid_input", msg) end

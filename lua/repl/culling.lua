@@ -68,20 +68,21 @@ function M.info(meta, now)
   return out
 end
 
--- keepalive(meta) -> info | nil, {status, body}
+-- keepalive(meta) -> info | nil, err (a devex.error with the HTTP status)
 function M.keepalive(meta, now)
+  local derror = require("devex.error")
   now = now or os.time()
-  if meta.state ~= "running" then return nil, { status = 409, body = { error = "repl is not running" } } end
+  if meta.state ~= "running" then return nil, derror.http(409, "repl is not running") end
   local _, _, _, kmax = knobs()
   local r, err = rds.client()
-  if not r then return nil, { status = 503, body = { error = "store unavailable: " .. tostring(err) } } end
+  if not r then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
   local skey = store.session_key(meta.id)
   local used
   used, err = r:call("HINCRBY", skey, "keepalives", 1)
-  if not used then return nil, { status = 503, body = { error = "store unavailable: " .. tostring(err) } } end
+  if not used then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
   if used > kmax then
     r:call("HINCRBY", skey, "keepalives", -1)
-    return nil, { status = 429, body = { error = "keepalive limit reached", code = "keepalive_limit", limit = kmax } }
+    return nil, derror.http(429, "keepalive limit reached", { code = "keepalive_limit", limit = kmax })
   end
   r:call("HSET", skey, "last_keepalive", now)
   if activity.counts({ kind = "keepalive", repl = meta.id }) then

@@ -506,7 +506,7 @@ function M.handler(req)
   local service = require("repl.service")
   local store = require("repl.store")
   local meta, e = service.owned(req.user, req.params.id)
-  if not meta then return e.status, e.body end
+  if not meta then return require("devex.app").fail(e) end
   local cursor = req.headers["last-event-id"]
   if cursor ~= nil and not M.parse_id(cursor) then cursor = nil end
   local ready_url

@@ -9,6 +9,7 @@ local json = require("devex.json")
 local owners = require("auth.providers.common")
 local current = require("auth.current")
 local tracked = require("services.tracked")
+local derror = require("devex.error")
 
 local M = {}
 
@@ -17,10 +18,11 @@ for _, pattern in ipairs({ "/api/repl", "/api/repl/" }) do
   current.read_with_session("GET", pattern, { body = store.LIST_WITH_SESSION, args = store.list_with_session_args() })
 end
 
-local function fail(status, msg, extra)
-  local body = { error = msg }
-  for k, v in pairs(extra or {}) do body[k] = v end
-  return nil, { status = status, body = body }
+-- Errors are devex.error values carrying the HTTP status of the answer and
+-- any extra JSON fields (devex.error.http); the routes answer them with
+-- devex.app.fail, the one place an error becomes an HTTP response.
+local function fail(status, msg, fields)
+  return nil, derror.http(status, msg, fields)
 end
 
 local function storage()
@@ -119,7 +121,7 @@ function M.list(user)
   return out
 end
 
--- create(user, {template, replName}) -> view | nil, {status, body}
+-- create(user, {template, replName}) -> view | nil, err
 function M.create(user, input)
   if type(input) ~= "table" then return fail(400, "body must be a JSON object") end
   local template, name = input.template, input.replName
@@ -192,11 +194,12 @@ function M.owned(user, id)
   return meta
 end
 
--- delete(user, id) -> true | nil, {status, body}
+-- delete(user, id) -> true | nil, err
 function M.delete(user, id)
   local meta, e = M.owned(user, id)
   if not meta then return nil, e end
-  local sess = store.get_session(id)
+  local sess, serr = store.get_session(id)
+  if sess == nil then return fail(503, "store unavailable: " .. tostring(serr)) end
   if sess then
     local ok, err = M.stop(user, id)
     if not ok then return nil, err end

@@ -12,6 +12,7 @@ local store = require("repl.store")
 local runtime = require("runtime")
 local metrics = require("devex.metrics")
 local events = require("repl.events") -- the session event stream (issue #18)
+local derror = require("devex.error")
 
 -- metrics: how long a start took (only starts that made a workload)
 local function start_metric(t0, result)
@@ -20,8 +21,24 @@ end
 
 local M = {}
 
-local function fail(status, msg)
-  return nil, { status = status, body = { error = msg } }
+-- Errors are devex.error values carrying the HTTP status of the answer
+-- (devex.error.http; the routes answer them with devex.app.fail).
+local function fail(status, msg, fields)
+  return nil, derror.http(status, msg, fields)
+end
+
+local function unavailable(err) return fail(503, "store unavailable: " .. tostring(err)) end
+
+-- the status a driver's failure is answered with: its own when it is an
+-- HTTP error status, else 502 (the workload's platform failed)
+local function status_of(err)
+  local st = type(err) == "table" and err.status
+  if math.type(st) == "integer" and st >= 400 and st <= 599 then return st end
+  return 502
+end
+
+local function message_of(err)
+  return tostring(type(err) == "table" and err.message or err)
 end
 
 local function answer(meta, sess)
@@ -39,10 +56,13 @@ local function wait_running(meta)
   local deadline = timer.now() + start_deadline()
   while timer.now() < deadline do
     timer.sleep(0.2)
-    local m = store.get(meta.id)
+    local m, err = store.get(meta.id)
+    if m == nil then return unavailable(err) end
     if not m then return fail(404, "repl not found") end
     if m.state == "running" then
-      local sess = store.get_session(meta.id)
+      local sess
+      sess, err = store.get_session(meta.id)
+      if sess == nil then return unavailable(err) end
       if sess then return answer(m, sess) end
     elseif m.state ~= "starting" then
       return fail(502, "the concurrent start of this repl failed")
@@ -52,23 +72,28 @@ local function wait_running(meta)
 end
 
 function M.start(meta)
-  local sess = store.get_session(meta.id)
+  local sess, serr = store.get_session(meta.id)
+  if sess == nil then return unavailable(serr) end
   if sess and meta.state == "running" then return answer(meta, sess) end
   if meta.state == "starting" then return wait_running(meta) end
   -- the sessions_per_user check and the move to "starting" are one script
   -- (repl.store.reserve_session): atomic across workers and replicas
   local limit = policy.quota.sessions_per_user
   local prev, err, in_use = store.reserve_session(meta, limit, { "created", "stopped", "failed" })
-  if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == nil then return unavailable(err) end
   if prev == false and err == "limit" then
-    return nil, { status = 429, body = { error = "session limit reached", limit = limit,
-      code = "quota", in_use = in_use, message = events.sentence("quota", in_use, limit) } }
+    return fail(429, "session limit reached", { limit = limit, code = "quota", in_use = in_use,
+      message = events.sentence("quota", in_use, limit) })
   end
   if prev == false then
-    local m = store.get(meta.id)
+    local m
+    m, err = store.get(meta.id)
+    if m == nil then return unavailable(err) end
     if m and m.state == "starting" then return wait_running(m) end
     if m and m.state == "running" then
-      local s2 = store.get_session(meta.id)
+      local s2
+      s2, err = store.get_session(meta.id)
+      if s2 == nil then return unavailable(err) end
       if s2 then return answer(m, s2) end
     end
     return fail(409, "repl is " .. tostring(m and m.state or "gone"))
@@ -86,14 +111,13 @@ function M.start(meta)
   info, err = driver:start(meta, { token = token, deadline = start_deadline() })
   if not info then
     start_metric(t0, "error")
-    log.error("repl start failed", { repl = meta.id, error = tostring(err and err.message or err) })
+    log.error("repl start failed", { repl = meta.id, error = message_of(err) })
     driver:remove(meta) -- whatever it made
     store.transition(meta.id, prev, { "starting" })
-    local status = (type(err) == "table" and err.status) or 502
+    local status = status_of(err)
     local f = events.failure(meta.id, err, status)
     events.emit(meta.id, "failed", f)
-    return nil, { status = status, body = { error = "start failed: " .. tostring(type(err) == "table" and err.message or err),
-      code = f.code, message = f.message } }
+    return fail(status, "start failed: " .. message_of(err), { code = f.code, message = f.message })
   end
   local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
                    token_hash = crypto.sha256_hex(token), driver = driver.name }
@@ -110,7 +134,7 @@ function M.start(meta)
     store.transition(meta.id, prev, { "starting" })
     events.emit(meta.id, "failed", { code = "start_failed", message = events.sentence("start_failed") })
     if ok == false then return fail(409, "the repl changed or was deleted during the start") end
-    return fail(503, "store unavailable: " .. tostring(err))
+    return unavailable(err)
   end
   start_metric(t0, "ok")
   events.emit(meta.id, "ready", { url = fields.url })
@@ -126,7 +150,7 @@ function M.stop(meta)
   -- other removes it, and one would fail "files not saved". The lock expires
   -- after cleanup.stuck_after, when the sweep would retry a stop anyway.
   local lock, err = store.lock_stop(meta.id, tonumber(policy.cleanup.stuck_after) or 300)
-  if lock == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if lock == nil then return unavailable(err) end
   if lock == false then return fail(409, "a stop of this repl is in progress") end
   local ok, res, e = pcall(stop_locked, meta)
   store.unlock_stop(meta.id, lock)
@@ -136,21 +160,24 @@ end
 
 stop_locked = function(meta)
   local prev, err = store.transition(meta.id, "stopping", { "running", "stopping", "starting" })
-  if prev == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if prev == nil then return unavailable(err) end
   if prev == false then
     if meta.state == "created" or meta.state == "stopped" then return true end -- nothing runs
     return fail(409, "repl is " .. tostring(meta.state))
   end
   events.emit(meta.id, "stopping")
-  local sess = store.get_session(meta.id) or {}
+  -- (a failed read leaves the REPL "stopping": the sweep retries the stop)
+  local sess
+  sess, err = store.get_session(meta.id)
+  if sess == nil then return unavailable(err) end
+  sess = sess or {}
   local driver = runtime.driver()
   local ok
   ok, err = driver:stop(meta, sess)
   if not ok then
-    log.error("repl stop: files not saved, workload kept", { repl = meta.id, error = tostring(err and err.message or err) })
-    pcall(require("repl.sweep").save_failed, meta.id, type(err) == "table" and err.message or err) -- counted, flagged at N
-    return fail((type(err) == "table" and err.status) or 502,
-      "stop failed, files not saved: " .. tostring(type(err) == "table" and err.message or err))
+    log.error("repl stop: files not saved, workload kept", { repl = meta.id, error = message_of(err) })
+    pcall(require("repl.sweep").save_failed, meta.id, message_of(err)) -- counted, flagged at N
+    return fail(status_of(err), "stop failed, files not saved: " .. message_of(err))
   end
   store.end_session(meta.id)
   store.transition(meta.id, "stopped", { "stopping" })
@@ -161,9 +188,12 @@ stop_locked = function(meta)
 end
 
 -- The runner's own calls carry its session token; only the hash is stored.
+-- check_runner(id, token) -> true | false | nil, err (the store failed: the
+-- caller answers 503, never "unauthorized" or "not found")
 function M.check_runner(id, token)
   if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
-  local sess = store.get_session(id)
+  local sess, err = store.get_session(id)
+  if sess == nil then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
   if not sess or not sess.token_hash then return false end
   return crypto.equal(crypto.sha256_hex(token), sess.token_hash)
 end

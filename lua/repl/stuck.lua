@@ -69,7 +69,7 @@ function M.retry(id)
   require("repl.sweep").save_ok(id)
   local ok
   ok, err = require("repl.sessions").stop(m)
-  if not ok then return nil, type(err) == "table" and err.body and err.body.error or tostring(err) end
+  if not ok then return nil, type(err) == "table" and err.message or tostring(err) end
   return true
 end
 

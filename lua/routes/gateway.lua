@@ -40,8 +40,9 @@ local function owner_of(id)
   local now = timer.now()
   local o = owners[id]
   if o and o.expires > now then return o.owner end
-  local meta = store.get(id)
-  if not meta then return nil end
+  local meta, err = store.get(id)
+  if meta == nil then return nil, err end -- the store failed: not "no such REPL"
+  if not meta then return false end
   if not o then
     if nowners >= OWNERS_MAX then owners, nowners = {}, 0 end
     nowners = nowners + 1
@@ -67,7 +68,9 @@ local function pass(req, id, rest, prefix, mcp)
   local s, err = current.load(req)
   if s == nil then return current.unavailable(err) end
   if not s or not service.valid_id(id) then return 404, NOT_FOUND end
-  if owner_of(id) ~= req.user.owner then return 404, NOT_FOUND end
+  local owner, oerr = owner_of(id)
+  if owner == nil then return current.unavailable(oerr) end
+  if owner ~= req.user.owner then return 404, NOT_FOUND end
   local endpoint, mcp_endpoint = store.session_endpoints(id)
   if endpoint == nil then return 503, { error = "session store unavailable" } end
   -- (the owner learns why; the status stays that of a REPL with nothing to reach)

@@ -9,11 +9,8 @@ local tasks = require("devex.tasks")
 local json = require("devex.json")
 local log = require("devex.log")
 local timer = require("devex.timer")
-
-local function reply(v, err)
-  if v == nil then return err.status, err.body end
-  return 200, v
-end
+local app_errors = require("devex.app") -- reply/fail: a returned error as its HTTP answer
+local reply, fail = app_errors.reply, app_errors.fail
 
 -- The runner token: "Authorization: Bearer <token>".
 local function runner_token(req)
@@ -21,11 +18,14 @@ local function runner_token(req)
   return h and h:match("^[Bb]earer%s+(%S+)$")
 end
 
+-- (a store that cannot be read answers 503: never 401 or 404 for a session
+-- that may well exist)
 local function runner(req, next)
   local id = req.params.id
-  if not service.valid_id(id) or not sessions.check_runner(id, runner_token(req)) then
-    return 401, { error = "unauthorized" }
-  end
+  if not service.valid_id(id) then return 401, { error = "unauthorized" } end
+  local ok, err = sessions.check_runner(id, runner_token(req))
+  if ok == nil then return fail(err) end
+  if not ok then return 401, { error = "unauthorized" } end
   return next(req)
 end
 
@@ -42,7 +42,7 @@ return function(app)
 
   app:post("/api/repl/new", auth, ratelimit.per_user("create"), function(req)
     local repl, err = service.create(req.user, req:json())
-    if not repl then return err.status, err.body end
+    if not repl then return fail(err) end
     return 201, repl
   end)
 
@@ -57,41 +57,46 @@ return function(app)
 
   app:delete("/api/repl/session/:id", auth, ratelimit.per_user("stop"), function(req)
     local ok, err = service.stop(req.user, req.params.id)
-    if not ok then return err.status, err.body end
+    if not ok then return fail(err) end
     return 200, { message = "Session stopped" }
   end)
 
   -- when the session will be stopped and why; a keepalive postpones an idle stop (repl.culling)
   app:get("/api/repl/:id/activity", auth, function(req)
     local meta, e = service.owned(req.user, req.params.id)
-    if not meta then return e.status, e.body end
+    if not meta then return fail(e) end
     return 200, require("repl.culling").info(meta)
   end)
 
   app:post("/api/repl/:id/keepalive", auth, function(req)
     local meta, e = service.owned(req.user, req.params.id)
-    if not meta then return e.status, e.body end
+    if not meta then return fail(e) end
     return reply(require("repl.culling").keepalive(meta))
   end)
 
   app:delete("/api/repl/:id", auth, function(req)
     local ok, err = service.delete(req.user, req.params.id)
-    if not ok then return err.status, err.body end
+    if not ok then return fail(err) end
     return 200, { message = "Repl deleted" }
   end)
 
   -- the runner ends its own session when idle (token of that session only)
   app:delete("/api/runner/:id", runner, function(req)
-    local meta = store.get(req.params.id)
+    local meta, err = store.get(req.params.id)
+    if meta == nil then return 503, { error = "store unavailable: " .. tostring(err) } end
     if not meta then return 404, { error = "repl not found" } end
-    local ok, err = sessions.stop(meta)
-    if not ok then return err.status, err.body end
+    local ok
+    ok, err = sessions.stop(meta)
+    if not ok then return fail(err) end
     return 200, { message = "Session stopped" }
   end)
 
   app:post("/api/runner/:id/heartbeat", runner, function(req)
     local id = req.params.id
-    if require("repl.activity").counts({ kind = "heartbeat", repl = id }) then store.touch(id, nil, "heartbeat") end
+    if require("repl.activity").counts({ kind = "heartbeat", repl = id }) then
+      local ok, err = store.touch(id, nil, "heartbeat")
+      if not ok then return 503, { error = "store unavailable: " .. tostring(err) } end
+    end
     return 200, { ok = true }
   end)
 

@@ -46,6 +46,8 @@ local service = require("repl.service")
 local common = require("storage.common")
 local fs = require("devex.fs")
 local dstream = require("devex.stream")
+local derror = require("devex.error")
+local fail = require("devex.app").fail -- a returned error as its HTTP answer
 
 local M = {}
 
@@ -64,17 +66,26 @@ end
 -- The session token (while the REPL is starting: the start's token, whose
 -- hash repl.sessions puts in replMeta first), or the save token of a stop in
 -- progress (policy.sync: save_token_hash and save_token_expires in the
--- session hash).
+-- session hash). -> true | false | nil, err (the store failed: 503, never
+-- "unauthorized" for a token that may well be valid)
+local function unavailable(err) return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
+
 function M.check_token(id, token)
-  if sessions.check_runner(id, token) then return true end
+  local ok, err = sessions.check_runner(id, token)
+  if ok == nil then return nil, err end
+  if ok then return true end
   if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
   -- a start in progress (repl.sessions): its runner restores before the session exists
-  local meta = store.get(id)
+  local meta
+  meta, err = store.get(id)
+  if meta == nil then return unavailable(err) end
   if meta and meta.state == "starting" and meta.start_token_hash
       and crypto.equal(crypto.sha256_hex(token), meta.start_token_hash) then
     return true
   end
-  local sess = store.get_session(id)
+  local sess
+  sess, err = store.get_session(id)
+  if sess == nil then return unavailable(err) end
   if not sess or not sess.save_token_hash then return false end
   if (tonumber(sess.save_token_expires) or 0) < os.time() then return false end
   return crypto.equal(crypto.sha256_hex(token), sess.save_token_hash)
@@ -82,9 +93,10 @@ end
 
 local function runner(req, next)
   local id = req.params.id
-  if not service.valid_id(id) or not M.check_token(id, bearer(req)) then
-    return 401, { error = "unauthorized" }
-  end
+  if not service.valid_id(id) then return 401, { error = "unauthorized" } end
+  local ok, err = M.check_token(id, bearer(req))
+  if ok == nil then return fail(err) end
+  if not ok then return 401, { error = "unauthorized" } end
   return next(req)
 end
 
@@ -135,7 +147,8 @@ end
 
 -- the REPL's storage, and its prefix
 local function open(id)
-  local meta = store.get(id)
+  local meta, err = store.get(id)
+  if meta == nil then return nil, nil, 503, "store unavailable: " .. tostring(err) end
   if not meta then return nil, nil, 404, "repl not found" end
   local s, err = require("storage").open()
   if not s then return nil, nil, 503, "storage unavailable: " .. tostring(err) end
@@ -281,10 +294,16 @@ return function(app)
       -- a restore finished in a session that is already running: its pod was
       -- replaced, and the gateway must reach the new one (the driver asks the
       -- API server where it is)
-      local meta = store.get(req.params.id)
+      local meta, gerr = store.get(req.params.id)
+      if meta == nil then return 503, { error = "store unavailable: " .. tostring(gerr) } end
       local drv = meta and meta.state == "running" and require("runtime").driver()
+      local sess
       if drv and drv.refresh_endpoint then
-        local moved, err = drv:refresh_endpoint(meta, store.get_session(meta.id) or {})
+        sess, gerr = store.get_session(meta.id)
+        if sess == nil then return 503, { error = "store unavailable: " .. tostring(gerr) } end
+      end
+      if drv and drv.refresh_endpoint then
+        local moved, err = drv:refresh_endpoint(meta, sess or {})
         if moved == nil then
           log.warn("could not look up a restored session's new pod", { repl = meta.id, error = tostring(err) })
         end

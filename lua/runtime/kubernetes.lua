@@ -47,7 +47,10 @@ function M.new(conf)
   return setmetatable({ name = "kubernetes", namespace = kube.namespace or "default" }, Driver)
 end
 
-local function err(status, message) return nil, { status = status, message = message } end
+-- a failure of the driver: a devex.error with the HTTP status a start or
+-- stop that fails this way is answered with (repl.sessions)
+local derror = require("devex.error")
+local function err(status, message) return nil, derror.http(status, message) end
 
 local function client()
   local c, e = services.client()

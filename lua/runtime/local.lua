@@ -50,7 +50,10 @@ function M.new(config)
                         callback_socket = callback_socket, agent_env = rt.agent_env or {} }, Driver)
 end
 
-local function err(status, message) return nil, { status = status, message = message } end
+-- a failure of the driver: a devex.error with the HTTP status a start or
+-- stop that fails this way is answered with (repl.sessions)
+local derror = require("devex.error")
+local function err(status, message) return nil, derror.http(status, message) end
 
 function Driver:workspace(id) return self.dir .. "/" .. id end
 

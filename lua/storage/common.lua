@@ -2,19 +2,13 @@
 -- values (the devex.error shape: {code, message, status}, printable with
 -- tostring), and the bulk operations written once on top of a driver's
 -- list/copy/delete (copy_prefix, delete_prefix, a generic delete_many).
-local s3c = require("devex.s3")
 local tasks = require("devex.tasks")
 
 local M = {}
 
--- the shared devex.error metatable, taken from an error a primitive returns
-local errmt = getmetatable(select(2, s3c.parse_list("")))
-
-function M.error(code, message, status, extra)
-  local e = setmetatable({ code = code, message = message or code, status = status }, errmt)
-  if extra then for k, v in pairs(extra) do e[k] = v end end
-  return e
-end
+-- error(code, message, status, extra): a devex.error, the shape every
+-- primitive returns
+M.error = require("devex.error").new
 
 M.MAX_KEY = 1024
 
