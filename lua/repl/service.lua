@@ -65,10 +65,15 @@ end
 -- Owner column: the owner's login (the signed-in user's current one when
 -- given), never the owner key, which is for ownership only.
 -- lastSavedAt (epoch seconds of the last save the storage broker confirmed,
--- absent before the first) is an extra field the frontend ignores.
+-- absent before the first) is an extra field the frontend ignores; so are
+-- saveFailed (true once the sweep flagged the REPL: its stop could not save
+-- the files policy.sync.max_attempts times, and the operator must act) and
+-- saveError (the last save's failure), present only on a flagged REPL.
 function M.view(meta, active, login)
+  local flagged = meta.save_failed == "1"
   return { user = login or meta.login or meta.user, id = meta.id, name = meta.name, template = meta.template,
-           isActive = active and true or false, lastSavedAt = math.tointeger(tonumber(meta.lastSavedAt)) }
+           isActive = active and true or false, lastSavedAt = math.tointeger(tonumber(meta.lastSavedAt)),
+           saveFailed = flagged or nil, saveError = flagged and meta.save_error or nil }
 end
 
 -- The owner key of a signed-in user; nil for anything else (a login-keyed

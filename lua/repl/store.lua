@@ -211,7 +211,7 @@ return out
 -- comes from the session's user; A: the userRepls, replMeta and
 -- activeSession key prefixes, then the field names. Returns
 -- { owner, { fields of REPL 1, EXISTS of its session, ... } }.
-M.LIST_FIELDS = { "id", "name", "user", "login", "template", "created_at", "lastSavedAt" }
+M.LIST_FIELDS = { "id", "name", "user", "login", "template", "created_at", "lastSavedAt", "save_failed", "save_error" }
 M.LIST_WITH_SESSION = [[
 local owner = user.owner
 if type(owner) ~= 'string' or owner == '' then return false end

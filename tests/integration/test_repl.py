@@ -107,6 +107,31 @@ class ReplTest(unittest.TestCase):
         self.assertEqual(self.redis.call("SCARD", "devex:userRepls:gh_583231"), 0)
         self.assertEqual(b.get("/api/repl").body, b"[]")
 
+    def test_save_failed_in_the_view(self):
+        """A REPL the sweep flagged save_failed shows saveFailed and saveError
+        in GET /api/repl and /api/repl/ (extra fields the frontend ignores);
+        an unflagged one has neither, and clearing the flag removes them."""
+        b = self.login()
+        st, repl = self.create(b)
+        self.assertEqual(st, 201, repl)
+        rid = repl["id"]
+        for path in ("/api/repl", "/api/repl/"):
+            r = b.get(path)
+            self.assertEqual(r.status, 200, r.body)
+            self.assertNotIn("saveFailed", r.json()[0])
+            self.assertNotIn("saveError", r.json()[0])
+        # what repl.sweep.save_failed writes at policy.sync.max_attempts
+        self.redis.call("HSET", "devex:replMeta:" + rid, "save_failures", "3", "save_error",
+                        "storage: 503 SlowDown", "save_failed", "1")
+        for path in ("/api/repl", "/api/repl/"):
+            # the cached list is dropped when Redis reports the write (services.tracked)
+            harness.poll(lambda: b.get(path).json()[0].get("saveFailed") is True, "saveFailed in " + path)
+            v = b.get(path).json()[0]
+            self.assertEqual((v["id"], v["saveFailed"], v["saveError"]), (rid, True, "storage: 503 SlowDown"))
+        self.redis.call("HDEL", "devex:replMeta:" + rid, "save_failures", "save_error", "save_failed")
+        harness.poll(lambda: "saveFailed" not in b.get("/api/repl").json()[0], "saveFailed gone")
+        self.assertNotIn("saveError", b.get("/api/repl").json()[0])
+
     def test_input_validation(self):
         b = self.login()
         self.assertEqual(self.create(b, template="cobol")[0], 400)
