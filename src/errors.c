@@ -67,6 +67,7 @@ int devex_push_fail(lua_State *L, const char *code, const char *message, int sta
  */
 static int l_new(lua_State *L)
 {
+    lua_settop(L, 4); /* what is pushed below starts at 5 */
     const char *code = luaL_checkstring(L, 1);
     const char *message = lua_isnoneornil(L, 2) ? code : luaL_tolstring(L, 2, NULL);
     lua_Integer status = 0;
@@ -128,6 +129,7 @@ static const char *code_of_status(lua_Integer status)
  */
 static int l_http(lua_State *L)
 {
+    lua_settop(L, 3); /* what is pushed below starts at 4 */
     lua_Integer status = luaL_checkinteger(L, 1);
     luaL_argcheck(L, status >= 400 && status <= 599, 1, "an HTTP error status (400..599)");
     const char *message = luaL_checkstring(L, 2);
