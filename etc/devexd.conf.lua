@@ -51,7 +51,9 @@ return {
   },
 
   redis = {
-    url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "rediss", "unix" }),
+    -- or Sentinel: redis+sentinel://[user:pass@]host:26379,host2:26379/mymaster[/db]
+    -- (the sentinels name the primary; devexd follows a failover)
+    url = env.url("REDIS_URL", "redis://127.0.0.1:6379/0", { "redis", "rediss", "unix", "redis+sentinel" }),
     -- rediss:// only: PEM CAs to trust (default: the system's), and a client
     -- certificate and key when Redis asks for one (tls-auth-clients)
     ca_file = env.str("REDIS_CA_FILE"),

@@ -81,8 +81,11 @@ end
 M.redact = redact
 
 -- Schemes that look right but that this build cannot speak, and what to do
--- instead (none at the moment: rediss:// is spoken since src/redis_tls.c).
-local UNSUPPORTED = {}
+-- instead (rediss:// is spoken since src/redis_tls.c).
+local UNSUPPORTED = {
+  ["rediss+sentinel"] = "Sentinel over TLS is not supported: use redis+sentinel:// on a private network, "
+    .. "or rediss:// to one Redis",
+}
 
 -- A URL whose scheme is one of `schemes` (for example {"http", "https"}).
 -- unix:///path (a socket path, no host) is accepted when "unix" is one of

@@ -4,6 +4,9 @@
 -- module loads (and devexd starts) whether Redis is up or not.
 -- rediss:// is TLS (src/redis_tls.c): redis.ca_file (default: the system's
 -- CAs), and redis.cert_file + redis.key_file for a client certificate.
+-- redis+sentinel://[user:pass@]host:port,host:port/master[/db] finds the
+-- primary through Redis Sentinel and follows a failover (src/redis.c); the
+-- TLS files do not apply to it (Sentinel over TLS is not supported).
 local redis = require("devex.redis")
 local config = require("devex.config").get()
 

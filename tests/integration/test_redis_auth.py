@@ -203,7 +203,7 @@ class RedisUrlErrorsTest(unittest.TestCase):
             with self.subTest(url=redis_url):
                 p = self.check(redis_url)
                 self.assertEqual(p.returncode, 1, p.stdout)
-                self.assertIn("REDIS_URL: expected a redis or rediss or unix URL, got " + shown, p.stderr)
+                self.assertIn("REDIS_URL: expected a redis or rediss or unix or redis+sentinel URL, got " + shown, p.stderr)
                 self.assertNotIn(WRONG_PASSWORD, p.stderr + p.stdout)
 
     def test_rediss_is_accepted(self):
