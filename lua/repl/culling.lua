@@ -92,7 +92,31 @@ function M.keepalive(meta, now)
   return M.info(meta, now)
 end
 
--- warn(now, metas): the sweep leader's call. Sends `warning` (reason, stopAt,
+-- due_ids(now, limit) -> the ids of the sessions whose idle or lifetime stop
+-- falls within warning_lead from now, from the indexes (sessions:activity
+-- by last activity, sessions:started by start), at most `limit` of each:
+-- the sweep reads only these REPLs for warn(), not every running one.
+function M.due_ids(now, limit)
+  local idle_limit, max_lifetime, lead = knobs()
+  if lead <= 0 then return {} end
+  local r = rds.client()
+  if not r then return {} end
+  local out, seen = {}, {}
+  for _, ix in ipairs({ { store.activity_key(), idle_limit }, { store.started_key(), max_lifetime } }) do
+    -- a stop at t + span is in (now, now + lead] when t is in (now - span, now - span + lead]
+    local from = now - ix[2]
+    local res = r:call("ZRANGEBYSCORE", ix[1], "(" .. from, from + lead, "LIMIT", 0, limit or 1000)
+    for _, id in ipairs(type(res) == "table" and res or {}) do
+      if not seen[id] then
+        seen[id] = true
+        out[#out + 1] = id
+      end
+    end
+  end
+  return out
+end
+
+-- warn(now, metas): the sweep leader's call (metas: those of due_ids). Sends `warning` (reason, stopAt,
 -- in) once per deadline for every running session within warning_lead of
 -- its stop.
 function M.warn(now, metas)

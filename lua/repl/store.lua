@@ -4,6 +4,16 @@
 --   userRepls:{user}    set of the REPL ids a user owns
 --   activeSession:{id}  hash: the live session (started_at, endpoint, token_hash, ...)
 --   sessions:activity   sorted set: replId scored by last activity
+-- Indexes, so that the sweep reads only what is due (repl.sweep), kept in
+-- the same scripts that change what they index (no crash point between the
+-- two), and repaired by the sweep when it meets an entry that is wrong:
+--   replIdx:transit     sorted set: REPLs in starting/stopping/creating/deleting, by state_since
+--                       (not a stop flagged save_failed: the operator's, not the sweep's)
+--   replIdx:running     sorted set: running REPLs, by state_since
+--   replIdx:saveFailed  set: "stopping" REPLs flagged save_failed
+--   sessions:started    sorted set: sessions by started_at
+--   replIdx:version     set once the indexes were built from a SCAN (the
+--                       sweep does it when the key is absent: an upgrade)
 -- Changes that must hold together (quota check plus reservation, state
 -- transitions) are Lua scripts run atomically in Redis.
 local redis = require("services.redis")
@@ -16,6 +26,34 @@ M.meta_key = function(id) return key("replMeta", id) end
 M.user_key = function(user) return key("userRepls", user) end
 M.session_key = function(id) return key("activeSession", id) end
 M.activity_key = function() return key("sessions:activity") end
+M.transit_key = function() return key("replIdx:transit") end
+M.running_key = function() return key("replIdx:running") end
+M.save_failed_key = function() return key("replIdx:saveFailed") end
+M.started_key = function() return key("sessions:started") end
+M.index_version_key = function() return key("replIdx:version") end
+M.INDEX_VERSION = "1"
+M.TRANSIT_STATES = { starting = true, stopping = true, creating = true, deleting = true }
+
+-- The indexes of one REPL from its record, for the scripts that change the
+-- record: reindex(replMeta key, id, transit, running, saveFailed keys). A
+-- REPL that is gone leaves every index. Prepended to those scripts.
+M.REINDEX_LUA = [[
+local function reindex(mk, id, tk, rk, fk)
+  local v = redis.call('HMGET', mk, 'state', 'state_since', 'save_failed', 'last_active')
+  local st = v[1]
+  local since = tonumber(v[2]) or tonumber(v[4]) or 0
+  local flagged = st == 'stopping' and v[3] == '1'
+  if (st == 'starting' or st == 'stopping' or st == 'creating' or st == 'deleting') and not flagged then
+    redis.call('ZADD', tk, since, id)
+  else
+    redis.call('ZREM', tk, id)
+  end
+  if st == 'running' then redis.call('ZADD', rk, since, id) else redis.call('ZREM', rk, id) end
+  if flagged then redis.call('SADD', fk, id) else redis.call('SREM', fk, id) end
+end
+]]
+-- the index keys every such script takes after its own KEYS
+function M.index_keys() return M.transit_key(), M.running_key(), M.save_failed_key() end
 
 local function client()
   local r, err = redis.client()
@@ -30,7 +68,8 @@ end
 -- is read from the user's REPL records (not kept apart), so whatever removes
 -- a REPL (rollback, delete, the sweep) releases its slot with it.
 -- Returns 1 when reserved, 0 at the REPL limit, 2 at the per-template limit.
-local RESERVE = [[
+-- KEYS[3..5]: the indexes (M.index_keys).
+local RESERVE = M.REINDEX_LUA .. [[
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 local per = tonumber(ARGV[4])
 if per >= 0 then
@@ -42,6 +81,7 @@ if per >= 0 then
 end
 redis.call('SADD', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], unpack(ARGV, 6))
+reindex(KEYS[2], ARGV[2], KEYS[3], KEYS[4], KEYS[5])
 return 1
 ]]
 
@@ -57,22 +97,28 @@ function M.reserve(user, limit, fields, per_template)
     args[#args + 1] = tostring(v)
   end
   local res
-  res, err = r:eval(RESERVE, { M.user_key(user), M.meta_key(fields.id) }, table.unpack(args))
+  res, err = r:eval(RESERVE, { M.user_key(user), M.meta_key(fields.id), M.index_keys() }, table.unpack(args))
   if res == nil then return nil, err end
   if res == 1 then return true end
   return false, res == 2 and "template" or "repls"
 end
 
--- Removes a REPL's keys and its quota slot (rollback and delete).
+-- Removes a REPL's keys, its quota slot and its index entries (rollback and
+-- delete), in one script. KEYS: userRepls, replMeta, activeSession,
+-- sessions:activity, sessions:started, then M.index_keys. ARGV: id.
+local REMOVE = [[
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+for i = 4, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('SREM', KEYS[8], ARGV[1])
+return 1
+]]
 function M.remove(user, id)
   local r, err = client()
   if not r then return nil, err end
   local res
-  res, err = r:pipeline({
-    { "SREM", M.user_key(user), id },
-    { "DEL", M.meta_key(id), M.session_key(id) },
-    { "ZREM", M.activity_key(), id },
-  })
+  res, err = r:eval(REMOVE, { M.user_key(user), M.meta_key(id), M.session_key(id), M.activity_key(),
+    M.started_key(), M.index_keys() }, id)
   if not res then return nil, err end
   return true
 end
@@ -102,15 +148,16 @@ function M.unlock_stop(id, token)
   return r:eval(UNLOCK_STOP, { key("stopLock", id) }, token)
 end
 
--- KEYS: replMeta. ARGV: new state, now, allowed from-states...
--- Returns the previous state, or false when the REPL is gone or in a state
--- the transition does not start from.
-local TRANSITION = [[
+-- KEYS: replMeta, then M.index_keys. ARGV: new state, now, id, allowed
+-- from-states... Returns the previous state, or false when the REPL is gone
+-- or in a state the transition does not start from.
+local TRANSITION = M.REINDEX_LUA .. [[
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return false end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if ARGV[i] == cur then
     redis.call('HSET', KEYS[1], 'state', ARGV[1], 'state_since', ARGV[2])
+    reindex(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4])
     return cur
   end
 end
@@ -122,7 +169,7 @@ function M.transition(id, to, from)
   local r, err = client()
   if not r then return nil, err end
   local res
-  res, err = r:eval(TRANSITION, { M.meta_key(id) }, to, os.time(), table.unpack(from))
+  res, err = r:eval(TRANSITION, { M.meta_key(id), M.index_keys() }, to, os.time(), id, table.unpack(from))
   if res == nil then return nil, err end
   if res == json.null or res == false then return false end
   return res
@@ -140,7 +187,8 @@ end
 -- slot; there is no counter to drift.
 -- Returns { 1, previous state }, { 0, current state or false } when the REPL
 -- is gone or not in a from-state, { -1, sessions in use } at the limit.
-local RESERVE_SESSION = [[
+-- KEYS[3..5]: the indexes (M.index_keys).
+local RESERVE_SESSION = M.REINDEX_LUA .. [[
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return { 0, false } end
 local ok = false
@@ -156,6 +204,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 if n >= tonumber(ARGV[1]) then return { -1, n } end
 redis.call('HSET', KEYS[1], 'state', 'starting', 'state_since', ARGV[2])
+reindex(KEYS[1], ARGV[5], KEYS[3], KEYS[4], KEYS[5])
 return { 1, cur }
 ]]
 
@@ -165,7 +214,7 @@ function M.reserve_session(meta, limit, from)
   local r, err = client()
   if not r then return nil, err end
   local res
-  res, err = r:eval(RESERVE_SESSION, { M.meta_key(meta.id), M.user_key(meta.user) },
+  res, err = r:eval(RESERVE_SESSION, { M.meta_key(meta.id), M.user_key(meta.user), M.index_keys() },
     limit, os.time(), key("replMeta", ""), key("activeSession", ""), meta.id, table.unpack(from))
   if res == nil then return nil, err end
   if type(res) ~= "table" then return nil, "unexpected reply from the session reservation" end
@@ -305,6 +354,78 @@ function M.mark_saved(id, now)
   return res == 1
 end
 
+-- Index repair and build --------------------------------------------------
+
+-- KEYS: sessions:started, then M.index_keys. ARGV: the replMeta and
+-- activeSession key prefixes, then ids. Sets each id's index entries from
+-- its record (and its session's started_at): what the sweep calls for an
+-- entry it found wrong, and the upgrade's build calls for every REPL.
+local REINDEX_MANY = M.REINDEX_LUA .. [[
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  reindex(ARGV[1] .. id, id, KEYS[2], KEYS[3], KEYS[4])
+  local sa = tonumber(redis.call('HGET', ARGV[2] .. id, 'started_at'))
+  if sa and redis.call('EXISTS', ARGV[1] .. id) == 1 then
+    redis.call('ZADD', KEYS[1], sa, id)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return #ARGV - 2
+]]
+
+-- reindex(ids) -> count | nil, err
+function M.reindex(ids)
+  if #ids == 0 then return 0 end
+  local r, err = client()
+  if not r then return nil, err end
+  return r:eval(REINDEX_MANY, { M.started_key(), M.index_keys() }, key("replMeta", ""), key("activeSession", ""),
+    table.unpack(ids))
+end
+
+-- KEYS: M.index_keys. ARGV: the replMeta key prefix. The REPLs flagged
+-- save_failed (the gauge), each checked against its record on the way.
+local COUNT_FLAGGED = M.REINDEX_LUA .. [[
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do reindex(ARGV[1] .. id, id, KEYS[1], KEYS[2], KEYS[3]) end
+return redis.call('SCARD', KEYS[3])
+]]
+function M.count_save_failed()
+  local r, err = client()
+  if not r then return nil, err end
+  return r:eval(COUNT_FLAGGED, { M.index_keys() }, key("replMeta", ""))
+end
+
+-- build_indexes() -> REPLs indexed | false (already built) | nil, err. For
+-- a deployment that has REPLs from before the indexes: SCAN replMeta:* and
+-- reindex each batch, then set replIdx:version. The sweep calls it under its
+-- lock; a REPL changed meanwhile is indexed by the script that changed it,
+-- and reindexing it again from its record is idempotent.
+function M.build_indexes()
+  local r, err = client()
+  if not r then return nil, err end
+  local v
+  v, err = r:call("GET", M.index_version_key())
+  if v == nil then return nil, err end
+  if v == M.INDEX_VERSION then return false end
+  local cursor, n = "0", 0
+  local plen = #key("replMeta", "")
+  repeat
+    local res
+    res, err = r:call("SCAN", cursor, "MATCH", key("replMeta", "*"), "COUNT", 1000)
+    if type(res) ~= "table" then return nil, err end
+    cursor = res[1]
+    local ids = {}
+    for _, k in ipairs(res[2]) do ids[#ids + 1] = k:sub(plen + 1) end
+    local done
+    done, err = M.reindex(ids)
+    if done == nil then return nil, err end
+    n = n + #ids
+  until cursor == "0"
+  v, err = r:call("SET", M.index_version_key(), M.INDEX_VERSION)
+  if v == nil then return nil, err end
+  return n
+end
+
 -- Sessions ----------------------------------------------------------------
 
 function M.get_session(id)
@@ -363,8 +484,13 @@ function M.put_session(id, fields)
     args[#args + 1] = tostring(v)
   end
   local res
-  res, err = r:pipeline({ args, { "ZADD", M.activity_key(), os.time(), id },
-                           { "HSET", M.meta_key(id), "last_signal", "start" } })
+  local cmds = { args, { "ZADD", M.activity_key(), os.time(), id },
+                 { "HSET", M.meta_key(id), "last_signal", "start" } }
+  -- sessions:started, for the lifetime limit (the sweep heals an entry whose
+  -- session is gone)
+  local started = tonumber(fields.started_at)
+  if started then cmds[#cmds + 1] = { "ZADD", M.started_key(), started, id } end
+  res, err = r:pipeline(cmds)
   if not res then return nil, err end
   return true
 end
@@ -373,7 +499,8 @@ function M.end_session(id)
   local r, err = client()
   if not r then return nil, err end
   local res
-  res, err = r:pipeline({ { "DEL", M.session_key(id) }, { "ZREM", M.activity_key(), id } })
+  res, err = r:pipeline({ { "DEL", M.session_key(id) }, { "ZREM", M.activity_key(), id },
+                           { "ZREM", M.started_key(), id } })
   if not res then return nil, err end
   return true
 end

@@ -54,32 +54,23 @@ function M.release()
   if r then r:eval(RELEASE, { redis.key(LOCK) }, token) end
 end
 
-local function all_repl_ids(r)
-  local ids, cursor = {}, "0"
-  repeat
-    local res = r:call("SCAN", cursor, "MATCH", redis.key("replMeta", "*"), "COUNT", 500)
-    if not res then return nil end
-    cursor = res[1]
-    local plen = #redis.key("replMeta", "")
-    for _, k in ipairs(res[2]) do ids[#ids + 1] = k:sub(plen + 1) end
-  until cursor == "0"
-  return ids
-end
-
 -- Save failures of a stop (repl.sessions.stop records each): counted in the
 -- REPL's meta; at policy.sync.max_attempts the REPL is flagged save_failed.
-local NOTE_FAILURE = [[
+-- KEYS: replMeta, store.index_keys (the flag is indexed in replIdx:saveFailed).
+-- ARGV: the error, max_attempts, id.
+local NOTE_FAILURE = store.REINDEX_LUA .. [[
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local n = redis.call('HINCRBY', KEYS[1], 'save_failures', 1)
 redis.call('HSET', KEYS[1], 'save_error', ARGV[1])
 if n >= tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], 'save_failed', '1') end
+reindex(KEYS[1], ARGV[3], KEYS[2], KEYS[3], KEYS[4])
 return n
 ]]
 function M.save_failed(id, why)
   local r = redis.client()
   if not r then return nil end
   local max = math.tointeger(policy.sync.max_attempts) or 3
-  local n = r:eval(NOTE_FAILURE, { store.meta_key(id) }, tostring(why):sub(1, 500), max)
+  local n = r:eval(NOTE_FAILURE, { store.meta_key(id), store.index_keys() }, tostring(why):sub(1, 500), max, id)
   require("devex.metrics").counter("devex_repl_save_failures_total")
   if n == max then
     log.error("repl stop: the files could not be saved after " .. max .. " attempts; the sweep no longer retries"
@@ -89,9 +80,14 @@ function M.save_failed(id, why)
 end
 
 -- A save succeeded (or the operator resolved the REPL): the count starts over.
+local SAVE_OK = store.REINDEX_LUA .. [[
+redis.call('HDEL', KEYS[1], 'save_failures', 'save_error', 'save_failed')
+reindex(KEYS[1], ARGV[1], KEYS[2], KEYS[3], KEYS[4])
+return 1
+]]
 function M.save_ok(id)
   local r = redis.client()
-  if r then r:call("HDEL", store.meta_key(id), "save_failures", "save_error", "save_failed") end
+  if r then r:eval(SAVE_OK, { store.meta_key(id), store.index_keys() }, id) end
 end
 
 local function errmsg(err)
@@ -116,51 +112,125 @@ local function drop_repl(m)
   return store.remove(m.user, m.id)
 end
 
+-- At most this many entries of each index are taken per run (the rest the
+-- next run); one run's cost is bounded whatever the backlog.
+local BATCH = 1000
+
+-- ids of sorted set k scored in [min, max], lowest first, at most BATCH
+local function due(r, k, min, max)
+  local res = r:call("ZRANGEBYSCORE", k, min, max, "LIMIT", 0, BATCH)
+  return type(res) == "table" and res or {}
+end
+
+-- every id of sorted set k (the running and transitional REPLs: the
+-- comparisons with the runtime need all of them, one command)
+local function all_of(r, k)
+  local res = r:call("ZRANGE", k, 0, -1)
+  return type(res) == "table" and res or {}
+end
+
+-- a pipelined HGETALL's reply as a table; nil for an error reply
+local function hash(flat)
+  if type(flat) ~= "table" or flat.code ~= nil then return nil end
+  if type(flat) ~= "table" then return nil end
+  local t = {}
+  for i = 1, #flat - 1, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+-- One run reads only what is due, from the indexes repl.store keeps
+-- (replIdx:transit, replIdx:running, replIdx:saveFailed, sessions:started,
+-- sessions:activity): its cost grows with the sessions and REPLs that are
+-- due, not with all REPLs. report.examined counts the REPL records it read,
+-- report.sessions_read the session records (the local runtime's liveness
+-- check reads every running session's, in one round trip). An index entry
+-- found wrong (REPL gone, or no longer in that state) is repaired from the
+-- REPL's record (report.healed).
 function M.run(now)
   now = now or os.time()
   local c = policy.cleanup
-  local report = { idle = 0, expired = 0, retried = 0, orphans = 0, errors = 0 }
+  local report = { idle = 0, expired = 0, retried = 0, orphans = 0, errors = 0, examined = 0 }
   local r = redis.client()
   if not r then return report end
-  -- 1. idle and expired sessions
-  local idle = store.idle_sessions(now - c.idle_limit, 100) or {}
-  local seen = {}
-  for _, id in ipairs(idle) do seen[id] = "idle" end
-  local ids = all_repl_ids(r) or {}
+  -- 0. a deployment from before the indexes: build them once (SCAN)
+  local built, berr = store.build_indexes()
+  if built then
+    report.indexed = built
+    log.info("sweep: built the REPL indexes", { repls = built })
+  elseif built == nil then
+    report.errors = report.errors + 1
+    log.warn("sweep: could not build the REPL indexes", { error = errmsg(berr) })
+  end
+  -- each REPL's record read at most once per run (false: gone)
   local metas = {}
-  for _, id in ipairs(ids) do
-    local m = store.get(id)
-    if m then
-      metas[#metas + 1] = m
-      if m.state == "running" and not seen[id] then
+  local function get(id)
+    local m = metas[id]
+    if m == nil then
+      m = store.get(id)
+      if m == nil then return nil end -- Redis did not answer: not "gone"
+      report.examined = report.examined + 1
+      metas[id] = m
+    end
+    return m
+  end
+  local heal = {}
+  -- 1. idle and expired sessions
+  local seen = {}
+  for _, id in ipairs(store.idle_sessions(now - c.idle_limit, 100) or {}) do seen[id] = "idle" end
+  for _, id in ipairs(due(r, store.started_key(), "-inf", "(" .. (now - c.max_lifetime))) do
+    if not seen[id] then
+      local m = get(id)
+      if m == false then
+        seen[id] = "expired" -- ended below: the session of a REPL that no longer exists
+      elseif m and m.state == "running" then
         local sess = store.get_session(id)
         if sess and tonumber(sess.started_at) and now - tonumber(sess.started_at) > c.max_lifetime then
           seen[id] = "expired"
+        elseif sess == false then
+          heal[#heal + 1] = id -- no session: the entry goes
         end
       end
     end
   end
-  pcall(require("repl.culling").warn, now, metas) -- `warning` events before a stop (issue #18)
-  -- sessions whose process is gone (the local runtime after a restart)
+  -- `warning` events before a stop (issue #18): the sessions within
+  -- warning_lead of a stop, from the same indexes
+  local culling = require("repl.culling")
+  local wmetas = {}
+  for _, id in ipairs(culling.due_ids(now, BATCH)) do
+    local m = get(id)
+    if m then wmetas[#wmetas + 1] = m end
+  end
+  pcall(culling.warn, now, wmetas)
+  -- sessions whose process is gone (the local runtime after a restart): the
+  -- running REPLs from replIdx:running, their sessions in one pipeline
   local dok, drv = pcall(require("runtime").driver)
   if not dok then drv = nil end
   if drv and drv.alive then
-    for _, m in ipairs(metas) do
-      if m.state == "running" and not seen[m.id] then
-        local sess = store.get_session(m.id)
-        if not sess or not drv:alive(m, sess) then
+    local running = all_of(r, store.running_key())
+    local cmds = {}
+    for i, id in ipairs(running) do cmds[i] = { "HGETALL", store.session_key(id) } end
+    local sess_of = #cmds > 0 and r:pipeline(cmds) or {}
+    report.sessions_read = #cmds
+    for i, id in ipairs(running) do
+      local sess = hash(sess_of[i])
+      -- no reply or an error reply: unknown, never "gone"
+      if not seen[id] and sess ~= nil and (not sess.started_at or not drv:alive({ id = id }, sess)) then
+        local m = get(id)
+        if m and m.state == "running" then
           if drv:recover(m) then
             report.recovered = (report.recovered or 0) + 1
-            log.info("sweep recovered a session whose runner is gone", { repl = m.id })
+            log.info("sweep recovered a session whose runner is gone", { repl = id })
           else
             report.errors = report.errors + 1
           end
+        elseif m ~= nil then
+          heal[#heal + 1] = id -- gone, or no longer running
         end
       end
     end
   end
   for id, why in pairs(seen) do
-    local m = store.get(id)
+    local m = get(id)
     -- the log says "lifetime" as GET /api/repl/<id>/activity's stopReason does
     local reason = why == "expired" and "lifetime" or why
     if m and m.state == "running" then
@@ -176,14 +246,17 @@ function M.run(now)
       store.end_session(id) -- activity entry of a REPL that no longer exists
     end
   end
-  -- 2. stuck transitions
-  local flagged = 0
-  for _, m in ipairs(metas) do
-    local since = tonumber(m.state_since or m.last_active or 0) or 0
-    if m.state == "stopping" and m.save_failed == "1" then
-      flagged = flagged + 1 -- the operator's: devexd repl resolve
-    elseif (m.state == "stopping" or m.state == "starting" or m.state == "creating" or m.state == "deleting")
-        and now - since > c.stuck_after then
+  -- 2. stuck transitions: replIdx:transit up to now - stuck_after (a stop
+  -- flagged save_failed is not in it: the operator's, devexd repl resolve)
+  local flagged = store.count_save_failed()
+  flagged = math.tointeger(flagged) or 0
+  for _, id in ipairs(due(r, store.transit_key(), "-inf", "(" .. (now - c.stuck_after))) do
+    local m = get(id)
+    local since = m and tonumber(m.state_since or m.last_active or 0) or 0
+    if m == false or (m and (not store.TRANSIT_STATES[m.state] or m.save_failed == "1"
+        or now - since <= c.stuck_after)) then
+      heal[#heal + 1] = id -- gone, in another state, or its entry's time is stale
+    elseif m then
       local ok, err
       if m.state == "stopping" then
         ok, err = sessions.stop(m)
@@ -207,17 +280,22 @@ function M.run(now)
   require("devex.metrics").gauge("devex_repl_save_failed", nil, flagged)
   -- 3. workloads no session owns (orphans), and running REPLs whose workload
   -- is gone (deleted by hand, or a start whose "running" was written while
-  -- devexd lost the reply and removed the workload): one listing for both
+  -- devexd lost the reply and removed the workload): one listing for both,
+  -- compared with replIdx:running and replIdx:transit; only the REPLs that
+  -- differ are read
   if drv and drv.orphans then
     local listed_at = os.time()
     local list = drv:orphans(0)
     if list then
-      local has = {}
+      local live, has = {}, {}
+      local running = all_of(r, store.running_key())
+      for _, id in ipairs(running) do live[id] = true end
+      for _, id in ipairs(all_of(r, store.transit_key())) do live[id] = true end
       for _, o in ipairs(list) do
         has[o.repl] = true
         local orphan = false
-        if (o.age or c.orphan_grace) >= c.orphan_grace then
-          local m = store.get(o.repl)
+        if (o.age or c.orphan_grace) >= c.orphan_grace and not live[o.repl] then
+          local m = get(o.repl)
           -- m == nil: Redis did not answer (restarting); a failed read never
           -- makes a live session's workload an orphan
           orphan = m == false or (m ~= nil and m.state ~= "running" and m.state ~= "starting" and m.state ~= "stopping")
@@ -232,22 +310,25 @@ function M.run(now)
           end
         end
       end
-      for _, m in ipairs(metas) do
-        if m.state == "running" and not has[m.id] then
+      for _, id in ipairs(running) do
+        if not has[id] then
           -- read again: only a REPL that was already running when the list
           -- was made (a start marks "running" after its workload exists)
-          local fresh = store.get(m.id)
+          local fresh = store.get(id)
+          report.examined = report.examined + 1
           local since = fresh and tonumber(fresh.state_since or 0) or 0
-          if fresh and fresh.state == "running" and since < listed_at - 1
-              and store.transition(m.id, "stopped", { "running" }) then
-            store.end_session(m.id)
+          if fresh == false or (fresh and fresh.state ~= "running") then
+            heal[#heal + 1] = id
+          elseif fresh and since < listed_at - 1 and store.transition(id, "stopped", { "running" }) then
+            store.end_session(id)
             report.lost = (report.lost or 0) + 1
-            log.warn("sweep: a running session's workload is gone; the REPL is stopped", { repl = m.id })
+            log.warn("sweep: a running session's workload is gone; the REPL is stopped", { repl = id })
           end
         end
       end
     end
   end
+  if #heal > 0 and store.reindex(heal) then report.healed = #heal end
   return report
 end
 

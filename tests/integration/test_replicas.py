@@ -381,7 +381,10 @@ class ReplicasTest(unittest.TestCase):
         st, body = c.request("GET", "/api/repl/session/" + ids[0])
         self.assertEqual(st, 200, body)
         # a start cut short by a crash long ago: "starting", no workload
-        self.redis.call("HSET", "devex:replMeta:" + ids[1], "state", "starting", "state_since", str(int(time.time()) - 1000))
+        since = str(int(time.time()) - 1000)
+        self.redis.call("HSET", "devex:replMeta:" + ids[1], "state", "starting", "state_since", since)
+        # the store's index of REPLs in a transition (lua/repl/store.lua), as its scripts keep it
+        self.redis.call("ZADD", "devex:replIdx:transit", since, ids[1])
         st, body = c.request("GET", "/api/repl/session/" + ids[2])
         self.assertEqual((st, body.get("in_use")), (429, SESSIONS), body)
         poll(lambda: self.redis.call("HGET", "devex:replMeta:" + ids[1], "state") == b"created",
