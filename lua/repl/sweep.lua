@@ -240,7 +240,7 @@ function M.run(now)
         log.info("sweep stopped a session", { repl = id, reason = reason })
       else
         report.errors = report.errors + 1
-        log.warn("sweep could not stop a session", { repl = id, reason = reason, error = err and err.body and err.body.error })
+        log.warn("sweep could not stop a session", { repl = id, reason = reason, error = errmsg(err) })
       end
     elseif m == false then
       store.end_session(id) -- activity entry of a REPL that no longer exists
