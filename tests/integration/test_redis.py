@@ -319,8 +319,8 @@ class RedisReplyTest(unittest.TestCase):
 
     def test_invalid_urls(self):
         cases = {
-            "http://127.0.0.1:6379": "must start with redis://, rediss:// or unix://",
-            "127.0.0.1:6379": "must start with redis://, rediss:// or unix://",
+            "http://127.0.0.1:6379": "must start with redis://, rediss://, redis+sentinel:// or unix://",
+            "127.0.0.1:6379": "must start with redis://, rediss://, redis+sentinel:// or unix://",
             # rediss:// (TLS, test_redis_tls.py) is read by the same rules
             "rediss://": "missing host",
             "rediss://127.0.0.1:99999": "invalid port",
@@ -333,7 +333,21 @@ class RedisReplyTest(unittest.TestCase):
             "redis://127.0.0.1:6379/-1": "invalid database number",
             "redis://:%zz@127.0.0.1:6379": "invalid credentials",
             "redis://[::1": "invalid IPv6 host",
-            "redis://[" + "a" * 300 + "]:6379": "invalid redis URL",
+            "redis://[" + "a" * 300 + "]:6379": "invalid IPv6 host",
+            "redis://[::1]x:6379": "invalid IPv6 host",
+            # Sentinel (test_redis_sentinel.py): the sentinels, then /master[/db]
+            "redis+sentinel://127.0.0.1:26379": "needs the master name",
+            "redis+sentinel://127.0.0.1:26379/": "needs the master name",
+            "redis+sentinel://127.0.0.1:26379/my master": "invalid master name",
+            "redis+sentinel://127.0.0.1:26379/" + "m" * 200: "invalid master name",
+            "redis+sentinel://127.0.0.1:26379/m/x": "invalid database number",
+            "redis+sentinel://127.0.0.1:26379,/m": "missing host",
+            "redis+sentinel://,127.0.0.1/m": "missing host",
+            "redis+sentinel:///m": "missing host",
+            "redis+sentinel://127.0.0.1:0/m": "invalid port",
+            "redis+sentinel://" + ",".join(["127.0.0.1"] * 9) + "/m": "at most 8 sentinels",
+            "redis+sentinel://:%zz@127.0.0.1/m": "invalid credentials",
+            "rediss+sentinel://127.0.0.1:26379/m": "Sentinel over TLS (rediss+sentinel://) is not supported",
             "unix://": "invalid redis unix socket path",
             "unix://relative/path": "invalid redis unix socket path",
             "unix:///" + "p" * 300: "invalid redis unix socket path",
@@ -347,6 +361,10 @@ class RedisReplyTest(unittest.TestCase):
                 self.assertIn(want, b["message"])
         # a valid URL to a port nobody listens on is not invalid: connect never blocks
         r = self.d.get("/connect?url=" + urllib.parse.quote("redis://127.0.0.1:%d/2" % harness.free_port(), safe=""))
+        self.assertEqual(r.status, 200, r)
+        # nor are sentinels nobody listens on (their failure is the connection's)
+        url = "redis+sentinel://u:p@127.0.0.1:%d,[::1]:%d,localhost/m_1.x-y/3" % (harness.free_port(), harness.free_port())
+        r = self.d.get("/connect?url=" + urllib.parse.quote(url, safe=""))
         self.assertEqual(r.status, 200, r)
         self.assertIn(r.json()["status"], ("down", "connecting"))
 
