@@ -97,7 +97,9 @@ function M.save_token(ctx, lifetime)
   local crypto = require("devex.crypto")
   local token = crypto.b64url(crypto.random_bytes(32))
   if ctx.repl and ctx.repl.id then
-    local called, ok, err = pcall(require("repl.store").put_session, ctx.repl.id, {
+    -- (update_session: fields of the live session only; put_session would
+    -- also re-enter it in the activity index as a start does)
+    local called, ok, err = pcall(require("repl.store").update_session, ctx.repl.id, {
       save_token_hash = crypto.sha256_hex(token), save_token_expires = os.time() + (lifetime or 300) })
     if called and not ok then
       require("devex.log").warn("sync: the save token was not stored", { repl = ctx.repl.id, error = tostring(err) })

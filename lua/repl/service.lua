@@ -242,4 +242,81 @@ function M.stop(user, id)
   return require("repl.sessions").stop(meta)
 end
 
+-- ---- the runner's side (routes.repl /api/runner/<id>, routes.runner_storage) ----
+-- The runner's routes go through here as the user's do: its token checked
+-- by repl.sessions, every failure a devex.error (a store that cannot be
+-- read is 503, never "not found" or "unauthorized").
+
+-- check_runner(id, token) / check_broker(id, token) -> true | false | nil, err
+function M.check_runner(id, token)
+  if not M.valid_id(id) then return false end
+  return require("repl.sessions").check_runner(id, token)
+end
+
+function M.check_broker(id, token)
+  if not M.valid_id(id) then return false end
+  return require("repl.sessions").check_broker(id, token)
+end
+
+-- runner_repl(id) -> meta | nil, err: the REPL of a runner's request
+function M.runner_repl(id)
+  local meta, err = store.get(id)
+  if meta == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if not meta then return fail(404, "repl not found") end
+  return meta
+end
+
+-- storage_prefix(meta): where the REPL's files are (its record's prefix, or
+-- the one repl.service.prefix makes for a record without one)
+function M.storage_prefix(meta)
+  if meta.prefix and meta.prefix ~= "" then return meta.prefix end
+  return M.prefix(meta.user, meta.id)
+end
+
+-- runner_stop(id) -> true | nil, err: the runner ends its own session (idle)
+function M.runner_stop(id)
+  local meta, e = M.runner_repl(id)
+  if not meta then return nil, e end
+  return require("repl.sessions").stop(meta)
+end
+
+-- heartbeat(id) -> true | nil, err: the runner reports activity (counted
+-- as repl.activity allows)
+function M.heartbeat(id)
+  if require("repl.activity").counts({ kind = "heartbeat", repl = id }) then
+    local ok, err = store.touch(id, nil, "heartbeat")
+    if not ok then return fail(503, "store unavailable: " .. tostring(err)) end
+  end
+  return true
+end
+
+-- saved(id, now) -> true | nil, err: the broker confirmed a save: lastSavedAt
+-- (nothing when the REPL is gone meanwhile)
+function M.saved(id, now)
+  local ok, err = store.mark_saved(id, now)
+  if ok == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  return true
+end
+
+-- restored(id) -> true | nil, err: the runner's restore finished. In a
+-- session that is already running its pod was replaced, and the gateway must
+-- reach the new one: the driver asks the API server where it is (never the
+-- runner); a failed look-up is only logged (the next restore retries).
+function M.restored(id)
+  local meta, err = store.get(id)
+  if meta == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  if not meta or meta.state ~= "running" then return true end
+  local drv = require("runtime").driver()
+  if not drv.refresh_endpoint then return true end
+  local sess
+  sess, err = store.get_session(meta.id)
+  if sess == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+  local moved
+  moved, err = drv:refresh_endpoint(meta, sess or {})
+  if moved == nil then
+    log.warn("could not look up a restored session's new pod", { repl = meta.id, error = tostring(err) })
+  end
+  return true
+end
+
 return M

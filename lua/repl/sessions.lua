@@ -108,7 +108,9 @@ function M.start(meta)
   local started_at = os.time()
   local t0 = metrics.now()
   local info
-  info, err = driver:start(meta, { token = token, deadline = start_deadline() })
+  info, err = driver:start(meta, { token = token, deadline = start_deadline(),
+    -- a runner that ends without a stop (the local runtime's child exits)
+    on_exit = function(code, signal) M.runner_gone(meta, { code = code, signal = signal }) end })
   if not info then
     start_metric(t0, "error")
     log.error("repl start failed", { repl = meta.id, error = message_of(err) })
@@ -187,6 +189,40 @@ stop_locked = function(meta)
   return true
 end
 
+-- runner_gone(meta, why) -> true | false | nil, err: the session's runner
+-- ended without a stop (the local runtime's child exited: why = {code,
+-- signal}; or the sweep found its process gone after a restart of devexd).
+-- As a stop: "running" -> "stopping", the driver salvages what it left
+-- (Driver:salvage: saves the files), then the session ends and the REPL is
+-- "stopped". false when the REPL is not running (a stop in progress has
+-- it: its own exit) or the save failed (it stays "stopping": the sweep
+-- retries the stop, which saves first).
+function M.runner_gone(meta, why)
+  local m, err = store.get(meta.id)
+  if m == nil then return unavailable(err) end
+  if not m or m.state ~= "running" then return false end
+  local driver = runtime.driver()
+  if not driver.salvage then return false end
+  log.warn("runner gone without a stop; saving its files",
+    { repl = meta.id, code = why and why.code, signal = why and why.signal })
+  local prev
+  prev, err = store.transition(meta.id, "stopping", { "running" })
+  if prev == nil then return unavailable(err) end
+  if not prev then return false end
+  local sess
+  sess, err = store.get_session(meta.id)
+  if sess == nil then return unavailable(err) end
+  local ok
+  ok, err = driver:salvage(m, sess or {})
+  if not ok then
+    log.error("could not save the files of a gone runner; the sweep retries", { repl = meta.id, error = message_of(err) })
+    return false
+  end
+  store.end_session(meta.id)
+  store.transition(meta.id, "stopped", { "stopping" })
+  return true
+end
+
 -- The runner's own calls carry its session token; only the hash is stored.
 -- check_runner(id, token) -> true | false | nil, err (the store failed: the
 -- caller answers 503, never "unauthorized" or "not found")
@@ -196,6 +232,33 @@ function M.check_runner(id, token)
   if sess == nil then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
   if not sess or not sess.token_hash then return false end
   return crypto.equal(crypto.sha256_hex(token), sess.token_hash)
+end
+
+-- check_broker(id, token) -> true | false | nil, err: a token the storage
+-- broker (routes.runner_storage) accepts: the session's runner token; while
+-- the REPL is "starting", the start's token (its runner restores before the
+-- session exists: start_token_hash in replMeta); or the save token of a stop
+-- in progress (policy.sync: save_token_hash, save_token_expires in the
+-- session hash). A store that cannot be read is an error (503), never a
+-- refusal.
+function M.check_broker(id, token)
+  local ok, err = M.check_runner(id, token)
+  if ok == nil then return nil, err end
+  if ok then return true end
+  if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
+  local meta
+  meta, err = store.get(id)
+  if meta == nil then return unavailable(err) end
+  if meta and meta.state == "starting" and meta.start_token_hash
+      and crypto.equal(crypto.sha256_hex(token), meta.start_token_hash) then
+    return true
+  end
+  local sess
+  sess, err = store.get_session(id)
+  if sess == nil then return unavailable(err) end
+  if not sess or not sess.save_token_hash then return false end
+  if (tonumber(sess.save_token_expires) or 0) < os.time() then return false end
+  return crypto.equal(crypto.sha256_hex(token), sess.save_token_hash)
 end
 
 return M

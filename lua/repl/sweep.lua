@@ -217,7 +217,7 @@ function M.run(now)
       if not seen[id] and sess ~= nil and (not sess.started_at or not drv:alive({ id = id }, sess)) then
         local m = get(id)
         if m and m.state == "running" then
-          if drv:recover(m) then
+          if sessions.runner_gone(m) then -- (the REPL's state is repl.sessions')
             report.recovered = (report.recovered or 0) + 1
             log.info("sweep recovered a session whose runner is gone", { repl = id })
           else

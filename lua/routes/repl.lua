@@ -3,8 +3,6 @@
 local auth = require("middleware.auth")
 local ratelimit = require("middleware.ratelimit")
 local service = require("repl.service")
-local sessions = require("repl.sessions")
-local store = require("repl.store")
 local tasks = require("devex.tasks")
 local json = require("devex.json")
 local log = require("devex.log")
@@ -21,9 +19,7 @@ end
 -- (a store that cannot be read answers 503: never 401 or 404 for a session
 -- that may well exist)
 local function runner(req, next)
-  local id = req.params.id
-  if not service.valid_id(id) then return 401, { error = "unauthorized" } end
-  local ok, err = sessions.check_runner(id, runner_token(req))
+  local ok, err = service.check_runner(req.params.id, runner_token(req))
   if ok == nil then return fail(err) end
   if not ok then return 401, { error = "unauthorized" } end
   return next(req)
@@ -82,21 +78,14 @@ return function(app)
 
   -- the runner ends its own session when idle (token of that session only)
   app:delete("/api/runner/:id", runner, function(req)
-    local meta, err = store.get(req.params.id)
-    if meta == nil then return 503, { error = "store unavailable: " .. tostring(err) } end
-    if not meta then return 404, { error = "repl not found" } end
-    local ok
-    ok, err = sessions.stop(meta)
+    local ok, err = service.runner_stop(req.params.id)
     if not ok then return fail(err) end
     return 200, { message = "Session stopped" }
   end)
 
   app:post("/api/runner/:id/heartbeat", runner, function(req)
-    local id = req.params.id
-    if require("repl.activity").counts({ kind = "heartbeat", repl = id }) then
-      local ok, err = store.touch(id, nil, "heartbeat")
-      if not ok then return 503, { error = "store unavailable: " .. tostring(err) } end
-    end
+    local ok, err = service.heartbeat(req.params.id)
+    if not ok then return fail(err) end
     return 200, { ok = true }
   end)
 

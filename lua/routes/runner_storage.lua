@@ -37,16 +37,12 @@
 --   POST /api/runner/<id>/progress {files, filesTotal, bytes, bytesTotal}
 --        the agent's restore progress, relayed on the session event stream
 --        as a `restoring` event with those fields (repl.events.progress)
-local crypto = require("devex.crypto")
 local log = require("devex.log")
 local policy = require("policy")
-local sessions = require("repl.sessions")
-local store = require("repl.store")
 local service = require("repl.service")
 local common = require("storage.common")
 local fs = require("devex.fs")
 local dstream = require("devex.stream")
-local derror = require("devex.error")
 local fail = require("devex.app").fail -- a returned error as its HTTP answer
 
 local M = {}
@@ -65,36 +61,12 @@ end
 
 -- The session token (while the REPL is starting: the start's token, whose
 -- hash repl.sessions puts in replMeta first), or the save token of a stop in
--- progress (policy.sync: save_token_hash and save_token_expires in the
--- session hash). -> true | false | nil, err (the store failed: 503, never
--- "unauthorized" for a token that may well be valid)
-local function unavailable(err) return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
-
-function M.check_token(id, token)
-  local ok, err = sessions.check_runner(id, token)
-  if ok == nil then return nil, err end
-  if ok then return true end
-  if type(token) ~= "string" or #token < 16 or #token > 256 then return false end
-  -- a start in progress (repl.sessions): its runner restores before the session exists
-  local meta
-  meta, err = store.get(id)
-  if meta == nil then return unavailable(err) end
-  if meta and meta.state == "starting" and meta.start_token_hash
-      and crypto.equal(crypto.sha256_hex(token), meta.start_token_hash) then
-    return true
-  end
-  local sess
-  sess, err = store.get_session(id)
-  if sess == nil then return unavailable(err) end
-  if not sess or not sess.save_token_hash then return false end
-  if (tonumber(sess.save_token_expires) or 0) < os.time() then return false end
-  return crypto.equal(crypto.sha256_hex(token), sess.save_token_hash)
-end
+-- progress: repl.sessions.check_broker. -> true | false | nil, err (the
+-- store failed: 503, never "unauthorized" for a token that may well be valid)
+M.check_token = service.check_broker
 
 local function runner(req, next)
-  local id = req.params.id
-  if not service.valid_id(id) then return 401, { error = "unauthorized" } end
-  local ok, err = M.check_token(id, bearer(req))
+  local ok, err = service.check_broker(req.params.id, bearer(req))
   if ok == nil then return fail(err) end
   if not ok then return 401, { error = "unauthorized" } end
   return next(req)
@@ -146,14 +118,16 @@ local function body_paths(req)
 end
 
 -- the REPL's storage, and its prefix
+-- (-> s, prefix | nil, nil, status, message)
 local function open(id)
-  local meta, err = store.get(id)
-  if meta == nil then return nil, nil, 503, "store unavailable: " .. tostring(err) end
-  if not meta then return nil, nil, 404, "repl not found" end
-  local s, err = require("storage").open()
-  if not s then return nil, nil, 503, "storage unavailable: " .. tostring(err) end
-  local prefix = (meta.prefix and meta.prefix ~= "") and meta.prefix or service.prefix(meta.user, meta.id)
-  return s, prefix
+  local meta, err = service.runner_repl(id)
+  if not meta then
+    local status, body = fail(err)
+    return nil, nil, status, body.error
+  end
+  local s, serr = require("storage").open()
+  if not s then return nil, nil, 503, "storage unavailable: " .. tostring(serr) end
+  return s, service.storage_prefix(meta)
 end
 
 -- a path as the URL path of the blob route: every byte but the unreserved
@@ -291,23 +265,9 @@ return function(app)
     end
     require("repl.events").progress(req.params.id, out)
     if out.files == out.filesTotal then
-      -- a restore finished in a session that is already running: its pod was
-      -- replaced, and the gateway must reach the new one (the driver asks the
-      -- API server where it is)
-      local meta, gerr = store.get(req.params.id)
-      if meta == nil then return 503, { error = "store unavailable: " .. tostring(gerr) } end
-      local drv = meta and meta.state == "running" and require("runtime").driver()
-      local sess
-      if drv and drv.refresh_endpoint then
-        sess, gerr = store.get_session(meta.id)
-        if sess == nil then return 503, { error = "store unavailable: " .. tostring(gerr) } end
-      end
-      if drv and drv.refresh_endpoint then
-        local moved, err = drv:refresh_endpoint(meta, sess or {})
-        if moved == nil then
-          log.warn("could not look up a restored session's new pod", { repl = meta.id, error = tostring(err) })
-        end
-      end
+      -- a restore finished (in a running session: its pod was replaced)
+      local ok, err = service.restored(req.params.id)
+      if not ok then return fail(err) end
     end
     return 204
   end)
@@ -344,8 +304,8 @@ return function(app)
       deleted = r.deleted
     end
     local now = os.time()
-    local ok, serr = store.mark_saved(id, now)
-    if ok == nil then return 503, { error = "store unavailable: " .. tostring(serr) } end
+    local ok, serr = service.saved(id, now)
+    if not ok then return fail(serr) end
     log.info("repl files saved", { repl = id, files = #paths, deleted = deleted })
     return 200, { files = #paths, deleted = deleted, lastSavedAt = now }
   end)

@@ -12,7 +12,9 @@
 -- the runner calls back over it (CALLBACK_SOCKET). Stop saves the
 -- workspace back to storage first, and only then ends the process (SIGTERM,
 -- SIGKILL after a grace period) and removes the directory. A child that dies
--- on its own is noticed: its files are saved and the session marked stopped.
+-- on its own is noticed: the driver calls opts.on_exit, and repl.sessions
+-- (which alone writes the REPL's state) has Driver:salvage save its files
+-- before it marks the session stopped.
 -- With runtime.isolation the runner runs under a uid of its own in a
 -- bubblewrap sandbox and is reached through a Unix socket (runtime.sandbox);
 -- stop then kills everything of that uid and removes its cgroups. A save
@@ -228,7 +230,6 @@ function Driver:start(meta, opts)
   events.emit(meta.id, "starting")
   local cmd, args, env, ready_path = self:child_command(meta, tpl, ws, port, opts.token)
   if not cmd then return err(500, args) end
-  local driver = self
   local spawn_opts = {
     command = cmd, args = args, cwd = ws, env = env,
     -- the runner's output goes beside the workspace, not into the user's files
@@ -248,7 +249,9 @@ function Driver:start(meta, opts)
       return err(500, "could not prepare the sandbox: " .. tostring(sock))
     end
   end
-  spawn_opts.on_exit = function(code, signal) driver:child_exited(meta, code, signal) end
+  -- the session's owner (repl.sessions) learns of an exit it did not ask for
+  local on_exit = opts.on_exit
+  if on_exit then spawn_opts.on_exit = function(code, signal) on_exit(code, signal) end end
   local child
   child, e = process.spawn(spawn_opts)
   if not child then
@@ -314,29 +317,6 @@ function Driver:end_processes(meta, sess)
   end
 end
 
--- The child ended by itself (crash, killed from outside): save what it left
--- and mark the session stopped. A stop in progress handles its own exit.
-function Driver:child_exited(meta, code, signal)
-  local store_mod = require("repl.store")
-  local m = store_mod.get(meta.id)
-  if not m or m.state ~= "running" then return end
-  log.warn("runner exited on its own; saving its files", { repl = meta.id, code = code, signal = signal })
-  local prev = store_mod.transition(meta.id, "stopping", { "running" })
-  if not prev then return end
-  -- isolated: whatever the runner left running goes before its files are read
-  if self.sandbox then self:end_processes(meta, store_mod.get_session(meta.id)) end
-  local store = storage()
-  local ws = self:workspace(meta.id)
-  local saved, e = store and M.save(store, meta.prefix, ws)
-  if not saved then
-    log.error("could not save the files of an exited runner; the sweep retries", { repl = meta.id, error = tostring(e) })
-    return
-  end
-  record_skipped(meta.id, e)
-  rm_rf(ws)
-  store_mod.end_session(meta.id)
-  store_mod.transition(meta.id, "stopped", { "stopping" })
-end
 
 function Driver:stop(meta, sess)
   local ws = self:workspace(meta.id)
@@ -394,27 +374,25 @@ function Driver:alive(meta, sess)
   return pid ~= nil and process.alive(pid)
 end
 
--- Saves what the workspace holds (if anything), ends the session.
-function Driver:recover(meta)
-  local store_mod = require("repl.store")
-  local prev = store_mod.transition(meta.id, "stopping", { "running" })
-  if not prev then return false end
+-- salvage(meta, sess) -> true | nil, err: a session whose runner is gone
+-- (it exited on its own, or devexd restarted without it): whatever it left
+-- running ends (isolated: before its files are read), then what the
+-- workspace holds is saved and the directory removed. The REPL's state is
+-- repl.sessions' (runner_gone), which calls this while the REPL is
+-- "stopping"; a failed save leaves the workspace for the sweep's retry.
+function Driver:salvage(meta, sess)
+  if self.sandbox then self:end_processes(meta, sess) end
   local ws = self:workspace(meta.id)
-  if self.sandbox then self:end_processes(meta, store_mod.get_session(meta.id)) end
   local f = io.open(ws, "r")
-  if f then
-    f:close()
-    local store = storage()
-    local saved, e = store and M.save(store, meta.prefix, ws)
-    if not saved then
-      log.error("recover: could not save the workspace; the sweep retries", { repl = meta.id, error = tostring(e) })
-      return false
-    end
-    record_skipped(meta.id, e)
-    rm_rf(ws)
-  end
-  store_mod.end_session(meta.id)
-  store_mod.transition(meta.id, "stopped", { "stopping" })
+  if not f then return true end -- nothing left to save
+  f:close()
+  local store, e = storage()
+  if not store then return err(502, "storage: " .. tostring(e)) end
+  local saved
+  saved, e = M.save(store, meta.prefix, ws)
+  if not saved then return err(502, "could not save the files: " .. tostring(e)) end
+  record_skipped(meta.id, e)
+  rm_rf(ws)
   return true
 end
 
