@@ -59,17 +59,20 @@ typedef struct rconn {
     devex_redis_tls_t *tls_conn;
     char tls_error[256];
     /* redis+sentinel://: host and port above are the primary the sentinels
-     * named last; each (re)connect asks them again, in order (sq_idx), on
-     * its own short-lived connection (sac), and the primary's ROLE is checked
-     * before the connection counts as ready */
+     * named last; each (re)connect asks them again, one after the other
+     * from sq_first (sq_idx: how many were asked), each on its own
+     * short-lived connection (sac), and the primary's ROLE is checked before
+     * the connection counts as ready. sq_first is the sentinel that answered
+     * last, or the one after it when its answer was not the primary (a
+     * sentinel that has not seen the failover must not be asked first again) */
     int sentinel;
     int nsentinels;
     redis_sentinel_t sentinels[REDIS_MAX_SENTINELS];
     char master_name[128];
-    int sq_idx;
+    int sq_first, sq_idx, sq_answered;
     redisAsyncContext *sac;
     uint64_t sq_started_ns;
-    char sq_error[300];    /* why the last sentinel asked gave no primary */
+    char sq_error[640];    /* why the last sentinel asked gave no primary */
     char logged_error[320]; /* sentinel failures are logged once per distinct reason */
     int role_unchecked_logged;
     redisAsyncContext *ac;
@@ -555,7 +558,8 @@ static void schedule_retry(rconn_t *c)
 
 static void set_error(rconn_t *c, const char *msg)
 {
-    snprintf(c->last_error, sizeof(c->last_error), "redis: %s", msg);
+    /* the precision says how a long message is cut (GCC warns otherwise) */
+    snprintf(c->last_error, sizeof(c->last_error), "redis: %.*s", (int)sizeof(c->last_error) - 8, msg);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -610,6 +614,7 @@ static int role_ok(rconn_t *c, redisAsyncContext *ac, const redisReply *r)
                  : "server of unknown role");
     set_error(c, msg);
     devex_logf(DEVEX_LOG_WARN, "redis: %s", msg);
+    c->sq_first = (c->sq_first + 1) % c->nsentinels; /* the sentinel that named it: last next time */
     redisAsyncDisconnect(ac);
     return 0;
 }
@@ -710,7 +715,7 @@ static void sentinel_ask(rconn_t *c);
 /* The sentinel being asked gave no primary (why): ask the next one. */
 static void sentinel_next(rconn_t *c, const char *why)
 {
-    const redis_sentinel_t *s = &c->sentinels[c->sq_idx];
+    const redis_sentinel_t *s = &c->sentinels[(c->sq_first + c->sq_idx) % c->nsentinels];
     snprintf(c->sq_error, sizeof(c->sq_error), "sentinel %s:%d: %s", s->host, s->port, why);
     c->sq_idx++;
     sentinel_ask(c);
@@ -765,8 +770,9 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r_, void *privdata)
         if (*end == '\0' && port >= 1 && port <= 65535) {
             if (strcmp(c->host, r->element[0]->str) != 0 || c->port != (int)port)
                 devex_logf(DEVEX_LOG_INFO, "redis: sentinel %s:%d names %s:%ld as the primary of '%s'",
-                           c->sentinels[c->sq_idx].host, c->sentinels[c->sq_idx].port, r->element[0]->str, port,
-                           c->master_name);
+                           c->sentinels[c->sq_answered].host, c->sentinels[c->sq_answered].port,
+                           r->element[0]->str, port, c->master_name);
+            c->sq_first = c->sq_answered;
             memcpy(c->host, r->element[0]->str, r->element[0]->len + 1);
             c->port = (int)port;
             c->logged_error[0] = '\0';
@@ -790,7 +796,8 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r_, void *privdata)
 static void sentinel_ask(rconn_t *c)
 {
     while (c->sq_idx < c->nsentinels) {
-        const redis_sentinel_t *s = &c->sentinels[c->sq_idx];
+        c->sq_answered = (c->sq_first + c->sq_idx) % c->nsentinels;
+        const redis_sentinel_t *s = &c->sentinels[c->sq_answered];
         redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
         if (ac == NULL || ac->err) {
             snprintf(c->sq_error, sizeof(c->sq_error), "sentinel %s:%d: %s", s->host, s->port,
@@ -818,7 +825,7 @@ static void sentinel_ask(rconn_t *c)
         redisAsyncCommandArgv(ac, on_sentinel_reply, NULL, 3, argv, lens);
         return;
     }
-    char msg[512];
+    char msg[1024];
     snprintf(msg, sizeof(msg), "no sentinel named the primary of '%s' (%s)", c->master_name, c->sq_error);
     set_error(c, msg);
     if (strcmp(c->logged_error, c->last_error) != 0)
