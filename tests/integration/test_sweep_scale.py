@@ -32,7 +32,8 @@ def rid(i):
     return "repl-5ca1e000-0000-4000-8000-%012x" % i
 
 
-def seed(redis, total, running, due, live_pid, due_pids=(), stuck=0, indexes=True, now=None, per_user=10):
+def seed(redis, total, running, due, live_pid, due_pids=(), stuck=0, indexes=True, now=None, per_user=10,
+         user_fmt="gh_scale%04d"):
     """Writes `total` REPLs in the format lua/repl/store.lua keeps (replMeta,
     userRepls, activeSession, sessions:activity and, with indexes, replIdx:*
     and sessions:started) in one MULTI/EXEC, so a sweep never sees half of it.
@@ -44,7 +45,7 @@ def seed(redis, total, running, due, live_pid, due_pids=(), stuck=0, indexes=Tru
     due_ids, stuck_ids, run_ids = [], [], []
     for i in range(total):
         r = rid(i)
-        user = "gh_scale%04d" % (i // per_user)
+        user = user_fmt % (i // per_user)
         state, since = "stopped", now - 86400
         if i < running:
             state, since = "running", now - 60
