@@ -311,10 +311,16 @@ function M.restored(id)
   local sess
   sess, err = store.get_session(meta.id)
   if sess == nil then return fail(503, "store unavailable: " .. tostring(err)) end
-  local moved
-  moved, err = drv:refresh_endpoint(meta, sess or {})
-  if moved == nil then
+  local fields
+  fields, err = drv:refresh_endpoint(meta, sess or {})
+  if fields == nil then
     log.warn("could not look up a restored session's new pod", { repl = meta.id, error = tostring(err) })
+  elseif fields then
+    -- only a session that still exists (not one ended meanwhile)
+    local ok
+    ok, err = store.update_session(meta.id, fields)
+    if ok == nil then return fail(503, "store unavailable: " .. tostring(err)) end
+    if ok then log.info("repl session moved to a new pod", { repl = meta.id, pod = fields.pod, endpoint = fields.endpoint }) end
   end
   return true
 end

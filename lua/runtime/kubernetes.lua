@@ -695,7 +695,8 @@ end
 -- API server: the newest pod of the session's selector that is not being
 -- deleted and has an IP, on the ports the session had. The runner's own word
 -- is never the address (a runner could otherwise point the owner's gateway
--- anywhere inside the cluster). -> true when the endpoint moved.
+-- anywhere inside the cluster). -> the session's fields to change (endpoint,
+-- pod, node, mcp_endpoint) when it moved | false | nil, err
 function Driver:refresh_endpoint(meta, sess)
   local c, e = client()
   if not c then return nil, e end
@@ -721,13 +722,11 @@ function Driver:refresh_endpoint(meta, sess)
   end
   local ep, mcp = moved(sess.endpoint), moved(sess.mcp_endpoint)
   if not ep or (ep == sess.endpoint and best.metadata.name == sess.pod) then return false end
+  -- the session's new fields; repl.service (restored) writes them: the
+  -- session's state is the domain's to write, the driver only finds the pod
   local fields = { endpoint = ep, pod = best.metadata.name, node = best.spec and best.spec.nodeName or "" }
   if mcp then fields.mcp_endpoint = mcp end
-  local ok
-  ok, e = require("repl.store").update_session(meta.id, fields)
-  if not ok then return ok, e end
-  log.info("repl session moved to a new pod", { repl = meta.id, pod = best.metadata.name, endpoint = ep })
-  return true
+  return fields
 end
 
 return M
