@@ -17,7 +17,9 @@
 --        deleting: finish the delete (the files, then the REPL);
 --   3. asks the runtime to remove labelled workloads that no session owns,
 --      older than orphan_grace (driver:orphans / driver:remove_orphan).
--- Every action is logged and counted in the run's report.
+-- Every action is logged and counted in the run's report. Each step reads
+-- only what is due, from the indexes repl.store keeps (see M.run), so a
+-- run's cost follows the due sessions and REPLs, not all of them.
 local crypto = require("devex.crypto")
 local log = require("devex.log")
 local policy = require("policy")
