@@ -70,6 +70,14 @@ typedef struct rconn {
     redis_sentinel_t sentinels[REDIS_MAX_SENTINELS];
     char master_name[128];
     int sq_first, sq_idx, sq_answered;
+    /* a subscription to +switch-master on one sentinel (the one that
+     * answered last, another after a failure): a failover is followed when
+     * announced, not only when the old primary fails a command; without it
+     * a primary that was demoted but lives would serve stale reads until a
+     * write came back READONLY */
+    redisAsyncContext *wac;
+    int watch_ok;
+    uint64_t watch_started_ns, watch_next_ns;
     redisAsyncContext *sac;
     uint64_t sq_started_ns;
     char sq_error[640];    /* why the last sentinel asked gave no primary */
@@ -791,6 +799,119 @@ static void on_sentinel_reply(redisAsyncContext *ac, void *r_, void *privdata)
     sentinel_next(c, why);
 }
 
+/* ---- +switch-master ---- */
+
+#define REDIS_WATCH_RETRY_MS 1000
+
+static void watch_drop(rconn_t *c, int free_now)
+{
+    redisAsyncContext *ac = c->wac;
+    if (ac == NULL)
+        return;
+    c->wac = NULL;
+    c->watch_ok = 0;
+    ac->data = NULL;
+    if (free_now)
+        redisAsyncFree(ac);
+    else
+        redisAsyncDisconnect(ac);
+    /* the next attempt on another sentinel, a moment later */
+    c->sq_first = (c->sq_first + 1) % c->nsentinels;
+    c->watch_next_ns = devex_now_ns() + REDIS_WATCH_RETRY_MS * 1000000ull;
+}
+
+static void on_watch_connect(const redisAsyncContext *ac, int status)
+{
+    rconn_t *c = ac->data;
+    if (c == NULL || c->wac != ac || status == REDIS_OK)
+        return;
+    c->wac = NULL; /* hiredis frees it after this callback */
+    c->watch_ok = 0;
+    c->sq_first = (c->sq_first + 1) % c->nsentinels;
+    c->watch_next_ns = devex_now_ns() + REDIS_WATCH_RETRY_MS * 1000000ull;
+}
+
+static void on_watch_disconnect(const redisAsyncContext *ac, int status)
+{
+    on_watch_connect(ac, status == REDIS_OK ? REDIS_ERR : status);
+}
+
+/* A message on +switch-master: "<name> <old ip> <old port> <new ip> <new port>". */
+static void on_watch_message(redisAsyncContext *ac, void *r_, void *privdata)
+{
+    (void)privdata;
+    rconn_t *c = ac->data;
+    redisReply *r = r_;
+    if (c == NULL || c->wac != ac || r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(r->element[0]->str, "subscribe") == 0) {
+        c->watch_ok = 1;
+        return;
+    }
+    if (strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    char name[128], oldip[64], newip[64];
+    int oldport, newport;
+    if (sscanf(r->element[2]->str, "%127s %63s %d %63s %d", name, oldip, &oldport, newip, &newport) != 5 ||
+        strcmp(name, c->master_name) != 0)
+        return;
+    devex_logf(DEVEX_LOG_INFO, "redis: the sentinels moved the primary of '%s' to %s:%d", name, newip, newport);
+    if (c->state == CONN_READY && c->ac && (strcmp(c->host, newip) != 0 || c->port != newport)) {
+        /* closed at once, not after its replies (a hung old primary may
+         * never send them): its commands fail as unavailable, and the
+         * reconnect asks the sentinels */
+        char msg[300];
+        snprintf(msg, sizeof(msg), "the sentinels moved the primary to %s:%d; reconnecting", newip, newport);
+        set_error(c, msg);
+        devex_logf(DEVEX_LOG_WARN, "redis: %s", msg);
+        redisAsyncContext *old = c->ac;
+        old->data = NULL;
+        c->ac = NULL;
+        c->state = CONN_DOWN;
+        redisAsyncFree(old);
+        c->backoff_ms = 0;
+        schedule_retry(c);
+    } else if (c->state == CONN_DOWN) {
+        /* waiting out a backoff against the dead primary: ask now */
+        uv_timer_stop(&c->retry_timer);
+        c->backoff_ms = 0;
+        conn_connect(c);
+    }
+}
+
+/* From the tick: keeps the subscription up (one attempt a second at most). */
+static void watch_tick(rconn_t *c, uint64_t now)
+{
+    if (c->wac) {
+        if (!c->watch_ok && now - c->watch_started_ns > REDIS_SENTINEL_TIMEOUT_MS * 1000000ull)
+            watch_drop(c, 1);
+        return;
+    }
+    if (now < c->watch_next_ns)
+        return;
+    const redis_sentinel_t *s = &c->sentinels[c->sq_first];
+    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
+    if (ac == NULL || ac->err || devex_redis_uv_attach(ac, devex_worker_loop(devex_worker_current())) != 0) {
+        if (ac)
+            redisAsyncFree(ac);
+        c->sq_first = (c->sq_first + 1) % c->nsentinels;
+        c->watch_next_ns = now + REDIS_WATCH_RETRY_MS * 1000000ull;
+        return;
+    }
+    ac->data = c;
+    c->wac = ac;
+    c->watch_ok = 0;
+    c->watch_started_ns = now;
+    redisAsyncSetConnectCallback(ac, on_watch_connect);
+    redisAsyncSetDisconnectCallback(ac, on_watch_disconnect);
+    if (ac->ev.addWrite)
+        ac->ev.addWrite(ac->ev.data);
+    const char *argv[2] = {"SUBSCRIBE", "+switch-master"};
+    size_t lens[2] = {9, 14};
+    redisAsyncCommandArgv(ac, on_watch_message, NULL, 2, argv, lens);
+}
+
 /* Asks sentinel sq_idx (then the next ones) for the primary; when none
  * names one, the connection is down until the next retry. */
 static void sentinel_ask(rconn_t *c)
@@ -948,6 +1069,8 @@ static void on_tick(uv_timer_t *h)
         sentinel_drop(c, 1);
         sentinel_next(c, "no answer in time");
     }
+    if (c->sentinel)
+        watch_tick(c, now);
     if (c->waiters)
         wake_waiters(c, 1, now);
 }
@@ -1034,6 +1157,12 @@ void devex_redis_thread_cleanup(void)
             c->tls_conn = NULL;
         }
         sentinel_drop(c, 1);
+        if (c->wac) {
+            redisAsyncContext *wac = c->wac;
+            c->wac = NULL;
+            wac->data = NULL;
+            redisAsyncFree(wac);
+        }
         uv_close((uv_handle_t *)&c->retry_timer, NULL);
         uv_close((uv_handle_t *)&c->tick, NULL);
         uv_timer_stop(&c->wake_timer);
