@@ -189,6 +189,32 @@ stop_locked = function(meta)
   return true
 end
 
+-- discard(meta) -> true | nil, err: the operator's way out of a stop whose
+-- save keeps failing (devexd repl resolve --discard, repl.stuck): the
+-- workload goes WITHOUT saving, the REPL keeps its last confirmed save and
+-- is "stopped". Under the stop lock, so that no retried stop saves while
+-- the workload is removed.
+function M.discard(meta)
+  local lock, err = store.lock_stop(meta.id, tonumber(policy.cleanup.stuck_after) or 300)
+  if lock == nil then return unavailable(err) end
+  if lock == false then return fail(409, "a stop of this repl is in progress") end
+  local ok, res, e = pcall(function()
+    local sess, serr = store.get_session(meta.id)
+    if sess == nil then return unavailable(serr) end
+    local done, rerr = runtime.driver():remove(meta, sess or {})
+    if not done then return fail(502, "could not remove the workload: " .. message_of(rerr)) end
+    store.end_session(meta.id)
+    local prev, terr = store.transition(meta.id, "stopped", { "stopping" })
+    if prev == nil then return unavailable(terr) end
+    if not prev then return fail(409, "the repl changed meanwhile") end
+    events.emit(meta.id, "stopped")
+    return true
+  end)
+  store.unlock_stop(meta.id, lock)
+  if not ok then error(res, 0) end
+  return res, e
+end
+
 -- runner_gone(meta, why) -> true | false | nil, err: the session's runner
 -- ended without a stop (the local runtime's child exited: why = {code,
 -- signal}; or the sweep found its process gone after a restart of devexd).

@@ -76,14 +76,9 @@ end
 function M.discard(id)
   local m, err = stopping(id)
   if not m then return nil, err end
-  local sess = store.get_session(id) or {}
-  local driver = require("runtime").driver()
   local ok
-  ok, err = driver:remove(m, sess)
-  if not ok then return nil, "could not remove the workload: " .. tostring(type(err) == "table" and err.message or err) end
-  store.end_session(id)
-  ok, err = store.transition(id, "stopped", { "stopping" })
-  if not ok then return nil, "the REPL changed meanwhile: " .. tostring(err) end
+  ok, err = require("repl.sessions").discard(m) -- the REPL's state is repl.sessions'
+  if not ok then return nil, err.message end
   require("repl.sweep").save_ok(id)
   require("devex.log").warn("repl stopped without saving (devexd repl resolve --discard)",
     { repl = id, last_saved_at = m.lastSavedAt })
