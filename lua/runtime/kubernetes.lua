@@ -29,6 +29,7 @@ local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
 local pod_informer = require("runtime.pod_informer")
+local dstream = require("devex.stream")
 local log = require("devex.log")
 local events = require("repl.events") -- the session event stream (issue #18)
 local json = require("devex.json")
@@ -441,34 +442,64 @@ function Driver:wait_ready_own_watch(c, selector, timeout, repl_id)
   end
 end
 
-function Driver:start(meta, opts)
-  local c, e = client()
-  if not c then return err(503, "kubernetes: " .. tostring(e)) end
-  local policy = P()
-  local ok, objs, id = pcall(M.build, policy, meta, { token = opts.token, namespace = self.namespace })
-  if not ok then return err(500, tostring(objs)) end
-  local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
-  local deadline = timer.now() + timeout
-  -- A stop deletes the Deployment with foreground propagation: until its pods
-  -- are gone it is still there, marked for deletion. Applying to it would
-  -- revive a Deployment the garbage collector is about to remove (and the
-  -- pod watch would find the dying pod Ready): wait until it is gone.
-  local dref = { apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace,
-                 name = objs.deployment.metadata.name }
-  while true do
-    local old, ge = c:get(dref)
-    if not old then
-      if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end
-      break
-    end
-    if not (old.metadata and old.metadata.deletionTimestamp) then break end
-    if timer.now() > deadline then
-      return err(504, "the previous session's workload was still being removed after " .. timeout .. "s")
-    end
-    timer.sleep(0.2)
+-- At most policy.workload.start_concurrency starts of this worker make
+-- their API calls at once; the others queue here, first come first served.
+-- A burst of starts otherwise has every one of them in flight together, each
+-- with its libcurl transfer and the decoded answers (about 100 KB at once
+-- per start): the allocator keeps that peak long after the starts have
+-- parked to wait for their pods (200 parked starts: 112 KB of resident
+-- memory each without the cap, about 58 KB with 8; see
+-- tests/bench/bench_parked_starts.py). Waiting for a pod holds no slot.
+local gate = { busy = 0, queue = {} } -- this worker's (a VM's) slots and queued starts
+
+local function gate_enter(limit, deadline)
+  if gate.busy < limit and #gate.queue == 0 then
+    gate.busy = gate.busy + 1
+    return true
   end
-  local dep
-  dep, e = c:apply(objs.deployment, { force = true })
+  local me = { cond = dstream.cond(), granted = false }
+  gate.queue[#gate.queue + 1] = me
+  while not me.granted do
+    local left = deadline - timer.now()
+    if left <= 0 then
+      for i, q in ipairs(gate.queue) do
+        if q == me then table.remove(gate.queue, i); break end
+      end
+      return false
+    end
+    me.cond:wait(math.min(left, 3600))
+  end
+  return true -- the slot was handed over by gate_leave
+end
+
+local function gate_leave()
+  local nxt = table.remove(gate.queue, 1)
+  if nxt then
+    nxt.granted = true -- the slot passes to the first queued start
+    nxt.cond:signal()
+  else
+    gate.busy = gate.busy - 1
+  end
+end
+
+-- -> true, fn(...) run holding a slot, or false when no slot came before
+-- deadline; an error in fn frees the slot and is raised again
+local function gated(limit, deadline, fn, ...)
+  if not gate_enter(limit, deadline) then return false end
+  local r = table.pack(pcall(fn, ...))
+  gate_leave()
+  if not r[1] then error(r[2], 0) end
+  return true, table.unpack(r, 2, r.n)
+end
+local function gate_timeout(timeout)
+  return err(504, "the start did not get its turn to call the API server within " .. timeout .. "s (too many starts at once)")
+end
+M._gate = gate -- for tests
+
+-- Applies the Deployment, then the Service, Ingress and Middleware at once
+-- with the Deployment as their owner. -> true, or nil, err
+local function apply_objects(c, objs)
+  local dep, e = c:apply(objs.deployment, { force = true })
   if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
   local owner = { apiVersion = "apps/v1", kind = "Deployment", name = dep.metadata.name, uid = dep.metadata.uid,
                   controller = true, blockOwnerDeletion = true }
@@ -485,11 +516,45 @@ function Driver:start(meta, opts)
       return err(502, "kubernetes: " .. tostring(r[3] or r[2]) .. " (object " .. i .. ")")
     end
   end
+  return true
+end
+
+function Driver:start(meta, opts)
+  local c, e = client()
+  if not c then return err(503, "kubernetes: " .. tostring(e)) end
+  local policy = P()
+  local ok, objs, id = pcall(M.build, policy, meta, { token = opts.token, namespace = self.namespace })
+  if not ok then return err(500, tostring(objs)) end
+  local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
+  local deadline = timer.now() + timeout
+  -- A stop deletes the Deployment with foreground propagation: until its pods
+  -- are gone it is still there, marked for deletion. Applying to it would
+  -- revive a Deployment the garbage collector is about to remove (and the
+  -- pod watch would find the dying pod Ready): wait until it is gone.
+  local dref = { apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace,
+                 name = objs.deployment.metadata.name }
+  local limit = math.max(1, math.floor(policy.workload.start_concurrency or 8))
+  while true do
+    local turn, old, ge = gated(limit, deadline, c.get, c, dref)
+    if not turn then return gate_timeout(timeout) end
+    if not old then
+      if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end
+      break
+    end
+    if not (old.metadata and old.metadata.deletionTimestamp) then break end
+    if timer.now() > deadline then
+      return err(504, "the previous session's workload was still being removed after " .. timeout .. "s")
+    end
+    timer.sleep(0.2)
+  end
+  local turn, applied, ae = gated(limit, deadline, apply_objects, c, objs)
+  if not turn then return gate_timeout(timeout) end
+  if not applied then return nil, ae end
   local shared = policy.workload.shared_watch ~= false and selects(pod_labels_of(objs.deployment), id.managed_selector)
     and id.repl_label and parse_selector(id.selector)
   -- a parked start keeps only what it waits with: the objects it sent and the
   -- API's answers (tens of KB of tables each) are garbage from here on
-  objs, dep, others, owner = nil, nil, nil, nil
+  objs = nil
   local pod
   events.emit(meta.id, "scheduling")
   local left = math.max(0.1, deadline - timer.now())
@@ -528,19 +593,35 @@ function M.running_uploader(pod)
   return nil
 end
 
+-- The session's pod that is not being deleted, or false when there is none;
+-- nil, err when the pods cannot be listed. The list is first answered from
+-- the API server's watch cache (resourceVersion 0): a quorum read decodes
+-- every pod of the namespace from etcd to filter them by label, and 500 stops
+-- at once made 500 of those, each over the client's 30 s timeout, retried
+-- (about 1,900 failed lists; 499 of the 500 answered 502). "No live pod" means
+-- the stop saves nothing before deleting, so that answer is confirmed with a
+-- quorum read (the cache may lag a pod the Deployment just made).
+function Driver:live_pod(c, selector)
+  local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
+  for _, rv in ipairs({ "0", false }) do
+    local l, e = c:list(ref, { label_selector = selector, resource_version = rv or nil })
+    if not l then return nil, e end
+    for _, p in ipairs(l.items) do
+      if not (p.metadata and p.metadata.deletionTimestamp) then return p end
+    end
+  end
+  return false
+end
+
 function Driver:stop(meta, sess)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
   local id
   id, e = session_identity(self, meta, sess)
   if not id then return err(500, "cannot tell which objects are this session's: " .. tostring(e)) end
-  local l
-  l, e = c:list({ apiVersion = "v1", kind = "Pod", namespace = self.namespace }, { label_selector = id.selector })
-  if not l then return err(502, "kubernetes: " .. tostring(e)) end
   local pod
-  for _, p in ipairs(l.items) do
-    if not (p.metadata and p.metadata.deletionTimestamp) then pod = p end
-  end
+  pod, e = self:live_pod(c, id.selector)
+  if pod == nil then return err(502, "kubernetes: " .. tostring(e)) end
   local t = M.template(P(), meta.template)
   if pod and t and t.agent == true then
     -- the agent saves the workspace itself: its final checkpoint, confirmed
