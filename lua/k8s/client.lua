@@ -14,7 +14,7 @@
 --
 --   c:create(obj, {subresource=})                      -> obj | nil, err   (not retried)
 --   c:get(ref, {subresource=})                         -> obj | nil, err
---   c:list(ref, {label_selector=, field_selector=, limit=}) -- ref.namespace = nil: the default
+--   c:list(ref, {label_selector=, field_selector=, limit=, resource_version=}) -- ref.namespace = nil: the default
 --                                                         namespace; all_namespaces = true: every one
 --     -> { items = {...}, resourceVersion = "..." } with every page (`continue`) followed
 --   c:delete(ref, {propagation = "Foreground"|"Background"|"Orphan", grace_period = s})
@@ -432,6 +432,9 @@ function Client:list(ref, opts)
     local q = {}
     if opts.label_selector then q.labelSelector = opts.label_selector end
     if opts.field_selector then q.fieldSelector = opts.field_selector end
+    -- resource_version = "0": any version the API server holds, answered from
+    -- its watch cache (no etcd read, cheap); the default is a quorum read
+    if opts.resource_version and not token then q.resourceVersion = tostring(opts.resource_version) end
     q.limit = opts.limit or 500
     if token then q["continue"] = token end
     local page
