@@ -63,7 +63,7 @@ import test_repl  # noqa: E402
 JSON_CT = "application/json"
 NS = "storm"
 POLICY = """return {
-  templates = { catalogue = { python = { image = 'devexd-runner-python:latest', agent = true } } },
+  templates = { catalogue = { python = %(template)s } },
   -- only the stop's final checkpoint saves the file each REPL gets
   sync = { checkpoint_interval = 3600 },
   quota = { repls_per_user = 2, sessions_per_user = 1 },
@@ -260,12 +260,13 @@ def call(d, method, path, cookie, timeout):
 
 
 class Storm:
-    def __init__(self, n, log=print, start_timeout=600):
+    def __init__(self, n, log=print, start_timeout=600, agents=True):
         self.n = n
+        self.agents = agents
         self.log = log
         self.start_timeout = start_timeout
         self.problems = []
-        self.res = {"n": n}
+        self.res = {"n": n, "mode": "agents" if agents else "ready-now"}
 
     def problem(self, fmt, *a):
         msg = fmt % a if a else fmt
@@ -288,19 +289,25 @@ class Storm:
             # the harness' /24 holds 254 Services: "failed to allocate a
             # serviceIP: range is full" from the 255th start on (a cluster's
             # range is usually a /12); a later flag overrides the harness' one
-            "--service-cluster-ip-range=10.0.0.0/16"]).__enter__()
+            "--service-cluster-ip-range=10.0.0.0/16"],
+            # without agents: pods Ready as soon as the kubelet sees them, status only
+            standins=self.agents).__enter__()
         self.kc.create_namespace(NS)
         kubeconfig = self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig"))
         self.redis = RedisServer().__enter__()
         self.gh = GitHubFake().__enter__()
         pol = os.path.join(self.tmp, "policy.lua")
         with open(pol, "w") as f:
-            f.write(POLICY % {"start_timeout": self.start_timeout, "stuck_after": self.start_timeout + 300})
+            f.write(POLICY % {"start_timeout": self.start_timeout, "stuck_after": self.start_timeout + 300,
+                              # ready-now: the original runner image; its stop's uploader
+                              # (an ephemeral container) exits 0 in the simulated kubelet
+                              "template": "{ image = 'devexd-runner-python:latest', agent = true }" if self.agents
+                              else "{ image = 'runner-python:latest', agent = false }"})
         conf = {
             "server": {"listen": [{"host": "127.0.0.1", "port": "@PORTNUM@"}], "max_body": 16 << 20},
             "environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
             "public_url": "http://127.0.0.1:@PORT@",
-            "redis": {"url": self.redis.url(), "timeout": 2},
+            "redis": {"url": self.redis.url()},  # the default command timeout (5 s)
             "github": self.gh.config(GH_REDIRECT),
             "s3": self.s3.conf(),
             "runtime": {"driver": "kubernetes"},
@@ -460,6 +467,8 @@ class Storm:
     def write_files(self):
         api = self.kc.client(user="admin")
         self.files = {}
+        if not self.agents:
+            return  # no workspace: nothing runs in the pods
         pods = api.get(k8s_harness.api_path("v1", "pods", NS))["items"]
         for p in pods:
             rid = p["metadata"]["labels"].get("devex.io/repl")
@@ -595,6 +604,11 @@ class Storm:
         if self.watcher.errors:
             self.log("watch restarts: %d (%s)" % (len(self.watcher.errors), self.watcher.errors[-1]))
 
+    def agent_logs(self):
+        """The logs of every agent the simulated kubelet ran."""
+        d = self.kc.kubelet.log_dir
+        return sorted(os.path.join(d, f) for f in os.listdir(d) if f.startswith("agent-") and f.endswith(".log"))
+
     def run(self):
         self.sign_in_and_create()
         self.start_storm()
@@ -609,15 +623,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=int(os.environ.get("STORM_N", "500")))
     ap.add_argument("--start-timeout", type=int, default=600)
+    ap.add_argument("--ready-now", action="store_true",
+                    help="no agents: the simulated kubelet makes each pod Ready as soon as it sees it (status only); "
+                         "the stop runs the uploader, whose ephemeral container exits 0 (no files to check)")
     args = ap.parse_args()
     t0 = time.monotonic()
-    with Storm(args.n, start_timeout=args.start_timeout) as s:
+    with Storm(args.n, start_timeout=args.start_timeout, agents=not args.ready_now) as s:
         res = s.run()
     res["total_seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(res, indent=1))
     res_dir = os.environ.get("RESULTS_DIR") or os.path.join(HERE, "results")
     os.makedirs(res_dir, exist_ok=True)
-    with open(os.path.join(res_dir, "storm.json" if args.n == 500 else "storm-%d.json" % args.n), "w") as f:
+    with open(os.path.join(res_dir, "storm-%d%s.json" % (args.n, "-ready-now" if args.ready_now else "")), "w") as f:
         json.dump(res, f, indent=1)
     sys.exit(1 if res["problems"] else 0)
 
