@@ -13,6 +13,9 @@ redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster/0.
     JSON; requests succeed again within 30 s; the writes after the failover
     are on the new primary; /readyz said 503 during the outage and 200
     after; the invalidation connections (caches) moved to the new primary;
+    the same for a planned SENTINEL FAILOVER while devexd is connected;
+  * an ACL user in the URL (the primary's credentials); without ROLE it
+    works with a warning, with +role it is checked;
   * every sentinel down at start, or none knowing the master name: devexd
     starts, /readyz and a sign-in answer 503 JSON at once (no hang) and the
     log says why; rediss+sentinel:// is refused at config load.
@@ -414,6 +417,37 @@ class SentinelTest(unittest.TestCase):
         results, times = self.run_load(d, browsers, failover, self.primary)
         self.check_load(d, browsers, results, times, self.primary)
         poll(lambda: self.replica.call("ROLE")[0] == b"slave", "the old primary to be a replica", timeout=20)
+
+    def test_4_acl_user(self):
+        """The primary's credentials from the URL (AUTH before ROLE); an ACL
+        user without ROLE (in @dangerous) works, with a warning that the
+        role cannot be checked; one given +role is checked quietly."""
+        servers = {rs.port: rs for rs in (self.primary, self.replica)}
+        primary = servers[self.sentinels[0].master_port()]
+        for rs in servers.values():  # ACLs are not replicated
+            rs.call("ACL", "SETUSER", "narrow", "on", ">pw-narrow", "~devex:*", "&__redis__:invalidate", "+@all",
+                    "-@dangerous")
+            rs.call("ACL", "SETUSER", "withrole", "on", ">pw-role", "~devex:*", "&__redis__:invalidate", "+@all",
+                    "-@dangerous", "+role")
+        ports = [s.port for s in self.sentinels]
+        for user, pw, warned in (("narrow", "pw-narrow", True), ("withrole", "pw-role", False)):
+            with self.subTest(user=user):
+                d = self.devexd(sentinel_url(ports).replace("://", "://%s:%s@" % (user, pw), 1))
+                d.sync_templates()
+                self.wait_ready(d)
+                b = self.login(d, user, 9900 + len(user))
+                r = self.create(b, "acl " + user)
+                self.assertEqual(r.status, 201, r.body)
+                self.assertEqual(primary.call("EXISTS", "devex:replMeta:" + r.json()["id"]), 1)
+                users = {f.split("=", 1)[1] for line in primary.call("CLIENT", "LIST").decode().splitlines()
+                         for f in line.split() if f.startswith("user=")}
+                self.assertIn(user, users)
+                checked = [e for e in d.logs() if "cannot check that" in e.get("msg", "")]
+                if warned:
+                    self.assertTrue(checked and "NOPERM" in checked[0]["msg"], checked)
+                else:
+                    self.assertEqual(checked, [])
+                self.assertNotIn(pw, d.raw_log())
 
     @staticmethod
     def tracking_clients(rs, browsers):
