@@ -20,7 +20,8 @@ and reads every REPL), same data, same binary; its sweep.lua gets only the
 two lines that put the run's time in the report.
 
 Usage: DEVEXD_BIN=build/devexd python3 tests/bench/bench_sweep.py
-Knobs (environment): SIZES (1000,10000), RUNNING (1000), CYCLES (8),
+Knobs (environment): SIZES (1000,10000), RUNNING (1000), CYCLES (8), ROUNDS
+(1; the order of the sizes alternates, medians printed at the end),
 DURATION (8), CONNECTIONS (32), BEFORE_REV, RESULTS_DIR (tests/bench/results).
 """
 
@@ -43,6 +44,7 @@ import test_sweep_scale  # noqa: E402
 SIZES = [int(x) for x in os.environ.get("SIZES", "1000,10000").split(",")]
 RUNNING = int(os.environ.get("RUNNING", "1000"))
 CYCLES = int(os.environ.get("CYCLES", "8"))
+ROUNDS = int(os.environ.get("ROUNDS", "1"))
 DURATION = int(os.environ.get("DURATION", "8"))
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "32"))
 BEFORE_REV = os.environ.get("BEFORE_REV")
@@ -165,11 +167,13 @@ def main():
     runner = subprocess.Popen(["sleep", "3600"], start_new_session=True)  # every session's "runner"
     try:
         with RedisServer() as redis:
-            for size in SIZES:
+            # the order of the sizes alternates between rounds (a busy machine drifts)
+            order = [(rnd, size) for rnd in range(ROUNDS) for size in (SIZES if rnd % 2 == 0 else SIZES[::-1])]
+            for rnd, size in order:
                 for name, lua_dir in variants:
                     with tempfile.TemporaryDirectory(prefix="devexd-bench-sweep-") as tmp:
                         res = measure(redis, size, lua_dir, runner.pid, tmp)
-                    res["variant"] = name
+                    res["variant"], res["round"] = name, rnd
                     results.append(res)
                     li = res["list"]
                     print("%-8s %6d REPLs, %d running: cycle %.1f ms (max %.1f), %.1f Redis commands/cycle %s,"
@@ -179,6 +183,14 @@ def main():
                               res["redis_commands_per_cycle"], json.dumps(res["top_commands_per_cycle"]),
                               res["examined"], res["sessions_read"], res["errors"], li["rps"], li["p50_ms"],
                               li["p99_ms"], li["non_2xx"]), flush=True)
+        print("medians over %d rounds:" % ROUNDS)
+        for name, _ in variants:
+            for size in SIZES:
+                rs = [x for x in results if x["variant"] == name and x["repls"] == size]
+                print("%-8s %6d REPLs: cycle %.1f ms, %.1f Redis commands/cycle, GET /api/repl %.0f req/s p99 %.2f ms" % (
+                    name, size, statistics.median(x["cycle_ms_median"] for x in rs),
+                    statistics.median(x["redis_commands_per_cycle"] for x in rs),
+                    statistics.median(x["list"]["rps"] for x in rs), statistics.median(x["list"]["p99_ms"] for x in rs)))
     finally:
         runner.kill()
         runner.wait()
