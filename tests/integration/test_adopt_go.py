@@ -125,12 +125,13 @@ class AdoptGoTest(unittest.TestCase):
 
     def snapshot(self, db=0):
         """Redis (minus what the running devexd writes on its own: sessions,
-        and the periodic sweep's lock, which reappears within one sweep
-        interval after setUp's FLUSHALL) and the bucket's files."""
+        and the periodic sweep's lock and its indexes' version marker, which
+        reappear within one sweep interval after setUp's FLUSHALL) and the
+        bucket's files."""
         data = {}
         for k in self.redis.call("KEYS", "*", db=db):
             k = k.decode()
-            if k.startswith("devex:session:") or k == "devex:sweep:lock":
+            if k.startswith("devex:session:") or k in ("devex:sweep:lock", "devex:replIdx:version"):
                 continue
             t = self.redis.call("TYPE", k, db=db)
             t = t.decode() if isinstance(t, bytes) else t
