@@ -4,7 +4,10 @@ section 5, issue #18): 50 starts parked together until their pods are Ready,
 with 200 clients watching their event streams, cost the real API server at
 most one pod WATCH request per worker (counted from the API server's own
 apiserver_request_total metric), every start still gets its own pod, and a
-pod that fails reaches only its own start."""
+pod that fails reaches only its own start. Starts take turns for their API
+calls (policy workload.start_concurrency): with one turn per worker, a start
+whose calls fail hands its turn on, and starts queued behind each other all
+get their pods."""
 import json
 import os
 import sys
@@ -135,6 +138,51 @@ class SharedWatchTest(unittest.TestCase):
             for w in ws:
                 got = w.until(last, timeout=30)
                 self.assertTrue(all(e["data"]["replId"] == rid for e in got), got)
+
+    def test_starts_take_turns_for_their_api_calls(self):
+        ns = "start-turns"  # not created yet: the first starts' apply fails
+        policy = os.path.join(self.tmp, "policy-turns.lua")
+        with open(policy, "w") as f:
+            f.write("return { quota = { repls_per_user = 20, sessions_per_user = 20 },\n"
+                    "  limits = { create = false, start = false, stop = false },\n"
+                    "  workload = { start_concurrency = 1, start_timeout = 60 } }\n")
+        ctx = unittest.TestCase()
+        ctx.store_dir, ctx.gh = self.store_dir, self.gh
+        ctx.redis = self.enterContext(RedisServer())
+        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-turns")), ns)
+        conf["policy"] = {"file": policy}
+        d = self.enterContext(Devexd(app=None, threads=1, config=conf))
+        d.sync_templates()
+        ctx.d, ctx.redis = d, ctx.redis
+        import test_repl
+        b = test_repl.ReplTest.login(ctx, "turns", 777002)
+        ids = []
+        for i in range(6):
+            r = b.request("POST", "/api/repl/new", headers=JSON,
+                          body=json.dumps({"template": "node", "replName": "t%d" % i}))
+            self.assertEqual(r.status, 201, r.body)
+            ids.append(r.json()["id"])
+        cookie = {"Cookie": b.cookie_header()}
+        # the one turn of the worker: each failed start must give it back, or
+        # the next one would wait for it until its start_timeout (504)
+        for rid in ids[:2]:
+            r = d.request("GET", "/api/repl/session/" + rid, headers=cookie, timeout=120)
+            self.assertEqual(r.status, 502, r.body)
+            self.assertIn("kubernetes", r.json()["error"], r.body)
+        self.kc.create_namespace(ns)
+        self.kc.kubelet.add_rule({"devex.test/ready-after": "1"}, namespace=ns)
+        results = {}
+
+        def start(rid):
+            results[rid] = d.request("GET", "/api/repl/session/" + rid, headers=cookie, timeout=120)
+        threads = [threading.Thread(target=start, args=(rid,)) for rid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        for rid in ids:
+            self.addCleanup(lambda rid=rid: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+            self.assertEqual(results[rid].status, 200, results[rid].body)
 
 
 if __name__ == "__main__":
