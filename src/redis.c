@@ -10,6 +10,12 @@
  * exponential backoff and jitter. hiredis 0.14 has no command timeout, so a
  * per-connection tick resolves overdue commands with "timeout"; their late
  * replies are then dropped (the op is freed only once hiredis is done with it).
+ *
+ * Sentinel (redis+sentinel://): the address of the primary is not in the
+ * URL. Each connection attempt first asks the sentinels for it (one short
+ * connection each, in turn), then checks with ROLE that the server named is
+ * the primary; a READONLY reply, or +switch-master on the sentinel this
+ * connection subscribes to, sends it back to the sentinels.
  */
 #include "devex.h"
 #include "errors.h"
