@@ -11,7 +11,9 @@
 --          failed saves the REPL is flagged save_failed (reason in save_error,
 --          metric devex_repl_save_failed) and left to the operator
 --          (`devexd repl stuck`, `devexd repl resolve`), not retried for ever;
---        starting: remove what the start made and go back to "created";
+--        starting: remove what the start made and go back to "created"
+--          (only once the start's own deadline, workload.start_timeout, is
+--          past too: until then a live start ends the transition itself);
 --        creating: the template copy was cut short: remove its objects and
 --          the REPL (its quota slot with it), as a failed create does;
 --        deleting: finish the delete (the files, then the REPL);
@@ -250,6 +252,7 @@ function M.run(now)
   end
   -- 2. stuck transitions: replIdx:transit up to now - stuck_after (a stop
   -- flagged save_failed is not in it: the operator's, devexd repl resolve)
+  local start_window = math.max(c.stuck_after, (tonumber(policy.workload.start_timeout) or 120) + 5)
   local flagged = store.count_save_failed()
   flagged = math.tointeger(flagged) or 0
   for _, id in ipairs(due(r, store.transit_key(), "-inf", "(" .. (now - c.stuck_after))) do
@@ -258,6 +261,11 @@ function M.run(now)
     if m == false or (m and (not store.TRANSIT_STATES[m.state] or m.save_failed == "1"
         or now - since <= c.stuck_after)) then
       heal[#heal + 1] = id -- gone, in another state, or its entry's time is stale
+    elseif m and m.state == "starting" and now - since <= start_window then
+      -- not stuck yet: a live start waits for its workload up to the
+      -- policy's start_timeout and ends the transition itself (a shorter
+      -- stuck_after would remove a workload that is still coming up)
+      report.starting = (report.starting or 0) + 1
     elseif m then
       local ok, err
       if m.state == "stopping" then
@@ -336,7 +344,7 @@ end
 
 -- What a run's report counts that is not an action: the REPLs flagged
 -- save_failed (the gauge), what the run read, its time.
-local NOT_ACTIONS = { save_failed = true, examined = true, sessions_read = true, ms = true }
+local NOT_ACTIONS = { save_failed = true, examined = true, sessions_read = true, ms = true, starting = true }
 
 -- Starts the periodic sweep on this worker (called once per worker; the lock
 -- makes one replica, and in it one worker, do the work).
