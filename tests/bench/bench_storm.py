@@ -597,6 +597,17 @@ class Storm:
         self.res["sweep_runs_per_replica"] = runs
         if not (min(runs) == 0 and max(runs) > 0):
             self.problem("sweep runs per replica: %r (want exactly one sweeper)", runs)
+        # a stop whose agent's final checkpoint failed fell back to the
+        # uploader, which the simulated kubelet only pretends to run: say why
+        fcp = [e for d in self.replicas for e in d.logs() if "final checkpoint failed" in str(e.get("msg"))]
+        self.res["final_checkpoint_failures"] = len(fcp)
+        if fcp:
+            self.log("final checkpoint failures: %d, e.g. %s" % (len(fcp), json.dumps(fcp[:3])))
+            for e in fcp[:3]:
+                for path in self.agent_logs():
+                    if str(e.get("repl")) in path:
+                        with open(path, "rb") as f:
+                            self.log("--- %s (tail)\n%s" % (path, f.read()[-3000:].decode("utf-8", "replace")))
         errs = [e for d in self.replicas for e in d.logs() if e.get("level") in ("error", "fatal")]
         self.res["error_log_lines"] = len(errs)
         if errs:
