@@ -156,7 +156,10 @@ def run_mode(kc, kubeconfig, mode):
 
 def main():
     out = []
-    with k8s_harness.KubeCluster(standins=False) as kc:
+    # the harness' /24 holds 254 Services and each mode's 200 stay (their
+    # starts never end): a wider range, or the third mode's starts fail with
+    # "failed to allocate a serviceIP: range is full" (a later flag wins)
+    with k8s_harness.KubeCluster(standins=False, apiserver_args=["--service-cluster-ip-range=10.0.0.0/16"]) as kc:
         tmp = tempfile.mkdtemp(prefix="devexd-parked-kc-")
         kubeconfig = kc.write_kubeconfig(os.path.join(tmp, "kubeconfig"))
         for mode in os.environ.get("MODES", "shared,shared-nocap,own").split(","):
