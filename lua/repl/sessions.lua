@@ -52,22 +52,32 @@ local function start_deadline()
 end
 
 -- Waits for another request's start of the same REPL to finish.
+-- A failed read does not end the wait: the other request is still making
+-- the workload, and one Redis timeout in a poll (650 starts at once on two
+-- replicas: 7 such waits answered 503 while their REPL started) would tell
+-- the user a start failed that did not. The last read's error is answered
+-- only if the deadline comes while reads still fail.
 local function wait_running(meta)
   local deadline = timer.now() + start_deadline()
+  local last_err
   while timer.now() < deadline do
     timer.sleep(0.2)
     local m, err = store.get(meta.id)
-    if m == nil then return unavailable(err) end
-    if not m then return fail(404, "repl not found") end
-    if m.state == "running" then
+    last_err = nil
+    if m == nil then
+      last_err = err
+    elseif not m then
+      return fail(404, "repl not found")
+    elseif m.state == "running" then
       local sess
       sess, err = store.get_session(meta.id)
-      if sess == nil then return unavailable(err) end
+      if sess == nil then last_err = err end
       if sess then return answer(m, sess) end
     elseif m.state ~= "starting" then
       return fail(502, "the concurrent start of this repl failed")
     end
   end
+  if last_err ~= nil then return unavailable(last_err) end
   return fail(504, "timed out waiting for the repl to start")
 end
 
