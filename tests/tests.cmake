@@ -23,7 +23,8 @@ set(DEVEX_TEST_COSTS
   test_manifests=30 test_runner_image=30 test_workload_render=30 test_h2_abuse=25
   test_sweep=25 test_runner_standin=25 test_abuse=20 test_redis_tls=20
   test_k8s_runtime=20 test_k8s_agent=20 test_k8s=20 test_s3=20
-  test_runner_storage=20 test_checkpoints=20)
+  test_runner_storage=20 test_checkpoints=20
+  test_redis_sentinel=110 test_sweep_scale=20)
 
 find_program(PYTHON3 python3 REQUIRED)
 file(GLOB DEVEX_INTEGRATION_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/integration/test_*.py)
