@@ -18,7 +18,7 @@ endforeach()
 # and run alone at the end. Tests not listed cost 10 (about the median), unit
 # tests 0. Only the order depends on these numbers, never a result.
 set(DEVEX_TEST_COSTS
-  test_crash_injection=80 test_packaging=70 test_k8s_storm=70 test_session_events=55
+  test_crash_injection=80 test_packaging=70 test_k8s_storm=70 test_k8s_start_wait=60 test_session_events=55
   test_k8s_shared_watch=55 test_lifecycle_failures=40 test_auth=30 test_ping=30
   test_manifests=30 test_runner_image=30 test_workload_render=30 test_h2_abuse=25
   test_sweep=25 test_runner_standin=25 test_abuse=20 test_redis_tls=20
