@@ -97,8 +97,9 @@
 --                    field wins); default: ENABLE_MCP_SIDECAR is "true" or "1"
 --   mcp_image, mcp_port  the sidecar's image and HTTP port
 --   start_timeout    seconds to wait for the pod to be Ready
---   start_concurrency  starts of one worker making their API calls at once
---                    (the others queue; waiting for the pod takes no turn)
+--   start_concurrency  if > 0: starts of one worker making their API calls
+--                    at once (the others queue; waiting for the pod takes no
+--                    turn); 0: no limit
 --   labels           function(ctx) -> the labels of every object; with
 --   managed_label, repl_label  the keys of the managed-by=devexd and repl labels
 --   build            function(ctx) -> { deployment =, service =, ingress =,
@@ -165,7 +166,7 @@ local M = {
   mcp_image = "ghcr.io/parthkapoor-dev/devex/mcp:latest",
   mcp_port = 8080,
   start_timeout = 120,
-  start_concurrency = 8,
+  start_concurrency = 0,
   security = {
     run_as_non_root = true,
     run_as_user = 1000,

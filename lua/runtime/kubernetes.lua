@@ -442,14 +442,16 @@ function Driver:wait_ready_own_watch(c, selector, timeout, repl_id)
   end
 end
 
--- At most policy.workload.start_concurrency starts of this worker make
--- their API calls at once; the others queue here, first come first served.
--- A burst of starts otherwise has every one of them in flight together, each
--- with its libcurl transfer and the decoded answers (about 100 KB at once
--- per start): the allocator keeps that peak long after the starts have
--- parked to wait for their pods (200 parked starts: 112 KB of resident
--- memory each without the cap, about 58 KB with 8; see
--- tests/bench/bench_parked_starts.py). Waiting for a pod holds no slot.
+-- With policy.workload.start_concurrency = N (> 0), at most N starts of
+-- this worker make their API calls at once; the others queue here, first
+-- come first served. A burst of starts otherwise has every one of them in
+-- flight together, each with its libcurl transfer and the decoded answers:
+-- the allocator keeps that peak long after the starts have parked to wait
+-- for their pods (200 parked starts: about 101-128 KB of resident memory
+-- each without turns, 58-73 KB with 8). The price is the burst's latency
+-- (the 200 starts' calls took 12 s instead of 5 s with 8 turns on a loaded
+-- machine; tests/bench/bench_parked_starts.py), so it is off by default.
+-- Waiting for a pod holds no slot.
 local gate = { busy = 0, queue = {} } -- this worker's (a VM's) slots and queued starts
 
 local function gate_enter(limit, deadline)
@@ -533,7 +535,8 @@ function Driver:start(meta, opts)
   -- pod watch would find the dying pod Ready): wait until it is gone.
   local dref = { apiVersion = "apps/v1", kind = "Deployment", namespace = self.namespace,
                  name = objs.deployment.metadata.name }
-  local limit = math.max(1, math.floor(policy.workload.start_concurrency or 8))
+  local limit = math.floor(policy.workload.start_concurrency or 0)
+  if limit <= 0 then limit = math.huge end -- no turns (the default)
   while true do
     local turn, old, ge = gated(limit, deadline, c.get, c, dref)
     if not turn then return gate_timeout(timeout) end

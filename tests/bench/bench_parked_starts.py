@@ -4,12 +4,12 @@ at once for pods the simulated kubelet never makes Ready, on one devexd with
 2 workers against the real API server of tests/integration/k8s_harness.py.
 Measured side by side in the same run, for three modes:
 
-- "shared": the defaults, one pod watch per worker (policy.workload.
-  shared_watch) and at most workload.start_concurrency (8) starts of a
-  worker making their API calls at once;
-- "shared-nocap": the same with start_concurrency = 100000, every start's
-  API calls in flight together (the lever of the cap, before/after);
-- "own": one watch per start (shared_watch = false), with the cap;
+- "shared": one pod watch per worker (policy.workload.shared_watch, the
+  default) and at most TURNS (8) starts of a worker making their API calls
+  at once (workload.start_concurrency);
+- "shared-nocap": the defaults, start_concurrency = 0, every start's API
+  calls in flight together (the lever of the turns, before/after);
+- "own": one watch per start (shared_watch = false), with the turns;
 
 and in each:
 
@@ -17,6 +17,8 @@ and in each:
 - the pod WATCH requests open on the API server meanwhile (its
   apiserver_longrunning_gauge, namespaced pods);
 - devexd's TCP connections to the API server;
+- the seconds until every start's Deployment exists (its API calls done;
+  null if not within SETTLE);
 - how many of the starts are still parked when measured (a start answered
   early, e.g. a 503 from an overloaded Redis, would make the figure look
   better than it is: per parked start divides by the parked ones).
@@ -26,7 +28,9 @@ tests/bench/results/parked_starts.json, not judged.
 
 Usage: DEVEXD_BIN=build/devexd python3 tests/bench/bench_parked_starts.py
 Knobs (environment): STARTS (200), SETTLE (8 seconds parked before measuring),
-MODES (shared,shared-nocap,own).
+MODES (shared,shared-nocap,own), TURNS (8: start_concurrency of shared and own).
+The modes run one after another on one cluster: the first one meets a
+cluster that has just started, so compare modes over runs in both orders.
 """
 import json
 import os
@@ -102,7 +106,7 @@ def answered(sock):
 
 def run_mode(kc, kubeconfig, mode):
     shared = mode != "own"
-    cap = 100000 if mode == "shared-nocap" else 8
+    cap = 0 if mode == "shared-nocap" else int(os.environ.get("TURNS", "8"))
     c = Ctx()
     c.tmp = tempfile.mkdtemp(prefix="devexd-parked-")
     c.store_dir = os.path.join(c.tmp, "bucket")
@@ -141,7 +145,14 @@ def run_mode(kc, kubeconfig, mode):
                 s = socket.create_connection(("127.0.0.1", d.port))
                 s.sendall((req % (rid, b.cookie_header())).encode())
                 socks.append(s)
-            time.sleep(SETTLE)
+            # meanwhile: when the last start's Deployment exists (the starts'
+            # API calls done: what the turns could slow down)
+            t0, applied_s = time.time(), None
+            dpath = k8s_harness.api_path("apps/v1", "deployments", ns)
+            while time.time() - t0 < SETTLE:
+                if applied_s is None and len(kc.api.get(dpath)["items"]) >= STARTS:
+                    applied_s = round(time.time() - t0, 1)
+                time.sleep(0.5)
             after = rss_kb(d.proc.pid)
             watches = pod_watches(kc)
             conns = conns_to(d.proc.pid, api_port) if api_port else None
@@ -151,7 +162,7 @@ def run_mode(kc, kubeconfig, mode):
             kc.kubelet.clear_rules()
             return {"mode": mode, "starts": STARTS, "parked": parked, "rss_before_kb": before,
                     "rss_parked_kb": after, "kb_per_parked_start": round((after - before) / max(1, parked), 1),
-                    "pod_watches_open": watches, "api_connections": conns}
+                    "pod_watches_open": watches, "api_connections": conns, "all_applied_s": applied_s}
 
 
 def main():
