@@ -12,7 +12,8 @@ random time in [0, the operation's usual duration], inject one fault:
   s3     stop the S3 server for a moment and start it again
 Where the fault landed is recorded (the REPL's state, whether its Deployment
 and an uploader existed). Then, once the sweep has run (policy: sweep every
-0.5 s, stuck_after 6 s, orphan_grace 3 s), these must hold (polled):
+0.5 s, stuck_after 6 s, orphan_grace 3 s; a start has 15 s to get its pod Ready,
+so a start cut short is repaired 20 s after it began), these must hold (polled):
   - no REPL in creating/starting/stopping/deleting, none flagged save_failed;
   - every devexd-labelled Deployment belongs to a running REPL, every running
     REPL has its Deployment and session, no other REPL has a session;
@@ -59,7 +60,7 @@ MAX_ATTEMPTS = 3  # policy.sync.max_attempts (default)
 
 POLICY = """return {
   cleanup = { sweep_interval = 0.5, stuck_after = 6, orphan_grace = 3 },
-  workload = { start_timeout = 8 },
+  workload = { start_timeout = 15 },
   quota = { repls_per_user = 50, sessions_per_user = 50 },
   sync = { timeout = 8 },
 }
