@@ -27,7 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, rss_kb  # noqa: E402
 from test_auth import Browser  # noqa: E402
 
 STREAMS = int(os.environ.get("STREAMS", "1000"))
@@ -37,14 +37,6 @@ ROUNDS = int(os.environ.get("ROUNDS", "40"))
 DEV_CONF = os.path.join(harness.SOURCE_DIR, "etc", "devexd.dev.conf.lua")
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cpu_s(pid):

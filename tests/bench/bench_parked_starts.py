@@ -43,7 +43,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import k8s_harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, rss_kb  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
 from test_k8s_runtime import cluster_config  # noqa: E402
 from test_k8s_shared_watch import pod_watches  # noqa: E402
@@ -53,14 +53,6 @@ STARTS = int(os.environ.get("STARTS", "200"))
 SETTLE = float(os.environ.get("SETTLE", "8"))
 JSON = {"Content-Type": "application/json"}
 NS = "parked"
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def conns_to(pid, port):

@@ -54,7 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 import harness  # noqa: E402
 import k8s_harness  # noqa: E402
-from harness import Devexd, RedisServer  # noqa: E402
+from harness import Devexd, RedisServer, rss_kb  # noqa: E402
 from fakes.github_fake import GitHubFake  # noqa: E402
 from test_auth import FRONTEND, GH_REDIRECT  # noqa: E402
 from test_s3 import S3Server, ensure_s3_server  # noqa: E402
@@ -87,14 +87,6 @@ def pct(xs, p):
         return None
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Ctx(unittest.TestCase):

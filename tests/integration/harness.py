@@ -586,6 +586,16 @@ def curl(*args, timeout=30):
     return p.returncode, body, code, version, p.stderr.decode("utf-8", "replace")
 
 
+
+def rss_kb(pid):
+    """Resident memory of a process in KB (/proc/<pid>/status VmRSS; 0 when
+    absent): what the benches and test_h2_abuse measure devexd by."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
 def poll(fn, what="condition", timeout=30, interval=0.05):
     """Calls fn() until it returns a true value, and returns that; fails
     (AssertionError naming `what` and fn's last value) after timeout seconds."""

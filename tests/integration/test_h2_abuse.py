@@ -32,7 +32,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import Devexd  # noqa: E402
+from harness import Devexd, rss_kb  # noqa: E402
 
 try:
     import h2.config
@@ -53,14 +53,6 @@ local metrics = require("devex.metrics")
 app:get("/metrics", function() return 200, metrics.render(), { ["content-type"] = "text/plain" } end)
 return app
 """
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def guard_metrics(d):
