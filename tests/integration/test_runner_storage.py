@@ -173,23 +173,25 @@ class RunnerStorageTest(unittest.TestCase):
         r = self.d.request("POST", "/api/runner/%s/uploads" % RID, body=json.dumps({"paths": ["e.txt"]}),
                            headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
         url = r.json()["uploads"][0]["url"]
-        # the same URL with a 1 s expiry, signed again by devexd's signer: a
-        # URL whose expiry passed is refused even for its own key
-        short = self.presign_short("PUT", "repl/%s/%s/e.txt" % (OWNER, RID))
+        # the same URL with a 5 s expiry, signed again by devexd's signer: a
+        # URL whose expiry passed is refused even for its own key (5 s, not 1:
+        # under ASan with the suite beside it the first PUT came too late)
+        t0 = time.monotonic()
+        short = self.presign_short("PUT", "repl/%s/%s/e.txt" % (OWNER, RID), 5)
         self.assertEqual(http("PUT", short, b"x")[0], 200)
-        time.sleep(2.2)
+        time.sleep(max(0.0, t0 + 6.2 - time.monotonic()))
         st, body = http("PUT", short, b"y")
         self.assertEqual(st, 403, body)
         self.assertIn(b"Request has expired", body)
         self.assertEqual(http("PUT", url, b"z")[0], 200)
 
-    def presign_short(self, method, key):
-        """A presigned URL with X-Amz-Expires=1 from devexd's own signer (the
+    def presign_short(self, method, key, expires=1):
+        """A presigned URL with X-Amz-Expires=expires from devexd's own signer (the
         s3app test app's generic /op calls store:presign)."""
         if not hasattr(self, "_s3app"):
             type(self)._s3app = Devexd(app="s3app", config={"s3": self.s3.conf()}).__enter__()
             self.addClassCleanup(self._s3app.__exit__, None, None, None)
-        r = self._s3app.request("POST", "/op", body=json.dumps({"op": "presign", "args": [method, key, 1]}),
+        r = self._s3app.request("POST", "/op", body=json.dumps({"op": "presign", "args": [method, key, expires]}),
                                 headers={"Content-Type": "application/json"})
         self.assertEqual(r.status, 200, r.body)
         self.assertTrue(r.json()["ok"], r.body)
