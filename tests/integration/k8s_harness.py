@@ -711,9 +711,34 @@ class KubeCluster:
 
     # ---- etcd ----
 
+    @staticmethod
+    def _remove_stale_etcd_dirs(base):
+        """Removes the etcd data dirs of earlier runs that were killed before
+        their cleanup (in /dev/shm each holds ~100 MB of RAM): a dir no
+        running process names and older than two minutes (a concurrent test
+        may have made its dir and not started etcd yet)."""
+        cmdlines = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        cmdlines.append(f.read())
+                except OSError:
+                    pass
+        for name in os.listdir(base):
+            d = os.path.join(base, name)
+            try:
+                old = time.time() - os.stat(d).st_mtime > 120
+            except OSError:
+                continue
+            if name.startswith("devexd-etcd-") and old and not any(d.encode() in c for c in cmdlines):
+                shutil.rmtree(d, ignore_errors=True)
+
     def _start_etcd(self):
         self.etcd_port, peer = free_port(), free_port()
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else self.tmp  # cheap fsync
+        if base == "/dev/shm":
+            self._remove_stale_etcd_dirs(base)
         self.etcd_dir = tempfile.mkdtemp(prefix="devexd-etcd-", dir=base)
         self.etcd_url = "http://127.0.0.1:%d" % self.etcd_port
         peer_url = "http://127.0.0.1:%d" % peer
