@@ -490,6 +490,11 @@ static void primary_demoted(rconn_t *c, redisAsyncContext *ac)
              c->port);
     set_error(c, msg);
     devex_logf(DEVEX_LOG_WARN, "redis: %s", msg);
+    /* the sentinel that named it is asked last next time (as role_ok does): a
+     * stale one asked first again would name the same replica in a loop when
+     * ROLE cannot be checked */
+    if (c->nsentinels > 0)
+        c->sq_first = (c->sq_first + 1) % c->nsentinels;
     redisAsyncDisconnect(ac);
 }
 
