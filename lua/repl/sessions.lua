@@ -193,7 +193,10 @@ stop_locked = function(meta)
   end
   store.end_session(meta.id)
   store.transition(meta.id, "stopped", { "stopping" })
-  if meta.save_failures then pcall(require("repl.sweep").save_ok, meta.id) end
+  -- always, not only when `meta` (read before the stop lock) showed failures:
+  -- a retry that failed in between would leave the REPL flagged save_failed,
+  -- and its next interrupted stop would not be retried by the sweep
+  pcall(require("repl.sweep").save_ok, meta.id)
   events.emit(meta.id, "stopped")
   log.info("repl stopped", { repl = meta.id })
   return true
@@ -217,6 +220,7 @@ function M.discard(meta)
     local prev, terr = store.transition(meta.id, "stopped", { "stopping" })
     if prev == nil then return unavailable(terr) end
     if not prev then return fail(409, "the repl changed meanwhile") end
+    pcall(require("repl.sweep").save_ok, meta.id) -- the failures are discarded with the files
     events.emit(meta.id, "stopped")
     return true
   end)

@@ -79,7 +79,6 @@ function M.discard(id)
   local ok
   ok, err = require("repl.sessions").discard(m) -- the REPL's state is repl.sessions'
   if not ok then return nil, err.message end
-  require("repl.sweep").save_ok(id)
   require("devex.log").warn("repl stopped without saving (devexd repl resolve --discard)",
     { repl = id, last_saved_at = m.lastSavedAt })
   return true
