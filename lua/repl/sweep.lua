@@ -193,6 +193,11 @@ function M.run(now)
         elseif sess == false then
           heal[#heal + 1] = id -- no session: the entry goes
         end
+      elseif m and m.state ~= "running" then
+        -- not running (any more): the entry goes unless a session is left
+        -- (a stop whose save failed keeps it), so such entries do not pile
+        -- up at the head of the index in front of sessions that are due
+        heal[#heal + 1] = id
       end
     end
   end
