@@ -40,22 +40,36 @@ local function deadlines(last_active, started_at)
   return idle_at, lifetime_at, at, reason
 end
 
-local function last_active_of(id)
-  local r = rds.client()
-  local v = r and r:call("ZSCORE", store.activity_key(), id)
-  return tonumber(v)
+local function unavailable(err)
+  return nil, require("devex.error").http(503, "store unavailable: " .. tostring(err))
 end
 
--- info(meta, now) -> the activity answer
+-- last_active_of(id) -> seconds | false (not in the index) | nil, err
+local function last_active_of(id)
+  local r, err = rds.client()
+  if not r then return nil, err end
+  local v
+  v, err = r:call("ZSCORE", store.activity_key(), id)
+  if v == nil then return nil, err end
+  return tonumber(v) or false
+end
+
+-- info(meta, now) -> the activity answer | nil, err (a 503 devex.error: a
+-- failed read is not "no deadline")
 function M.info(meta, now)
   now = now or os.time()
   local idle_limit, max_lifetime, lead, kmax = knobs()
   local out = { replId = meta.id, state = meta.state, running = meta.state == "running",
                 idleLimit = idle_limit, maxLifetime = max_lifetime, warningLead = lead, keepaliveMax = kmax }
   if meta.state ~= "running" then return out end
-  local sess = store.get_session(meta.id) or {}
+  local sess, err = store.get_session(meta.id)
+  if sess == nil then return unavailable(err) end
+  sess = sess or {}
   local started = tonumber(sess.started_at)
-  local last = last_active_of(meta.id)
+  local last
+  last, err = last_active_of(meta.id)
+  if last == nil then return unavailable(err) end
+  last = last or nil
   local idle_at, lifetime_at, at, reason = deadlines(last, started)
   out.startedAt, out.lastActivityAt = started, last
   out.idleSince = last
@@ -68,6 +82,19 @@ function M.info(meta, now)
   return out
 end
 
+-- One script: a keepalive that races the stop of its session (the warning
+-- prompts a click just as the sweep stops it) must not write into the
+-- session's deleted key, which would make a partial session that counts
+-- against sessions_per_user with no expiry. -1: no session; -2: over the
+-- limit; else the keepalives used.
+local KEEPALIVE = [[
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local used = tonumber(redis.call('HGET', KEYS[1], 'keepalives') or '0') + 1
+if used > tonumber(ARGV[1]) then return -2 end
+redis.call('HSET', KEYS[1], 'keepalives', used, 'last_keepalive', ARGV[2])
+return used
+]]
+
 -- keepalive(meta) -> info | nil, err (a devex.error with the HTTP status)
 function M.keepalive(meta, now)
   local derror = require("devex.error")
@@ -76,15 +103,13 @@ function M.keepalive(meta, now)
   local _, _, _, kmax = knobs()
   local r, err = rds.client()
   if not r then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
-  local skey = store.session_key(meta.id)
   local used
-  used, err = r:call("HINCRBY", skey, "keepalives", 1)
-  if not used then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
-  if used > kmax then
-    r:call("HINCRBY", skey, "keepalives", -1)
+  used, err = r:eval(KEEPALIVE, { store.session_key(meta.id) }, kmax, now)
+  if used == nil then return nil, derror.http(503, "store unavailable: " .. tostring(err)) end
+  if used == -1 then return nil, derror.http(409, "repl is not running") end
+  if used == -2 then
     return nil, derror.http(429, "keepalive limit reached", { code = "keepalive_limit", limit = kmax })
   end
-  r:call("HSET", skey, "last_keepalive", now)
   if activity.counts({ kind = "keepalive", repl = meta.id }) then
     store.touch(meta.id, now, "keepalive")
     meta.last_signal = "keepalive"

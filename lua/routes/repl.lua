@@ -61,7 +61,7 @@ return function(app)
   app:get("/api/repl/:id/activity", auth, function(req)
     local meta, e = service.owned(req.user, req.params.id)
     if not meta then return fail(e) end
-    return 200, require("repl.culling").info(meta)
+    return reply(require("repl.culling").info(meta))
   end)
 
   app:post("/api/repl/:id/keepalive", auth, function(req)

@@ -392,6 +392,24 @@ class CullingTest(LocalEventsTest):
         self.assertGreaterEqual(time.time(), stop_at - 1)
         self.assertEqual(b.get("/api/repl/%s/activity" % rid).json()["running"], False)
 
+    def test_a_keepalive_after_its_session_ended_writes_nothing(self):
+        """A keepalive that races the stop of its session (the warning prompts
+        the click just as the sweep stops it) answers 409 and leaves no
+        partial session behind (one would count against sessions_per_user
+        with no expiry)."""
+        b = self.sign_in("olga")
+        rid = self.create(b, "cull3")
+        # the REPL still reads "running" but its session is already gone: the
+        # moment between the stop's end_session and its transition
+        self.redis.call("HSET", "devex:replMeta:" + rid, "state", "running")
+        self.addCleanup(lambda: self.redis.call("HSET", "devex:replMeta:" + rid, "state", "created"))
+        r = b.request("POST", "/api/repl/%s/keepalive" % rid, headers=JSON, body="{}")
+        self.assertEqual(r.status, 409, r.body)
+        self.assertEqual(self.redis.call("EXISTS", "devex:activeSession:" + rid), 0)
+        r = b.get("/api/repl/%s/activity" % rid)
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(r.json()["keepalivesUsed"], 0)
+
     def test_owner_only_activity(self):
         a = self.sign_in("mike")
         rid = self.create(a, "cull2")
