@@ -29,7 +29,6 @@ local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
 local pod_informer = require("runtime.pod_informer")
-local dstream = require("devex.stream")
 local log = require("devex.log")
 local events = require("repl.events") -- the session event stream (issue #18)
 local json = require("devex.json")
@@ -452,47 +451,7 @@ end
 -- (the 200 starts' calls took 12 s instead of 5 s with 8 turns on a loaded
 -- machine; tests/bench/bench_parked_starts.py), so it is off by default.
 -- Waiting for a pod holds no slot.
-local gate = { busy = 0, queue = {} } -- this worker's (a VM's) slots and queued starts
-
-local function gate_enter(limit, deadline)
-  if gate.busy < limit and #gate.queue == 0 then
-    gate.busy = gate.busy + 1
-    return true
-  end
-  local me = { cond = dstream.cond(), granted = false }
-  gate.queue[#gate.queue + 1] = me
-  while not me.granted do
-    local left = deadline - timer.now()
-    if left <= 0 then
-      for i, q in ipairs(gate.queue) do
-        if q == me then table.remove(gate.queue, i); break end
-      end
-      return false
-    end
-    me.cond:wait(math.min(left, 3600))
-  end
-  return true -- the slot was handed over by gate_leave
-end
-
-local function gate_leave()
-  local nxt = table.remove(gate.queue, 1)
-  if nxt then
-    nxt.granted = true -- the slot passes to the first queued start
-    nxt.cond:signal()
-  else
-    gate.busy = gate.busy - 1
-  end
-end
-
--- -> true, fn(...) run holding a slot, or false when no slot came before
--- deadline; an error in fn frees the slot and is raised again
-local function gated(limit, deadline, fn, ...)
-  if not gate_enter(limit, deadline) then return false end
-  local r = table.pack(pcall(fn, ...))
-  gate_leave()
-  if not r[1] then error(r[2], 0) end
-  return true, table.unpack(r, 2, r.n)
-end
+local gate = require("runtime.turns").new() -- this worker's (a VM's) turns and queued starts
 local function gate_timeout(timeout)
   return err(504, "the start did not get its turn to call the API server within " .. timeout .. "s (too many starts at once)")
 end
@@ -538,7 +497,7 @@ function Driver:start(meta, opts)
   local limit = math.floor(policy.workload.start_concurrency or 0)
   if limit <= 0 then limit = math.huge end -- no turns (the default)
   while true do
-    local turn, old, ge = gated(limit, deadline, c.get, c, dref)
+    local turn, old, ge = gate:run(limit, deadline, c.get, c, dref)
     if not turn then return gate_timeout(timeout) end
     if not old then
       if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end
@@ -550,7 +509,7 @@ function Driver:start(meta, opts)
     end
     timer.sleep(0.2)
   end
-  local turn, applied, ae = gated(limit, deadline, apply_objects, c, objs)
+  local turn, applied, ae = gate:run(limit, deadline, apply_objects, c, objs)
   if not turn then return gate_timeout(timeout) end
   if not applied then return nil, ae end
   local shared = policy.workload.shared_watch ~= false and selects(pod_labels_of(objs.deployment), id.managed_selector)
@@ -604,37 +563,7 @@ end
 -- add is not idempotent) and answered 502 (bench_storm.py --ready-now).
 -- Waiting for the uploader to finish holds no slot.
 M.STOP_CONCURRENCY = 8
-local stop_gate = { busy = 0, queue = {} }
-
-local function stop_gate_enter(deadline)
-  if stop_gate.busy < M.STOP_CONCURRENCY and #stop_gate.queue == 0 then
-    stop_gate.busy = stop_gate.busy + 1
-    return true
-  end
-  local me = { cond = dstream.cond(), granted = false }
-  stop_gate.queue[#stop_gate.queue + 1] = me
-  while not me.granted do
-    local left = deadline - timer.now()
-    if left <= 0 then
-      for i, q in ipairs(stop_gate.queue) do
-        if q == me then table.remove(stop_gate.queue, i); break end
-      end
-      return false
-    end
-    me.cond:wait(math.min(left, 3600))
-  end
-  return true -- handed over by stop_gate_leave
-end
-
-local function stop_gate_leave()
-  local nxt = table.remove(stop_gate.queue, 1)
-  if nxt then
-    nxt.granted = true
-    nxt.cond:signal()
-  else
-    stop_gate.busy = stop_gate.busy - 1
-  end
-end
+local stop_gate = require("runtime.turns").new()
 
 -- The session's pod that is not being deleted, or false when there is none;
 -- nil, err when the pods cannot be listed. The list is first answered from
@@ -701,14 +630,12 @@ function Driver:stop(meta, sess)
     else
       local container = (type(sp.container) == "function" and sp.container or require("policy.sync").container)(ctx)
       local ok
-      if not stop_gate_enter(timer.now() + (sp.timeout or 300)) then
+      local turn
+      turn, ok, e = stop_gate:run(M.STOP_CONCURRENCY, timer.now() + (sp.timeout or 300), c.add_ephemeral_container, c,
+        { namespace = self.namespace, name = pod.metadata.name }, container)
+      if not turn then
         return err(504, "the stop did not get its turn to start the uploader (too many stops at once)")
       end
-      local pok, r1, r2 = pcall(c.add_ephemeral_container, c, { namespace = self.namespace, name = pod.metadata.name },
-        container)
-      stop_gate_leave()
-      if not pok then error(r1, 0) end
-      ok, e = r1, r2
       if not ok then return err(502, "could not start the uploader: " .. tostring(e)) end
       name = container.name
     end
