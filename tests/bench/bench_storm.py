@@ -265,6 +265,21 @@ class Storm:
         self.problems.append(msg)
         self.log("PROBLEM: " + msg)
 
+    def answer(self, op, rid, kind, o, statuses):
+        """One call's outcome from at_once(): (status, body, content type,
+        sent, answered) counted in statuses, or None (a problem noted) when
+        it did not finish or raised."""
+        if o is None:
+            self.problem("%s of %s (%s) did not finish", op, rid, kind)
+            return None
+        (r, ts, te) = o
+        if r[0] == "exception":
+            self.problem("%s of %s (%s): %s", op, rid, kind, r[1])
+            return None
+        st, body, ctype = r
+        statuses[st] = statuses.get(st, 0) + 1
+        return st, body, ctype, ts, te
+
     # ---- setup ----
 
     def __enter__(self):
@@ -382,15 +397,10 @@ class Storm:
         api_secs = audit_seconds(self.audit, a0, "deployments", ("get", "patch"))
         own = []
         for (i, rid, kind), o in zip(what, out):
-            if o is None:
-                self.problem("start of %s (%s) did not finish", rid, kind)
+            a = self.answer("start", rid, kind, o, statuses)
+            if a is None:
                 continue
-            (r, ts, te) = o
-            if r[0] == "exception":
-                self.problem("start of %s (%s): %s", rid, kind, r[1])
-                continue
-            st, body, ctype = r
-            statuses[st] = statuses.get(st, 0) + 1
+            st, body, ctype, ts, te = a
             per_repl.setdefault(rid, set()).add(st)
             if st == 429:
                 try:
@@ -512,15 +522,10 @@ class Storm:
         wall = time.monotonic() - t0
         statuses, lat, ok = {}, [], {}
         for (rid, kind), o in zip(what, out):
-            if o is None:
-                self.problem("stop of %s (%s) did not finish", rid, kind)
+            a = self.answer("stop", rid, kind, o, statuses)
+            if a is None:
                 continue
-            (r, ts, te) = o
-            if r[0] == "exception":
-                self.problem("stop of %s (%s): %s", rid, kind, r[1])
-                continue
-            st, body, _ = r
-            statuses[st] = statuses.get(st, 0) + 1
+            st, body, _, ts, te = a
             if st == 200:
                 ok[rid] = True
                 if kind != "again":
