@@ -46,10 +46,12 @@ local function answer(meta, sess)
 end
 
 -- how long a start may take: the workload's own start timeout (the drivers
--- wait at most this for their runner to be ready)
-local function start_deadline()
+-- wait at most this for their runner to be ready; the sweep does not call a
+-- start stuck before it has passed)
+function M.start_deadline()
   return tonumber(policy.workload.start_timeout) or 120
 end
+local start_deadline = M.start_deadline
 
 -- Waits for another request's start of the same REPL to finish.
 -- A failed read does not end the wait: the other request is still making

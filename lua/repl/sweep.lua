@@ -257,7 +257,7 @@ function M.run(now)
   end
   -- 2. stuck transitions: replIdx:transit up to now - stuck_after (a stop
   -- flagged save_failed is not in it: the operator's, devexd repl resolve)
-  local start_window = math.max(c.stuck_after, (tonumber(policy.workload.start_timeout) or 120) + 5)
+  local start_window = math.max(c.stuck_after, sessions.start_deadline() + 5)
   local flagged = store.count_save_failed()
   flagged = math.tointeger(flagged) or 0
   for _, id in ipairs(due(r, store.transit_key(), "-inf", "(" .. (now - c.stuck_after))) do
