@@ -2,9 +2,16 @@
  * memtrim.c: gives memory back after a burst. A request burst leaves garbage in
  * the worker's Lua heap and freed blocks in the allocator, which together kept
  * an idle devexd several MB above its startup size. Once a second each worker
- * looks whether it served requests since the last look; the first quiet
- * second after some traffic it runs a full Lua collection and asks the
- * allocator to return free pages to the OS. A busy worker never pays for it.
+ * looks whether requests arrived since the last look; the first quiet second
+ * after some traffic it runs a full Lua collection and asks the allocator to
+ * return free pages to the OS. A busy worker never pays for it.
+ *
+ * Requests still in flight do not hold it back (they did: with any IDE open,
+ * a proxied WebSocket in flight, it never ran). Parked ones,
+ * session starts waiting for their pods, are quiet, and a burst of them is
+ * when the garbage of their API calls is worth giving back. Background tasks
+ * (the sweep, timers) are not traffic: counting them would leave no quiet
+ * second at all.
  */
 #include "memtrim.h"
 
@@ -25,7 +32,7 @@ static void on_tick(uv_timer_t *h)
         w->dirty = true;
         return;
     }
-    if (!w->dirty || w->inflight > 0)
+    if (!w->dirty)
         return;
     w->dirty = false;
     if (w->vm != NULL)

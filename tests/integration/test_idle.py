@@ -1,9 +1,11 @@
 """Memory is given back after a burst (src/memtrim.c): once a worker has served
 requests and then had a quiet second, it runs a full Lua collection and trims
-the allocator. Observed through the Lua heap size, which nothing else would
-shrink while no request allocates."""
+the allocator, also while requests are parked (a session start waiting for
+its pod, a proxied WebSocket): they are quiet too. Observed through the Lua
+heap size, which nothing else would shrink while no request allocates."""
 
 import os
+import socket
 import sys
 import time
 import unittest
@@ -21,6 +23,11 @@ app:get("/garbage", function()
   return 200, { made = #keep }
 end)
 app:get("/heap", function() return 200, { kb = collectgarbage("count") } end)
+-- a request that stays in flight, quietly (as a start waiting for its pod)
+app:get("/park", function()
+  require("devex.timer").sleep(60)
+  return 200, { parked = true }
+end)
 return app
 """
 
@@ -32,25 +39,46 @@ def heap_kb(d):
 
 
 class IdleTest(unittest.TestCase):
+    def burst_is_collected(self, d):
+        base = heap_kb(d)
+        st, body = d.get_json("/garbage")
+        self.assertEqual((st, body), (200, {"made": 200000}))
+        after_burst = heap_kb(d)
+        self.assertGreater(after_burst, base + 5000, "the burst should leave garbage behind (%d -> %d KB)"
+                           % (base, after_burst))
+        deadline = time.monotonic() + 10
+        now = after_burst
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            # read the size without adding traffic: the check needs a quiet second
+            now = heap_kb(d)
+            if now < base + 1000:
+                break
+            time.sleep(2.0)
+        self.assertLess(now, base + 1000, "heap stayed at %d KB after the burst (baseline %d KB)" % (now, base))
+
     def test_heap_collected_after_a_quiet_second(self):
         with harness.Devexd(app="idleapp", app_files={"idleapp.lua": IDLE_APP}, threads=1) as d:
             time.sleep(2.5)  # a quiet second after the start-up requests: the baseline is collected too
-            base = heap_kb(d)
-            st, body = d.get_json("/garbage")
-            self.assertEqual((st, body), (200, {"made": 200000}))
-            after_burst = heap_kb(d)
-            self.assertGreater(after_burst, base + 5000, "the burst should leave garbage behind (%d -> %d KB)"
-                               % (base, after_burst))
-            deadline = time.monotonic() + 10
-            now = after_burst
-            while time.monotonic() < deadline:
-                time.sleep(0.5)
-                # read the size without adding traffic: the check needs a quiet second
-                now = heap_kb(d)
-                if now < base + 1000:
-                    break
-                time.sleep(2.0)
-            self.assertLess(now, base + 1000, "heap stayed at %d KB after the burst (baseline %d KB)" % (now, base))
+            self.burst_is_collected(d)
+
+    def test_heap_collected_while_requests_are_parked(self):
+        with harness.Devexd(app="idleapp", app_files={"idleapp.lua": IDLE_APP}, threads=1) as d:
+            parked = []
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", d.port))
+                s.sendall(b"GET /park HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                parked.append(s)
+            try:
+                time.sleep(2.5)
+                self.burst_is_collected(d)
+                for s in parked:  # still in flight: they did not make the quiet second
+                    s.setblocking(False)
+                    with self.assertRaises(BlockingIOError):
+                        s.recv(1, socket.MSG_PEEK)
+            finally:
+                for s in parked:
+                    s.close()
 
 
 if __name__ == "__main__":
