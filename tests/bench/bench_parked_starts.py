@@ -11,9 +11,15 @@ Measured side by side in the same run, for three modes:
   calls in flight together (the lever of the turns, before/after);
 - "own": one watch per start (shared_watch = false), with the turns;
 
-and in each:
+and in each, with two waves of STARTS parked starts, one after the other:
 
-- devexd's resident memory with every start parked, minus before, / STARTS;
+- devexd's resident memory with the first wave parked, minus before, / STARTS
+  (kb_per_parked_start: it includes what the first start of all pays once:
+  the start path's Lua modules, code pages touched for the first time, the
+  shared watches, the connections to the API server);
+- the growth from the second wave, / STARTS (kb_per_more_parked_start: what
+  one more parked start costs, the figure 10,000 parked starts scale by),
+  and its anonymous part;
 - the pod WATCH requests open on the API server meanwhile (its
   apiserver_longrunning_gauge, namespaced pods);
 - devexd's TCP connections to the API server;
@@ -110,7 +116,7 @@ def run_mode(kc, kubeconfig, mode):
         f.write("return { quota = { repls_per_user = %d, sessions_per_user = %d },\n"
                 "  limits = { create = false, start = false, stop = false },\n"
                 "  workload = { shared_watch = %s, start_timeout = 600, start_concurrency = %d } }\n"
-                % (STARTS + 10, STARTS + 10, "true" if shared else "false", cap))
+                % (2 * STARTS + 10, 2 * STARTS + 10, "true" if shared else "false", cap))
     with RedisServer() as redis, GitHubFake() as gh:
         c.redis, c.gh = redis, gh
         conf = cluster_config(c, kubeconfig, ns)
@@ -120,41 +126,71 @@ def run_mode(kc, kubeconfig, mode):
             d.sync_templates()
             b = test_repl.ReplTest.login(c, "parker", 4400 + ["own", "shared", "shared-nocap"].index(mode))
             ids = []
-            for i in range(STARTS):
+            for i in range(2 * STARTS):
                 r = b.request("POST", "/api/repl/new", headers=JSON,
                               body=json.dumps({"template": "node", "replName": "p%d" % i}))
                 assert r.status == 201, r.body
                 ids.append(r.json()["id"])
             kc.kubelet.add_rule({"devex.test/never-ready": "true"}, namespace=ns)
-            # one start first, so the connections to the API server and the
-            # discovery cache exist before the baseline
             api_port = int(kc.server.rsplit(":", 1)[1]) if hasattr(kc, "server") else None
             time.sleep(1)
-            before = rss_kb(d.proc.pid)
-            socks = []
-            req = ("GET /api/repl/session/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n")
-            for rid in ids:
-                s = socket.create_connection(("127.0.0.1", d.port))
-                s.sendall((req % (rid, b.cookie_header())).encode())
-                socks.append(s)
-            # meanwhile: when the last start's Deployment exists (the starts'
-            # API calls done: what the turns could slow down)
-            t0, applied_s = time.time(), None
+            before = mem_kb(d.proc.pid)
             dpath = k8s_harness.api_path("apps/v1", "deployments", ns)
-            while time.time() - t0 < SETTLE:
-                if applied_s is None and len(kc.api.get(dpath)["items"]) >= STARTS:
-                    applied_s = round(time.time() - t0, 1)
-                time.sleep(0.5)
-            after = rss_kb(d.proc.pid)
+            socks = []
+            # the first wave pays once for what any start needs (the start
+            # path's Lua modules, code pages first touched, the shared
+            # watches, the connections to the API server); the second wave's
+            # growth is what one more parked start costs
+            first = park(d, b, ids[:STARTS], socks, kc, dpath, STARTS)
+            mid = mem_kb(d.proc.pid)
+            second = park(d, b, ids[STARTS:], socks, kc, dpath, 2 * STARTS)
+            after = mem_kb(d.proc.pid)
             watches = pod_watches(kc)
             conns = conns_to(d.proc.pid, api_port) if api_port else None
             parked = sum(1 for s in socks if not answered(s))
             for s in socks:
                 s.close()
             kc.kubelet.clear_rules()
-            return {"mode": mode, "starts": STARTS, "parked": parked, "rss_before_kb": before,
-                    "rss_parked_kb": after, "kb_per_parked_start": round((after - before) / max(1, parked), 1),
-                    "pod_watches_open": watches, "api_connections": conns, "all_applied_s": applied_s}
+            return {"mode": mode, "starts": STARTS, "parked": parked, "rss_before_kb": before["rss"],
+                    "rss_first_wave_kb": mid["rss"], "rss_second_wave_kb": after["rss"],
+                    "kb_per_parked_start": round((mid["rss"] - before["rss"]) / max(1, first["parked"]), 1),
+                    "kb_per_more_parked_start": round((after["rss"] - mid["rss"]) / max(1, second["parked"]), 1),
+                    "anon_kb_per_more_parked_start": round((after["anon"] - mid["anon"]) / max(1, second["parked"]), 1),
+                    "file_kb_first_wave": mid["file"] - before["file"],
+                    "pod_watches_open": watches, "api_connections": conns,
+                    "all_applied_s": first["applied_s"], "second_wave_applied_s": second["applied_s"]}
+
+
+def mem_kb(pid):
+    """VmRSS and its anonymous and file-backed parts, in KB."""
+    out = {"rss": rss_kb(pid), "anon": 0, "file": 0}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                out["anon"] = int(line.split()[1])
+            elif line.startswith("RssFile:"):
+                out["file"] = int(line.split()[1])
+    return out
+
+
+def park(d, b, rids, socks, kc, dpath, total):
+    """Starts the sessions of rids, each on its own HTTP/1.1 connection
+    (appended to socks), and waits SETTLE seconds; meanwhile notes when
+    `total` Deployments exist (the starts' API calls done: what the turns
+    could slow down). -> {"parked": starts of rids not answered yet, "applied_s"}"""
+    req = ("GET /api/repl/session/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n")
+    mine = []
+    for rid in rids:
+        s = socket.create_connection(("127.0.0.1", d.port))
+        s.sendall((req % (rid, b.cookie_header())).encode())
+        mine.append(s)
+    socks.extend(mine)
+    t0, applied_s = time.time(), None
+    while time.time() - t0 < SETTLE:
+        if applied_s is None and len(kc.api.get(dpath)["items"]) >= total:
+            applied_s = round(time.time() - t0, 1)
+        time.sleep(0.5)
+    return {"parked": sum(1 for s in mine if not answered(s)), "applied_s": applied_s}
 
 
 def main():
