@@ -251,6 +251,8 @@ function M.runner_gone(meta, why)
   prev, err = store.transition(meta.id, "stopping", { "running" })
   if prev == nil then return unavailable(err) end
   if not prev then return false end
+  -- the session's event stream says it ended, and why, as a stop's does
+  events.emit(meta.id, "stopping", { reason = "runner_gone" })
   local sess
   sess, err = store.get_session(meta.id)
   if sess == nil then return unavailable(err) end
@@ -262,6 +264,7 @@ function M.runner_gone(meta, why)
   end
   store.end_session(meta.id)
   store.transition(meta.id, "stopped", { "stopping" })
+  events.emit(meta.id, "stopped", { reason = "runner_gone" })
   return true
 end
 

@@ -147,6 +147,11 @@ class LocalRuntimeTest(unittest.TestCase):
             time.sleep(0.05)
         self.assertEqual(self.saved(rid, "late.txt"), "written before the crash\n")
         self.assertEqual(self.session(rid), {})
+        # the session's event stream says so, as after a stop
+        tail = [json.loads(e[1][1]) for e in self.redis.call("XREVRANGE", "devex:replEvents:" + rid, "+", "-",
+                                                             "COUNT", 2)][::-1]
+        self.assertEqual([(e["phase"], e.get("reason")) for e in tail],
+                         [("stopping", "runner_gone"), ("stopped", "runner_gone")], tail)
         # delete removes everything
         r = b.request("DELETE", "/api/repl/" + rid, headers=JSON)
         self.assertEqual(r.status, 200, r.body)
