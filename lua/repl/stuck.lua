@@ -3,7 +3,8 @@
 --
 --   devexd repl stuck
 --       one JSON object per line for every REPL in "creating", "starting",
---       "stopping" or "deleting": id, user, state, seconds in that state and,
+--       "stopping" or "deleting" (found through repl.store's indexes, not a
+--       SCAN of every REPL): id, user, state, seconds in that state and,
 --       for stops, save_failures / save_error / save_failed (set by the sweep
 --       after policy.sync.max_attempts failed saves; it then stops retrying).
 --   devexd repl resolve ID --retry
@@ -26,30 +27,62 @@ local TRANSITIONS = { creating = true, starting = true, stopping = true, deletin
 local function out(t) io.stdout:write(json.encode(t), "\n") end
 local function fail(msg) io.stderr:write("devexd: repl: ", msg, "\n"); return 1 end
 
--- every REPL in a transition: { {id=, user=, state=, since=, save_failures=, ...}, ... }
-function M.list(now)
-  now = now or os.time()
-  local r, err = redis.client()
-  if not r then return nil, err end
-  local found, cursor = {}, "0"
+-- The ids that may be in a transition: from the indexes repl.store keeps
+-- (replIdx:transit, and replIdx:saveFailed for the flagged stops the
+-- transit index leaves out), a few reads however many REPLs there are; by a
+-- SCAN of every replMeta key only while the indexes are not built yet (a
+-- deployment from before them, until its sweep builds them).
+local function candidates(r)
+  local v, err = r:call("GET", store.index_version_key())
+  if v == nil then return nil, err end
+  if v == store.INDEX_VERSION then
+    local res
+    res, err = r:pipeline{ { "ZRANGE", store.transit_key(), "0", "-1" }, { "SMEMBERS", store.save_failed_key() } }
+    if not res then return nil, err end
+    local ids = {}
+    for _, list in ipairs(res) do
+      if type(list) ~= "table" then return nil, tostring(list) end
+      for _, id in ipairs(list) do ids[#ids + 1] = id end
+    end
+    return ids
+  end
+  local ids, cursor = {}, "0"
   local plen = #redis.key("replMeta", "")
   repeat
     local res
     res, err = r:call("SCAN", cursor, "MATCH", redis.key("replMeta", "*"), "COUNT", 500)
     if not res then return nil, err end
     cursor = res[1]
-    for _, k in ipairs(res[2]) do
-      local m = store.get(k:sub(plen + 1))
-      if m and TRANSITIONS[m.state] then
-        local since = tonumber(m.state_since or m.last_active or 0) or 0
-        found[#found + 1] = {
-          id = m.id, user = m.user, state = m.state, seconds = now - since,
-          save_failures = tonumber(m.save_failures), save_error = m.save_error,
-          save_failed = m.save_failed == "1", lastSavedAt = tonumber(m.lastSavedAt),
-        }
-      end
-    end
+    for _, k in ipairs(res[2]) do ids[#ids + 1] = k:sub(plen + 1) end
   until cursor == "0"
+  return ids
+end
+
+-- every REPL in a transition: { {id=, user=, state=, since=, save_failures=, ...}, ... }
+function M.list(now)
+  now = now or os.time()
+  local r, err = redis.client()
+  if not r then return nil, err end
+  local ids
+  ids, err = candidates(r)
+  if not ids then return nil, err end
+  local found, seen = {}, {}
+  for _, id in ipairs(ids) do
+    local m
+    if not seen[id] then
+      seen[id] = true
+      m, err = store.get(id)
+      if m == nil then return nil, err end
+    end
+    if m and TRANSITIONS[m.state] then -- an index entry may be stale: the record decides
+      local since = tonumber(m.state_since or m.last_active or 0) or 0
+      found[#found + 1] = {
+        id = m.id, user = m.user, state = m.state, seconds = now - since,
+        save_failures = tonumber(m.save_failures), save_error = m.save_error,
+        save_failed = m.save_failed == "1", lastSavedAt = tonumber(m.lastSavedAt),
+      }
+    end
+  end
   table.sort(found, function(a, b) return a.id < b.id end)
   return found
 end

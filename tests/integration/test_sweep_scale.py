@@ -9,6 +9,7 @@ by the sweep, with the same result.
 
 seed() is also what tests/bench/bench_sweep.py fills Redis with."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -102,11 +103,11 @@ class SweepScaleTest(unittest.TestCase):
         self.redis.__exit__(None, None, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def devexd(self):
+    def devexd(self, sweep_interval=0.5):
         policy = os.path.join(self.tmp, "policy.lua")
         with open(policy, "w") as f:
-            f.write("return { cleanup = { idle_limit = 7200, sweep_interval = 0.5, stuck_after = 60,"
-                    " max_lifetime = %d } }\n" % LIFETIME)
+            f.write("return { cleanup = { idle_limit = 7200, sweep_interval = %s, stuck_after = 60,"
+                    " max_lifetime = %d } }\n" % (sweep_interval, LIFETIME))
         store_dir = os.path.join(self.tmp, "bucket")
         os.makedirs(store_dir, exist_ok=True)
         conf = {"environment": "production", "allow_insecure_http": True, "frontend_url": FRONTEND,
@@ -189,6 +190,33 @@ class SweepScaleTest(unittest.TestCase):
             built = [e for e in runs if e.get("indexed")]
             self.assertEqual([e["indexed"] for e in built], [2000], runs)
             self.assertEqual(self.redis.call("GET", P + "replIdx:version"), b"1")
+
+    def test_repl_stuck_reads_the_indexes(self):
+        """`devexd repl stuck` lists the REPLs in a transition from the
+        indexes (no SCAN of the 2,000), flagged stops included; before the
+        indexes exist it finds the same by a SCAN."""
+        with self.devexd(sweep_interval=3600) as d:  # no sweep repairs them meanwhile
+            for indexes in (True, False):
+                with self.subTest(indexes=indexes):
+                    self.redis.call("FLUSHALL")
+                    _, stuck, _ = seed(self.redis, 2000, 100, 0, self.procs[-1].pid, stuck=2, indexes=indexes)
+                    flagged = rid(1999)  # a stop whose saves failed: in replIdx:saveFailed, not in transit
+                    self.redis.call("HSET", P + "replMeta:" + flagged, "state", "stopping", "save_failed", "1",
+                                    "save_failures", "3", "state_since", str(int(time.time()) - 500))
+                    if indexes:
+                        self.redis.call("SADD", P + "replIdx:saveFailed", flagged)
+                    scans = self.redis.command_calls("scan")
+                    p = subprocess.run([harness.DEVEXD_BIN, "-c", d.conf_path, "-L", harness.LUA_DIR, "repl", "stuck"],
+                                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    listed = [json.loads(line) for line in p.stdout.splitlines()]
+                    self.assertEqual([(e["id"], e["state"], e["save_failed"]) for e in listed],
+                                     sorted([(r, "starting", False) for r in stuck] + [(flagged, "stopping", True)]))
+                    self.assertGreater(listed[0]["seconds"], 900)
+                    if indexes:
+                        self.assertEqual(self.redis.command_calls("scan"), scans)
+                    else:
+                        self.assertGreater(self.redis.command_calls("scan"), scans)
 
 
 if __name__ == "__main__":
