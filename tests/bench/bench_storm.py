@@ -37,6 +37,8 @@ small scale with assertions). Results: printed, and written to
 tests/bench/results/storm.json.
 
 Usage: DEVEXD_BIN=build/devexd python3 tests/bench/bench_storm.py [--n 500]
+Knob (environment): KUBELET_WORKERS (16), pods the simulated kubelet
+handles at once (starting agents, probing them).
 """
 import argparse
 import datetime
@@ -62,6 +64,8 @@ import test_repl  # noqa: E402
 
 JSON_CT = "application/json"
 NS = "storm"
+# pods the simulated kubelet handles at once with agents (KUBELET_WORKERS)
+KUBELET_WORKERS = int(os.environ.get("KUBELET_WORKERS", "16"))
 POLICY = """return {
   templates = { catalogue = { python = %(template)s } },
   -- only the stop's final checkpoint saves the file each REPL gets
@@ -298,7 +302,11 @@ class Storm:
             # range is usually a /12); a later flag overrides the harness' one
             "--service-cluster-ip-range=10.0.0.0/16"],
             # without agents: pods Ready as soon as the kubelet sees them, status only
-            standins=self.agents).__enter__()
+            standins=self.agents,
+            # with agents: pods handled side by side (started, probed), as
+            # on a node; one after the other they became Ready about one a
+            # second, too slow for 500
+            kubelet_workers=KUBELET_WORKERS if self.agents else 1).__enter__()
         self.kc.create_namespace(NS)
         kubeconfig = self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig"))
         self.redis = RedisServer().__enter__()

@@ -62,6 +62,7 @@ write the pod template itself.
 """
 
 import base64
+import concurrent.futures
 import contextlib
 import hashlib
 import heapq
@@ -559,8 +560,10 @@ class KubeCluster:
 
     def __init__(self, kubelet=True, node_name=NODE_NAME, controllers=None, install_crds=True, extra_crds=(),
                  users=None, apiserver_args=(), controller_manager_args=(), pod_ip=None, standins=None,
-                 poll_interval=0.2, lease_interval=5.0, ephemeral_run_seconds=0.3, start_timeout=180):
+                 poll_interval=0.2, lease_interval=5.0, ephemeral_run_seconds=0.3, start_timeout=180,
+                 kubelet_workers=1):
         self.paths = check_binaries()
+        self.kubelet_workers = kubelet_workers
         self.want_kubelet = kubelet
         self.node_name = node_name
         self.controllers = list(controllers or DEFAULT_CONTROLLERS)
@@ -653,7 +656,8 @@ class KubeCluster:
                                       lease_interval=self.lease_interval, pod_ip=self.pod_ip,
                                       standins=self.standins,
                                       ephemeral_run_seconds=self.ephemeral_run_seconds,
-                                      log_path=os.path.join(self.tmp, "kubelet.log"))
+                                      log_path=os.path.join(self.tmp, "kubelet.log"),
+                                      workers=self.kubelet_workers)
             self.kubelet.register()
             self.kubelet.start()
             self.timings["kubelet"] = time.monotonic() - t0
@@ -1130,6 +1134,9 @@ class SimKubelet(threading.Thread):
           for the ephemeral container NAME: its exit code
       devex.test/ephemeral-run-seconds (.NAME): how long it runs first
 
+    workers (KubeCluster's kubelet_workers, default 1): how many pods a
+    tick handles at once (binding, status, starting agents, probes).
+
     The test can set the same keys without touching the pod, with rules:
       kc.kubelet.add_rule({"devex.test/fail-image": "true"}, labels={"app": "x"})
       kc.kubelet.ephemeral_exit_code(3, container="sync", namespace="ns")
@@ -1138,10 +1145,18 @@ class SimKubelet(threading.Thread):
     """
 
     def __init__(self, cluster, node_name=NODE_NAME, poll_interval=0.2, lease_interval=5.0, pod_ip=None,
-                 ephemeral_run_seconds=0.3, log_path=None, standins=None, log_dir=None):
+                 ephemeral_run_seconds=0.3, log_path=None, standins=None, log_dir=None, workers=1):
         super().__init__(name="sim-kubelet", daemon=True)
         self.cluster = cluster
         self.api = cluster.client(user="admin")
+        # workers > 1: a tick handles its pods on that many threads, each with
+        # its own API client (a node runs its pods side by side; one after the
+        # other, agents start and pass their probes about one a second, too
+        # slow for hundreds of pods at once: tests/bench/bench_storm.py)
+        self.workers = max(1, int(workers))
+        self._pool = None
+        self._tl = threading.local()
+        self._pool_clients = []
         self.node_name = node_name
         self.poll_interval = poll_interval
         self.lease_interval = lease_interval
@@ -1217,6 +1232,11 @@ class SimKubelet(threading.Thread):
         if self.is_alive():
             self.join(10)
         self._stop_all_standins()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for c in self._pool_clients:
+            c.close()
         self.api.close()
         if self._log:
             self._log.close()
@@ -1258,18 +1278,38 @@ class SimKubelet(threading.Thread):
             self.update_node_status()
             self._last_node_status = now
         pods = self.api.get("/api/v1/pods")["items"]
-        seen = set()
-        for pod in pods:
-            seen.add(pod["metadata"]["uid"])
-            try:
-                self.handle_pod(pod)
-            except ApiError as e:
-                if e.status not in (404, 409):  # gone meanwhile, or a race: next tick
-                    self._error(str(e))
+        seen = {pod["metadata"]["uid"] for pod in pods}
+        if self.workers == 1:
+            for pod in pods:
+                self._handle_pod_once(pod)
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="sim-kubelet-pod",
+                                                                   initializer=self._pool_thread_init)
+            for f in [self._pool.submit(self._handle_pod_once, pod) for pod in pods]:
+                exc = f.exception()
+                if exc is not None:
+                    self._error("".join(traceback.format_exception(exc)))
         for uid in list(self._pods):
             if uid not in seen:
                 self._forget(self._pods.pop(uid))
         self._reap()
+
+    def _handle_pod_once(self, pod):
+        try:
+            self.handle_pod(pod)
+        except ApiError as e:
+            if e.status not in (404, 409):  # gone meanwhile, or a race: next tick
+                self._error(str(e))
+
+    def _pool_thread_init(self):
+        self._tl.api = self.cluster.client(user="admin")
+        with self._lock:
+            self._pool_clients.append(self._tl.api)
+
+    def _pod_api(self):
+        """The calling thread's API client: a pool thread's own, else the kubelet's."""
+        return getattr(self._tl, "api", None) or self.api
 
     # ---- runner stand-ins ----
 
@@ -1641,6 +1681,7 @@ class SimKubelet(threading.Thread):
             st = self._pods[uid] = {"seen": time.monotonic(), "eph": {}, "eph_fin": {}, "sent": None, "cid": {},
                                     "ns": ns, "name": name}
         path = api_path("v1", "pods", ns, name)
+        api = self._pod_api()
 
         if md.get("deletionTimestamp"):
             st.setdefault("deleting_since", time.monotonic())
@@ -1649,21 +1690,21 @@ class SimKubelet(threading.Thread):
             if not st.get("deleted"):
                 self._stop_standin(st, "pod %s/%s deleted" % (ns, name), kill=True)
                 self.log("delete %s/%s (grace 0)", ns, name)
-                self.api.delete(path, grace_period=0, preconditions={"uid": uid}, missing_ok=True)
+                api.delete(path, grace_period=0, preconditions={"uid": uid}, missing_ok=True)
                 st["deleted"] = True
             return
 
         if not node:
             if _true(keys.get(UNSCHEDULABLE)):
                 if not st.get("unsched"):
-                    self.api.patch(path + "/status", {"status": {"phase": "Pending", "conditions": [
+                    api.patch(path + "/status", {"status": {"phase": "Pending", "conditions": [
                         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                          "message": "0/1 nodes are available: simulated (devex.test/unschedulable)",
                          "lastTransitionTime": now_rfc3339()}]}})
                     st["unsched"] = True
                 return
             self.log("bind %s/%s -> %s", ns, name, self.node_name)
-            self.api.post(path + "/binding", {"apiVersion": "v1", "kind": "Binding",
+            api.post(path + "/binding", {"apiVersion": "v1", "kind": "Binding",
                                               "metadata": {"name": name, "namespace": ns},
                                               "target": {"apiVersion": "v1", "kind": "Node",
                                                          "name": self.node_name}})
@@ -1671,7 +1712,7 @@ class SimKubelet(threading.Thread):
         status = self.desired_status(pod, keys, st)
         sig = json.dumps(status, sort_keys=True)
         if sig != st["sent"]:
-            self.api.patch(path + "/status", {"status": status})
+            api.patch(path + "/status", {"status": status})
             if st["sent"] is None or json.loads(st["sent"]).get("phase") != status.get("phase") or \
                     _ready_of(st["sent"]) != _ready_of(sig):
                 self.log("status %s/%s phase=%s ready=%s", ns, name, status.get("phase"), _ready_of(sig))
