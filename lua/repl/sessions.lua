@@ -6,6 +6,8 @@
 -- stays "stopping" and the sweep retries.
 local crypto = require("devex.crypto")
 local timer = require("devex.timer")
+local task = require("devex.task")
+local dstream = require("devex.stream")
 local log = require("devex.log")
 local policy = require("policy")
 local store = require("repl.store")
@@ -158,18 +160,38 @@ end
 
 local stop_locked -- the stop itself, run while holding the REPL's stop lock
 
-function M.stop(meta)
-  -- one stop at a time per REPL: two at once (a double click, a retry, the
-  -- sweep, on any worker or replica) would each save the workspace while the
-  -- other removes it, and one would fail "files not saved". The lock expires
-  -- after cleanup.stuck_after, when the sweep would retry a stop anyway.
-  local lock, err = store.lock_stop(meta.id, tonumber(policy.cleanup.stuck_after) or 300)
+-- One stop at a time per REPL: two at once (a double click, a retry, the
+-- sweep, a runner found gone, on any worker or replica) would each save the
+-- workspace while the other removes it; a save that walks a workspace being
+-- removed stores a partial list and deletes the rest from storage. The lock
+-- expires cleanup.stuck_after seconds after its holder died (when the sweep
+-- would retry a stop anyway); while the holder is at work, a save longer
+-- than that included, it is renewed every third of that.
+-- with_stop_lock(id, busy, fn, ...) -> fn(...), or busy() when another holds
+-- the lock, or nil, err (503) when Redis cannot say.
+local function with_stop_lock(id, busy, fn, ...)
+  local ttl = math.max(1, tonumber(policy.cleanup.stuck_after) or 300)
+  local lock, err = store.lock_stop(id, ttl)
   if lock == nil then return unavailable(err) end
-  if lock == false then return fail(409, "a stop of this repl is in progress") end
-  local ok, res, e = pcall(stop_locked, meta)
-  store.unlock_stop(meta.id, lock)
+  if lock == false then return busy() end
+  local held = { done = false, wake = dstream.cond() }
+  task.spawn(function()
+    while true do
+      held.wake:wait(ttl / 3)
+      if held.done or store.renew_stop(id, lock, ttl) == 0 then return end
+    end
+  end)
+  local ok, res, e = pcall(fn, ...)
+  held.done = true
+  held.wake:signal()
+  store.unlock_stop(id, lock)
   if not ok then error(res, 0) end
   return res, e
+end
+local function stop_in_progress() return fail(409, "a stop of this repl is in progress") end
+
+function M.stop(meta)
+  return with_stop_lock(meta.id, stop_in_progress, stop_locked, meta)
 end
 
 stop_locked = function(meta)
@@ -210,10 +232,7 @@ end
 -- is "stopped". Under the stop lock, so that no retried stop saves while
 -- the workload is removed.
 function M.discard(meta)
-  local lock, err = store.lock_stop(meta.id, tonumber(policy.cleanup.stuck_after) or 300)
-  if lock == nil then return unavailable(err) end
-  if lock == false then return fail(409, "a stop of this repl is in progress") end
-  local ok, res, e = pcall(function()
+  return with_stop_lock(meta.id, stop_in_progress, function()
     local sess, serr = store.get_session(meta.id)
     if sess == nil then return unavailable(serr) end
     local done, rerr = runtime.driver():remove(meta, sess or {})
@@ -226,9 +245,6 @@ function M.discard(meta)
     events.emit(meta.id, "stopped")
     return true
   end)
-  store.unlock_stop(meta.id, lock)
-  if not ok then error(res, 0) end
-  return res, e
 end
 
 -- runner_gone(meta, why) -> true | false | nil, err: the session's runner
@@ -236,10 +252,18 @@ end
 -- signal}; or the sweep found its process gone after a restart of devexd).
 -- As a stop: "running" -> "stopping", the driver salvages what it left
 -- (Driver:salvage: saves the files), then the session ends and the REPL is
--- "stopped". false when the REPL is not running (a stop in progress has
--- it: its own exit) or the save failed (it stays "stopping": the sweep
--- retries the stop, which saves first).
+-- "stopped". false when the REPL is not running or a stop holds its lock (a
+-- stop in progress has it: its own exit) or the save failed (it stays
+-- "stopping": the sweep retries the stop, which saves first).
+local runner_gone_locked
+
 function M.runner_gone(meta, why)
+  -- under the stop lock: the sweep's retry of a stop that looks stuck (or
+  -- the user's stop) must not save and remove the workspace meanwhile
+  return with_stop_lock(meta.id, function() return false end, runner_gone_locked, meta, why)
+end
+
+runner_gone_locked = function(meta, why)
   local m, err = store.get(meta.id)
   if m == nil then return unavailable(err) end
   if not m or m.state ~= "running" then return false end

@@ -141,6 +141,18 @@ local UNLOCK_STOP = [[
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ]]
+local RENEW_STOP = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+]]
+-- renew_stop(id, token, ttl) -> 1 | 0 (no longer this stop's) | nil, err:
+-- another ttl seconds for a stop that is still at work.
+function M.renew_stop(id, token, ttl)
+  local r, err = client()
+  if not r then return nil, err end
+  return r:eval(RENEW_STOP, { key("stopLock", id) }, token, tostring(math.max(1, math.floor(ttl))))
+end
+
 -- unlock_stop(id, token): releases the lock if it is still this stop's.
 function M.unlock_stop(id, token)
   local r, err = client()

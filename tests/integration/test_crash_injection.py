@@ -507,6 +507,41 @@ class CrashInjectionTest(unittest.TestCase):
         c.settle()
         c.timed("delete", rid)
 
+    def test_a_stop_longer_than_stuck_after_keeps_its_lock(self):
+        """The stop lock is renewed while its stop is at work: a stop longer
+        than cleanup.stuck_after (6 s here, the lock's lifetime should its
+        holder die) is not joined by a second stop, the user's or the
+        sweep's, which would save while the first removes. (Its uploader runs
+        10 s, past sync.timeout: the stop answers 504 and the sweep finishes
+        it with the same uploader.)"""
+        c = self.chaos
+        rid = self.running_repl()
+        rule = c.kc.kubelet.add_rule({k8s_harness.EPHEMERAL_RUN_SECONDS: "10"}, namespace=NS)
+        first, seen = {}, set()
+        try:
+            t = threading.Thread(target=lambda: first.update(r=c.op("stop", rid)), daemon=True)
+            t.start()
+            seen.update(harness.poll(lambda: self.uploaders(rid), "the stop's uploader", timeout=30))
+            time.sleep(7)  # past stuck_after: the lock's first lifetime is over
+            self.assertNotIn("r", first, "the first stop ended too early for this test")
+            # the sweep's retry of a stop "stuck" past stuck_after did not start beside it
+            joined = [e for e in c.d.logs() if e.get("repl") == rid
+                      and e.get("msg") == "repl stop: waiting for the uploader of an earlier attempt"]
+            self.assertEqual(joined, [])
+            st, body = c.op("stop", rid)
+            self.assertEqual(st, 409, body)
+            t.join(60)
+            self.assertIn(first["r"][0], (200, 504), first)
+
+            def stopped():
+                seen.update(self.uploaders(rid))
+                return self.meta(rid).get("state") == "stopped"
+            harness.poll(stopped, "the stop to finish", timeout=90, interval=0.2)
+        finally:
+            c.kc.kubelet.remove_rule(rule)
+        self.assertEqual(len(seen), 1, seen)
+        c.settle()
+        c.timed("delete", rid)
 
 if __name__ == "__main__":
     harness.main()
