@@ -82,11 +82,16 @@ echo "run-dev: open http://localhost:${PORT:-8080}/ (sign in with any name)"
 # it exits; the signals that stop or reload it are passed on to it. A Ctrl-C
 # reaches devexd twice (from the terminal and from here): the first one
 # stops it, the second changes nothing.
+# The traps are set before devexd starts: a SIGHUP that came between the two
+# would otherwise end this script (bash's default), not reload devexd. Until
+# devexd_pid is known, INT and TERM leave as above and HUP is dropped.
+devexd_pid=""
+for sig in INT TERM HUP; do
+  code=$(( 128 + $(kill -l "$sig") ))
+  trap 'if [ -n "$devexd_pid" ]; then kill -'"$sig"' "$devexd_pid" 2>/dev/null || true; elif [ '"$sig"' != HUP ]; then exit '"$code"'; fi' "$sig"
+done
 "$DEVEXD_BIN" --config "$CONF" --lua-dir lua "$@" &
 devexd_pid=$!
-for sig in INT TERM HUP; do
-  trap 'kill -'"$sig"' "$devexd_pid" 2>/dev/null || true' "$sig"
-done
 # wait returns early when a trapped signal arrives: wait again until devexd
 # has exited, then once more for its exit status
 while kill -0 "$devexd_pid" 2>/dev/null; do
