@@ -1,7 +1,7 @@
 """Redis with authentication (issue 14, item 4), against a real redis-server:
 
   * an ACL user (redis-server --user devexd on >PASSWORD ~devex:*
-    &__redis__:invalidate +@all -@dangerous, the line deploy/kubernetes/secrets.yaml recommends) in
+    &__redis__:invalidate +@all -@dangerous +role, the line deploy/kubernetes/secrets.yaml recommends) in
     REDIS_URL redis://devexd:PASSWORD@host:port/0: the shipped app works end
     to end as that user (/ping, sign-in, create, list, start and stop a
     session with the single-host runtime, delete), Redis refused nothing
@@ -39,7 +39,7 @@ ADMIN_PASSWORD = "adm1n-Pw:for/the@default%user"  # needs percent-encoding in a 
 ACL_PASSWORD = "devexd-S3cret@acl:user/42"
 WRONG_PASSWORD = "Not-The-Right-One-9731"
 # the ACL line of deploy/kubernetes/secrets.yaml
-ACL = ["--user", "devexd", "on", ">" + ACL_PASSWORD, "~devex:*", "&__redis__:invalidate", "+@all", "-@dangerous",
+ACL = ["--user", "devexd", "on", ">" + ACL_PASSWORD, "~devex:*", "&__redis__:invalidate", "+@all", "-@dangerous", "+role",
        "--user", "narrow", "on", ">" + ACL_PASSWORD, "~other:*", "+@all", "-@dangerous"]
 
 
