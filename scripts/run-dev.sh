@@ -83,15 +83,16 @@ echo "run-dev: open http://localhost:${PORT:-8080}/ (sign in with any name)"
 # reaches devexd twice (from the terminal and from here): the first one
 # stops it, the second changes nothing.
 # The traps are set before devexd starts: a SIGHUP that came between the two
-# would otherwise end this script (bash's default), not reload devexd. Until
-# devexd_pid is known, INT and TERM leave as above and HUP is dropped.
+# would otherwise end this script (bash's default), not reload devexd. One
+# that arrives before devexd_pid is known is passed on right after.
 devexd_pid=""
+pending=""
 for sig in INT TERM HUP; do
-  code=$(( 128 + $(kill -l "$sig") ))
-  trap 'if [ -n "$devexd_pid" ]; then kill -'"$sig"' "$devexd_pid" 2>/dev/null || true; elif [ '"$sig"' != HUP ]; then exit '"$code"'; fi' "$sig"
+  trap 'if [ -n "$devexd_pid" ]; then kill -'"$sig"' "$devexd_pid" 2>/dev/null || true; else pending='"$sig"'; fi' "$sig"
 done
 "$DEVEXD_BIN" --config "$CONF" --lua-dir lua "$@" &
 devexd_pid=$!
+if [ -n "$pending" ]; then kill -"$pending" "$devexd_pid" 2>/dev/null || true; fi
 # wait returns early when a trapped signal arrives: wait again until devexd
 # has exited, then once more for its exit status
 while kill -0 "$devexd_pid" 2>/dev/null; do

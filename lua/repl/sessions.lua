@@ -166,9 +166,11 @@ local stop_locked -- the stop itself, run while holding the REPL's stop lock
 -- removed stores a partial list and deletes the rest from storage. The lock
 -- expires cleanup.stuck_after seconds after its holder died (when the sweep
 -- would retry a stop anyway); while the holder is at work, a save longer
--- than that included, it is renewed every third of that.
+-- than that included, it is renewed every third of that, up to RENEW_FOR
+-- lifetimes (a stop wedged for good does not keep it for ever).
 -- with_stop_lock(id, busy, fn, ...) -> fn(...), or busy() when another holds
 -- the lock, or nil, err (503) when Redis cannot say.
+local RENEW_FOR = 4 -- lifetimes: a wedged stop's lock still expires, 4 x stuck_after after it was taken
 local function with_stop_lock(id, busy, fn, ...)
   local ttl = math.max(1, tonumber(policy.cleanup.stuck_after) or 300)
   local lock, err = store.lock_stop(id, ttl)
@@ -176,9 +178,11 @@ local function with_stop_lock(id, busy, fn, ...)
   if lock == false then return busy() end
   local held = { done = false, wake = dstream.cond() }
   task.spawn(function()
-    while true do
+    local until_ = timer.now() + RENEW_FOR * ttl
+    while not held.done and timer.now() < until_ do
       held.wake:wait(ttl / 3)
-      if held.done or store.renew_stop(id, lock, ttl) == 0 then return end
+      -- done is read after the renewal too: the stop may end while it waits on Redis
+      if held.done or store.renew_stop(id, lock, ttl) == 0 or held.done then return end
     end
   end)
   local ok, res, e = pcall(fn, ...)
@@ -188,7 +192,12 @@ local function with_stop_lock(id, busy, fn, ...)
   if not ok then error(res, 0) end
   return res, e
 end
-local function stop_in_progress() return fail(409, "a stop of this repl is in progress") end
+local STOP_BUSY = "a stop of this repl is in progress"
+local function stop_in_progress() return fail(409, STOP_BUSY) end
+-- whether err is the answer of a stop that found another one at work
+function M.stop_in_progress(err)
+  return type(err) == "table" and err.status == 409 and err.message == STOP_BUSY
+end
 
 function M.stop(meta)
   return with_stop_lock(meta.id, stop_in_progress, stop_locked, meta)

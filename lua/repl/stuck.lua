@@ -41,7 +41,9 @@ local function candidates(r)
     if not res then return nil, err end
     local ids = {}
     for _, list in ipairs(res) do
+      -- an error reply is a table too (with a code)
       if type(list) ~= "table" then return nil, tostring(list) end
+      if list.code ~= nil then return nil, tostring(list.message or list.code) end
       for _, id in ipairs(list) do ids[#ids + 1] = id end
     end
     return ids

@@ -285,6 +285,9 @@ function M.run(now)
       if ok then
         report.retried = report.retried + 1
         log.info("sweep repaired a stuck repl", { repl = m.id, state = m.state })
+      elseif m.state == "stopping" and sessions.stop_in_progress(err) then
+        -- a stop longer than stuck_after, still at work (its lock is renewed): not stuck
+        report.stopping = (report.stopping or 0) + 1
       else
         report.errors = report.errors + 1
         log.warn("sweep could not repair a stuck repl", { repl = m.id, state = m.state, error = errmsg(err) })
@@ -349,7 +352,8 @@ end
 
 -- What a run's report counts that is not an action: the REPLs flagged
 -- save_failed (the gauge), what the run read, its time.
-local NOT_ACTIONS = { save_failed = true, examined = true, sessions_read = true, ms = true, starting = true }
+local NOT_ACTIONS = { save_failed = true, examined = true, sessions_read = true, ms = true, starting = true,
+                      stopping = true }
 
 -- Starts the periodic sweep on this worker (called once per worker; the lock
 -- makes one replica, and in it one worker, do the work).

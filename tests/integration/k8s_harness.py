@@ -1165,6 +1165,7 @@ class SimKubelet(threading.Thread):
         self.ephemeral_run_seconds = ephemeral_run_seconds
         self.log_path = log_path
         self._log = open(log_path, "a") if log_path else None
+        self._log_lock = threading.Lock()
         self._stop_ev = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -1244,7 +1245,7 @@ class SimKubelet(threading.Thread):
 
     def log(self, fmt, *args):
         if self._log:
-            with contextlib.suppress(ValueError):
+            with self._log_lock, contextlib.suppress(ValueError, AttributeError):  # pool threads write too
                 self._log.write("%s %s\n" % (now_micro(), fmt % args if args else fmt))
                 self._log.flush()
 

@@ -522,9 +522,15 @@ class CrashInjectionTest(unittest.TestCase):
             t = threading.Thread(target=lambda: first.update(r=c.op("stop", rid)), daemon=True)
             t.start()
             seen.update(harness.poll(lambda: self.uploaders(rid), "the stop's uploader", timeout=30))
-            time.sleep(7)  # past stuck_after: the lock's first lifetime is over
+            lock = c.redis.call("GET", "devex:stopLock:" + rid)
+            self.assertTrue(lock)
+            # past stuck_after (the lock was taken before the uploader was
+            # added): its first lifetime is over; the stop itself ends at
+            # sync.timeout (8 s) after the add
+            time.sleep(6.6)
             self.assertNotIn("r", first, "the first stop ended too early for this test")
-            # the sweep's retry of a stop "stuck" past stuck_after did not start beside it
+            # still the first stop's lock (renewed, not expired and taken by the sweep's retry)
+            self.assertEqual(c.redis.call("GET", "devex:stopLock:" + rid), lock)
             joined = [e for e in c.d.logs() if e.get("repl") == rid
                       and e.get("msg") == "repl stop: waiting for the uploader of an earlier attempt"]
             self.assertEqual(joined, [])
