@@ -54,6 +54,7 @@ local kc = require("devex.k8s")
 local http = require("devex.http")
 local json = require("devex.json")
 local timer = require("devex.timer")
+local dstream = require("devex.stream")
 local log = require("devex.log")
 
 local M = {}
@@ -270,14 +271,28 @@ local function api_prefix(api_version)
 end
 
 -- The resource list of one group/version, cached DISCOVERY_TTL seconds.
+-- One fetch at a time per group/version and worker: the others that need it
+-- meanwhile wait for its answer (a burst of starts on a fresh worker made a
+-- GET each, 14 for 20 starts).
+local discovering = {} -- server .. prefix -> cond of the fetch in flight
 function Client:_discover(prefix, refresh)
   local per = discovery_cache[self.server]
   if not per then per = {}; discovery_cache[self.server] = per end
+  local key = self.server .. prefix
+  while discovering[key] do
+    discovering[key]:wait(30)
+    refresh = false -- what that fetch brought is fresh (if it failed: no entry, fetch below)
+  end
   local hit = per[prefix]
   if hit and not refresh and timer.now() - hit.at < DISCOVERY_TTL then return hit.list end
-  local list, err = self:request{ method = "GET", path = prefix, idempotent = true }
+  local flight = dstream.cond()
+  discovering[key] = flight
+  local ok, list, err = pcall(self.request, self, { method = "GET", path = prefix, idempotent = true })
+  if ok and list then per[prefix] = { list = list, at = timer.now() } end
+  discovering[key] = nil
+  flight:signal() -- (resumes the waiters now: the cache is written first)
+  if not ok then error(list, 0) end
   if not list then return nil, err end
-  per[prefix] = { list = list, at = timer.now() }
   return list
 end
 

@@ -104,6 +104,9 @@ class FakeAPI:
                     fake.requests.append(rec)
                     q = fake.scripts.get((self.command, path))
                     answer = q.pop(0) if q else None
+                if isinstance(answer, tuple) and answer and answer[0] == "slow":
+                    time.sleep(answer[1])  # ("slow", seconds): the default answer, late
+                    answer = None
                 if answer is None:
                     answer = fake.default(self.command, path)
                 if answer == "drop":
@@ -292,6 +295,27 @@ class FakeAPITests(unittest.TestCase):
         r = self.op("get", {"apiVersion": "nope.example/v1", "kind": "Gadget", "name": "x"})
         self.assertIn("unknown group or version", r["err"]["message"])
         self.assertEqual({x["path"] for x in self.api.requests}, {"/api/v1", "/apis/nope.example/v1"})
+
+    def test_discovery_is_fetched_once_for_concurrent_callers(self):
+        """Six calls at once on a cold discovery cache: one GET of the group's
+        resource list per worker, the others wait for its answer."""
+        api = FakeAPI()
+        self.addCleanup(api.close)
+        api.script("GET", "/api/v1", *[("slow", 0.5)] * 6)
+        for i in range(6):
+            api.script("GET", "/api/v1/namespaces/default/pods/p%d" % i, (200, pod("p%d" % i)))
+        conf = dict(self.conf, server=api.url)
+        out = [None] * 6
+
+        def get(i):
+            out[i] = self.op("get", {"apiVersion": "v1", "kind": "Pod", "name": "p%d" % i}, conf=conf)
+        threads = [threading.Thread(target=get, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertTrue(all(r and r["ok"] for r in out), out)
+        self.assertEqual(api.count("GET", "/api/v1"), 1)
 
     def test_status_passthrough_422(self):
         path = "/api/v1/namespaces/default/pods"
