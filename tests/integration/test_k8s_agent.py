@@ -25,6 +25,8 @@ credential to leak), policy.sync.checkpoint_interval = 1 s.
    check and its bind moves to another address (no crash loop).
 Assertions are on what arrives, never on elapsed time; waits are generous.
 """
+import contextlib
+import glob
 import json
 import os
 import socket
@@ -101,6 +103,23 @@ class K8sAgentTest(unittest.TestCase):
     def secrets(self):
         return [self.s3.access_key.encode(), self.s3.secret_key.encode()]
 
+    def start(self, b, rid):
+        """GET /api/repl/session/<rid>, asserted 200; on a failure the message
+        carries what the simulated kubelet and the REPL's agents logged."""
+        r = b.get("/api/repl/session/" + rid)
+        if r.status != 200:
+            kdir = self.kc.kubelet.log_dir
+            lines = []
+            with contextlib.suppress(OSError):
+                with open(os.path.join(kdir, "kubelet.log"), errors="replace") as f:
+                    lines = [x for x in f if rid in x][-15:]
+            agents = ""
+            for path in sorted(glob.glob(os.path.join(kdir, "agent-%s-%s*.log" % (NS, rid)))):
+                with open(path, errors="replace") as f:
+                    agents += "\n--- %s:\n%s" % (os.path.basename(path), f.read()[-3000:])
+            self.fail("start: %d %s\nkubelet:\n%s%s" % (r.status, r.body[:500], "".join(lines), agents))
+        return r
+
     def pods(self, rid):
         api = self.kc.client(user="admin")
         return api.get(k8s_harness.api_path("v1", "pods", NS), query={"labelSelector": "devex.io/repl=" + rid})["items"]
@@ -158,8 +177,7 @@ class K8sAgentTest(unittest.TestCase):
                       body=json.dumps({"template": "python", "replName": "agent", "userName": "ignored"}))
         self.assertEqual(r.status, 201, r.body)
         rid = r.json()["id"]
-        r = b.get("/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
+        r = self.start(b, rid)
         pod, agent = self.live_pod(rid)
         env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
         self.assertEqual(env["CHECKPOINT_INTERVAL"], "1")
@@ -187,8 +205,7 @@ class K8sAgentTest(unittest.TestCase):
             self.assertFalse(p["spec"].get("ephemeralContainers"), p["metadata"]["name"])
 
         # the next start restores everything, the last write included
-        r = b.get("/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
+        r = self.start(b, rid)
         pod2, agent2 = self.live_pod(rid, not_uid=pod["metadata"]["uid"])
         self.assertNotEqual(agent2["dir"], agent["dir"])
         got = self.tree(agent2)
@@ -229,8 +246,7 @@ class K8sAgentTest(unittest.TestCase):
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
         self.assertEqual(r.status, 200, r.body)
         self.assertNotIn("final checkpoint failed", self.d.raw_log()[log_at:])
-        r = b.get("/api/repl/session/" + rid)
-        self.assertEqual(r.status, 200, r.body)
+        r = self.start(b, rid)
         pod4, agent4 = self.live_pod(rid, not_uid=pod3["metadata"]["uid"])
         self.assertEqual(self.tree(agent4).get("after-loss.txt"), b"written in the new pod\n")
         r = b.request("DELETE", "/api/repl/session/" + rid, headers=JSON)
