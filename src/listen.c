@@ -92,7 +92,30 @@ static SSL_CTX *make_ssl_ctx(const devex_listener_conf_t *lc, char *err, size_t 
     return ctx;
 }
 
-static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errlen)
+/* Whether another socket LISTENS on the address already. The workers'
+ * sockets share the port through SO_REUSEPORT, which would as well let a
+ * second devexd (or another runner on the same address) of the same user
+ * join the group and take half of the connections, silently. A socket with
+ * SO_REUSEADDR alone binds beside bound sockets but not beside a listening
+ * one: EADDRINUSE means someone serves there. -> 0 free, -1 (err set) taken */
+static int refuse_if_served(const struct addrinfo *ai, const devex_listener_conf_t *lc, char *err, size_t errlen)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0; /* the real bind reports it */
+    int on = 1;
+    int rc = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) == 0 &&
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno == EADDRINUSE) {
+        snprintf(err, errlen, "server.listen: cannot listen on %s:%d: %s (another process serves there)", lc->host,
+                 lc->port, strerror(EADDRINUSE));
+        rc = -1;
+    }
+    close(fd);
+    return rc;
+}
+
+static int open_listener(const devex_listener_conf_t *lc, bool first, char *err, size_t errlen)
 {
     struct addrinfo hints = {
         .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
@@ -102,6 +125,10 @@ static int open_listener(const devex_listener_conf_t *lc, char *err, size_t errl
     int gai = getaddrinfo(lc->host, port, &hints, &res);
     if (gai != 0) {
         snprintf(err, errlen, "server.listen: cannot resolve %s: %s", lc->host, gai_strerror(gai));
+        return -1;
+    }
+    if (first && lc->port != 0 && refuse_if_served(res, lc, err, errlen) != 0) {
+        freeaddrinfo(res);
         return -1;
     }
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -190,7 +217,7 @@ int devex_listen_prepare(int nworkers, char *err, size_t errlen)
             continue;
         }
         for (int k = 0; k < nworkers; k++) {
-            listen_fds[i][k] = open_listener(lc, err, errlen);
+            listen_fds[i][k] = open_listener(lc, k == 0, err, errlen);
             if (listen_fds[i][k] < 0)
                 return -1;
         }

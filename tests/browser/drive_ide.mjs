@@ -131,7 +131,12 @@ try {
     }
   };
   await run('echo "env: host=$HOST port=$PORT run=$RUN_COMMAND"', "env: host=");
-  out.term_env = (await term.innerText()).match(/^env: .*$/m)[0];
+  // what run() waited for is in the typed command too: wait for the output line itself
+  for (let t0 = Date.now(); !out.term_env; await page.waitForTimeout(100)) {
+    const m = (await term.innerText()).match(/^env: .*$/m);
+    if (m) out.term_env = m[0];
+    else if (Date.now() - t0 > RUN_TIMEOUT) throw new Error("no env: line in the terminal");
+  }
   await page.getByRole("button", { name: "Run", exact: true }).click();
   await term.filter({ hasText: "listening on port" }).waitFor({ timeout: RUN_TIMEOUT });
   out.app_default = await panel("Hello from your Python REPL");

@@ -4,6 +4,7 @@ bodies, request ids, what reaches Lua, the access log and /healthz, /version."""
 import os
 import re
 import socket
+import subprocess
 import sys
 import unittest
 
@@ -288,6 +289,18 @@ class HttpTest(unittest.TestCase):
         p = harness.run([harness.DEVEXD_BIN, "--version"])
         self.assertEqual(p.returncode, 0)
         self.assertEqual(p.stdout.strip(), "devexd %s" % body.get("version"))
+
+    def test_a_second_server_on_the_port_is_refused(self):
+        """The workers share the port with SO_REUSEPORT, which would as well
+        let a second devexd on the same address take half of the
+        connections: it refuses to start instead."""
+        env = dict(os.environ, DEVEXD_TEST_GATES=self.d.gates_dir)
+        p = subprocess.run(list(self.d.proc.args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           env=env, timeout=30)
+        self.assertNotEqual(p.returncode, 0, p.stderr[-2000:])
+        self.assertIn("cannot listen on 127.0.0.1:%d" % self.d.port, p.stderr)
+        self.assertIn("another process serves there", p.stderr)
+        self.assertEqual(self.d.get_json("/healthz"), (200, {"status": "ok"}))  # the first one serves on
 
     def test_builtin_app_healthz_version(self):
         # the shipped lua/app.lua serves both too
