@@ -41,6 +41,7 @@ struct devex_worker {
     uv_timer_t idle_timer;
     uint64_t served, served_at_tick;
     bool dirty;
+    int lua_kb_after_trim; /* memtrim.c: the Lua heap after the last full collection */
 };
 
 /* worker_current.c: sets the calling thread's current worker (cli.c runs a worker's

@@ -80,6 +80,38 @@ class IdleTest(unittest.TestCase):
                 for s in parked:
                     s.close()
 
+    def test_garbage_of_background_work_is_collected(self):
+        # no request after the task: a timer makes 20 MB of garbage (as the
+        # sweep's first pass over many REPLs did), and later timers log the
+        # Lua heap; reading it over HTTP would itself be the traffic that
+        # triggers a collection
+        app = IDLE_APP.replace("return app\n", """
+local timer = require("devex.timer")
+local log = require("devex.log")
+local ticks = 0
+timer.every(0.5, function()
+  ticks = ticks + 1
+  if ticks < 6 then return end -- after the start-up requests' quiet second
+  if ticks == 6 then
+    local keep = {}
+    for i = 1, 200000 do keep[i] = { i, tostring(i) } end
+    log.info("background garbage made", { kb = math.floor(collectgarbage("count")) })
+    return
+  end
+  log.info("background heap", { kb = math.floor(collectgarbage("count")) })
+end)
+return app
+""")
+        with harness.Devexd(app="idleapp", app_files={"idleapp.lua": app}, threads=1) as d:
+            made = d.wait_log(lambda e: e.get("msg") == "background garbage made", timeout=10)[-1]
+            self.assertGreater(made["kb"], 10000, made)
+            since = d.mark()
+            time.sleep(5)
+            heaps = [e["kb"] for e in d.logs()[since:] if e.get("msg") == "background heap"]
+            self.assertGreater(len(heaps), 4, heaps)
+            self.assertLess(heaps[-1], made["kb"] - 10000,
+                            "the background task's garbage stayed (heap after it: %s KB)" % heaps)
+
 
 if __name__ == "__main__":
     unittest.main()
