@@ -193,6 +193,33 @@ class HttpTest(unittest.TestCase):
         self.assertEqual(body["header_method"], "hello there")
         self.assertEqual(body["cookies"], {"sid": "abc123", "theme": "dark"})
 
+    def test_headers_larger_than_one_read(self):
+        # H2O reads at least 4 KB at a time into a buffer it grows: a request
+        # over that arrives in several reads, sent whole or in pieces, also
+        # pipelined
+        value = "v" * 6000
+        cookie = "sid=" + "c" * 3000
+        r = self.d.get("/echo", headers={"X-Test-Header": value, "Cookie": cookie})
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["header"], value)
+        self.assertEqual(r.json()["cookies"], {"sid": "c" * 3000})
+        req = ("GET /echo?n=%d HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test-Header: " + value + "\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", self.d.port), timeout=10) as s:
+            whole = (req % 1 + req % 2).encode()
+            s.sendall(whole[:3000])
+            s.sendall(whole[3000:7000])
+            s.sendall(whole[7000:])
+            got = b""
+            while got.count(b"HTTP/1.1 200") < 2 or not got.endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        self.assertEqual(got.count(b"HTTP/1.1 200"), 2, got[:300])
+        self.assertEqual(got.count(value.encode()), 6)  # header, header_lower, header_method: twice
+        self.assertIn(b'"n":"1"', got)
+        self.assertIn(b'"n":"2"', got)
+
     # ---- request ids ----
 
     def test_request_id_echoed(self):
