@@ -427,7 +427,28 @@ typedef struct {
     int array_mt, object_mt; /* stack indexes of the marker metatables */
     char is_map[DEVEX_JSON_MAX_DEPTH + 1];
     lua_Integer count[DEVEX_JSON_MAX_DEPTH + 1]; /* elements so far, per open array */
+    /* what to keep (json.decode(text, keep)): keeps[d] at stack index
+     * `keeps` is the projection of the container open at depth d, or false
+     * where everything is kept; filtered[d] says which. skip > 0 while a
+     * value left out is being read (its nesting depth); skip_next: the next
+     * value is one. */
+    int keeps;
+    char filtered[DEVEX_JSON_MAX_DEPTH + 2];
+    int skip;
+    int skip_next;
 } decoder_t;
+
+/* Whether the value starting now is left out (and counts its containers). */
+static int skipping_scalar(decoder_t *d)
+{
+    if (d->skip > 0)
+        return 1;
+    if (d->skip_next) {
+        d->skip_next = 0;
+        return 1;
+    }
+    return 0;
+}
 
 /* Stores the value on top into the open container (the top-level value just stays). */
 static int add_value(decoder_t *d)
@@ -444,6 +465,8 @@ static int add_value(decoder_t *d)
 static int on_null(void *ctx)
 {
     decoder_t *d = ctx;
+    if (skipping_scalar(d))
+        return 1;
     devex_json_push_null(d->L);
     return add_value(d);
 }
@@ -451,6 +474,8 @@ static int on_null(void *ctx)
 static int on_boolean(void *ctx, int b)
 {
     decoder_t *d = ctx;
+    if (skipping_scalar(d))
+        return 1;
     lua_pushboolean(d->L, b);
     return add_value(d);
 }
@@ -459,6 +484,8 @@ static int on_number(void *ctx, const char *s, size_t len)
 {
     decoder_t *d = ctx;
     lua_State *L = d->L;
+    if (skipping_scalar(d))
+        return 1;
     /* lua_stringtonumber gives exactly the wanted split: an integer literal
      * that fits int64 stays an integer, anything else becomes a float */
     char buf[64];
@@ -487,6 +514,8 @@ static int on_string(void *ctx, const unsigned char *s, size_t len)
         d->why = DEC_BAD_UTF8;
         return 0;
     }
+    if (skipping_scalar(d))
+        return 1;
     lua_pushlstring(d->L, (const char *)s, len);
     return add_value(d);
 }
@@ -498,19 +527,45 @@ static int on_map_key(void *ctx, const unsigned char *s, size_t len)
         d->why = DEC_BAD_UTF8;
         return 0;
     }
-    lua_pushlstring(d->L, (const char *)s, len);
+    if (d->skip > 0)
+        return 1;
+    lua_State *L = d->L;
+    lua_pushlstring(L, (const char *)s, len);
+    if (d->filtered[d->depth]) {
+        /* the member's projection: absent (left out), true (kept whole) or a table */
+        lua_rawgeti(L, d->keeps, d->depth);
+        lua_pushvalue(L, -2);
+        int t = lua_rawget(L, -2);
+        if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+            lua_pop(L, 3);
+            d->skip_next = 1;
+            return 1;
+        }
+        if (t != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 0);
+        }
+        lua_rawseti(L, d->keeps, d->depth + 1);
+        lua_pop(L, 1);
+    }
     return 1;
 }
 
 static int open_container(decoder_t *d, int is_map)
 {
     lua_State *L = d->L;
+    if (d->skip > 0 || d->skip_next) {
+        d->skip_next = 0;
+        d->skip++;
+        return 1;
+    }
     if (d->depth >= DEVEX_JSON_MAX_DEPTH) {
         d->why = DEC_TOO_DEEP;
         return 0;
     }
-    /* the table, its pending key and value, and a number's temporary string */
-    if (!lua_checkstack(L, 4)) {
+    /* the table, its pending key and value, and a number's temporary string;
+     * or a key's projection lookup (the keeps table, the key, the result) */
+    if (!lua_checkstack(L, 6)) {
         d->why = DEC_NO_STACK;
         return 0;
     }
@@ -520,6 +575,23 @@ static int open_container(decoder_t *d, int is_map)
     d->depth++;
     d->is_map[d->depth] = (char)is_map;
     d->count[d->depth] = 0;
+    if (d->keeps != 0) {
+        /* a member's projection was set by its key (on_map_key); an array's
+         * elements get the array's; the top level has the caller's */
+        int k = d->depth;
+        if (k == 1) {
+            d->filtered[k] = 1;
+        } else if (!d->filtered[k - 1]) {
+            d->filtered[k] = 0;
+        } else if (!d->is_map[k - 1]) {
+            lua_rawgeti(L, d->keeps, k - 1);
+            lua_rawseti(L, d->keeps, k);
+            d->filtered[k] = 1;
+        } else {
+            d->filtered[k] = lua_rawgeti(L, d->keeps, k) == LUA_TTABLE;
+            lua_pop(L, 1);
+        }
+    }
     return 1;
 }
 
@@ -536,6 +608,10 @@ static int on_start_array(void *ctx)
 static int on_end_container(void *ctx)
 {
     decoder_t *d = ctx;
+    if (d->skip > 0) {
+        d->skip--;
+        return 1;
+    }
     d->depth--;
     return add_value(d);
 }
@@ -561,6 +637,12 @@ static int decode_run(lua_State *L)
     d->array_mt = lua_gettop(L);
     push_object_mt(L);
     d->object_mt = lua_gettop(L);
+    if (d->keeps != 0) {
+        lua_createtable(L, 8, 0); /* keeps[depth]: the projections of the open containers */
+        lua_pushvalue(L, 2);
+        lua_rawseti(L, -2, 1);
+        d->keeps = lua_gettop(L);
+    }
     d->status = yajl_parse(d->h, d->text, d->len);
     if (d->status == yajl_status_ok) {
         /* what is still missing at the end of the text is missing at its end */
@@ -590,6 +672,11 @@ static void yajl_reason(yajl_handle h, char *out, size_t outlen)
 
 int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen)
 {
+    return devex_json_decode_keep(L, text, len, 0, err, errlen);
+}
+
+int devex_json_decode_keep(lua_State *L, const char *text, size_t len, int keep, char *err, size_t errlen)
+{
     char dummy[1];
     if (err == NULL || errlen == 0)
         err = dummy, errlen = sizeof(dummy);
@@ -597,7 +684,9 @@ int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, siz
         snprintf(err, errlen, "out of Lua stack");
         return -1;
     }
-    decoder_t d = {.text = (const unsigned char *)text, .len = len, .why = DEC_SYNTAX};
+    if (keep != 0)
+        keep = lua_absindex(L, keep);
+    decoder_t d = {.text = (const unsigned char *)text, .len = len, .why = DEC_SYNTAX, .keeps = keep != 0};
     d.h = yajl_alloc(&decode_callbacks, NULL, &d);
     if (d.h == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -606,7 +695,9 @@ int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, siz
     int top = lua_gettop(L);
     lua_pushcfunction(L, decode_run);
     lua_pushlightuserdata(L, &d);
-    int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (keep != 0)
+        lua_pushvalue(L, keep);
+    int rc = lua_pcall(L, keep != 0 ? 2 : 1, LUA_MULTRET, 0);
     if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1);
         snprintf(err, errlen, "cannot decode JSON: %s", m ? m : "error");
@@ -710,8 +801,11 @@ static int l_decode(lua_State *L)
 {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
+    int keep = lua_isnoneornil(L, 2) ? 0 : 2;
+    if (keep != 0)
+        luaL_checktype(L, 2, LUA_TTABLE);
     char err[256];
-    if (devex_json_decode(L, s, len, err, sizeof(err)) != 0) {
+    if (devex_json_decode_keep(L, s, len, keep, err, sizeof(err)) != 0) {
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;

@@ -18,6 +18,11 @@ int devex_json_encode(lua_State *L, int idx, devex_buf_t *out, char *err, size_t
 /* Decodes text and pushes the value. Returns 0, or -1 with nothing pushed and a
  * message with the byte position in err. */
 int devex_json_decode(lua_State *L, const char *text, size_t len, char *err, size_t errlen);
+/* The same, keeping only what the table at stack index keep names (0: all):
+ * a member is kept if keep has its key, whole when the value there is true,
+ * filtered by it when it is a table (for an array: each element by it);
+ * array elements that are not objects are kept as they are. */
+int devex_json_decode_keep(lua_State *L, const char *text, size_t len, int keep, char *err, size_t errlen);
 /* Marks the table at idx as an array, so it encodes as [] even when empty. */
 void devex_json_mark_array(lua_State *L, int idx);
 /* Pushes the json.null sentinel. */

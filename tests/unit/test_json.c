@@ -383,6 +383,42 @@ static const char *test_coroutine =
     "check(co() == 3, 'decode in a coroutine')\n"
     "check(co() == '[1,2,3]', 'encode in a coroutine')\n";
 
+/* json.decode(text, keep): only what keep names is made (watch events of
+ * pods: the informer keeps a few fields of objects of tens of KB) */
+static const char *test_keep =
+    "local doc = [==[{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"Pod\",\"metadata\":{\"name\":\"p\","
+    "\"labels\":{\"a\":\"1\",\"b\":\"2\"},\"managedFields\":[{\"x\":{\"y\":[1,{\"z\":2}]}}],\"uid\":\"u\"},"
+    "\"status\":{\"phase\":\"Running\",\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"lastProbeTime\":null},"
+    "{\"type\":\"PodScheduled\",\"status\":\"True\",\"extra\":{\"deep\":[[1]]}}],"
+    "\"podIPs\":[{\"ip\":\"10.0.0.1\"}],\"hostIP\":\"h\"},\"spec\":{\"big\":[1,2,3]}}}]==]\n"
+    "local keep = { type = true, object = { kind = true, metadata = { name = true, labels = true, uid = true },\n"
+    "  status = { phase = true, conditions = { type = true, status = true }, podIPs = true } } }\n"
+    "local v, err = json.decode(doc, keep)\n"
+    "check(err == nil, tostring(err))\n"
+    "check(same(v, { type = 'MODIFIED', object = { kind = 'Pod', metadata = { name = 'p', labels = { a = '1', b = '2' }, uid = 'u' },\n"
+    "  status = { phase = 'Running', conditions = { { type = 'Ready', status = 'True' }, { type = 'PodScheduled', status = 'True' } },\n"
+    "  podIPs = { { ip = '10.0.0.1' } } } } }), 'only what keep names: ' .. json.encode(v))\n"
+    "check(getmetatable(v.object.status.conditions) == getmetatable(json.decode('[]')), 'a kept array is still an array')\n"
+    /* a member kept whole is not filtered; keep = false or a missing key leaves it out */
+    "v = json.decode('{\"a\":{\"b\":{\"c\":1}},\"d\":2,\"e\":3}', { a = true, d = false })\n"
+    "check(same(v, { a = { b = { c = 1 } } }), 'whole and left out: ' .. json.encode(v))\n"
+    /* a top-level array: each element by keep; scalars in arrays are kept */
+    "v = json.decode('[{\"a\":1,\"b\":2},3,[{\"a\":4,\"c\":5}]]', { a = true })\n"
+    "check(same(v, { { a = 1 }, 3, { { a = 4 } } }), 'top-level array: ' .. json.encode(v))\n"
+    /* a projection asking for an object where there is a scalar keeps the scalar */
+    "v = json.decode('{\"a\":\"s\",\"b\":[1,2]}', { a = { x = true }, b = { y = true } })\n"
+    "check(same(v, { a = 's', b = { 1, 2 } }), 'scalar under a table projection: ' .. json.encode(v))\n"
+    /* what is left out is still checked: a syntax error or bad UTF-8 there fails the decode */
+    "local bad, berr = json.decode('{\"a\":1,\"skip\":{\"x\":[1,}}', { a = true })\n"
+    "check(bad == nil and berr:match('invalid JSON'), 'error inside a left-out member: ' .. tostring(berr))\n"
+    "bad, berr = json.decode('{\"a\":1,\"skip\":\"' .. string.char(255) .. '\"}', { a = true })\n"
+    "check(bad == nil and berr:match('UTF'), 'invalid UTF-8 inside a left-out member: ' .. tostring(berr))\n"
+    /* deep nesting inside a left-out member does not use Lua stack or depth */
+    "local deep = string.rep('[', 5000) .. string.rep(']', 5000)\n"
+    "v, err = json.decode('{\"a\":1,\"skip\":' .. deep .. '}', { a = true })\n"
+    "check(v and v.a == 1 and v.skip == nil, 'deep left-out member: ' .. tostring(err))\n"
+    "check(not pcall(json.decode, '{}', 'not a table'), 'keep must be a table')\n";
+
 int main(void)
 {
     lua_State *L = luaL_newstate();
@@ -403,6 +439,7 @@ int main(void)
     unit_lua_run(L, "depth", test_depth);
     unit_lua_run(L, "big", test_big);
     unit_lua_run(L, "coroutine", test_coroutine);
+    unit_lua_run(L, "keep", test_keep);
     test_c_api(L);
     CHECK(lua_gettop(L) == 0);
     lua_close(L);
