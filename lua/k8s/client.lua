@@ -21,9 +21,9 @@
 --     -> "deleted", answer | "gone" (it was not there) | nil, err
 --   c:patch(ref, patch, {type = "merge"|"strategic"|"json", subresource=})  -> obj | nil, err
 --     (patch: a table, or the JSON text; json patches are not retried)
---   c:apply(obj, {field_manager=, force=, subresource=}) -> obj | nil, err  (server-side apply)
+--   c:apply(obj, {field_manager=, force=, subresource=, keep=}) -> obj | nil, err  (server-side apply)
 --   c:replace(obj, {subresource=})                      -> obj | nil, err  (PUT, not retried)
---   c:watch(ref, {resource_version=, timeout=, label_selector=, field_selector=, name=})
+--   c:watch(ref, {resource_version=, timeout=, label_selector=, field_selector=, name=, keep=})
 --     -> watcher; watcher:next() -> event | nil, err; event = { type = "ADDED" | "MODIFIED" |
 --        "DELETED" | "RESYNC", object = obj (RESYNC: items = {...} from a fresh list after
 --        410 Gone) }; err.code "timeout" when the watch's timeout passed. watcher:close().
@@ -37,7 +37,13 @@
 --      the Pod; before: GET/PUT of an EphemeralContainers object on that subresource)
 --   c:wait_ephemeral(ref_of_pod, name, {timeout=}) -> exit_code, pod | nil, err
 --   c:resource(apiVersion, kind) -> { prefix, resource, namespaced, kind } | nil, err  (discovery)
---   c:request{method, path, query, body, content_type, idempotent} -> decoded body, res | nil, err
+--   c:request{method, path, query, body, content_type, idempotent, keep} -> decoded body, res | nil, err
+--
+-- keep (get, list, apply, watch, request): only these members of each answered object
+-- are made into Lua tables (devex.json's decode(text, keep)); what the verb itself reads
+-- (kind, apiVersion, metadata.name/resourceVersion, a Status's code/reason/message) is
+-- added. An informer that keeps a few fields of every pod of a namespace does not build
+-- the whole of each (managedFields, the spec) to throw it away.
 --
 -- Errors: the devex.error shape. From the API's Status: { code = reason ("AlreadyExists",
 -- "NotFound", "Forbidden", "Invalid", "Conflict", "Gone"... or "http_<status>"),
@@ -58,6 +64,28 @@ local dstream = require("devex.stream")
 local log = require("devex.log")
 
 local M = {}
+
+-- keep with what a verb reads of every object added (see the header)
+local OBJECT_KEEP = { kind = true, apiVersion = true, code = true, reason = true, message = true,
+                      metadata = { name = true, namespace = true, resourceVersion = true } }
+local function with_basics(keep)
+  if keep == nil then return nil end
+  local out = {}
+  for k, v in pairs(keep) do out[k] = v end
+  for k, v in pairs(OBJECT_KEEP) do
+    local mine = out[k]
+    if mine == nil then
+      out[k] = v
+    elseif type(mine) == "table" and type(v) == "table" then
+      local merged = {}
+      for k2, v2 in pairs(v) do merged[k2] = v2 end
+      for k2, v2 in pairs(mine) do merged[k2] = v2 end
+      out[k] = merged
+    end
+  end
+  return out
+end
+M._with_basics = with_basics
 local Client = {}
 Client.__index = Client
 
@@ -199,7 +227,7 @@ local function retry_delay(self, attempt, res)
 end
 
 -- One request. o = { method, path, query = "?...", body = string | table, content_type,
--- idempotent, timeout, stream = true (returns the open stream), accept }
+-- idempotent, timeout, stream = true (returns the open stream), accept, keep }
 -- -> decoded body (or the stream), res | nil, err
 function Client:request(o)
   local body = o.body
@@ -229,7 +257,7 @@ function Client:request(o)
     elseif res.status >= 200 and res.status < 300 then
       if o.stream then return res, res end
       if res.body == "" then return {}, res end
-      local v, jerr = json.decode(res.body)
+      local v, jerr = json.decode(res.body, o.keep)
       if v == nil then
         metrics.counter("devex_k8s_request_errors_total", { method = o.method, code = "bad_response" })
         return nil, E("bad_response", "the API answered invalid JSON: " .. tostring(jerr), res.status)
@@ -443,6 +471,8 @@ function Client:list(ref, opts)
   local path = path_of(t, false)
   local out = { items = json.array({}) }
   local token
+  local keep = opts.keep and { kind = true, apiVersion = true, metadata = { resourceVersion = true, ["continue"] = true },
+                               items = with_basics(opts.keep) }
   for _ = 1, 100000 do
     local q = {}
     if opts.label_selector then q.labelSelector = opts.label_selector end
@@ -453,7 +483,7 @@ function Client:list(ref, opts)
     q.limit = opts.limit or 500
     if token then q["continue"] = token end
     local page
-    page, err = self:request{ method = "GET", path = path, query = kc.query(q), idempotent = true }
+    page, err = self:request{ method = "GET", path = path, query = kc.query(q), idempotent = true, keep = keep }
     if not page then return nil, err end
     for _, item in ipairs(page.items or {}) do
       -- list items carry no kind/apiVersion: put them back so items can be passed to other verbs
@@ -536,7 +566,7 @@ function Client:apply(obj, opts)
   local v
   -- JSON is valid YAML: the apply body is the object as JSON
   v, err = self:request{ method = "PATCH", path = path_of(t, true, opts.subresource), query = kc.query(q),
-    body = obj, content_type = "application/apply-patch+yaml", idempotent = true }
+    body = obj, content_type = "application/apply-patch+yaml", idempotent = true, keep = with_basics(opts.keep) }
   if not v then return nil, err end
   return v
 end
@@ -563,7 +593,8 @@ function Client:watch(ref, opts)
   return setmetatable({
     client = self, target = t, path = path_of(t, false), label = opts.label_selector, field = field,
     rv = opts.resource_version, deadline = timer.now() + timeout, stream = nil, restarts = 0,
-    relists = 0, idle_restarts = 0, got_event = false,
+    relists = 0, idle_restarts = 0, got_event = false, keep = opts.keep,
+    event_keep = opts.keep and { type = true, object = with_basics(opts.keep) },
   }, Watcher)
 end
 
@@ -579,7 +610,7 @@ function Watcher:_relist()
   self.relists = self.relists + 1
   local c, t = self.client, self.target
   local l, err = c:list({ apiVersion = t.api, kind = t.kind, namespace = t.namespace },
-    { label_selector = self.label, field_selector = self.field, all_namespaces = t.namespace == nil })
+    { label_selector = self.label, field_selector = self.field, all_namespaces = t.namespace == nil, keep = self.keep })
   if not l then return nil, err end
   self.rv = l.resourceVersion
   return { type = "RESYNC", items = l.items, resourceVersion = l.resourceVersion }
@@ -635,7 +666,7 @@ function Watcher:next()
       end
       self.got_event = false
     elseif line ~= "" and line ~= "\r" then
-      local ev, jerr = json.decode(line)
+      local ev, jerr = json.decode(line, self.event_keep)
       if type(ev) ~= "table" then
         self:close()
         return nil, E("bad_response", "watch event is not JSON: " .. tostring(jerr))

@@ -459,8 +459,11 @@ M._gate = gate -- for tests
 
 -- Applies the Deployment, then the Service, Ingress and Middleware at once
 -- with the Deployment as their owner. -> true, or nil, err
+-- What is read of the answers: the Deployment's uid (its dependents' owner)
+-- and nothing of the others (see the k8s client's keep).
+local DEPLOYMENT_KEEP, NOTHING_KEEP = { metadata = { uid = true } }, {}
 local function apply_objects(c, objs)
-  local dep, e = c:apply(objs.deployment, { force = true })
+  local dep, e = c:apply(objs.deployment, { force = true, keep = DEPLOYMENT_KEEP })
   if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
   local owner = { apiVersion = "apps/v1", kind = "Deployment", name = dep.metadata.name, uid = dep.metadata.uid,
                   controller = true, blockOwnerDeletion = true }
@@ -469,7 +472,7 @@ local function apply_objects(c, objs)
     local o = objs[k]
     if o then
       o.metadata.ownerReferences = { owner }
-      others[#others + 1] = function() return c:apply(o, { force = true }) end
+      others[#others + 1] = function() return c:apply(o, { force = true, keep = NOTHING_KEEP }) end
     end
   end
   for i, r in ipairs(tasks.all(others)) do

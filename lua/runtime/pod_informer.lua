@@ -58,11 +58,28 @@ local function informer(key, client, namespace, spec)
   return inf
 end
 
+-- What slim reads of a pod, and all the API's answers are decoded into
+-- (the k8s client's keep): a pod's JSON is mostly managedFields and spec
+-- that nothing here reads, and every worker decodes every pod event of the
+-- namespace. Making it whole to slim it left that garbage interleaved with
+-- the parked starts' live objects, pages the allocator could not give back.
+local STATE_KEEP = { waiting = { reason = true, message = true }, terminated = { exitCode = true }, running = true }
+local CONTAINER_KEEP = { name = true, image = true, state = STATE_KEEP, lastState = { terminated = { exitCode = true } } }
+M.POD_KEEP = {
+  metadata = { name = true, namespace = true, labels = true, uid = true, deletionTimestamp = true },
+  spec = { nodeName = true, containers = { name = true, image = true }, initContainers = { name = true, image = true } },
+  status = { phase = true, reason = true, message = true, podIP = true,
+             conditions = { type = true, status = true, reason = true, message = true },
+             containerStatuses = CONTAINER_KEEP, initContainerStatuses = CONTAINER_KEEP },
+}
+local EVENT_KEEP = { metadata = { name = true }, reason = true, message = true, type = true, count = true,
+                     involvedObject = { name = true } }
+
 -- The pods of selector, handed to waiters by the value of their repl_label.
 function M.get(client, namespace, selector, repl_label)
   return informer(namespace .. "\0pods\0" .. selector .. "\0" .. repl_label, client, namespace, {
     ref = { apiVersion = "v1", kind = "Pod", namespace = namespace },
-    opts = { label_selector = selector },
+    opts = { label_selector = selector, keep = M.POD_KEEP },
     key_of = function(pod)
       local labels = pod.metadata and pod.metadata.labels
       return type(labels) == "table" and labels[repl_label] or nil
@@ -75,7 +92,7 @@ end
 function M.events(client, namespace)
   return informer(namespace .. "\0events", client, namespace, {
     ref = { apiVersion = "v1", kind = "Event", namespace = namespace },
-    opts = { field_selector = "involvedObject.kind=Pod" },
+    opts = { field_selector = "involvedObject.kind=Pod", keep = EVENT_KEEP },
     key_of = function(ev) return type(ev.involvedObject) == "table" and ev.involvedObject.name or nil end,
     keep = function(ev)
       return { metadata = { name = ev.metadata and ev.metadata.name }, reason = ev.reason, message = ev.message,
@@ -194,7 +211,8 @@ local function run(inf)
   local ref, sel = inf.spec.ref, inf.spec.opts
   while not idle(inf) do
     M.stats.lists = M.stats.lists + 1
-    local l, err = inf.client:list(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector })
+    local l, err = inf.client:list(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
+                                          keep = sel.keep })
     if not l then
       inf.synced = false
       fail_all(inf, err)
@@ -210,7 +228,8 @@ local function run(inf)
       M.stats.watches = M.stats.watches + 1
       local w
       w, err = inf.client:watch(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
-                                       resource_version = l.resourceVersion, timeout = M.WATCH_TIMEOUT })
+                                       resource_version = l.resourceVersion, timeout = M.WATCH_TIMEOUT,
+                                       keep = sel.keep })
       while w do
         local ev
         ev, err = w:next()

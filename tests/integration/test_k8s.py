@@ -682,6 +682,29 @@ class ClusterTests(unittest.TestCase):
                 self.assertEqual(a["metadata"]["resourceVersion"], b["metadata"]["resourceVersion"], o["kind"])
             self.ok("delete", o)
 
+    def test_keep_decodes_only_what_is_named(self):
+        dep = session_objects(NS, "keep1")[0]
+        full = self.ok("apply", dep, {"force": True})
+        self.assertIn("managedFields", full["metadata"])
+        kept = self.ok("apply", dep, {"force": True, "keep": {"metadata": {"uid": True, "labels": True}}})
+        # what was named, and what the client reads of every object (kind, name, resourceVersion)
+        self.assertEqual(kept["metadata"]["uid"], full["metadata"]["uid"])
+        self.assertEqual(kept["metadata"]["labels"], full["metadata"]["labels"])
+        self.assertEqual((kept["kind"], kept["apiVersion"], kept["metadata"]["name"], kept["metadata"]["namespace"]),
+                         ("Deployment", "apps/v1", dep["metadata"]["name"], NS))
+        self.assertIn("resourceVersion", kept["metadata"])
+        self.assertEqual(set(kept), {"kind", "apiVersion", "metadata"})
+        self.assertEqual(set(kept["metadata"]), {"uid", "labels", "name", "namespace", "resourceVersion"})
+        lst = self.ok("list", {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS},
+                      {"label_selector": "devex.io/session=keep1", "keep": {"spec": {"replicas": True}}})
+        self.assertEqual(len(lst["items"]), 1)
+        item = lst["items"][0]
+        self.assertEqual(set(item), {"kind", "apiVersion", "metadata", "spec"})
+        self.assertEqual(item["spec"], {"replicas": full["spec"]["replicas"]})
+        self.assertEqual(item["metadata"]["name"], dep["metadata"]["name"])
+        self.assertTrue(lst["resourceVersion"])
+        self.ok("delete", dep)
+
     def test_cascading_delete(self):
         dep = session_objects(NS, "owner1")[0]
         created = self.ok("create", dep)
