@@ -1,6 +1,6 @@
 /*
  * json.h: JSON both ways between Lua values and text, on yajl (json.c).
- * Lua module devex.json: encode(v) -> string | nil, err; decode(s) -> v | nil, err;
+ * Lua module devex.json: encode(v) -> string | nil, err; decode(s [, keep]) -> v | nil, err;
  * json.null (sentinel), json.array(t) / json.object(t) mark a table's shape,
  * json.is_array(t).
  */
