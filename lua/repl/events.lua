@@ -75,7 +75,10 @@ M.id_after = id_after
 
 local runs = {}        -- replId -> { t0, template, marks = {phase = offset}, last = {phase, at} } (this worker)
 local hist_cache = {}  -- template -> { at, list }
-local pods = {}        -- replId -> the last pod seen during its start (this worker), for failure reasons
+-- replId -> the last pod seen during its start (this worker), for failure
+-- reasons: as JSON text, a third of the tables (it lives as long as the start
+-- is parked, and thousands may be)
+local pods = {}
 
 local function quantile(xs, q)
   if #xs == 0 then return nil end
@@ -424,7 +427,7 @@ end
 -- pod(id, pod): called by the driver for each version of the pod it sees.
 function M.pod(id, pod)
   if type(id) ~= "string" or type(pod) ~= "table" then return end
-  pods[id] = pod
+  pods[id] = json.encode(pod) or nil
   local phase, fields = M.pod_phase(pod)
   if phase then M.emit(id, phase, fields) end
 end
@@ -464,7 +467,7 @@ end
 function M.failure(id, err, status)
   local msg = tostring(type(err) == "table" and err.message or err or "")
   status = status or (type(err) == "table" and err.status) or 502
-  local pod = pods[id]
+  local pod = pods[id] and json.decode(pods[id]) or nil
   pods[id] = nil
   local image = pod_image_problem(pod)
   if image or msg:find("ErrImagePull", 1, true) or msg:find("ImagePullBackOff", 1, true)
