@@ -425,7 +425,8 @@ function Client:_on_named(method, ref, opts, body, idempotent)
   t, err = self:_target(ref, true)
   if not t then return nil, err end
   local v
-  v, err = self:request{ method = method, path = path_of(t, true, opts.subresource), body = body, idempotent = idempotent }
+  v, err = self:request{ method = method, path = path_of(t, true, opts.subresource), body = body, idempotent = idempotent,
+                         keep = method == "GET" and with_basics(opts.keep) or nil }
   if not v then return nil, err end
   return v
 end

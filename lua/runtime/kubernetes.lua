@@ -460,8 +460,10 @@ M._gate = gate -- for tests
 -- Applies the Deployment, then the Service, Ingress and Middleware at once
 -- with the Deployment as their owner. -> true, or nil, err
 -- What is read of the answers: the Deployment's uid (its dependents' owner)
--- and nothing of the others (see the k8s client's keep).
+-- and nothing of the others (see the k8s client's keep); of an earlier
+-- Deployment, whether it is being deleted.
 local DEPLOYMENT_KEEP, NOTHING_KEEP = { metadata = { uid = true } }, {}
+local DYING_KEEP = { keep = { metadata = { deletionTimestamp = true } } }
 local function apply_objects(c, objs)
   local dep, e = c:apply(objs.deployment, { force = true, keep = DEPLOYMENT_KEEP })
   if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
@@ -500,7 +502,7 @@ function Driver:start(meta, opts)
   local limit = math.floor(policy.workload.start_concurrency or 0)
   if limit <= 0 then limit = math.huge end -- no turns (the default)
   while true do
-    local turn, old, ge = gate:run(limit, deadline, c.get, c, dref)
+    local turn, old, ge = gate:run(limit, deadline, c.get, c, dref, DYING_KEEP)
     if not turn then return gate_timeout(timeout) end
     if not old then
       if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end

@@ -695,6 +695,10 @@ class ClusterTests(unittest.TestCase):
         self.assertIn("resourceVersion", kept["metadata"])
         self.assertEqual(set(kept), {"kind", "apiVersion", "metadata"})
         self.assertEqual(set(kept["metadata"]), {"uid", "labels", "name", "namespace", "resourceVersion"})
+        got = self.ok("get", {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS,
+                              "name": dep["metadata"]["name"]}, {"keep": {"metadata": {"deletionTimestamp": True}}})
+        self.assertEqual(set(got), {"kind", "apiVersion", "metadata"})
+        self.assertEqual(set(got["metadata"]), {"name", "namespace", "resourceVersion"})  # not being deleted
         lst = self.ok("list", {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS},
                       {"label_selector": "devex.io/session=keep1", "keep": {"spec": {"replicas": True}}})
         self.assertEqual(len(lst["items"]), 1)
