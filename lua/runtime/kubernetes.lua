@@ -446,10 +446,11 @@ end
 -- come first served. A burst of starts otherwise has every one of them in
 -- flight together, each with its libcurl transfer and the decoded answers:
 -- the allocator keeps that peak long after the starts have parked to wait
--- for their pods (200 parked starts: about 101-128 KB of resident memory
--- each without turns, 58-73 KB with 8). The price is the burst's latency
--- (the 200 starts' calls took 12 s instead of 5 s with 8 turns on a loaded
--- machine; tests/bench/bench_parked_starts.py), so it is off by default.
+-- for their pods (200 parked starts: about 72-74 KB of resident memory each
+-- without turns, 57-58 KB with 8; before the answers were decoded with keep,
+-- 101-128 and 58-73). The price is the burst's latency (the 200 starts'
+-- calls took 5.4-6.1 s instead of 1.8 s with 8 turns;
+-- tests/bench/bench_parked_starts.py), so it is off by default.
 -- Waiting for a pod holds no slot.
 local gate = require("runtime.turns").new() -- this worker's (a VM's) turns and queued starts
 local function gate_timeout(timeout)
