@@ -521,8 +521,12 @@ function Driver:start(meta, opts)
   local shared = policy.workload.shared_watch ~= false and selects(pod_labels_of(objs.deployment), id.managed_selector)
     and id.repl_label and parse_selector(id.selector)
   -- a parked start keeps only what it waits with: the objects it sent and the
-  -- API's answers (tens of KB of tables each) are garbage from here on
-  objs = nil
+  -- API's answers (tens of KB of tables each) are garbage from here on, and
+  -- of its identity (which holds the Deployment's labels) what is read below
+  objs, dref = nil, nil
+  id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
+         managed_selector = id.managed_selector, repl_label = id.repl_label,
+         names = { deployment = id.names.deployment } }
   local pod
   events.emit(meta.id, "scheduling")
   local left = math.max(0.1, deadline - timer.now())

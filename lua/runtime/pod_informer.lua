@@ -74,7 +74,7 @@ end
 local STATE_KEEP = { waiting = { reason = true, message = true }, terminated = { exitCode = true }, running = true }
 local CONTAINER_KEEP = { name = true, image = true, state = STATE_KEEP, lastState = { terminated = { exitCode = true } } }
 M.POD_KEEP = {
-  metadata = { name = true, namespace = true, labels = true, uid = true, deletionTimestamp = true },
+  metadata = { name = true, labels = true, deletionTimestamp = true },
   spec = { nodeName = true, containers = { name = true, image = true }, initContainers = { name = true, image = true } },
   status = { phase = true, reason = true, message = true, podIP = true,
              conditions = { type = true, status = true, reason = true, message = true },
@@ -171,9 +171,7 @@ local function slim(p)
     end
   end
   return {
-    kind = "Pod",
-    metadata = { name = m.name, namespace = m.namespace, labels = m.labels, uid = m.uid,
-                 deletionTimestamp = m.deletionTimestamp },
+    metadata = { name = m.name, labels = m.labels, deletionTimestamp = m.deletionTimestamp },
     spec = { nodeName = sp.nodeName, containers = containers(sp.containers),
              initContainers = containers(sp.initContainers) },
     status = { phase = st.phase, reason = st.reason, message = st.message, podIP = st.podIP,
