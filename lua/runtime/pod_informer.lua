@@ -118,7 +118,7 @@ local function deliver(inf, pod, deleted)
   if not ws then return end
   for w in pairs(ws) do
     if not w.match or w.match(pod.metadata and pod.metadata.labels) then
-      w.pending[pod.metadata.name] = deleted and false or pod
+      if deleted then w.pending[pod.metadata.name] = false else w.pending[pod.metadata.name] = pod end
       w.cond:signal()
     end
   end

@@ -1,0 +1,127 @@
+"""runtime.pod_informer with a scripted client, inside devexd: its cache (one
+JSON string per slimmed pod, with the pod's REPL beside it), a waiter seeded
+from that cache, and a relist (RESYNC) that drops a pod: its waiter is told
+and the cache forgets it. The watch path against a real API server is in
+test_k8s_shared_watch.py; a relist that drops a pod is hard to provoke there."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+APP = r"""
+local app = require("devex.app").new()
+require("routes.health")(app)
+local pi = require("runtime.pod_informer")
+local timer = require("devex.timer")
+local dstream = require("devex.stream")
+pi.WATCH_TIMEOUT, pi.LINGER = 1, 1
+
+local function pod(name, repl, ready)
+  return { kind = "Pod", metadata = { name = name, namespace = "ns", uid = "u-" .. name,
+           labels = { ["devex.io/repl"] = repl, app = "x" }, managedFields = { { manager = "kubelet" } } },
+           spec = { nodeName = "n1", containers = { { name = "main", image = "img:1", args = { "a" } } } },
+           status = { phase = "Running", podIP = "10.0.0.9",
+                      conditions = { { type = "Ready", status = ready and "True" or "False" },
+                                     { type = "Initialized", status = "True" } },
+                      containerStatuses = { { name = "main", image = "img:1", state = { running = { startedAt = "t" } } } } } }
+end
+
+-- the list has p-a (not Ready) and p-b; the watch then relists (410 Gone)
+-- and finds only p-a, Ready; later watches end empty, later lists have p-a
+local relist = dstream.cond()
+local fake = { watches = 0, lists = 0 }
+function fake:list()
+  self.lists = self.lists + 1
+  if self.lists > 1 then return { items = { pod("p-a", "A", true) }, resourceVersion = "2" } end
+  return { items = { pod("p-a", "A", false), pod("p-b", "B", false) }, resourceVersion = "1" }
+end
+function fake:watch(_, opts)
+  self.watches = self.watches + 1
+  local first = self.watches == 1
+  return {
+    next = function()
+      if first then
+        first = false
+        relist:wait(10)
+        return { type = "RESYNC", items = { pod("p-a", "A", true) } }
+      end
+      timer.sleep(opts.timeout)
+      return nil, { code = "timeout" }
+    end,
+    close = function() end,
+  }
+end
+
+local function names(pods)
+  local out = require("devex.json").array({})
+  for _, p in ipairs(pods) do out[#out + 1] = p.metadata.name end
+  table.sort(out)
+  return out
+end
+
+app:get("/check", function()
+  local inf = pi.get(fake, "ns", "app=x", "devex.io/repl")
+  local wa, wb = inf:waiter("A"), inf:waiter("B")
+  local out = {}
+  out.a_first = names(wa:next(5))
+  out.b_first = names(wb:next(5))
+  local text = inf.pods["p-b"]
+  out.cached_as = type(text)
+  out.cached_repl = inf.repls["p-b"]
+  out.cached_has_managed_fields = type(text) == "string" and text:find("managedFields", 1, true) ~= nil
+  out.cached_has_uid = type(text) == "string" and text:find("u-p-b", 1, true) ~= nil
+  -- a waiter registered now is seeded from the cache, decoded
+  local seeded = inf:waiter("A", function(labels) return labels.app == "x" end)
+  local sp = seeded:take()
+  out.seeded = names(sp)
+  out.seeded_ip = sp[1] and sp[1].status.podIP
+  out.seeded_image = sp[1] and sp[1].spec.containers[1].image
+  seeded:close()
+  relist:signal()
+  local pa = wa:next(5)
+  out.a_after = names(pa)
+  local ready
+  for _, c in ipairs(pa[1] and pa[1].status.conditions or {}) do
+    if c.type == "Ready" then ready = c.status end
+  end
+  out.a_ready = ready
+  local deleted_seen = false
+  for _ = 1, 50 do
+    if wb.pending["p-b"] == false then deleted_seen = true break end
+    timer.sleep(0.05)
+  end
+  out.b_told_deleted = deleted_seen
+  out.b_after = names(wb:take())
+  out.b_still_cached = inf.pods["p-b"] ~= nil or inf.repls["p-b"] ~= nil
+  wa:close()
+  wb:close()
+  return 200, out
+end)
+return app
+"""
+
+
+class PodInformerTest(unittest.TestCase):
+    def test_cache_seed_and_a_relist_that_drops_a_pod(self):
+        with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
+            st, out = d.get_json("/check")
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["a_first"], ["p-a"], out)
+            self.assertEqual(out["b_first"], ["p-b"], out)
+            # cached slimmed, as text, with its REPL beside it
+            self.assertEqual((out["cached_as"], out["cached_repl"]), ("string", "B"), out)
+            self.assertFalse(out["cached_has_managed_fields"], out)
+            self.assertFalse(out["cached_has_uid"], out)
+            self.assertEqual((out["seeded"], out["seeded_ip"], out["seeded_image"]), (["p-a"], "10.0.0.9", "img:1"), out)
+            # the relist: p-a is Ready now, p-b is gone (its waiter is told, the cache forgets it)
+            self.assertEqual((out["a_after"], out["a_ready"]), (["p-a"], "True"), out)
+            self.assertTrue(out["b_told_deleted"], out)
+            self.assertEqual(out["b_after"], [], out)
+            self.assertFalse(out["b_still_cached"], out)
+
+
+if __name__ == "__main__":
+    unittest.main()
