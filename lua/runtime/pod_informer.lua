@@ -188,7 +188,12 @@ local function remember(inf, obj, deleted)
     inf.pods[name], inf.repls[name] = nil, nil
   else
     obj = inf.spec.keep(obj, inf)
-    inf.pods[name], inf.repls[name] = json.encode(obj), repl_of(inf, obj)
+    local text = json.encode(obj)
+    if text then
+      inf.pods[name], inf.repls[name] = text, repl_of(inf, obj)
+    else -- not encodable (an infinite number from the API server): not cached, still delivered
+      inf.pods[name], inf.repls[name] = nil, nil
+    end
   end
   deliver(inf, obj, deleted)
 end
