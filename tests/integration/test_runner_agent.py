@@ -155,11 +155,19 @@ class Client:
     def terminal_until(self, pred, what):
         """Collects terminalResponse text until pred(text) holds."""
         text = "".join(self.output.pop("any", []))
+        others = []
         while not pred(text):
-            ev, data = self.recv()
+            try:
+                ev, data = self.recv()
+            except (TimeoutError, socket.timeout) as e:
+                # what the terminal said meanwhile, to tell a lost message from a wrong answer
+                raise AssertionError("no terminal output for %s within %ss (%s); output so far: %r; other events: %r"
+                                     % (what, self.sock.gettimeout(), e, text[-2000:], others[-10:])) from e
             if ev == "terminalResponse":
                 self.assert_str(data)
                 text += data
+            else:
+                others.append((ev, data))
         return text
 
     @staticmethod
