@@ -65,11 +65,16 @@ local log = require("devex.log")
 
 local M = {}
 
--- keep with what a verb reads of every object added (see the header)
+-- keep with what a verb reads of every object added (see the header). Made
+-- once per keep table (callers pass constants, never changed after use):
+-- every start applies and gets with the same few.
 local OBJECT_KEEP = { kind = true, apiVersion = true, code = true, reason = true, message = true,
                       metadata = { name = true, namespace = true, resourceVersion = true } }
+local basics_of = setmetatable({}, { __mode = "k" }) -- keep -> with_basics(keep)
+local list_keep_of = setmetatable({}, { __mode = "k" }) -- keep -> the keep of a list page
 local function with_basics(keep)
   if keep == nil then return nil end
+  if basics_of[keep] then return basics_of[keep] end
   local out = {}
   for k, v in pairs(keep) do out[k] = v end
   for k, v in pairs(OBJECT_KEEP) do
@@ -83,9 +88,19 @@ local function with_basics(keep)
       out[k] = merged
     end
   end
+  basics_of[keep] = out
   return out
 end
-M._with_basics = with_basics
+local function list_keep(keep)
+  if keep == nil then return nil end
+  local out = list_keep_of[keep]
+  if not out then
+    out = { kind = true, apiVersion = true, metadata = { resourceVersion = true, ["continue"] = true },
+            items = with_basics(keep) }
+    list_keep_of[keep] = out
+  end
+  return out
+end
 local Client = {}
 Client.__index = Client
 
@@ -472,8 +487,7 @@ function Client:list(ref, opts)
   local path = path_of(t, false)
   local out = { items = json.array({}) }
   local token
-  local keep = opts.keep and { kind = true, apiVersion = true, metadata = { resourceVersion = true, ["continue"] = true },
-                               items = with_basics(opts.keep) }
+  local keep = list_keep(opts.keep)
   for _ = 1, 100000 do
     local q = {}
     if opts.label_selector then q.labelSelector = opts.label_selector end

@@ -464,7 +464,7 @@ M._gate = gate -- for tests
 -- and nothing of the others (see the k8s client's keep); of an earlier
 -- Deployment, whether it is being deleted.
 local DEPLOYMENT_KEEP, NOTHING_KEEP = { metadata = { uid = true } }, {}
-local DYING_KEEP = { keep = { metadata = { deletionTimestamp = true } } }
+local DYING_GET_OPTS = { keep = { metadata = { deletionTimestamp = true } } }
 local function apply_objects(c, objs)
   local dep, e = c:apply(objs.deployment, { force = true, keep = DEPLOYMENT_KEEP })
   if not dep then return err(502, "kubernetes: deployment: " .. tostring(e)) end
@@ -503,7 +503,7 @@ function Driver:start(meta, opts)
   local limit = math.floor(policy.workload.start_concurrency or 0)
   if limit <= 0 then limit = math.huge end -- no turns (the default)
   while true do
-    local turn, old, ge = gate:run(limit, deadline, c.get, c, dref, DYING_KEEP)
+    local turn, old, ge = gate:run(limit, deadline, c.get, c, dref, DYING_GET_OPTS)
     if not turn then return gate_timeout(timeout) end
     if not old then
       if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end

@@ -73,7 +73,7 @@ end
 -- the parked starts' live objects, pages the allocator could not give back.
 local STATE_KEEP = { waiting = { reason = true, message = true }, terminated = { exitCode = true }, running = true }
 local CONTAINER_KEEP = { name = true, image = true, state = STATE_KEEP, lastState = { terminated = { exitCode = true } } }
-M.POD_KEEP = {
+local POD_KEEP = {
   metadata = { name = true, labels = true, deletionTimestamp = true },
   spec = { nodeName = true, containers = { name = true, image = true }, initContainers = { name = true, image = true } },
   status = { phase = true, reason = true, message = true, podIP = true,
@@ -87,7 +87,7 @@ local EVENT_KEEP = { metadata = { name = true }, reason = true, message = true, 
 function M.get(client, namespace, selector, repl_label)
   return informer(namespace .. "\0pods\0" .. selector .. "\0" .. repl_label, client, namespace, {
     ref = { apiVersion = "v1", kind = "Pod", namespace = namespace },
-    opts = { label_selector = selector, keep = M.POD_KEEP },
+    opts = { label_selector = selector, keep = POD_KEEP },
     key_of = function(pod)
       local labels = pod.metadata and pod.metadata.labels
       return type(labels) == "table" and labels[repl_label] or nil
