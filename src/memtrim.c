@@ -38,6 +38,10 @@ static void on_tick(uv_timer_t *h)
         w->dirty = true;
         return;
     }
+    if (w->vm != NULL && w->trim_vm != w->vm) { /* the first tick, or the first since a reload */
+        w->trim_vm = w->vm;
+        w->lua_kb_after_trim = lua_gc(w->vm->L, LUA_GCCOUNT);
+    }
     if (!w->dirty && w->vm != NULL) {
         int kb = lua_gc(w->vm->L, LUA_GCCOUNT);
         w->dirty = kb > w->lua_kb_after_trim + GROWTH_KB && kb > w->lua_kb_after_trim * 3 / 2;

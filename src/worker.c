@@ -77,7 +77,6 @@ static void reload(devex_worker_t *w)
     }
     devex_vm_t *old = w->vm;
     w->vm = vm;
-    w->lua_kb_after_trim = lua_gc(vm->L, LUA_GCCOUNT); /* memtrim.c: growth is the new VM's */
     if (old)
         devex_vm_retire(old);
     devex_metrics_reload(1); /* metrics */

@@ -41,7 +41,8 @@ struct devex_worker {
     uv_timer_t idle_timer;
     uint64_t served, served_at_tick;
     bool dirty;
-    int lua_kb_after_trim; /* memtrim.c: the Lua heap after the last full collection */
+    int lua_kb_after_trim; /* memtrim.c: trim_vm's Lua heap after the last full collection */
+    const void *trim_vm;   /* memtrim.c: the VM that baseline is of (a reload makes another) */
 };
 
 /* worker_current.c: sets the calling thread's current worker (cli.c runs a worker's
