@@ -13,7 +13,8 @@ state in a temporary directory:
                             a real node gives them, and each Running pod's
                             runner container is played by a real HTTP server
                             (runner_standin.py) on the pod's own loopback
-                            address (podIP 127.0.0.2, 127.0.0.3, ...)
+                            address (podIP 127.H.L.2, 127.H.L.3, ...: a
+                            block of 254 per kubelet)
 
 and installs Traefik's Middleware CRD (traefik.io/v1alpha1). It waits until
 the API server is ready, the CRD is established, the controller manager has
@@ -1074,7 +1075,8 @@ class SimKubelet(threading.Thread):
       terminate with exit code 0.
 
     Runner stand-ins (standins=True, the default): each pod gets its own
-    loopback address as podIP (127.0.0.2, 127.0.0.3, ...; any 127/8 address
+    loopback address as podIP (127.H.L.2, 127.H.L.3, ... from a block of
+    254 of this kubelet's own, see _first_loopback; any 127/8 address
     is local on Linux), and once its containers would be running, the
     kubelet starts runner_standin.py on that address and the port of the
     runner container (the container named "runner", else the first one; its
@@ -1181,7 +1183,7 @@ class SimKubelet(threading.Thread):
             getattr(cluster, "tmp", None) or tempfile.gettempdir()
         self._standin_lock = threading.Lock()  # the address pool, _reaping, _closed
         self._loop_free = []       # loopback address numbers free again (process gone, pod forgotten)
-        self._loop_next = 2        # 127.0.0.2 first
+        self._loop_next = _first_loopback()  # 127.B.B.2: a block of this kubelet's own
         self._loop_held = set()    # numbers given to pods we still know
         self._reaping = []         # (Popen, address number or None) not gone yet after SIGKILL
         self._closed = False       # stopped: start no stand-in any more
@@ -1925,6 +1927,22 @@ def _container_port(c):
         if p.get("containerPort"):
             return int(p["containerPort"])
     return STANDIN_DEFAULT_PORT
+
+
+_LOOP_BLOCKS = itertools.count()
+
+
+def _first_loopback():
+    """The first address number of a new kubelet's block of 254 loopback
+    addresses (127.H.L.2 to .254). Tests run side by side (ctest -j), each
+    with its own kubelet: had they all started at 127.0.0.2, a stand-in
+    down for its one-second restart back-off could find its address taken by
+    another process's new pod and move (podIP changed). The block is keyed on
+    the process id and on the kubelets this process made before; a block
+    another process happens to share is still handled by _port_bindable and
+    the move in _standin_container, only no longer the common case."""
+    block = (os.getpid() * 7 + next(_LOOP_BLOCKS) * 101) % 65279 + 1  # 1..65279: 127.0.1 .. 127.254.255
+    return block << 8 | 2
 
 
 def _loopback(n):
