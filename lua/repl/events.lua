@@ -75,9 +75,9 @@ M.id_after = id_after
 
 local runs = {}        -- replId -> { t0, template, marks = {phase = offset}, last = {phase, at} } (this worker)
 local hist_cache = {}  -- template -> { at, list }
--- replId -> the last pod seen during its start (this worker), for failure
--- reasons: as JSON text, a third of the tables (it lives as long as the start
--- is parked, and thousands may be)
+-- replId -> what failure reasons need of the last pod seen during its start
+-- (this worker): pod_facts, not the pod (it lives as long as the start is
+-- parked, and thousands may be)
 local pods = {}
 
 local function quantile(xs, q)
@@ -424,10 +424,40 @@ function M.note(id, fields)
   if not ok then log.warn("repl events: note not recorded", { repl = id, error = tostring(e) }) end
 end
 
+local function pod_image_problem(pod)
+  if type(pod) ~= "table" or type(pod.status) ~= "table" then return nil end
+  for _, list in ipairs({ pod.status.initContainerStatuses or {}, pod.status.containerStatuses or {} }) do
+    for _, cs in ipairs(list) do
+      local w = type(cs.state) == "table" and cs.state.waiting
+      if type(w) == "table" and (w.reason == "ErrImagePull" or w.reason == "ImagePullBackOff"
+          or w.reason == "InvalidImageName") then
+        return cs.image or first_image(pod)
+      end
+    end
+  end
+end
+
+-- What failure() reads of a start's last pod, kept instead of the pod (about
+-- 1 KB a parked start, as JSON): its image problem, the image to name when
+-- the error alone says the pull failed, why it cannot be scheduled, whether
+-- an init container (the restore) exited with an error.
+local function pod_facts(pod)
+  if type(pod.status) ~= "table" then return { image = first_image(pod) } end
+  local f = { image_problem = pod_image_problem(pod), image = first_image(pod) }
+  local sched, cond = scheduled(pod)
+  if not sched and cond and cond.reason == "Unschedulable" then f.unschedulable = cond.message or "unschedulable" end
+  for _, cs in ipairs(pod.status.initContainerStatuses or {}) do
+    local st = type(cs.state) == "table" and cs.state or {}
+    local t = st.terminated or (type(cs.lastState) == "table" and cs.lastState.terminated)
+    if type(t) == "table" and t.exitCode and t.exitCode ~= 0 then f.restore_failed = true end
+  end
+  return f
+end
+
 -- pod(id, pod): called by the driver for each version of the pod it sees.
 function M.pod(id, pod)
   if type(id) ~= "string" or type(pod) ~= "table" then return end
-  pods[id] = json.encode(pod) or nil
+  pods[id] = pod_facts(pod)
   local phase, fields = M.pod_phase(pod)
   if phase then M.emit(id, phase, fields) end
 end
@@ -449,46 +479,23 @@ local function sentence(code, ...)
 end
 M.sentence = sentence
 
-local function pod_image_problem(pod)
-  if type(pod) ~= "table" or type(pod.status) ~= "table" then return nil end
-  for _, list in ipairs({ pod.status.initContainerStatuses or {}, pod.status.containerStatuses or {} }) do
-    for _, cs in ipairs(list) do
-      local w = type(cs.state) == "table" and cs.state.waiting
-      if type(w) == "table" and (w.reason == "ErrImagePull" or w.reason == "ImagePullBackOff"
-          or w.reason == "InvalidImageName") then
-        return cs.image or first_image(pod)
-      end
-    end
-  end
-end
 
 -- failure(id, err, status) -> { code, message }: what the user reads about a
 -- failed start; err (the driver's technical error) is for the logs.
 function M.failure(id, err, status)
   local msg = tostring(type(err) == "table" and err.message or err or "")
   status = status or (type(err) == "table" and err.status) or 502
-  local pod = pods[id] and json.decode(pods[id]) or nil
+  local pod = pods[id] or {}
   pods[id] = nil
-  local image = pod_image_problem(pod)
-  if image or msg:find("ErrImagePull", 1, true) or msg:find("ImagePullBackOff", 1, true)
+  if pod.image_problem or msg:find("ErrImagePull", 1, true) or msg:find("ImagePullBackOff", 1, true)
       or msg:find("InvalidImageName", 1, true) then
-    image = image or first_image(pod or {}) or "?"
+    local image = pod.image_problem or pod.image or "?"
     return { code = "image_pull", image = image, message = sentence("image_pull", image) }
   end
-  if pod then
-    local sched, cond = scheduled(pod)
-    if not sched and cond and cond.reason == "Unschedulable" then
-      local why = cond.message or "unschedulable"
-      return { code = "capacity", reason = why, message = sentence("capacity", why) }
-    end
-    for _, cs in ipairs(pod.status and pod.status.initContainerStatuses or {}) do
-      local st = type(cs.state) == "table" and cs.state or {}
-      local t = st.terminated or (type(cs.lastState) == "table" and cs.lastState.terminated)
-      if type(t) == "table" and t.exitCode and t.exitCode ~= 0 then
-        return { code = "restore_failed", message = sentence("restore_failed") }
-      end
-    end
+  if pod.unschedulable then
+    return { code = "capacity", reason = pod.unschedulable, message = sentence("capacity", pod.unschedulable) }
   end
+  if pod.restore_failed then return { code = "restore_failed", message = sentence("restore_failed") } end
   if msg:find("could not fetch the files", 1, true) then return { code = "restore_failed", message = sentence("restore_failed") } end
   if msg:find("^storage") then return { code = "storage_down", message = sentence("storage_down") } end
   if msg:find("CrashLoopBackOff", 1, true) or msg:find("exited before answering", 1, true) then

@@ -522,8 +522,9 @@ function Driver:start(meta, opts)
     and id.repl_label and parse_selector(id.selector)
   -- a parked start keeps only what it waits with: the objects it sent and the
   -- API's answers (tens of KB of tables each) are garbage from here on, and
-  -- of its identity (which holds the Deployment's labels) what is read below
-  objs, dref = nil, nil
+  -- of its identity (which holds the Deployment's labels) what is read below;
+  -- opts (the token, the local runtime's exit callback) was for the build
+  objs, dref, opts = nil, nil, nil
   id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
          managed_selector = id.managed_selector, repl_label = id.repl_label,
          names = { deployment = id.names.deployment } }
