@@ -180,6 +180,7 @@ local function slim(p)
   }
 end
 M._slim = slim
+M._POD_KEEP = POD_KEEP -- test_pod_informer: slim of a pod decoded with it is slim of the whole pod
 
 local function remember(inf, obj, deleted)
   local name = obj.metadata and obj.metadata.name

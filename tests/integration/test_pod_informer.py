@@ -1,7 +1,9 @@
 """runtime.pod_informer with a scripted client, inside devexd: its cache (one
 JSON string per slimmed pod, with the pod's REPL beside it), a waiter seeded
 from that cache, and a relist (RESYNC) that drops a pod: its waiter is told
-and the cache forgets it. The watch path against a real API server is in
+and the cache forgets it; and that the informer's keep (what the API's
+answers are decoded into) holds every field its slim() reads, which name the
+same fields twice. The watch path against a real API server is in
 test_k8s_shared_watch.py; a relist that drops a pod is hard to provoke there."""
 
 import os
@@ -100,6 +102,47 @@ app:get("/check", function()
   wb:close()
   return 200, out
 end)
+
+-- a pod with every field slim reads, and more: slim of it decoded with the
+-- informer's keep (what the API's answers are decoded into) must be slim of it
+-- decoded whole, or a field slim reads is missing from the keep
+local function deep_equal(a, b, path, diffs)
+  if type(a) ~= type(b) then diffs[#diffs + 1] = path; return end
+  if type(a) ~= "table" then
+    if a ~= b then diffs[#diffs + 1] = path end
+    return
+  end
+  for k, v in pairs(a) do deep_equal(v, b[k], path .. "." .. tostring(k), diffs) end
+  for k in pairs(b) do if a[k] == nil then diffs[#diffs + 1] = path .. "." .. tostring(k) end end
+end
+app:get("/keep", function()
+  local json = require("devex.json")
+  local full = json.encode({
+    kind = "Pod", apiVersion = "v1",
+    metadata = { name = "p-full", namespace = "ns", uid = "u", resourceVersion = "7", deletionTimestamp = "2026-01-01T00:00:00Z",
+                 labels = { ["devex.io/repl"] = "R", app = "x" }, annotations = { a = "b" },
+                 managedFields = { { manager = "kubelet", fieldsV1 = { f = {} } } } },
+    spec = { nodeName = "n1", serviceAccountName = "sa",
+             initContainers = { { name = "restore", image = "aws:2", args = { "x" } } },
+             containers = { { name = "runner", image = "img:1", ports = { { containerPort = 8081 } } },
+                            { name = "side", image = "side:1" }, { name = "done", image = "done:1" } } },
+    status = { phase = "Pending", reason = "Evicted", message = "low on memory", podIP = "10.0.0.9", hostIP = "10.1.1.1",
+               conditions = { { type = "Ready", status = "False", reason = "ContainersNotReady", message = "m1", lastProbeTime = json.null },
+                              { type = "PodScheduled", status = "True", reason = "r2", message = "m2" },
+                              { type = "Initialized", status = "True" } },
+               initContainerStatuses = { { name = "restore", image = "aws:2", ready = false, restartCount = 3,
+                 state = { waiting = { reason = "CrashLoopBackOff", message = "back-off" } },
+                 lastState = { terminated = { exitCode = 1, reason = "Error", startedAt = "t" } } } },
+               containerStatuses = {
+                 { name = "runner", image = "img:1", state = { running = { startedAt = "t" } }, lastState = {}, ready = false },
+                 { name = "side", image = "side:1", state = { waiting = { reason = "ErrImagePull", message = "no such image" } } },
+                 { name = "done", image = "done:1", state = { terminated = { exitCode = 137, reason = "OOMKilled" } } } } },
+  })
+  local slim = pi._slim
+  local diffs = {}
+  deep_equal(slim(json.decode(full)), slim(json.decode(full, pi._POD_KEEP)), "pod", diffs)
+  return 200, { diffs = json.array(diffs), slim_has_reason = slim(json.decode(full)).status.reason == "Evicted" }
+end)
 return app
 """
 
@@ -121,6 +164,13 @@ class PodInformerTest(unittest.TestCase):
             self.assertTrue(out["b_told_deleted"], out)
             self.assertEqual(out["b_after"], [], out)
             self.assertFalse(out["b_still_cached"], out)
+
+    def test_keep_holds_what_slim_reads(self):
+        with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
+            st, out = d.get_json("/keep")
+            self.assertEqual(st, 200, out)
+            self.assertTrue(out["slim_has_reason"], out)
+            self.assertEqual(out["diffs"], [], "fields slim reads that the informer's keep leaves out: %s" % out["diffs"])
 
 
 if __name__ == "__main__":
