@@ -175,7 +175,7 @@ def quiet_mem_kb(d):
     have run. Without it the figure held whatever garbage the starts' late
     work (pod and event notes) had left since the last collection: one
     wave's figure moved between 23 and 42 KB per start from run to run."""
-    for _ in range(8):  # 8 connections: both workers get one
+    for _ in range(32):  # the kernel spreads connections over the workers: 32 all on one is 2^-31
         with socket.create_connection(("127.0.0.1", d.port)) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             while s.recv(65536):

@@ -13,8 +13,8 @@ state in a temporary directory:
                             a real node gives them, and each Running pod's
                             runner container is played by a real HTTP server
                             (runner_standin.py) on the pod's own loopback
-                            address (podIP 127.H.L.2, 127.H.L.3, ...: a
-                            block of 254 per kubelet)
+                            address (podIP 127.H.L.2, 127.H.L.3, ...: from
+                            a block keyed on the kubelet's process)
 
 and installs Traefik's Middleware CRD (traefik.io/v1alpha1). It waits until
 the API server is ready, the CRD is established, the controller manager has
@@ -1075,8 +1075,8 @@ class SimKubelet(threading.Thread):
       terminate with exit code 0.
 
     Runner stand-ins (standins=True, the default): each pod gets its own
-    loopback address as podIP (127.H.L.2, 127.H.L.3, ... from a block of
-    254 of this kubelet's own, see _first_loopback; any 127/8 address
+    loopback address as podIP (127.H.L.2, 127.H.L.3, ... from a block keyed
+    on this kubelet's process, see _first_loopback; any 127/8 address
     is local on Linux), and once its containers would be running, the
     kubelet starts runner_standin.py on that address and the port of the
     runner container (the container named "runner", else the first one; its
@@ -1183,7 +1183,7 @@ class SimKubelet(threading.Thread):
             getattr(cluster, "tmp", None) or tempfile.gettempdir()
         self._standin_lock = threading.Lock()  # the address pool, _reaping, _closed
         self._loop_free = []       # loopback address numbers free again (process gone, pod forgotten)
-        self._loop_next = _first_loopback()  # 127.B.B.2: a block of this kubelet's own
+        self._loop_next = _first_loopback()  # 127.H.L.2: where this kubelet's addresses start
         self._loop_held = set()    # numbers given to pods we still know
         self._reaping = []         # (Popen, address number or None) not gone yet after SIGKILL
         self._closed = False       # stopped: start no stand-in any more
@@ -1933,8 +1933,9 @@ _LOOP_BLOCKS = itertools.count()
 
 
 def _first_loopback():
-    """The first address number of a new kubelet's block of 254 loopback
-    addresses (127.H.L.2 to .254). Tests run side by side (ctest -j), each
+    """The first address number of a new kubelet: 127.H.L.2, the start of a
+    block of 253 loopback addresses (to .254; a kubelet with more pods goes on
+    into the next block). Tests run side by side (ctest -j), each
     with its own kubelet: had they all started at 127.0.0.2, a stand-in
     down for its one-second restart back-off could find its address taken by
     another process's new pod and move (podIP changed). The block is keyed on

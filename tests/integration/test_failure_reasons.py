@@ -40,6 +40,12 @@ local PODS = {
       message = "no room" } } }),
     pod({ phase = "Pending", conditions = { { type = "PodScheduled", status = "True" } } }),
   },
+  -- the pod alone says so (the error is the deadline's), and names the
+  -- image that cannot be pulled, not the first one (the restore's)
+  pull_seen = { pod({ phase = "Pending", conditions = { { type = "PodScheduled", status = "True" } },
+    initContainerStatuses = { { name = "restore", image = "aws-cli:2", state = { terminated = { exitCode = 0 } } } },
+    containerStatuses = { { name = "runner", image = "runner-node:1", state = { waiting = { reason = "ImagePullBackOff" } } } } },
+    "aws-cli:2") },
   none = {},
 }
 
@@ -83,6 +89,10 @@ class FailureReasonsTest(unittest.TestCase):
         out = self.failure("pull", 502, "container runner: ErrImagePull")
         self.assertEqual((out["code"], out["image"]), ("image_pull", "runner-node:1"), out)
         self.assertIn("runner-node:1", out["message"])
+
+    def test_pull_problem_seen_on_the_pod_only(self):
+        out = self.failure("pull_seen", 504)
+        self.assertEqual((out["code"], out["image"]), ("image_pull", "runner-node:1"), out)
 
     def test_pull_error_without_a_pod(self):
         out = self.failure("none", 502, "container runner: ImagePullBackOff")

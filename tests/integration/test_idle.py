@@ -123,5 +123,6 @@ return app
         self.assertGreater(made, 1500, made)
         self.assertLess(heaps[-1], made - 800, "the background task's garbage stayed (heap after it: %s KB)" % heaps)
 
+
 if __name__ == "__main__":
     unittest.main()
