@@ -103,6 +103,48 @@ app:get("/check", function()
   return 200, out
 end)
 
+-- a client whose watches each bring one change and then end at their
+-- timeout (as the k8s client's watcher does, it keeps the last version seen
+-- in w.rv): the informer must watch on from that version, not list again
+local fake2 = { lists = 0, watches = 0, versions = {} }
+function fake2:list()
+  self.lists = self.lists + 1
+  return { items = { pod("q-a", "A", false) }, resourceVersion = "1" }
+end
+function fake2:watch(_, opts)
+  self.watches = self.watches + 1
+  self.versions[#self.versions + 1] = opts.resource_version
+  local n = self.watches
+  local w = { rv = opts.resource_version, sent = false }
+  function w.next()
+    if not w.sent then
+      w.sent = true
+      local p = pod("q-a", "A", n >= 2)
+      p.metadata.resourceVersion = tostring(10 + n)
+      w.rv = p.metadata.resourceVersion
+      return { type = "MODIFIED", object = p }
+    end
+    timer.sleep(opts.timeout)
+    return nil, { code = "timeout" }
+  end
+  function w.close() end
+  return w
+end
+app:get("/rewatch", function()
+  local inf = pi.get(fake2, "ns2", "app=x", "devex.io/repl")
+  local w = inf:waiter("A")
+  local ready
+  for _ = 1, 4 do
+    for _, p in ipairs(w:next(5) or {}) do
+      for _, c in ipairs(p.status.conditions or {}) do
+        if c.type == "Ready" then ready = c.status end
+      end
+    end
+  end
+  w:close()
+  return 200, { lists = fake2.lists, watches = fake2.watches, versions = fake2.versions, ready = ready }
+end)
+
 -- a pod with every field slim reads, and more: slim of it decoded with the
 -- informer's keep (what the API's answers are decoded into) must be slim of it
 -- decoded whole, or a field slim reads is missing from the keep
@@ -164,6 +206,15 @@ class PodInformerTest(unittest.TestCase):
             self.assertTrue(out["b_told_deleted"], out)
             self.assertEqual(out["b_after"], [], out)
             self.assertFalse(out["b_still_cached"], out)
+
+    def test_a_watch_that_times_out_goes_on_from_its_version(self):
+        with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
+            st, out = d.get_json("/rewatch", timeout=30)
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["ready"], "True", out)
+            self.assertGreaterEqual(out["watches"], 3, out)
+            self.assertEqual(out["lists"], 1, "listed again after a watch's timeout: %s" % out)
+            self.assertEqual(out["versions"][:3], ["1", "11", "12"], out)
 
     def test_keep_holds_what_slim_reads(self):
         with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
