@@ -210,6 +210,14 @@ local function idle(inf)
   return inf.nwaiters == 0 and timer.now() - inf.idle_since >= M.LINGER
 end
 
+-- One watch request of inf's objects from resource version rv.
+local function open_watch(inf, rv)
+  local sel = inf.spec.opts
+  M.stats.watches = M.stats.watches + 1
+  return inf.client:watch(inf.spec.ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
+                                          resource_version = rv, timeout = M.WATCH_TIMEOUT, keep = sel.keep })
+end
+
 -- The list-then-watch loop, while anyone waits (and LINGER seconds after).
 local function run(inf)
   local ref, sel = inf.spec.ref, inf.spec.opts
@@ -229,11 +237,8 @@ local function run(inf)
       for _, ws in pairs(inf.waiters) do
         for w in pairs(ws) do w.cond:signal() end
       end
-      M.stats.watches = M.stats.watches + 1
       local w
-      w, err = inf.client:watch(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
-                                       resource_version = l.resourceVersion, timeout = M.WATCH_TIMEOUT,
-                                       keep = sel.keep })
+      w, err = open_watch(inf, l.resourceVersion)
       while w do
         local ev
         ev, err = w:next()
@@ -248,9 +253,7 @@ local function run(inf)
             -- its waiters again (500 parked starts a worker: 3 MB of Lua
             -- heap each time); a version too old is the watcher's 410,
             -- answered with a RESYNC from a fresh list
-            M.stats.watches = M.stats.watches + 1
-            w, err = inf.client:watch(ref, { label_selector = sel.label_selector, field_selector = sel.field_selector,
-                                             resource_version = rv, timeout = M.WATCH_TIMEOUT, keep = sel.keep })
+            w, err = open_watch(inf, rv)
           elseif not (err and err.code == "timeout") then
             log.warn("pod informer: watch ended, relisting", { namespace = inf.namespace, error = tostring(err) })
             timer.sleep(M.BACKOFF)
