@@ -424,8 +424,8 @@ function M.note(id, fields)
   if not ok then log.warn("repl events: note not recorded", { repl = id, error = tostring(e) }) end
 end
 
+-- (pod_facts has checked that pod.status is a table)
 local function pod_image_problem(pod)
-  if type(pod) ~= "table" or type(pod.status) ~= "table" then return nil end
   for _, list in ipairs({ pod.status.initContainerStatuses or {}, pod.status.containerStatuses or {} }) do
     for _, cs in ipairs(list) do
       local w = type(cs.state) == "table" and cs.state.waiting
@@ -478,7 +478,6 @@ local function sentence(code, ...)
   return ok2 and s or fmt
 end
 M.sentence = sentence
-
 
 -- failure(id, err, status) -> { code, message }: what the user reads about a
 -- failed start; err (the driver's technical error) is for the logs.
