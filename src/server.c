@@ -198,6 +198,25 @@ static int add_lua_headers(devex_reqctx_t *rc, lua_State *L, int idx, int *has_c
     return 0;
 }
 
+static void request_done(devex_task_t *t, int status, int nres);
+
+/* stream.later(fn) returned by a handler: fn runs as a new task of the
+ * request and its results are the answer (request_done again), the
+ * middleware's headers already added. The handler's coroutine, its
+ * middleware frames and whatever only they reached are freed meanwhile: a
+ * start parked for minutes keeps only fn and what fn holds. */
+static void run_later(devex_reqctx_t *rc, lua_State *co, int idx)
+{
+    /* the VM of the handler's coroutine (after a reload, the retired one) */
+    devex_vm_t *vm = devex_vm_of(co);
+    lua_getiuservalue(co, idx, 1);
+    vm->worker->inflight++; /* request_done counts it down */
+    devex_conn_guard_task_start(rc->guard);
+    devex_task_t *t = devex_task_spawn(vm, co, 0, request_done, rc->guard, rc->request_id, rc);
+    if (t != NULL)
+        rc->task = t;
+}
+
 static void request_done(devex_task_t *t, int status, int nres)
 {
     devex_reqctx_t *rc = t->rc;
@@ -243,6 +262,10 @@ static void request_done(devex_task_t *t, int status, int nres)
         rc->req->res.headers = (h2o_headers_t){NULL, 0, 0};
         log_lua_error(rc, "handler returned invalid headers", hdr_err);
         send_error(rc, 500, "internal error");
+        return;
+    }
+    if (btype == LUA_TUSERDATA && frozen == NULL && devex_stream_later_is(co, base + 1)) {
+        run_later(rc, co, base + 1); /* the answer is made by a task of its own */
         return;
     }
     if (btype == LUA_TUSERDATA && frozen == NULL && devex_stream_is(co, base + 1)) {

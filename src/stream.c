@@ -32,6 +32,7 @@
 #include <string.h>
 
 static const char body_mt_key = 0;
+static const char later_mt_key = 0;
 static const char writer_mt_key = 0;
 static const char cond_mt_key = 0;
 
@@ -266,6 +267,25 @@ int devex_stream_is(lua_State *L, int idx)
     return devex_udata_is(L, idx, &body_mt_key);
 }
 
+/* stream.later(fn): the whole response made later, by fn run as a task of
+ * its own (server.c's request_done). Same shape as a body object, another
+ * metatable. */
+static int l_later(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_newuserdatauv(L, 1, 1);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &later_mt_key);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+int devex_stream_later_is(lua_State *L, int idx)
+{
+    return devex_udata_is(L, idx, &later_mt_key);
+}
+
 static void producer_done(devex_task_t *t, int status, int nres)
 {
     (void)nres;
@@ -497,7 +517,8 @@ int luaopen_devex_stream(lua_State *L)
     new_mt(L, &writer_mt_key, writer_methods);
     new_mt(L, &cond_mt_key, cond_methods);
     new_mt(L, &body_mt_key, body_methods);
-    static const luaL_Reg fns[] = {{"new", l_new}, {"cond", l_cond}, {NULL, NULL}};
+    new_mt(L, &later_mt_key, body_methods);
+    static const luaL_Reg fns[] = {{"new", l_new}, {"later", l_later}, {"cond", l_cond}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

@@ -15,6 +15,7 @@ local router = require("devex.router")
 local json = require("devex.json")
 local log = require("devex.log")
 local metrics = require("devex.metrics")
+local stream = require("devex.stream")
 local setmetatable, xpcall = setmetatable, xpcall -- per request: no global lookups
 
 local M = {}
@@ -239,6 +240,18 @@ local function on_error(e)
   return { traceback = debug.traceback(tostring(e), 2) }
 end
 
+-- The answer of a chain (or a later function) run under xpcall: an error
+-- raised on purpose is its HTTP answer, any other a logged 500. req: the
+-- request, or what later() kept of it (id, route).
+local function answer(req, ok, status, body, headers)
+  if ok then return status, body, headers end
+  local e = status
+  if M.is_error(e) then return e.status, e.body, e.headers end
+  metrics.counter("devex_lua_errors_total", { where = "request" })
+  log.error("lua error", { error = e.traceback, route = req.route or "" })
+  return 500, { error = "internal error", request_id = req.id }
+end
+
 -- Shared by every request of a route without parameters; read-only so that a
 -- handler cannot leak a value into other requests through it.
 local NO_PARAMS = setmetatable({}, { __newindex = function() error("req.params of a route without parameters is read-only", 2) end })
@@ -283,15 +296,20 @@ function App:dispatcher()
         end
       end
     end
-    local ok, status, body, headers = xpcall(chain, on_error, req)
     -- (a status that is not an integer is answered 500 and logged by the C core)
-    if ok then return status, body, headers end
-    local e = status
-    if M.is_error(e) then return e.status, e.body, e.headers end
-    metrics.counter("devex_lua_errors_total", { where = "request" })
-    log.error("lua error", { error = e.traceback, route = req.route or "" })
-    return 500, { error = "internal error", request_id = req.id }
+    return answer(req, xpcall(chain, on_error, req))
   end
+end
+
+-- later(req, fn) -> 200, a response made later: the handler returns it
+-- through the middleware (their headers are kept), then fn() runs as a task
+-- of its own and its results are the answer, an error mapped as a handler's.
+-- Meanwhile the handler's coroutine, its middleware frames and the request
+-- are freed: a start that waits minutes for its workload keeps only what fn
+-- holds. fn must not use req (gone by then) or its raw request.
+function M.later(req, fn)
+  local who = { id = req.id, route = req.route }
+  return 200, stream.later(function() return answer(who, xpcall(fn, on_error)) end)
 end
 
 return M

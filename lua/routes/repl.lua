@@ -42,8 +42,11 @@ return function(app)
     return 201, repl
   end)
 
+  -- answered later (devex.app.later): a start parked waiting for its
+  -- workload keeps no request coroutine with the middleware's frames
   app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
-    return reply(service.start(req.user, req.params.id))
+    local user, id = req.user, req.params.id
+    return app_errors.later(req, function() return reply(service.start(user, id)) end)
   end)
 
   -- the session's lifecycle as Server-Sent Events (repl.events)
