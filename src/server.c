@@ -209,6 +209,10 @@ static void run_later(devex_reqctx_t *rc, lua_State *co, int idx)
 {
     /* the VM of the handler's coroutine (after a reload, the retired one) */
     devex_vm_t *vm = devex_vm_of(co);
+    if (!lua_checkstack(co, 2)) { /* the function, and the thread spawn may make */
+        send_error(rc, 500, "internal error");
+        return;
+    }
     lua_getiuservalue(co, idx, 1);
     vm->worker->inflight++; /* request_done counts it down */
     devex_conn_guard_task_start(rc->guard);
