@@ -251,15 +251,22 @@ static int l_writer_gc(lua_State *L)
 
 /* ---- the body object and the start ---- */
 
-static int l_new(lua_State *L)
+/* A userdata holding the function argument, with the metatable at key:
+ * what the function is for is told by the metatable alone. */
+static int push_fn_holder(lua_State *L, const char *key)
 {
     luaL_checktype(L, 1, LUA_TFUNCTION);
     lua_newuserdatauv(L, 1, 1);
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &body_mt_key);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, key);
     lua_setmetatable(L, -2);
     return 1;
+}
+
+static int l_new(lua_State *L)
+{
+    return push_fn_holder(L, &body_mt_key);
 }
 
 int devex_stream_is(lua_State *L, int idx)
@@ -268,17 +275,11 @@ int devex_stream_is(lua_State *L, int idx)
 }
 
 /* stream.later(fn): the whole response made later, by fn run as a task of
- * its own (server.c's request_done). Same shape as a body object, another
+ * its own (server.c's request_done): a holder as stream.new makes, its own
  * metatable. */
 static int l_later(lua_State *L)
 {
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    lua_newuserdatauv(L, 1, 1);
-    lua_pushvalue(L, 1);
-    lua_setiuservalue(L, -2, 1);
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &later_mt_key);
-    lua_setmetatable(L, -2);
-    return 1;
+    return push_fn_holder(L, &later_mt_key);
 }
 
 int devex_stream_later_is(lua_State *L, int idx)
