@@ -28,10 +28,17 @@
 -- without yielding, so no event falls between the two.
 --
 -- The cache holds each object slimmed (see slim) and encoded as one JSON
--- string, with its REPL beside it: every worker caches every pod of the
--- namespace, so this is memory per parked start and per worker, and a string
--- is a third of the tables it stands for (400 parked starts: 2.75 KB a pod as
--- tables). A waiter is handed tables, decoded when delivered.
+-- string, with its REPL beside it: a string is a third of the tables it
+-- stands for (400 parked starts: 2.75 KB a pod as tables). A waiter is
+-- handed tables, decoded when delivered. Of the pods no start of this
+-- worker waits for, the pod cache keeps only the name and the REPL (every
+-- worker sees every pod of the namespace, and a body each was about 1 KB per
+-- parked start and per other worker); a waiter registered later for such a
+-- pod (a start whose pod already ran, on another worker or before a
+-- restart) has it fetched once on its first next() (spec.fetch: a GET of
+-- the pod), unless a newer version has come through the watch meanwhile.
+-- The event informer keeps every event: an event waiter is made when its
+-- start first sees its pod, often after the scheduler spoke.
 local json = require("devex.json")
 local task = require("devex.task")
 local dstream = require("devex.stream")
@@ -93,6 +100,14 @@ function M.get(client, namespace, selector, repl_label)
       return type(labels) == "table" and labels[repl_label] or nil
     end,
     keep = function(pod) return M._slim(pod) end,
+    -- a pod no waiter of this worker wanted when it came: -> pod | false
+    -- (gone) | nil, err
+    fetch = function(inf, name)
+      local p, err = inf.client:get({ apiVersion = "v1", kind = "Pod", namespace = namespace, name = name },
+                                    { keep = POD_KEEP })
+      if not p and type(err) == "table" and err.status == 404 then return false end
+      return p, err
+    end,
   })
 end
 
@@ -188,6 +203,12 @@ local function remember(inf, obj, deleted)
   if deleted then
     inf.pods[name], inf.repls[name] = nil, nil
   else
+    local key = repl_of(inf, obj)
+    if inf.spec.fetch and not (key and inf.waiters[key]) then
+      -- no waiter here: that it exists is enough (Waiter:next fetches it)
+      inf.pods[name], inf.repls[name] = nil, key
+      return
+    end
     obj = inf.spec.keep(obj, inf)
     local text = json.encode(obj)
     if text then
@@ -232,8 +253,11 @@ local function run(inf)
     else
       inf.err = nil
       inf.pods, inf.repls = {}, {}
-      for _, p in ipairs(l.items) do remember(inf, p, false) end
+      -- synced from here: a signal below resumes its waiter at once, which
+      -- may register another waiter before the loop ends; seeded with what
+      -- this list has given so far, it is handed the rest by the loop
       inf.synced = true
+      for _, p in ipairs(l.items) do remember(inf, p, false) end
       for _, ws in pairs(inf.waiters) do
         for w in pairs(ws) do w.cond:signal() end
       end
@@ -261,8 +285,11 @@ local function run(inf)
         elseif ev.type == "RESYNC" then
           local seen = {}
           for _, p in ipairs(ev.items or {}) do seen[p.metadata.name] = true; remember(inf, p, false) end
-          for name, text in pairs(inf.pods) do
-            if not seen[name] then remember(inf, json.decode(text), true) end
+          for name in pairs(inf.repls) do
+            if not seen[name] then
+              local text = inf.pods[name]
+              if text then remember(inf, json.decode(text), true) else inf.repls[name] = nil end
+            end
           end
         elseif type(ev.object) == "table" and ev.object.kind ~= "Status" and type(ev.object.metadata) == "table" then
           remember(inf, ev.object, ev.type == "DELETED")
@@ -284,8 +311,14 @@ function Informer:waiter(repl_id, match, cond)
   if self.synced then
     for name, repl in pairs(self.repls) do
       if repl == repl_id then
-        local p = json.decode(self.pods[name])
-        if not match or match(p.metadata.labels) then w.pending[name] = p end
+        local text = self.pods[name]
+        if text then
+          local p = json.decode(text)
+          if not match or match(p.metadata.labels) then w.pending[name] = p end
+        else -- seen while no waiter here wanted it: fetched by next()
+          w.unfetched = w.unfetched or {}
+          w.unfetched[#w.unfetched + 1] = name
+        end
       end
     end
   end
@@ -296,8 +329,31 @@ function Informer:waiter(repl_id, match, cond)
   return w
 end
 
--- -> { pod, ... } (deleted pods left out), or nil, err when the informer failed
+-- The pods of this waiter's REPL that the informer saw while no waiter of
+-- this worker wanted them (it kept their names only), fetched. A version
+-- that came through the watch during the fetch is newer and stays; a pod
+-- deleted meanwhile is left out. -> true | nil, err
+function Waiter:fetch()
+  local inf, names = self.inf, self.unfetched
+  self.unfetched = nil
+  for i, name in ipairs(names) do
+    local p, err = inf.spec.fetch(inf, name)
+    if p == nil then
+      self.unfetched = { table.unpack(names, i) } -- tried again by the next call
+      return nil, err
+    end
+    if p and inf.pods[name] == nil and inf.repls[name] == self.repl then remember(inf, p, false) end
+  end
+  return true
+end
+
+-- -> { pod, ... } (deleted pods left out), or nil, err when the informer
+-- failed or a pod seen before this waiter could not be fetched
 function Waiter:next(timeout)
+  if self.unfetched then
+    local ok, err = self:fetch()
+    if not ok then return nil, err end
+  end
   if next(self.pending) == nil then
     if self.inf.err and not self.inf.synced then return nil, self.inf.err end
     self.cond:wait(math.max(0, timeout))
@@ -321,7 +377,14 @@ function Waiter:close()
   local ws = inf.waiters[self.repl]
   if ws and ws[self] then
     ws[self] = nil
-    if next(ws) == nil then inf.waiters[self.repl] = nil end
+    if next(ws) == nil then
+      inf.waiters[self.repl] = nil
+      if inf.spec.fetch then -- no waiter here wants its pods any more: their names are enough
+        for name, repl in pairs(inf.repls) do
+          if repl == self.repl then inf.pods[name] = nil end
+        end
+      end
+    end
     inf.nwaiters = inf.nwaiters - 1
     if inf.nwaiters == 0 then inf.idle_since = timer.now() end
   end

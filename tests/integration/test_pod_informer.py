@@ -3,7 +3,8 @@ JSON string per slimmed pod, with the pod's REPL beside it), a waiter seeded
 from that cache, and a relist (RESYNC) that drops a pod: its waiter is told
 and the cache forgets it; and that the informer's keep (what the API's
 answers are decoded into) holds every field its slim() reads, which name the
-same fields twice. The watch path against a real API server is in
+same fields twice; of pods no waiter of the worker wants only names are
+kept, fetched when a waiter comes. The watch path against a real API server is in
 test_k8s_shared_watch.py; a relist that drops a pod is hard to provoke there."""
 
 import os
@@ -36,6 +37,7 @@ end
 local relist = dstream.cond()
 local fake = { watches = 0, lists = 0 }
 function fake:list()
+  timer.sleep(0.01) -- an answer takes a while (both waiters of /check are in by then)
   self.lists = self.lists + 1
   if self.lists > 1 then return { items = { pod("p-a", "A", true) }, resourceVersion = "2" } end
   return { items = { pod("p-a", "A", false), pod("p-b", "B", false) }, resourceVersion = "1" }
@@ -47,7 +49,8 @@ function fake:watch(_, opts)
     next = function()
       if first then
         first = false
-        relist:wait(10)
+        -- (a flag too: the signal may come before this watch is open)
+        if not fake.relist then relist:wait(10) end
         return { type = "RESYNC", items = { pod("p-a", "A", true) } }
       end
       timer.sleep(opts.timeout)
@@ -64,12 +67,24 @@ local function names(pods)
   return out
 end
 
+-- w:next() may wake with nothing (the informer signals every waiter after
+-- a list); its callers loop, so does this
+local function next_pods(w, secs)
+  local deadline = timer.now() + secs
+  while true do
+    local left = deadline - timer.now()
+    if left <= 0 then return {} end
+    local ps, err = w:next(left)
+    if ps == nil or #ps > 0 then return ps, err end
+  end
+end
+
 app:get("/check", function()
   local inf = pi.get(fake, "ns", "app=x", "devex.io/repl")
   local wa, wb = inf:waiter("A"), inf:waiter("B")
   local out = {}
-  out.a_first = names(wa:next(5))
-  out.b_first = names(wb:next(5))
+  out.a_first = names(next_pods(wa, 5))
+  out.b_first = names(next_pods(wb, 5))
   local text = inf.pods["p-b"]
   out.cached_as = type(text)
   out.cached_repl = inf.repls["p-b"]
@@ -82,8 +97,9 @@ app:get("/check", function()
   out.seeded_ip = sp[1] and sp[1].status.podIP
   out.seeded_image = sp[1] and sp[1].spec.containers[1].image
   seeded:close()
+  fake.relist = true
   relist:signal()
-  local pa = wa:next(5)
+  local pa = next_pods(wa, 5)
   out.a_after = names(pa)
   local ready
   for _, c in ipairs(pa[1] and pa[1].status.conditions or {}) do
@@ -143,6 +159,50 @@ app:get("/rewatch", function()
   end
   w:close()
   return 200, { lists = fake2.lists, watches = fake2.watches, versions = fake2.versions, ready = ready }
+end)
+
+-- pods of a REPL no waiter of this worker wants: only their names are kept;
+-- a waiter registered later has them fetched (a failed GET is its error and
+-- is tried again; a pod gone meanwhile, 404, is no error), and the bodies go
+-- when the REPL's last waiter closes
+local fake3 = { gets = 0, get_answers = {} }
+function fake3:list()
+  return { items = { pod("r-a", "A", false), pod("r-c", "C", true), pod("r-d", "D", true) }, resourceVersion = "1" }
+end
+function fake3:watch(_, opts)
+  return { next = function() timer.sleep(opts.timeout); return nil, { code = "timeout" } end, close = function() end }
+end
+function fake3:get(ref, opts)
+  self.gets = self.gets + 1
+  self.last_get = { name = ref.name, kind = ref.kind, keep = opts and opts.keep ~= nil }
+  local a = table.remove(self.get_answers, 1)
+  if a == "fail" then return nil, { status = 503, message = "unavailable" } end
+  if a == "gone" then return nil, { status = 404, message = "not found" } end
+  return pod(ref.name, ref.name == "r-c" and "C" or "D", true)
+end
+app:get("/unwaited", function()
+  local inf = pi.get(fake3, "ns3", "app=x", "devex.io/repl")
+  local wa = inf:waiter("A")
+  local out = { a = names(next_pods(wa, 5)) }
+  out.c_body, out.c_repl = inf.pods["r-c"] ~= nil, inf.repls["r-c"]
+  out.a_body = inf.pods["r-a"] ~= nil
+  fake3.get_answers = { "fail", "ok" }
+  local wc = inf:waiter("C")
+  local pods, err = wc:next(1)
+  out.first_next_error = pods == nil and err and err.status or false
+  out.c = names(next_pods(wc, 5) or {})
+  out.gets, out.last_get = fake3.gets, fake3.last_get
+  out.c_body_while_waited = inf.pods["r-c"] ~= nil
+  wc:close()
+  out.c_body_after_close, out.c_repl_after_close = inf.pods["r-c"] ~= nil, inf.repls["r-c"]
+  fake3.get_answers = { "gone" }
+  local wd = inf:waiter("D")
+  pods, err = wd:next(0.2)
+  out.d_gone = pods and names(pods) or tostring(err)
+  wd:close()
+  wa:close()
+  out.gets_total = fake3.gets
+  return 200, out
 end)
 
 -- a pod with every field slim reads, and more: slim of it decoded with the
@@ -215,6 +275,24 @@ class PodInformerTest(unittest.TestCase):
             self.assertGreaterEqual(out["watches"], 3, out)
             self.assertEqual(out["lists"], 1, "listed again after a watch's timeout: %s" % out)
             self.assertEqual(out["versions"][:3], ["1", "11", "12"], out)
+
+    def test_pods_no_waiter_here_wants_are_names_only_and_fetched_when_wanted(self):
+        with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
+            st, out = d.get_json("/unwaited", timeout=30)
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["a"], ["r-a"], out)
+            self.assertTrue(out["a_body"], out)
+            self.assertEqual((out["c_body"], out["c_repl"]), (False, "C"), out)
+            # the first GET failed: next() says so; the next call fetched it
+            self.assertEqual(out["first_next_error"], 503, out)
+            self.assertEqual(out["c"], ["r-c"], out)
+            self.assertEqual(out["gets"], 2, out)
+            self.assertEqual(out["last_get"], {"name": "r-c", "kind": "Pod", "keep": True}, out)
+            self.assertTrue(out["c_body_while_waited"], out)
+            self.assertEqual((out["c_body_after_close"], out["c_repl_after_close"]), (False, "C"), out)
+            # a pod gone by the time it is fetched: no pod and no error
+            self.assertEqual(out["d_gone"], [], out)
+            self.assertEqual(out["gets_total"], 3, out)
 
     def test_keep_holds_what_slim_reads(self):
         with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
