@@ -57,7 +57,9 @@ struct http_multi {
     uv_timer_t timer;          /* libcurl's timeout (CURLMOPT_TIMERFUNCTION) */
     uv_timer_t wake_timer;     /* runs the wake list when queued from outside libcurl */
     http_xfer_t *wake_head, *wake_tail;
+    long host_cap;             /* CURLMOPT_MAX_HOST_CONNECTIONS (0: none) */
     http_multi_t *next_all;
+    http_multi_t *next_here;   /* this thread's other multis */
 };
 
 typedef struct {
@@ -125,11 +127,15 @@ typedef struct {
     bool insecure;
     bool http2;
     bool https;
+    long max_host_connections; /* 0: no cap */
     int headers_idx;           /* stack index of the headers table, 0 if none */
     bool has_content_type, has_expect;
 } http_opts_t;
 
-static _Thread_local http_multi_t *tl_multi;
+/* A worker's multi handles: one for transfers with no cap on their
+ * connections to a host, one per cap asked for (max_host_connections): a
+ * cap is the multi's, so the capped transfers are kept apart from the rest. */
+static _Thread_local http_multi_t *tl_multis;
 
 /* Every multi ever made, so that they stay reachable (for LeakSanitizer) after
  * their thread exits at shutdown; they live as long as the process. */
@@ -460,10 +466,11 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
-static http_multi_t *multi_get(void)
+static http_multi_t *multi_get(long host_cap)
 {
-    if (tl_multi != NULL)
-        return tl_multi;
+    for (http_multi_t *m = tl_multis; m != NULL; m = m->next_here)
+        if (m->host_cap == host_cap)
+            return m;
     devex_worker_t *w = devex_worker_current();
     if (w == NULL)
         return NULL;
@@ -486,11 +493,15 @@ static http_multi_t *multi_get(void)
     curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    m->host_cap = host_cap;
+    if (host_cap > 0) /* past it transfers wait for a connection (or a stream on one) */
+        curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, host_cap);
     pthread_mutex_lock(&all_multis_lock);
     m->next_all = all_multis;
     all_multis = m;
     pthread_mutex_unlock(&all_multis_lock);
-    tl_multi = m;
+    m->next_here = tl_multis;
+    tl_multis = m;
     return m;
 }
 
@@ -770,7 +781,7 @@ static void multi_dispatch(http_multi_t *m)
 static const char *const known_options[] = {
     "method",  "url",         "headers",    "body",         "timeout",         "connect_timeout", "max_size",
     "ca_file", "client_cert", "client_key", "ca_pem",       "client_cert_pem", "client_key_pem",  "insecure",
-    "http2",   "body_file",   "output_file", "unix_socket", NULL,
+    "http2",   "body_file",   "output_file", "unix_socket", "max_host_connections", NULL,
 };
 
 static const char *opt_string(lua_State *L, const char *fn, const char *key, size_t *len)
@@ -920,6 +931,14 @@ static void parse_opts(lua_State *L, const char *fn, http_opts_t *o)
         luaL_error(L, "%s: give client_key or client_key_pem, not both", fn);
     o->insecure = opt_bool(L, fn, "insecure", false);
     o->http2 = opt_bool(L, fn, "http2", true);
+    t = lua_getfield(L, 1, "max_host_connections");
+    if (t != LUA_TNIL) {
+        lua_Integer n;
+        if (!lua_isinteger(L, -1) || (n = lua_tointeger(L, -1)) < 1 || n > 1024)
+            luaL_error(L, "%s: option 'max_host_connections' must be an integer from 1 to 1024", fn);
+        o->max_host_connections = (long)n;
+    }
+    lua_pop(L, 1);
     t = lua_getfield(L, 1, "headers");
     if (t == LUA_TTABLE) {
         o->headers_idx = lua_gettop(L); /* left on the stack for the call */
@@ -1145,7 +1164,7 @@ static http_xfer_t *start_from_lua(lua_State *L, const char *fn, xfer_kind_t kin
     http_opts_t o;
     parse_opts(L, fn, &o);
     devex_task_check(L, fn);
-    http_multi_t *m = multi_get();
+    http_multi_t *m = multi_get(o.max_host_connections);
     if (m == NULL)
         luaL_error(L, "%s: cannot set up libcurl on this thread", fn);
     char err[256];
@@ -1158,7 +1177,7 @@ static http_xfer_t *start_from_lua(lua_State *L, const char *fn, xfer_kind_t kin
 /* See http.h. Owns easy and arg from the call on, errors included. */
 int devex_http_perform(lua_State *L, const char *fn, CURL *easy, void (*release)(void *), void *arg)
 {
-    http_multi_t *m = multi_get();
+    http_multi_t *m = multi_get(0);
     http_xfer_t *x = m ? calloc(1, sizeof(*x)) : NULL;
     if (x == NULL) {
         curl_easy_cleanup(easy);

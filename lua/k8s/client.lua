@@ -5,7 +5,10 @@
 --   local k8s = require("k8s")
 --   local c, err = k8s.new(settings)   -- settings: see devex.k8s load_config, plus
 --       max_attempts = 4, backoff = 0.1 (s), timeout = 30 (s), connect_timeout = 5,
---       http2 = true, field_manager = "devexd", token_max_age = 60 (s)
+--       http2 = true, field_manager = "devexd", token_max_age = 60 (s),
+--       max_connections = 4: connections per worker for requests (watches are
+--       apart): a burst waits for a stream on one of them rather than opening
+--       a connection per request past the server's streams per connection
 --
 -- Objects are plain Lua tables as devex.json decodes them. A "ref" names an
 -- object: { apiVersion =, kind =, namespace =, name = } or a whole object
@@ -120,7 +123,7 @@ local CONFIG_KEYS = {
 }
 local CLIENT_KEYS = {
   max_attempts = "number", backoff = "number", timeout = "number", connect_timeout = "number", http2 = "boolean",
-  field_manager = "string", token_max_age = "number",
+  field_manager = "string", token_max_age = "number", max_connections = "number",
 }
 
 function M.new(settings)
@@ -136,6 +139,10 @@ function M.new(settings)
       error("k8s.new: " .. k .. " must be a " .. CLIENT_KEYS[k], 2)
     end
   end
+  local mc = settings.max_connections
+  if mc ~= nil and (math.type(mc) ~= "integer" or mc < 1 or mc > 1024) then
+    error("k8s.new: max_connections must be an integer from 1 to 1024", 2)
+  end
   local cfg, err = kc.load_config(conf)
   if not cfg then return nil, err end
   local self = setmetatable({
@@ -149,6 +156,7 @@ function M.new(settings)
     http2 = settings.http2 ~= false,
     field_manager = settings.field_manager or "devexd",
     token_max_age = settings.token_max_age or 60,
+    max_connections = mc or 4,
   }, Client)
   if cfg.token_file then
     local tok, terr = self:_read_token()
@@ -257,8 +265,15 @@ function Client:request(o)
   for attempt = 1, attempts do
     local headers = { accept = o.accept or "application/json" }
     if body then headers["content-type"] = o.content_type or "application/json" end
+    -- Past the API server's streams per connection (250 for Go's HTTP/2)
+    -- libcurl opened a connection per waiting request: a burst of 500 session
+    -- starts left 190-300 connections of about 100 KB each in its cache. The
+    -- requests wait for a stream on a few instead; a watch holds its stream
+    -- for minutes, so watches are not counted (a watch-per-start policy on
+    -- an HTTP/1.1 API server would otherwise wait on itself)
     local opts, cerr = self:_http_opts{ url = url, method = o.method, headers = headers, body = body,
-      timeout = o.timeout or self.timeout, max_size = o.max_size }
+      timeout = o.timeout or self.timeout, max_size = o.max_size,
+      max_host_connections = not o.stream and self.max_connections or nil }
     if not opts then return nil, cerr end
     local res, herr
     local t0 = metrics.now() -- metrics: each attempt

@@ -1,13 +1,15 @@
 -- services.k8s: the app's Kubernetes client, from the config's kube table:
 --   kube = { config_path = KUBE_CONFIG_PATH, namespace = KUBE_NAMESPACE,
---            server =, ca_file =, token_file =, client_cert =, client_key =, context = }
+--            server =, ca_file =, token_file =, client_cert =, client_key =, context =,
+--            max_connections = 4 (per worker, for requests; see k8s.client) }
 -- (explicit settings, else in-cluster, else the kubeconfig; see lua/k8s/client.lua).
 local k8s = require("k8s")
 local config = require("devex.config").get()
 
 local M = {}
 
-local KEYS = { "server", "ca_file", "token_file", "client_cert", "client_key", "namespace", "context", "insecure" }
+local KEYS = { "server", "ca_file", "token_file", "client_cert", "client_key", "namespace", "context", "insecure",
+               "max_connections" }
 
 local client
 function M.client()

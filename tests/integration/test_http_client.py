@@ -648,6 +648,40 @@ error-log: %s
         conns = {l[0] for l in lines}
         self.assertLessEqual(len(conns), 3, "%d requests used %d connections" % (n, len(conns)))
 
+    def connections_for(self, n, extra):
+        """The connections h2o saw for n requests sent at once by handlers of
+        one worker, with extra request options."""
+        opts = dict({"url": "https://127.0.0.1:%d/file.txt" % self.port, "ca_file": self.cert, "timeout": 60}, **extra)
+        with harness.Devexd(app="httpclient", threads=1) as d:
+            body = json.dumps({"gate": "go", "options": opts})
+            results = [harness.in_thread(d.request, "POST", "/fetch-after-gate", body=body,
+                                         headers={"Content-Type": "application/json"}, timeout=90)
+                       for _ in range(n)]
+            d.wait_log(lambda e: e.get("msg") == "fetch waiting", count=n, timeout=60, what="parked handlers")
+            d.open_gate("go")
+            for t, _ in results:
+                t.join(90)
+            for _, r in results:
+                self.assertNotIn("error", r)
+                res = r["value"].json()
+                self.assertTrue(res["ok"], res)
+                self.assertEqual(res["http_version"], 2)
+        with open(self.access_log) as f:
+            lines = [l.split() for l in f if l.strip()]
+        os.truncate(self.access_log, 0)
+        self.assertEqual(len(lines), n)
+        return len({l[0] for l in lines})
+
+    def test_max_host_connections_caps_the_connections_past_the_stream_limit(self):
+        # h2o allows 100 streams at once on a connection: past that libcurl
+        # opens more connections, unless the request caps them (the k8s
+        # client's requests in a burst of session starts)
+        n = 400
+        uncapped = self.connections_for(n, {})
+        capped = self.connections_for(n, {"max_host_connections": 2})
+        self.assertLessEqual(capped, 2, "%d requests with max_host_connections 2 used %d connections" % (n, capped))
+        self.assertGreater(uncapped, 2, "the stream limit was never reached: the cap is not tested (%d)" % uncapped)
+
 
 class ShutdownTest(unittest.TestCase):
     """Tasks parked in http.request, http.stream and a stream's read_line when

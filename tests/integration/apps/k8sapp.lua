@@ -36,6 +36,14 @@ local function client(b)
   return k8s.new(b.conf or {})
 end
 
+-- POST /new {conf}: what k8s.new makes of the settings (raised: its error)
+app:post("/new", function(req)
+  local ok, c, err = pcall(k8s.new, req:json().conf)
+  if not ok then return 200, { ok = false, raised = tostring(c) } end
+  if not c then return 200, { ok = false, err = plain_err(err) } end
+  return 200, { ok = true, max_connections = c.max_connections }
+end)
+
 -- POST /op {conf, op, args = [...]}: one client method call.
 app:post("/op", function(req)
   local b = req:json()
