@@ -933,8 +933,8 @@ static void parse_opts(lua_State *L, const char *fn, http_opts_t *o)
     o->http2 = opt_bool(L, fn, "http2", true);
     t = lua_getfield(L, 1, "max_host_connections");
     if (t != LUA_TNIL) {
-        lua_Integer n;
-        if (!lua_isinteger(L, -1) || (n = lua_tointeger(L, -1)) < 1 || n > 1024)
+        lua_Integer n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 0;
+        if (n < 1 || n > 1024)
             luaL_error(L, "%s: option 'max_host_connections' must be an integer from 1 to 1024", fn);
         o->max_host_connections = (long)n;
     }
