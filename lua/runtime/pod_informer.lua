@@ -337,12 +337,16 @@ function Waiter:fetch()
   local inf, names = self.inf, self.unfetched
   self.unfetched = nil
   for i, name in ipairs(names) do
-    local p, err = inf.spec.fetch(inf, name)
-    if p == nil then
-      self.unfetched = { table.unpack(names, i) } -- tried again by the next call
-      return nil, err
+    -- not when the watch has brought it since (cached: this REPL has a
+    -- waiter now) or it is gone
+    if inf.pods[name] == nil and inf.repls[name] == self.repl then
+      local p, err = inf.spec.fetch(inf, name)
+      if p == nil then
+        self.unfetched = { table.unpack(names, i) } -- tried again by the next call
+        return nil, err
+      end
+      if p and inf.pods[name] == nil and inf.repls[name] == self.repl then remember(inf, p, false) end
     end
-    if p and inf.pods[name] == nil and inf.repls[name] == self.repl then remember(inf, p, false) end
   end
   return true
 end

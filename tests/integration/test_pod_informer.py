@@ -37,7 +37,10 @@ end
 local relist = dstream.cond()
 local fake = { watches = 0, lists = 0 }
 function fake:list()
-  timer.sleep(0.01) -- an answer takes a while (both waiters of /check are in by then)
+  -- an answer takes a while: both waiters of /check are in by then, and the
+  -- handler, resumed by the first pod the list hands out, registers the
+  -- seeded waiter below while the informer is still in that list's loop
+  timer.sleep(0.01)
   self.lists = self.lists + 1
   if self.lists > 1 then return { items = { pod("p-a", "A", true) }, resourceVersion = "2" } end
   return { items = { pod("p-a", "A", false), pod("p-b", "B", false) }, resourceVersion = "1" }
