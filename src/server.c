@@ -204,20 +204,24 @@ static void request_done(devex_task_t *t, int status, int nres);
  * request and its results are the answer (request_done again), the
  * middleware's headers already added. The handler's coroutine, its
  * middleware frames and whatever only they reached are freed meanwhile: a
- * start parked for minutes keeps only fn and what fn holds. */
-static void run_later(devex_reqctx_t *rc, lua_State *co, int idx)
+ * start parked for minutes keeps only fn and what fn holds. rc NULL: the
+ * client has gone, fn still runs (it may finish what the handler began, a
+ * session start whose workload exists) and its answer is dropped. */
+static void run_later(devex_reqctx_t *rc, lua_State *co, int idx, const char *request_id)
 {
     /* the VM of the handler's coroutine (after a reload, the retired one) */
     devex_vm_t *vm = devex_vm_of(co);
     if (!lua_checkstack(co, 2)) { /* the function, and the thread spawn may make */
-        send_error(rc, 500, "internal error");
+        if (rc != NULL)
+            send_error(rc, 500, "internal error");
         return;
     }
     lua_getiuservalue(co, idx, 1);
     vm->worker->inflight++; /* request_done counts it down */
-    devex_conn_guard_task_start(rc->guard);
-    devex_task_t *t = devex_task_spawn(vm, co, 0, request_done, rc->guard, rc->request_id, rc);
-    if (t != NULL)
+    devex_conn_guard_t *g = rc != NULL ? rc->guard : NULL;
+    devex_conn_guard_task_start(g);
+    devex_task_t *t = devex_task_spawn(vm, co, 0, request_done, g, request_id, rc);
+    if (t != NULL && rc != NULL)
         rc->task = t;
 }
 
@@ -227,8 +231,12 @@ static void request_done(devex_task_t *t, int status, int nres)
     devex_worker_t *w = t->vm->worker;
     w->inflight--;
     devex_conn_guard_task_end(t->data); /* h2_guard.c: the connection's tasks in flight */
-    if (rc == NULL)
-        return; /* the client went away; the result is dropped */
+    if (rc == NULL) { /* the client went away; the result is dropped */
+        int b = lua_gettop(t->co) - nres + 1;
+        if (status == LUA_OK && nres >= 2 && devex_stream_later_is(t->co, b + 1))
+            run_later(NULL, t->co, b + 1, t->request_id); /* but what it was to do later is done */
+        return;
+    }
     if (status == DEVEX_TASK_KILLED) {
         rc->task = NULL; /* shutting down: H2O drops the connection */
         devex_request_detach(rc);
@@ -269,7 +277,7 @@ static void request_done(devex_task_t *t, int status, int nres)
         return;
     }
     if (btype == LUA_TUSERDATA && frozen == NULL && devex_stream_later_is(co, base + 1)) {
-        run_later(rc, co, base + 1); /* the answer is made by a task of its own */
+        run_later(rc, co, base + 1, rc->request_id); /* the answer is made by a task of its own */
         return;
     }
     if (btype == LUA_TUSERDATA && frozen == NULL && devex_stream_is(co, base + 1)) {

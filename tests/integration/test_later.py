@@ -4,7 +4,8 @@ middleware. The answer is that function's results (status, body, headers)
 with the middleware's headers kept; errors are mapped as a handler's; the
 handler's request and coroutine are freed while the function waits (what
 the session start relies on to keep parked starts small); a client that
-leaves meanwhile costs nothing more.
+leaves meanwhile, or before the handler has returned, does not stop the
+function (it may finish what the handler began).
 """
 
 import os
@@ -51,6 +52,15 @@ app:get("/leave", function(req)
   return framework.later(req, function()
     timer.sleep(0.5)
     left.done = left.done + 1
+    return 200, { ok = true }
+  end)
+end)
+-- the client leaves before the handler has returned: what it was to do
+-- later is still done (a session start whose workload exists must finish)
+app:get("/leave-early", function(req)
+  timer.sleep(0.5)
+  return framework.later(req, function()
+    left.early = (left.early or 0) + 1
     return 200, { ok = true }
   end)
 end)
@@ -107,6 +117,17 @@ class LaterTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, "the later function never ended")
             time.sleep(0.1)
         self.assertEqual(self.d.get("/healthz").status, 200)
+
+    def test_a_client_that_leaves_before_the_handler_returns(self):
+        s = socket.create_connection(("127.0.0.1", self.d.port))
+        s.sendall(b"GET /leave-early HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        time.sleep(0.1)
+        s.close()
+        deadline = time.time() + 10
+        while not self.d.get_json("/left")[1].get("early"):
+            self.assertLess(time.time(), deadline, "the later function of a gone client never ran")
+            time.sleep(0.1)
+        self.assertEqual(self.d.get_json("/left")[1]["early"], 1)
 
 
 if __name__ == "__main__":
