@@ -230,14 +230,11 @@ function M.delete(user, id)
 end
 
 -- start/stop: the runtime driver (lua/runtime) makes the workload.
--- start(user, id, opts): opts.later, see repl.sessions.start (M.is_later)
-function M.start(user, id, opts)
+function M.start(user, id)
   local meta, e = M.owned(user, id)
   if not meta then return nil, e end
-  return require("repl.sessions").start(meta, opts)
+  return require("repl.sessions").start(meta)
 end
-
-function M.is_later(r) return require("repl.sessions").is_later(r) end
 
 function M.stop(user, id)
   local meta, e = M.owned(user, id)

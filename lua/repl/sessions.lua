@@ -85,16 +85,7 @@ local function wait_running(meta)
   return fail(504, "timed out waiting for the repl to start")
 end
 
-local finish_start -- the end of a start, once the driver has answered
-
--- A start to be finished later (M.start with opts.later): r.finish() -> the
--- answer | nil, err, in a task of the caller's.
-local LATER = {}
-function M.is_later(r) return getmetatable(r) == LATER end
-
--- start(meta, opts) -> the answer | nil, err | (opts.later) a later start
--- (M.is_later) once the workload is made, when the driver can wait apart
-function M.start(meta, opts)
+function M.start(meta)
   local sess, serr = store.get_session(meta.id)
   if sess == nil then return unavailable(serr) end
   if sess and meta.state == "running" then return answer(meta, sess) end
@@ -126,24 +117,14 @@ function M.start(meta, opts)
   -- the runner may call devexd before the start returns (the agent's restore,
   -- the init container's download): routes.runner_storage accepts this hash
   -- while the REPL is "starting"; the session's token_hash takes over after
-  local token_hash = crypto.sha256_hex(token)
-  store.set_fields(meta.id, { start_token_hash = token_hash })
+  store.set_fields(meta.id, { start_token_hash = crypto.sha256_hex(token) })
   local driver = runtime.driver()
   local started_at = os.time()
   local t0 = metrics.now()
-  local info, wait
-  info, err, wait = driver:start(meta, { token = token, deadline = start_deadline(), later = opts and opts.later,
+  local info
+  info, err = driver:start(meta, { token = token, deadline = start_deadline(),
     -- a runner that ends without a stop (the local runtime's child exits)
     on_exit = function(code, signal) M.runner_gone(meta, { code = code, signal = signal }) end })
-  if wait then
-    return setmetatable({ finish = function()
-      return finish_start(meta, prev, driver, started_at, t0, token_hash, wait())
-    end }, LATER)
-  end
-  return finish_start(meta, prev, driver, started_at, t0, token_hash, info, err)
-end
-
-function finish_start(meta, prev, driver, started_at, t0, token_hash, info, err)
   if not info then
     start_metric(t0, "error")
     log.error("repl start failed", { repl = meta.id, error = message_of(err) })
@@ -155,7 +136,7 @@ function finish_start(meta, prev, driver, started_at, t0, token_hash, info, err)
     return fail(status, "start failed: " .. message_of(err), { code = f.code, message = f.message })
   end
   local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
-                   token_hash = token_hash, driver = driver.name }
+                   token_hash = crypto.sha256_hex(token), driver = driver.name }
   for k, v in pairs(info.session or {}) do fields[k] = v end
   local ok
   ok, err = store.put_session(meta.id, fields)

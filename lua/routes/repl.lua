@@ -42,13 +42,11 @@ return function(app)
     return 201, repl
   end)
 
-  -- a start that waits for its workload is answered later (devex.app.later):
-  -- the wait runs in a task of its own, and the request's coroutine, with
-  -- the middleware's and the start's frames, is freed meanwhile
+  -- answered later (devex.app.later): a start parked waiting for its
+  -- workload keeps no request coroutine with the middleware's frames
   app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
-    local r, err = service.start(req.user, req.params.id, { later = true })
-    if service.is_later(r) then return app_errors.later(req, function() return reply(r.finish()) end) end
-    return reply(r, err)
+    local user, id = req.user, req.params.id
+    return app_errors.later(req, function() return reply(service.start(user, id)) end)
   end)
 
   -- the session's lifecycle as Server-Sent Events (repl.events)

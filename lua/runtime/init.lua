@@ -3,10 +3,7 @@
 --   "local" (the template's runner as a child process of devexd, single-host mode).
 -- A driver has:
 --   driver.name
---   driver:start(meta, {token, deadline, later}) -> { url, endpoint, session = {extra fields} } | nil, {status, message}
---     with later = true a driver may instead return nil, nil, wait once its
---     workload is made: wait() -> the same answer, called from a task of
---     the caller's (the waiting part of a start, which may take minutes)
+--   driver:start(meta, {token, deadline}) -> { url, endpoint, session = {extra fields} } | nil, {status, message}
 --   driver:stop(meta, session) -> true | nil, {status, message}   (files saved before anything is removed)
 --   driver:remove(meta)        -> removes whatever a failed start left
 local config = require("devex.config").get()

@@ -486,21 +486,6 @@ local function apply_objects(c, objs)
   return true
 end
 
--- What a start returns once its pod is Ready (see Driver:start).
-local function started_info(id, pod)
-  local ip = pod.status and pod.status.podIP or ""
-  return {
-    url = id.url,
-    endpoint = ip .. ":" .. tostring(id.port),
-    session = {
-      pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
-      mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
-      -- what stop needs, as this policy made it (see the header)
-      k8s_selector = id.selector, k8s_deployment = id.names.deployment,
-    },
-  }
-end
-
 function Driver:start(meta, opts)
   local c, e = client()
   if not c then return err(503, "kubernetes: " .. tostring(e)) end
@@ -539,32 +524,31 @@ function Driver:start(meta, opts)
   -- API's answers (tens of KB of tables each) are garbage from here on, and
   -- of its identity (which holds the Deployment's labels) what is read below;
   -- opts (the token, the local runtime's exit callback) was for the build
-  local later = opts.later
   objs, dref, opts = nil, nil, nil
   id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
          managed_selector = id.managed_selector, repl_label = id.repl_label,
          names = { deployment = id.names.deployment } }
-  local repl_id = meta.id
-  events.emit(repl_id, "scheduling")
-  -- the wait for the pod, and what the start returns; with opts.later it is
-  -- handed to the caller to run in a task of its own (repl.sessions), so
-  -- that a start parked for minutes keeps this closure, not this frame and
-  -- the ones above it
-  local function wait()
-    local pod, we
-    local left = math.max(0.1, deadline - timer.now())
-    if shared then
-      pod, we = self:wait_ready_shared(c, id, left, repl_id)
-    else
-      pod, we = self:wait_ready_own_watch(c, id.selector, left, repl_id)
-    end
-    if not pod then return nil, we end
-    return started_info(id, pod)
+  local pod
+  events.emit(meta.id, "scheduling")
+  local left = math.max(0.1, deadline - timer.now())
+  if shared then
+    pod, e = self:wait_ready_shared(c, id, left, meta.id)
+  else
+    pod, e = self:wait_ready_own_watch(c, id.selector, left, meta.id)
   end
-  if later then return nil, nil, wait end
-  return wait()
+  if not pod then return nil, e end
+  local ip = pod.status and pod.status.podIP or ""
+  return {
+    url = id.url,
+    endpoint = ip .. ":" .. tostring(id.port),
+    session = {
+      pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
+      mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
+      -- what stop needs, as this policy made it (see the header)
+      k8s_selector = id.selector, k8s_deployment = id.names.deployment,
+    },
+  }
 end
-
 
 -- The name of an uploader (ephemeral container named save-*, as
 -- policy.sync.container names them) that the pod lists but that has not
