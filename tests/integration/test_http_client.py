@@ -622,35 +622,13 @@ error-log: %s
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def test_100_concurrent_requests_multiplex(self):
-        n = 100
-        opts = {"url": "https://127.0.0.1:%d/file.txt" % self.port, "ca_file": self.cert, "timeout": 30}
-        with harness.Devexd(app="httpclient", threads=1) as d:
-            body = json.dumps({"gate": "go", "options": opts})
-            results = [harness.in_thread(d.request, "POST", "/fetch-after-gate", body=body,
-                                         headers={"Content-Type": "application/json"}, timeout=60)
-                       for _ in range(n)]
-            d.wait_log(lambda e: e.get("msg") == "fetch waiting", count=n, timeout=30, what="parked handlers")
-            d.open_gate("go")
-            for t, _ in results:
-                t.join(60)
-            for _, r in results:
-                self.assertNotIn("error", r)
-                resp = r["value"]
-                self.assertEqual(resp.status, 200, resp)
-                res = resp.json()
-                self.assertTrue(res["ok"], res)
-                self.assertEqual(res["body"], "hello over h2\n")
-                self.assertEqual(res["http_version"], 2)
-        with open(self.access_log) as f:
-            lines = [l.split() for l in f if l.strip()]
-        self.assertEqual(len(lines), n)
-        self.assertTrue(all(l[1] == "HTTP/2" for l in lines), lines[:3])
-        conns = {l[0] for l in lines}
-        self.assertLessEqual(len(conns), 3, "%d requests used %d connections" % (n, len(conns)))
+        conns = self.connections_for(100, {})
+        self.assertLessEqual(conns, 3, "100 requests used %d connections" % conns)
 
     def connections_for(self, n, extra):
         """The connections h2o saw for n requests sent at once by handlers of
-        one worker, with extra request options."""
+        one worker, with extra request options; every answer is the file, over
+        HTTP/2 on both sides."""
         opts = dict({"url": "https://127.0.0.1:%d/file.txt" % self.port, "ca_file": self.cert, "timeout": 60}, **extra)
         with harness.Devexd(app="httpclient", threads=1) as d:
             body = json.dumps({"gate": "go", "options": opts})
@@ -663,13 +641,17 @@ error-log: %s
                 t.join(90)
             for _, r in results:
                 self.assertNotIn("error", r)
-                res = r["value"].json()
+                resp = r["value"]
+                self.assertEqual(resp.status, 200, resp)
+                res = resp.json()
                 self.assertTrue(res["ok"], res)
+                self.assertEqual(res["body"], "hello over h2\n")
                 self.assertEqual(res["http_version"], 2)
         with open(self.access_log) as f:
             lines = [l.split() for l in f if l.strip()]
         os.truncate(self.access_log, 0)
         self.assertEqual(len(lines), n)
+        self.assertTrue(all(l[1] == "HTTP/2" for l in lines), lines[:3])
         return len({l[0] for l in lines})
 
     def test_max_host_connections_caps_the_connections_past_the_stream_limit(self):
