@@ -573,6 +573,8 @@ class Http2Test(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="devexd-h2-")
         os.chmod(self.tmp, 0o755)  # h2o started as root serves files as user nobody
         self.cert, self.key = harness.make_tls_cert(self.tmp)
+        # /slow: h2o proxies to it, so that its streams stay open (Upstream's /slow?s=N)
+        self.up = Upstream()
         www = os.path.join(self.tmp, "www")
         os.mkdir(www)
         with open(os.path.join(www, "file.txt"), "w") as f:
@@ -591,13 +593,15 @@ class Http2Test(unittest.TestCase):
 hosts:
   default:
     paths:
+      /slow:
+        proxy.reverse.url: %s
       /:
         file.dir: %s
 access-log:
   path: %s
   format: "%%{connection-id}x %%H %%s %%U"
 error-log: %s
-""" % (self.port, self.cert, self.key, www, self.access_log, os.path.join(self.tmp, "error.log")))
+""" % (self.port, self.cert, self.key, self.up.url("/slow"), www, self.access_log, os.path.join(self.tmp, "error.log")))
         self.h2o = subprocess.Popen([H2O_BIN, "-c", conf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, preexec_fn=harness._set_pdeathsig)
         self.error_log = os.path.join(self.tmp, "error.log")
@@ -613,6 +617,8 @@ error-log: %s
                 time.sleep(0.05)
 
     def tearDown(self):
+        if getattr(self, "up", None) is not None:
+            self.up.close()
         if getattr(self, "h2o", None) is not None:
             self.h2o.terminate()
             try:
@@ -625,11 +631,11 @@ error-log: %s
         conns = self.connections_for(100, {})
         self.assertLessEqual(conns, 3, "100 requests used %d connections" % conns)
 
-    def connections_for(self, n, extra):
+    def connections_for(self, n, extra, path="/file.txt", want=b"hello over h2\n"):
         """The connections h2o saw for n requests sent at once by handlers of
-        one worker, with extra request options; every answer is the file, over
+        one worker, with extra request options; every answer is want, over
         HTTP/2 on both sides."""
-        opts = dict({"url": "https://127.0.0.1:%d/file.txt" % self.port, "ca_file": self.cert, "timeout": 60}, **extra)
+        opts = dict({"url": "https://127.0.0.1:%d%s" % (self.port, path), "ca_file": self.cert, "timeout": 60}, **extra)
         with harness.Devexd(app="httpclient", threads=1) as d:
             body = json.dumps({"gate": "go", "options": opts})
             results = [harness.in_thread(d.request, "POST", "/fetch-after-gate", body=body,
@@ -645,7 +651,7 @@ error-log: %s
                 self.assertEqual(resp.status, 200, resp)
                 res = resp.json()
                 self.assertTrue(res["ok"], res)
-                self.assertEqual(res["body"], "hello over h2\n")
+                self.assertEqual(res["body"], want.decode())
                 self.assertEqual(res["http_version"], 2)
         with open(self.access_log) as f:
             lines = [l.split() for l in f if l.strip()]
@@ -657,10 +663,12 @@ error-log: %s
     def test_max_host_connections_caps_the_connections_past_the_stream_limit(self):
         # h2o allows 100 streams at once on a connection: past that libcurl
         # opens more connections, unless the request caps them (the k8s
-        # client's requests in a burst of session starts)
+        # client's requests in a burst of session starts). Each answer takes
+        # 2 s (a slow sanitizer build still has all 400 open at once)
         n = 400
-        uncapped = self.connections_for(n, {})
-        capped = self.connections_for(n, {"max_host_connections": 2})
+        slow = ("/slow?s=2", b"slow")
+        uncapped = self.connections_for(n, {}, *slow)
+        capped = self.connections_for(n, {"max_host_connections": 2}, *slow)
         self.assertLessEqual(capped, 2, "%d requests with max_host_connections 2 used %d connections" % (n, capped))
         self.assertGreater(uncapped, 2, "the stream limit was never reached: the cap is not tested (%d)" % uncapped)
 
