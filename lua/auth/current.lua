@@ -60,7 +60,7 @@ end
 function M.finish(req, status, body, headers)
   local s = req.session
   if s and s.renewed then
-    local left = s.expires_at and (s.expires_at - os.time()) or nil
+    local left = s.expires_at and (s.expires_at - (s.renewed_at or os.time())) or nil
     headers = cookies.add_header(headers, "Set-Cookie", cookies.session(s.id, left))
   end
   return status, body, headers

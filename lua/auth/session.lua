@@ -174,7 +174,7 @@ local function keep(tok, s, now)
   until_ = math.min(until_, s.expires_at)
   if until_ <= now then return end
   local v = copy_of(s)
-  v.renewed, v.also, v.cache_token = false, nil, nil
+  v.renewed, v.renewed_at, v.also, v.cache_token = false, nil, nil, nil
   tracked.put(tok, cached, s.id, v, { s.key }, until_)
 end
 
@@ -212,6 +212,9 @@ function M.load(id, also)
   end
   -- Redis's TTL is the authority; this only guards against clock-skewed renewals.
   if s.expires_at and s.expires_at < now then return false end
+  -- the cookie's Max-Age is counted from the renewal, not from the end of
+  -- the request (a request that crossed a second gave a second less)
+  if s.renewed then s.renewed_at = now end
   if not owners.is_owner_key(s.user.owner) then
     -- a session from before owner keys: its subject was always the stable id
     local owner, why = owners.owner_of_subject(s.user.subject)
