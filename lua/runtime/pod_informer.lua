@@ -212,7 +212,7 @@ local function remember(inf, obj, deleted)
     obj = inf.spec.keep(obj, inf)
     local text = json.encode(obj)
     if text then
-      inf.pods[name], inf.repls[name] = text, repl_of(inf, obj)
+      inf.pods[name], inf.repls[name] = text, key -- (keep keeps what key_of reads)
     else -- not encodable (an infinite number from the API server): not cached, still delivered
       inf.pods[name], inf.repls[name] = nil, nil
     end
@@ -333,19 +333,24 @@ end
 -- this worker wanted them (it kept their names only), fetched. A version
 -- that came through the watch during the fetch is newer and stays; a pod
 -- deleted meanwhile is left out. -> true | nil, err
+-- Whether the pod is still to be fetched: not if the watch has brought it
+-- since (cached: this REPL has a waiter now) or it is gone. Asked before the
+-- GET and again after it, which yields.
+local function unfetched(inf, name, repl)
+  return inf.pods[name] == nil and inf.repls[name] == repl
+end
+
 function Waiter:fetch()
   local inf, names = self.inf, self.unfetched
   self.unfetched = nil
   for i, name in ipairs(names) do
-    -- not when the watch has brought it since (cached: this REPL has a
-    -- waiter now) or it is gone
-    if inf.pods[name] == nil and inf.repls[name] == self.repl then
+    if unfetched(inf, name, self.repl) then
       local p, err = inf.spec.fetch(inf, name)
       if p == nil then
         self.unfetched = { table.unpack(names, i) } -- tried again by the next call
         return nil, err
       end
-      if p and inf.pods[name] == nil and inf.repls[name] == self.repl then remember(inf, p, false) end
+      if p and unfetched(inf, name, self.repl) then remember(inf, p, false) end
     end
   end
   return true
