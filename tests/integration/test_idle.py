@@ -1,8 +1,10 @@
 """Memory is given back after a burst (src/memtrim.c): once a worker has served
 requests and then had a quiet second, it runs a full Lua collection and trims
 the allocator, also while requests are parked (a session start waiting for
-its pod, a proxied WebSocket): they are quiet too. Observed through the Lua
-heap size, which nothing else would shrink while no request allocates."""
+its pod, a proxied WebSocket): they are quiet too. The collection also
+shrinks the stack of a parked request's coroutine that grew deep before it
+parked. Observed through the Lua heap size, which nothing else would shrink
+while no request allocates."""
 
 import os
 import socket
@@ -27,6 +29,17 @@ app:get("/heap", function() return 200, { kb = collectgarbage("count") } end)
 app:get("/park", function()
   require("devex.timer").sleep(60)
   return 200, { parked = true }
+end)
+-- one whose coroutine first grew a deep stack (as a start's API calls grow
+-- it), then parks in a shallow frame (as the start waiting for its pod)
+local function deep(n) if n == 0 then return 0 end return 1 + deep(n - 1) end
+app:get("/deep-park", function()
+  local depth = deep(20000)
+  -- the workers' mode (a bad collection can leave the collector in
+  -- incremental mode for a while, which would shrink it anyway)
+  collectgarbage("generational")
+  require("devex.timer").sleep(60)
+  return 200, { depth = depth }
 end)
 return app
 """
@@ -79,6 +92,35 @@ class IdleTest(unittest.TestCase):
             finally:
                 for s in parked:
                     s.close()
+
+    def test_stack_of_a_parked_request_is_shrunk(self):
+        # 20,000 frames deep: about 2 MB of stack and call records, which the
+        # generational collector alone never gave back while the request
+        # stayed parked (Lua shrinks a coroutine's stack only in an
+        # incremental cycle)
+        with harness.Devexd(app="idleapp", app_files={"idleapp.lua": IDLE_APP}, threads=1) as d:
+            time.sleep(2.5)
+            base = heap_kb(d)
+            s = socket.create_connection(("127.0.0.1", d.port))
+            self.addCleanup(s.close)
+            s.sendall(b"GET /deep-park HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            def grown_kb():
+                kb = heap_kb(d)
+                return kb if kb > base + 1500 else None
+            grown = harness.poll(grown_kb, "the deep request's stack (baseline %d KB)" % base, timeout=10, interval=0.2)
+            deadline = time.monotonic() + 10
+            now = grown
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                now = heap_kb(d)
+                if now < grown - 1000:
+                    break
+                time.sleep(2.0)
+            self.assertLess(now, grown - 1000, "heap stayed at %d KB with the request parked (grown to %d KB, "
+                            "baseline %d KB)" % (now, grown, base))
+            s.setblocking(False)  # still parked: it was its stack that went, not the request
+            with self.assertRaises(BlockingIOError):
+                s.recv(1, socket.MSG_PEEK)
 
     def background_garbage(self, items):
         """Heap sizes (KB) logged by a timer after another timer made about
