@@ -43,6 +43,8 @@ local function message_of(err)
   return tostring(type(err) == "table" and err.message or err)
 end
 
+local started -- the end of a start, once the driver has answered
+
 local function answer(meta, sess)
   return { replId = meta.id, replName = meta.name, url = sess.url }
 end
@@ -85,6 +87,42 @@ local function wait_running(meta)
   return fail(504, "timed out waiting for the repl to start")
 end
 
+-- The end of a start: the session recorded and the REPL "running", or
+-- whatever the driver made removed and the REPL back where it was.
+started = function(meta, prev, token, driver, started_at, t0, info, err)
+  if not info then
+    start_metric(t0, "error")
+    log.error("repl start failed", { repl = meta.id, error = message_of(err) })
+    driver:remove(meta) -- whatever it made
+    store.transition(meta.id, prev, { "starting" })
+    local status = status_of(err)
+    local f = events.failure(meta.id, err, status)
+    events.emit(meta.id, "failed", f)
+    return fail(status, "start failed: " .. message_of(err), { code = f.code, message = f.message })
+  end
+  local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
+                   token_hash = crypto.sha256_hex(token), driver = driver.name }
+  for k, v in pairs(info.session or {}) do fields[k] = v end
+  local ok
+  ok, err = store.put_session(meta.id, fields)
+  if ok then ok, err = store.transition(meta.id, "running", { "starting" }) end
+  if not ok then
+    -- Redis lost what we made (restarted, or the REPL was deleted meanwhile):
+    -- remove the workload and the session keys rather than leak them
+    start_metric(t0, "error")
+    driver:remove(meta)
+    store.end_session(meta.id)
+    store.transition(meta.id, prev, { "starting" })
+    events.emit(meta.id, "failed", { code = "start_failed", message = events.sentence("start_failed") })
+    if ok == false then return fail(409, "the repl changed or was deleted during the start") end
+    return unavailable(err)
+  end
+  start_metric(t0, "ok")
+  events.emit(meta.id, "ready", { url = fields.url })
+  log.info("repl started", { repl = meta.id, driver = driver.name })
+  return answer(meta, fields)
+end
+
 function M.start(meta)
   local sess, serr = store.get_session(meta.id)
   if sess == nil then return unavailable(serr) end
@@ -119,43 +157,16 @@ function M.start(meta)
   -- while the REPL is "starting"; the session's token_hash takes over after
   store.set_fields(meta.id, { start_token_hash = crypto.sha256_hex(token) })
   local driver = runtime.driver()
-  local started_at = os.time()
-  local t0 = metrics.now()
-  local info
-  info, err = driver:start(meta, { token = token, deadline = start_deadline(),
+  local opts = { token = token, deadline = start_deadline(),
     -- a runner that ends without a stop (the local runtime's child exits)
-    on_exit = function(code, signal) M.runner_gone(meta, { code = code, signal = signal }) end })
-  if not info then
-    start_metric(t0, "error")
-    log.error("repl start failed", { repl = meta.id, error = message_of(err) })
-    driver:remove(meta) -- whatever it made
-    store.transition(meta.id, prev, { "starting" })
-    local status = status_of(err)
-    local f = events.failure(meta.id, err, status)
-    events.emit(meta.id, "failed", f)
-    return fail(status, "start failed: " .. message_of(err), { code = f.code, message = f.message })
-  end
-  local fields = { started_at = started_at, url = info.url or "", endpoint = info.endpoint or "",
-                   token_hash = crypto.sha256_hex(token), driver = driver.name }
-  for k, v in pairs(info.session or {}) do fields[k] = v end
-  local ok
-  ok, err = store.put_session(meta.id, fields)
-  if ok then ok, err = store.transition(meta.id, "running", { "starting" }) end
-  if not ok then
-    -- Redis lost what we made (restarted, or the REPL was deleted meanwhile):
-    -- remove the workload and the session keys rather than leak them
-    start_metric(t0, "error")
-    driver:remove(meta)
-    store.end_session(meta.id)
-    store.transition(meta.id, prev, { "starting" })
-    events.emit(meta.id, "failed", { code = "start_failed", message = events.sentence("start_failed") })
-    if ok == false then return fail(409, "the repl changed or was deleted during the start") end
-    return unavailable(err)
-  end
-  start_metric(t0, "ok")
-  events.emit(meta.id, "ready", { url = fields.url })
-  log.info("repl started", { repl = meta.id, driver = driver.name })
-  return answer(meta, fields)
+    on_exit = function(code, signal) M.runner_gone(meta, { code = code, signal = signal }) end }
+  local started_at, t0 = os.time(), metrics.now()
+  local function done(info, derr) return started(meta, prev, token, driver, started_at, t0, info, derr) end
+  -- a driver that takes the continuation (kubernetes) calls it in tail
+  -- position, and this is a tail call: a start parked for minutes waiting
+  -- for its workload keeps no frame of this function, only what done holds
+  if driver.takes_continuation then return driver:start(meta, opts, done) end
+  return done(driver:start(meta, opts))
 end
 
 local stop_locked -- the stop itself, run while holding the REPL's stop lock

@@ -45,8 +45,9 @@ return function(app)
   -- answered later (devex.app.later): a start parked waiting for its
   -- workload keeps no request coroutine with the middleware's frames
   app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
-    local user, id = req.user, req.params.id
-    return app_errors.later(req, function() return reply(service.start(user, id)) end)
+    local meta, err = service.owned(req.user, req.params.id)
+    if not meta then return fail(err) end
+    return app_errors.later(req, function() return reply(service.start_owned(meta)) end)
   end)
 
   -- the session's lifecycle as Server-Sent Events (repl.events)

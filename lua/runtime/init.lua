@@ -4,6 +4,9 @@
 -- A driver has:
 --   driver.name
 --   driver:start(meta, {token, deadline}) -> { url, endpoint, session = {extra fields} } | nil, {status, message}
+--   driver.takes_continuation: true when driver:start(meta, opts, k) ends by
+--     calling k(info) or k(nil, err) in tail position (repl.sessions then
+--     keeps no frame while a start waits for its workload)
 --   driver:stop(meta, session) -> true | nil, {status, message}   (files saved before anything is removed)
 --   driver:remove(meta)        -> removes whatever a failed start left
 local config = require("devex.config").get()

@@ -39,6 +39,7 @@ local function P() return require("policy") end
 
 local Driver = {}
 Driver.__index = Driver
+Driver.takes_continuation = true -- start(meta, opts, k): see Driver:start
 
 local M = {}
 
@@ -51,6 +52,7 @@ end
 -- stop that fails this way is answered with (repl.sessions)
 local derror = require("devex.error")
 local function err(status, message) return nil, derror.http(status, message) end
+local function same(...) return ... end -- the continuation of a caller that gives none
 
 local function client()
   local c, e = services.client()
@@ -343,45 +345,54 @@ local function pod_state(pod)
   return nil
 end
 
+-- The pod waiter and event waiters of wait_ready_shared, closed.
+local function close_waiters(w, ews)
+  w:close()
+  for _, ew in pairs(ews) do ew:close() end
+end
+
+-- What the event waiters ews took, as notes in the session's event stream,
+-- each reason and message once (said: those already noted, or nil). -> said
+local function note_events(repl_id, ews, said)
+  for _, ew in pairs(ews) do
+    for _, ev in ipairs(ew:take()) do
+      local key = tostring(ev.reason) .. "\0" .. tostring(ev.message)
+      said = said or {}
+      if not said[key] then
+        said[key] = true
+        events.note(repl_id, { reason = ev.reason, message = ev.message, type = ev.type,
+                               pod = ev.involvedObject and ev.involvedObject.name })
+      end
+    end
+  end
+  return said
+end
+
 -- Waits through the worker's shared pod watch (runtime.pod_informer) until
 -- a pod of the start's selector is Ready or fails. Used when the pods carry
 -- the policy's managed_selector and both selectors are equality-based (the
 -- informer watches the first and matches the second itself); otherwise the
 -- start watches its own pods (wait_ready_own_watch).
-function Driver:wait_ready_shared(c, id, timeout, repl_id)
+function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
+  k = k or same
   local deadline = timer.now() + timeout
   local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
-  local w = inf:waiter(repl_id, function(labels) return selects(labels, id.selector) == true end)
+  local selector = id.selector
+  local w = inf:waiter(repl_id, function(labels) return selects(labels, selector) == true end)
   -- what the scheduler and the kubelet say about this start's pods, as notes
   -- in the session's event stream; woken through the pod waiter's cond
   local evs = pod_informer.events(c, self.namespace)
-  local ews, said = {}, {}
-  local function close_all()
-    w:close()
-    for _, ew in pairs(ews) do ew:close() end
-  end
-  local function notes()
-    for _, ew in pairs(ews) do
-      for _, ev in ipairs(ew:take()) do
-        local k = tostring(ev.reason) .. "\0" .. tostring(ev.message)
-        if not said[k] then
-          said[k] = true
-          events.note(repl_id, { reason = ev.reason, message = ev.message, type = ev.type,
-                                 pod = ev.involvedObject and ev.involvedObject.name })
-        end
-      end
-    end
-  end
+  local ews, said = {}, nil -- said: the notes already in the stream (made with the first)
   while true do
     local left = deadline - timer.now()
     if left <= 0 then
-      close_all()
-      return err(504, "the pod was not Ready within " .. timeout .. "s")
+      close_waiters(w, ews)
+      return k(err(504, "the pod was not Ready within " .. timeout .. "s"))
     end
     local pods, e = w:next(left)
     if not pods then
-      close_all()
-      return err(502, "kubernetes: " .. tostring(e))
+      close_waiters(w, ews)
+      return k(err(502, "kubernetes: " .. tostring(e)))
     end
     for _, p in ipairs(pods) do
       if not (p.metadata and p.metadata.deletionTimestamp) then -- a previous session's on its way out
@@ -389,53 +400,54 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id)
         if name and not ews[name] then ews[name] = evs:waiter(name, nil, w.cond) end
       end
     end
-    notes()
+    said = note_events(repl_id, ews, said)
     for _, p in ipairs(pods) do
       if not (p.metadata and p.metadata.deletionTimestamp) then
         events.pod(repl_id, p) -- phases for the session's event stream
         local st, why = pod_state(p)
-        if st == "ready" then close_all(); return p end
-        if st == "failed" then close_all(); return err(502, why) end
+        if st == "ready" then close_waiters(w, ews); return k(p) end
+        if st == "failed" then close_waiters(w, ews); return k(err(502, why)) end
       end
     end
   end
 end
 
 -- Watches the pods of selector until one is Ready or fails.
-function Driver:wait_ready_own_watch(c, selector, timeout, repl_id)
+function Driver:wait_ready_own_watch(c, selector, timeout, repl_id, k)
+  k = k or same
   local deadline = timer.now() + timeout
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
-  if not l then return err(502, "kubernetes: " .. tostring(e)) end
+  if not l then return k(err(502, "kubernetes: " .. tostring(e))) end
   -- a pod being deleted is a previous session's on its way out, never this one
   local function dying(p) return p.metadata and p.metadata.deletionTimestamp ~= nil end
   for _, p in ipairs(l.items) do
     if not dying(p) then
       events.pod(repl_id, p) -- phases for the session's event stream
       local s, why = pod_state(p)
-      if s == "ready" then return p end
-      if s == "failed" then return err(502, why) end
+      if s == "ready" then return k(p) end
+      if s == "failed" then return k(err(502, why)) end
     end
   end
   local w
   w, e = c:watch(ref, { label_selector = selector, resource_version = l.resourceVersion,
                         timeout = math.max(0.1, deadline - timer.now()) })
-  if not w then return err(502, "kubernetes: " .. tostring(e)) end
+  if not w then return k(err(502, "kubernetes: " .. tostring(e))) end
   while true do
     local ev
     ev, e = w:next()
     if not ev then
       w:close()
-      if e and e.code == "timeout" then return err(504, "the pod was not Ready within " .. timeout .. "s") end
-      return err(502, "kubernetes watch: " .. tostring(e))
+      if e and e.code == "timeout" then return k(err(504, "the pod was not Ready within " .. timeout .. "s")) end
+      return k(err(502, "kubernetes watch: " .. tostring(e)))
     end
     local pods = ev.type == "RESYNC" and ev.items or { ev.object }
     for _, p in ipairs(pods) do
       if ev.type ~= "DELETED" and not dying(p) then
         events.pod(repl_id, p) -- phases for the session's event stream
         local s, why = pod_state(p)
-        if s == "ready" then w:close(); return p end
-        if s == "failed" then w:close(); return err(502, why) end
+        if s == "ready" then w:close(); return k(p) end
+        if s == "failed" then w:close(); return k(err(502, why)) end
       end
     end
   end
@@ -486,12 +498,20 @@ local function apply_objects(c, objs)
   return true
 end
 
-function Driver:start(meta, opts)
+-- driver:start(meta, opts) -> info | nil, err (runtime's contract), or with
+-- k: ends by calling k(info) or k(nil, err) in tail position and returns
+-- what k returns. A caller that tail-calls this with its own continuation
+-- (repl.sessions) keeps no frame while the start waits minutes for its pod:
+-- the parked coroutine is then only its task's first frames and the wait's,
+-- so the collector shrinks its stack (which the apply grew to 160 slots,
+-- and the wait 8 frames deep kept there: about 2.7 KB a parked start).
+function Driver:start(meta, opts, k)
+  k = k or same
   local c, e = client()
-  if not c then return err(503, "kubernetes: " .. tostring(e)) end
+  if not c then return k(err(503, "kubernetes: " .. tostring(e))) end
   local policy = P()
   local ok, objs, id = pcall(M.build, policy, meta, { token = opts.token, namespace = self.namespace })
-  if not ok then return err(500, tostring(objs)) end
+  if not ok then return k(err(500, tostring(objs))) end
   local timeout = math.min(opts.deadline or 120, policy.workload.start_timeout or 120)
   local deadline = timer.now() + timeout
   -- A stop deletes the Deployment with foreground propagation: until its pods
@@ -504,22 +524,22 @@ function Driver:start(meta, opts)
   if limit <= 0 then limit = math.huge end -- no turns (the default)
   while true do
     local turn, old, ge = gate:run(limit, deadline, c.get, c, dref, DYING_GET_OPTS)
-    if not turn then return gate_timeout(timeout) end
+    if not turn then return k(gate_timeout(timeout)) end
     if not old then
-      if ge and ge.status ~= 404 then return err(502, "kubernetes: deployment: " .. tostring(ge)) end
+      if ge and ge.status ~= 404 then return k(err(502, "kubernetes: deployment: " .. tostring(ge))) end
       break
     end
     if not (old.metadata and old.metadata.deletionTimestamp) then break end
     if timer.now() > deadline then
-      return err(504, "the previous session's workload was still being removed after " .. timeout .. "s")
+      return k(err(504, "the previous session's workload was still being removed after " .. timeout .. "s"))
     end
     timer.sleep(0.2)
   end
   local turn, applied, ae = gate:run(limit, deadline, apply_objects, c, objs)
-  if not turn then return gate_timeout(timeout) end
-  if not applied then return nil, ae end
+  if not turn then return k(gate_timeout(timeout)) end
+  if not applied then return k(nil, ae) end
   local shared = policy.workload.shared_watch ~= false and selects(pod_labels_of(objs.deployment), id.managed_selector)
-    and id.repl_label and parse_selector(id.selector)
+    and id.repl_label and parse_selector(id.selector) and true
   -- a parked start keeps only what it waits with: the objects it sent and the
   -- API's answers (tens of KB of tables each) are garbage from here on, and
   -- of its identity (which holds the Deployment's labels) what is read below;
@@ -528,26 +548,25 @@ function Driver:start(meta, opts)
   id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
          managed_selector = id.managed_selector, repl_label = id.repl_label,
          names = { deployment = id.names.deployment } }
-  local pod
   events.emit(meta.id, "scheduling")
   local left = math.max(0.1, deadline - timer.now())
-  if shared then
-    pod, e = self:wait_ready_shared(c, id, left, meta.id)
-  else
-    pod, e = self:wait_ready_own_watch(c, id.selector, left, meta.id)
+  local function ready(pod, werr)
+    if not pod then return k(nil, werr) end
+    local ip = pod.status and pod.status.podIP or ""
+    return k({
+      url = id.url,
+      endpoint = ip .. ":" .. tostring(id.port),
+      session = {
+        pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
+        mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
+        -- what stop needs, as this policy made it (see the header)
+        k8s_selector = id.selector, k8s_deployment = id.names.deployment,
+      },
+    })
   end
-  if not pod then return nil, e end
-  local ip = pod.status and pod.status.podIP or ""
-  return {
-    url = id.url,
-    endpoint = ip .. ":" .. tostring(id.port),
-    session = {
-      pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
-      mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
-      -- what stop needs, as this policy made it (see the header)
-      k8s_selector = id.selector, k8s_deployment = id.names.deployment,
-    },
-  }
+  -- tail calls: this frame (its locals, the objects it applied) goes
+  if shared then return self:wait_ready_shared(c, id, left, meta.id, ready) end
+  return self:wait_ready_own_watch(c, id.selector, left, meta.id, ready)
 end
 
 -- The name of an uploader (ephemeral container named save-*, as

@@ -7,7 +7,9 @@ apiserver_request_total metric), every start still gets its own pod, and a
 pod that fails reaches only its own start. Starts take turns for their API
 calls (policy workload.start_concurrency): with one turn per worker, a start
 whose calls fail hands its turn on, and starts queued behind each other all
-get their pods."""
+get their pods. A start parked waiting for its pod keeps none of its callers'
+frames (repl.sessions and the driver's start end in tail calls), and gets its
+pod all the same."""
 import json
 import os
 import sys
@@ -33,6 +35,33 @@ POLICY = """return {
   quota = { repls_per_user = 200, sessions_per_user = 200 },
   limits = { create = false, start = false, stop = false },
 }
+"""
+
+
+# the built-in app, and the coroutines waiting for pods (in a pod informer
+# waiter's next(), not the informer's own watch task), each as the functions
+# on its stack (what a parked start keeps)
+FRAMES_APP = r"""
+local app = require("app")
+app:get("/test/parked", function()
+  local start = getmetatable(require("runtime").driver()).start
+  local parked = {}
+  for _, co in pairs(debug.getregistry()) do
+    if type(co) == "thread" and co ~= coroutine.running() then
+      local frames, waiting = {}, false
+      for lvl = 0, 200 do
+        local info = debug.getinfo(co, lvl, "fSn")
+        if not info then break end
+        waiting = waiting or (info.short_src:find("pod_informer.lua", 1, true) ~= nil and info.name == "next")
+        frames[#frames + 1] = { src = info.short_src:match("[^/]*/[^/]*$") or info.short_src,
+                                line = info.linedefined, driver_start = info.func == start }
+      end
+      if waiting then parked[#parked + 1] = frames end
+    end
+  end
+  return 200, { parked = parked }
+end)
+return app
 """
 
 
@@ -138,6 +167,52 @@ class SharedWatchTest(unittest.TestCase):
             for w in ws:
                 got = w.until(last, timeout=30)
                 self.assertTrue(all(e["data"]["replId"] == rid for e in got), got)
+
+    def test_a_parked_start_keeps_no_frame_of_its_callers(self):
+        ns = "parked-frames"
+        self.kc.create_namespace(ns)
+        self.kc.kubelet.add_rule({"devex.test/ready-after": "8"}, namespace=ns)
+        ctx = unittest.TestCase()
+        ctx.store_dir, ctx.gh = self.store_dir, self.gh
+        ctx.redis = self.enterContext(RedisServer())
+        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-frames")), ns)
+        conf["policy"] = {"file": os.path.join(self.tmp, "policy.lua")}
+        d = self.enterContext(Devexd(app="framesapp", app_files={"framesapp.lua": FRAMES_APP}, threads=1,
+                                     config=conf))
+        d.sync_templates()
+        ctx.d = d
+        import test_repl
+        b = test_repl.ReplTest.login(ctx, "parker", 777003)
+        r = b.request("POST", "/api/repl/new", headers=JSON, body=json.dumps({"template": "node", "replName": "f"}))
+        self.assertEqual(r.status, 201, r.body)
+        rid = r.json()["id"]
+        out = {}
+
+        def start():
+            out["r"] = d.request("GET", "/api/repl/session/" + rid, headers={"Cookie": b.cookie_header()},
+                                 timeout=120)
+        t = threading.Thread(target=start)
+        t.start()
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        parked = harness.poll(lambda: d.get_json("/test/parked")[1]["parked"], "the start parked", timeout=30)
+        self.assertEqual(len(parked), 1, parked)
+        frames = parked[0]
+        srcs = [f["src"] for f in frames]
+        # the wait (the informer's and the driver's) under the later task's
+        # own frames: no frame of repl.sessions, of the driver's start, of
+        # the service
+        self.assertFalse(any(s.endswith("repl/sessions.lua") or s.endswith("repl/service.lua") for s in srcs), frames)
+        self.assertFalse(any(f["driver_start"] for f in frames), frames)
+        self.assertLessEqual(len(frames), 6, frames)
+        t.join(120)
+        self.assertEqual(out["r"].status, 200, out["r"].body)
+        self.assertEqual(out["r"].json()["replId"], rid)
+        self.assertEqual(self.redis_state(ctx.redis, rid), "running")
+
+    @staticmethod
+    def redis_state(redis, rid):
+        v = redis.call("HGET", "devex:replMeta:" + rid, "state")
+        return v.decode() if isinstance(v, bytes) else v
 
     def test_starts_take_turns_for_their_api_calls(self):
         ns = "start-turns"  # not created yet: the first starts' apply fails
