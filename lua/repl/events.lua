@@ -73,7 +73,7 @@ M.id_after = id_after
 -- ---- ETA from history: per template, the offsets of each phase from the
 -- start's begin and the total, of the last HISTORY starts that got ready ----
 
-local runs = {}        -- replId -> { t0, template, marks = {phase = offset}, last = {phase, at} } (this worker)
+local runs = {}        -- replId -> { t0, template, marks = {phase = offset}, last_phase, last_at } (this worker)
 local hist_cache = {}  -- template -> { at, list }
 -- replId -> what failure reasons need of the last pod seen during its start
 -- (this worker): pod_facts, not the pod (it lives as long as the start is
@@ -131,12 +131,12 @@ end
 
 local function observe_phase(run, phase, now)
   -- the phase that just ended lasted from its begin until now
-  local last = run.last
-  if last then
+  if run.last_phase then
     pcall(metrics.observe, "devex_repl_start_phase_duration_seconds",
-      { template = run.template, phase = last.phase }, now - last.at)
+      { template = run.template, phase = run.last_phase }, now - run.last_at)
   end
-  run.last = { phase = phase, at = now }
+  -- (fields, not a table: a run lives as long as its start is parked)
+  run.last_phase, run.last_at = phase, now
 end
 
 -- ---- emitting ----
@@ -177,7 +177,7 @@ function M.emit(id, phase, fields)
   if run then
     -- one event per phase, in order: a pod that flips back (a probe, a
     -- restart) does not take the stream backwards
-    if run.last and PHASES[phase] <= PHASES.starting and PHASES[run.last.phase] >= PHASES[phase] then return end
+    if run.last_phase and PHASES[phase] <= PHASES.starting and PHASES[run.last_phase] >= PHASES[phase] then return end
     local now = timer.now()
     if run.marks[phase] == nil and phase ~= "failed" then run.marks[phase] = now - run.t0 end
     local okh, p50, p90 = pcall(M.eta, run.template, phase)

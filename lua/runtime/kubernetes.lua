@@ -546,8 +546,7 @@ function Driver:start(meta, opts, k)
   -- opts (the token, the local runtime's exit callback) was for the build
   objs, dref, opts = nil, nil, nil
   id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
-         managed_selector = id.managed_selector, repl_label = id.repl_label,
-         names = { deployment = id.names.deployment } }
+         managed_selector = id.managed_selector, repl_label = id.repl_label, deployment = id.names.deployment }
   events.emit(meta.id, "scheduling")
   local left = math.max(0.1, deadline - timer.now())
   local function ready(pod, werr)
@@ -560,7 +559,7 @@ function Driver:start(meta, opts, k)
         pod = pod.metadata.name, node = pod.spec and pod.spec.nodeName or "",
         mcp_endpoint = id.mcp_port and (ip .. ":" .. tostring(id.mcp_port)) or nil,
         -- what stop needs, as this policy made it (see the header)
-        k8s_selector = id.selector, k8s_deployment = id.names.deployment,
+        k8s_selector = id.selector, k8s_deployment = id.deployment,
       },
     })
   end

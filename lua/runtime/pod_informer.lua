@@ -133,7 +133,9 @@ local function deliver(inf, pod, deleted)
   if not ws then return end
   for w in pairs(ws) do
     if not w.match or w.match(pod.metadata and pod.metadata.labels) then
-      if deleted then w.pending[pod.metadata.name] = false else w.pending[pod.metadata.name] = pod end
+      local pending = w.pending or {}
+      w.pending = pending
+      if deleted then pending[pod.metadata.name] = false else pending[pod.metadata.name] = pod end
       w.cond:signal()
     end
   end
@@ -303,7 +305,9 @@ local function run(inf)
 end
 
 function Informer:waiter(repl_id, match, cond)
-  local w = setmetatable({ inf = self, repl = repl_id, match = match, pending = {}, cond = cond or dstream.cond() }, Waiter)
+  -- (pending: what changed since the last take, nil while nothing did: a
+  -- waiter lives as long as its start is parked)
+  local w = setmetatable({ inf = self, repl = repl_id, match = match, cond = cond or dstream.cond() }, Waiter)
   local ws = self.waiters[repl_id]
   if not ws then ws = {}; self.waiters[repl_id] = ws end
   ws[w] = true
@@ -314,7 +318,10 @@ function Informer:waiter(repl_id, match, cond)
         local text = self.pods[name]
         if text then
           local p = json.decode(text)
-          if not match or match(p.metadata.labels) then w.pending[name] = p end
+          if not match or match(p.metadata.labels) then
+            w.pending = w.pending or {}
+            w.pending[name] = p
+          end
         else -- seen while no waiter here wanted it: fetched by next()
           w.unfetched = w.unfetched or {}
           w.unfetched[#w.unfetched + 1] = name
@@ -363,21 +370,21 @@ function Waiter:next(timeout)
     local ok, err = self:fetch()
     if not ok then return nil, err end
   end
-  if next(self.pending) == nil then
+  if self.pending == nil then
     if self.inf.err and not self.inf.synced then return nil, self.inf.err end
     self.cond:wait(math.max(0, timeout))
   end
-  if next(self.pending) == nil and self.inf.err and not self.inf.synced then return nil, self.inf.err end
+  if self.pending == nil and self.inf.err and not self.inf.synced then return nil, self.inf.err end
   return self:take()
 end
 
 -- -> what changed since the last take, without waiting
 function Waiter:take()
   local out = {}
-  for _, p in pairs(self.pending) do
+  for _, p in pairs(self.pending or {}) do
     if p then out[#out + 1] = p end
   end
-  self.pending = {}
+  self.pending = nil
   return out
 end
 

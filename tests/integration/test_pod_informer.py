@@ -111,7 +111,7 @@ app:get("/check", function()
   out.a_ready = ready
   local deleted_seen = false
   for _ = 1, 50 do
-    if wb.pending["p-b"] == false then deleted_seen = true break end
+    if wb.pending and wb.pending["p-b"] == false then deleted_seen = true break end
     timer.sleep(0.05)
   end
   out.b_told_deleted = deleted_seen
