@@ -11,15 +11,20 @@ Measured side by side in the same run, for three modes:
   calls in flight together (the lever of the turns, before/after);
 - "own": one watch per start (shared_watch = false), with the turns;
 
-and in each, with two waves of STARTS parked starts, one after the other:
+and in each, with WAVES (2) waves of STARTS parked starts, one after the other:
 
 - devexd's resident memory with the first wave parked, minus before, / STARTS
   (kb_per_parked_start: it includes what the first start of all pays once:
   the start path's Lua modules, code pages touched for the first time, the
   shared watches, the connections to the API server);
-- the growth from the second wave, / STARTS (kb_per_more_parked_start: what
-  one more parked start costs, the figure 10,000 parked starts scale by),
-  and its anonymous part;
+- the growth from the later waves, / the starts they parked
+  (kb_per_more_parked_start: what one more parked start costs, the figure
+  10,000 parked starts scale by), and its anonymous part; with WAVES > 2,
+  each later wave's figure too (kb_per_wave), to see whether it holds as
+  the count grows;
+- resident memory with 10,000 parked starts, extrapolated from these
+  (rss_10000_estimate_kb: before + the first wave + 10,000 - STARTS more at
+  kb_per_more_parked_start), the issue's goal being under 200 MB;
 - the pod WATCH requests open on the API server meanwhile (its
   apiserver_longrunning_gauge, namespaced pods);
 - devexd's TCP connections to the API server;
@@ -36,7 +41,7 @@ A benchmark, not a test: numbers are printed and written to
 tests/bench/results/parked_starts.json, not judged.
 
 Usage: DEVEXD_BIN=build/devexd python3 tests/bench/bench_parked_starts.py
-Knobs (environment): STARTS (200), SETTLE (8 seconds parked before measuring),
+Knobs (environment): STARTS (200), WAVES (2), SETTLE (8 seconds parked before measuring),
 MODES (shared,shared-nocap,own), TURNS (8: start_concurrency of shared and own).
 The modes run one after another on one cluster: the first one meets a
 cluster that has just started, so compare modes over runs in both orders.
@@ -59,6 +64,8 @@ from test_k8s_shared_watch import pod_watches  # noqa: E402
 import test_repl  # noqa: E402
 
 STARTS = int(os.environ.get("STARTS", "200"))
+WAVES = max(2, int(os.environ.get("WAVES", "2")))
+REPLS_PER_USER = 100
 SETTLE = float(os.environ.get("SETTLE", "8"))
 JSON = {"Content-Type": "application/json"}
 NS = "parked"
@@ -125,7 +132,7 @@ def run_mode(kc, kubeconfig, mode):
                 # shared with parked starts' objects stay (second wave: 37-98 KB
                 # with it, over 5 runs)
                 "  cleanup = { sweep_interval = 3600 } }\n"
-                % (2 * STARTS + 10, 2 * STARTS + 10, "true" if shared else "false", cap))
+                % (WAVES * STARTS + 10, WAVES * STARTS + 10, "true" if shared else "false", cap))
     with RedisServer() as redis, GitHubFake() as gh:
         c.redis, c.gh = redis, gh
         conf = cluster_config(c, kubeconfig, ns)
@@ -133,13 +140,20 @@ def run_mode(kc, kubeconfig, mode):
         with Devexd(app=None, threads=2, config=conf) as d:
             c.d = d
             d.sync_templates()
-            b = test_repl.ReplTest.login(c, "parker", 4400 + ["own", "shared", "shared-nocap"].index(mode))
-            ids = []
-            for i in range(2 * STARTS):
+            # REPLS_PER_USER to a user: a start's session reservation reads
+            # every REPL of its user in one Redis script, and 500 starts of
+            # one user with 2,000 REPLs kept Redis busy past devexd's 2 s
+            # command timeout (hundreds of 503s)
+            ids, b = [], None
+            for i in range(WAVES * STARTS):
+                if i % REPLS_PER_USER == 0:
+                    b = test_repl.ReplTest.login(c, "parker%d" % (i // REPLS_PER_USER),
+                                                 440000 + 1000 * ["own", "shared", "shared-nocap"].index(mode)
+                                                 + i // REPLS_PER_USER)
                 r = b.request("POST", "/api/repl/new", headers=JSON,
                               body=json.dumps({"template": "node", "replName": "p%d" % i}))
                 assert r.status == 201, r.body
-                ids.append(r.json()["id"])
+                ids.append((b, r.json()["id"]))
             kc.kubelet.add_rule({"devex.test/never-ready": "true"}, namespace=ns)
             api_port = int(kc.server.rsplit(":", 1)[1]) if hasattr(kc, "server") else None
             before = quiet_mem_kb(d)
@@ -149,24 +163,34 @@ def run_mode(kc, kubeconfig, mode):
             # path's Lua modules, code pages first touched, the shared
             # watches, the connections to the API server); the second wave's
             # growth is what one more parked start costs
-            first = park(d, b, ids[:STARTS], socks, kc, dpath, STARTS)
+            first = park(d, ids[:STARTS], socks, kc, dpath, STARTS)
             mid = quiet_mem_kb(d)
-            second = park(d, b, ids[STARTS:], socks, kc, dpath, 2 * STARTS)
-            after = quiet_mem_kb(d)
+            waves, last = [], mid
+            for w in range(1, WAVES):
+                r = park(d, ids[w * STARTS:(w + 1) * STARTS], socks, kc, dpath, (w + 1) * STARTS)
+                r["mem"] = quiet_mem_kb(d)
+                r["kb"] = round((r["mem"]["rss"] - last["rss"]) / max(1, r["parked"]), 1)
+                waves.append(r)
+                last = r["mem"]
+            after = last
+            more = sum(r["parked"] for r in waves)
             watches = pod_watches(kc)
             conns = conns_to(d.proc.pid, api_port) if api_port else None
             parked = sum(1 for s in socks if not answered(s))
             for s in socks:
                 s.close()
             kc.kubelet.clear_rules()
-            return {"mode": mode, "starts": STARTS, "parked": parked, "rss_before_kb": before["rss"],
-                    "rss_first_wave_kb": mid["rss"], "rss_second_wave_kb": after["rss"],
+            per_more = round((after["rss"] - mid["rss"]) / max(1, more), 1)
+            return {"mode": mode, "starts": STARTS, "waves": WAVES, "parked": parked, "rss_before_kb": before["rss"],
+                    "rss_first_wave_kb": mid["rss"], "rss_last_wave_kb": after["rss"],
                     "kb_per_parked_start": round((mid["rss"] - before["rss"]) / max(1, first["parked"]), 1),
-                    "kb_per_more_parked_start": round((after["rss"] - mid["rss"]) / max(1, second["parked"]), 1),
-                    "anon_kb_per_more_parked_start": round((after["anon"] - mid["anon"]) / max(1, second["parked"]), 1),
+                    "kb_per_more_parked_start": per_more,
+                    "anon_kb_per_more_parked_start": round((after["anon"] - mid["anon"]) / max(1, more), 1),
+                    "kb_per_wave": [r["kb"] for r in waves],
+                    "rss_10000_estimate_kb": round(mid["rss"] + (10000 - STARTS) * per_more),
                     "file_kb_first_wave": mid["file"] - before["file"],
                     "pod_watches_open": watches, "api_connections": conns,
-                    "all_applied_s": first["applied_s"], "second_wave_applied_s": second["applied_s"]}
+                    "all_applied_s": first["applied_s"], "later_waves_applied_s": [r["applied_s"] for r in waves]}
 
 
 def quiet_mem_kb(d):
@@ -196,14 +220,14 @@ def mem_kb(pid):
     return out
 
 
-def park(d, b, rids, socks, kc, dpath, total):
+def park(d, rids, socks, kc, dpath, total):
     """Starts the sessions of rids, each on its own HTTP/1.1 connection
     (appended to socks), and waits SETTLE seconds; meanwhile notes when
     `total` Deployments exist (the starts' API calls done: what the turns
     could slow down). -> {"parked": starts of rids not answered yet, "applied_s"}"""
     req = ("GET /api/repl/session/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: %s\r\n\r\n")
     mine = []
-    for rid in rids:
+    for b, rid in rids:
         s = socket.create_connection(("127.0.0.1", d.port))
         s.sendall((req % (rid, b.cookie_header())).encode())
         mine.append(s)
