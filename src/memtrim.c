@@ -39,14 +39,19 @@
 #define GROWTH_KB 512
 
 /* A full collection in incremental mode, then back to generational: Lua
- * 5.4 shrinks a coroutine's stack (and frees its unused call records) only
- * when an incremental cycle traverses it outside the atomic step; a
- * generational collection traverses threads in the atomic step alone. */
+ * 5.4 shrinks a coroutine's stack (and frees half its unused call records)
+ * only when an incremental cycle traverses it outside the atomic step; a
+ * generational collection traverses threads in the atomic step alone. The
+ * step after the switch back is a young collection that sets the next
+ * one's allowance as a generational collection would: the switch leaves the
+ * incremental cycle's (the heap may double first; an 18 MB heap grew by
+ * 18 MB before its next collection, by 3.6 MB with the step). */
 static void collect_all(lua_State *L)
 {
     lua_gc(L, LUA_GCINC, 0, 0, 0);
     lua_gc(L, LUA_GCCOLLECT);
     lua_gc(L, LUA_GCGEN, 0, 0);
+    lua_gc(L, LUA_GCSTEP, 0);
 }
 
 static void on_tick(uv_timer_t *h)

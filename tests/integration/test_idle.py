@@ -25,6 +25,24 @@ app:get("/garbage", function()
   return 200, { made = #keep }
 end)
 app:get("/heap", function() return 200, { kb = collectgarbage("count") } end)
+-- about 18 MB of live tables, kept
+local live = {}
+app:get("/live", function()
+  for i = 1, 200000 do live[i] = { i } end
+  return 200, { kept = #live }
+end)
+-- how far the heap grows (KB) before the collector's next collection
+app:get("/allowance", function()
+  local base = collectgarbage("count")
+  local prev, junk = base, nil
+  for i = 1, 20000000 do
+    junk = { i }
+    local now = collectgarbage("count")
+    if now < prev then return 200, { live = base, grew = prev - base } end
+    prev = now
+  end
+  return 200, { live = base, grew = -1, junk = junk[1] }
+end)
 -- a request that stays in flight, quietly (as a start waiting for its pod)
 app:get("/park", function()
   require("devex.timer").sleep(60)
@@ -121,6 +139,20 @@ class IdleTest(unittest.TestCase):
             s.setblocking(False)  # still parked: it was its stack that went, not the request
             with self.assertRaises(BlockingIOError):
                 s.recv(1, socket.MSG_PEEK)
+
+    def test_collection_after_a_quiet_second_keeps_the_usual_allowance(self):
+        # the quiet-second collection switches to incremental mode and back
+        # (for the stacks, above); the switch alone left the incremental
+        # cycle's allowance: the heap doubled before the next collection
+        with harness.Devexd(app="idleapp", app_files={"idleapp.lua": IDLE_APP}, threads=1) as d:
+            st, body = d.get_json("/live")
+            self.assertEqual((st, body), (200, {"kept": 200000}))
+            time.sleep(2.5)  # the quiet second's collection
+            st, body = d.get_json("/allowance")
+            self.assertEqual(st, 200, body)
+            self.assertGreater(body["live"], 10000, body)
+            self.assertGreater(body["grew"], 0, body)
+            self.assertLess(body["grew"], body["live"] / 2, body)
 
     def background_garbage(self, items):
         """Heap sizes (KB) logged by a timer after another timer made about
