@@ -345,6 +345,25 @@ local function pod_state(pod)
   return nil
 end
 
+-- Of pods, the first that is Ready or can never be, each one before it
+-- noted for the session's event stream (its phases). A pod being deleted is
+-- a previous session's on its way out, never this one's, and is passed
+-- over. -> "ready", pod | "failed", why | nil
+-- (The waits end with their continuation outside any generic for: in Lua
+-- 5.4 a return inside one is not a tail call, and the wait's frame would
+-- stay under what the continuation does.)
+local function first_settled(pods, repl_id)
+  for _, p in ipairs(pods) do
+    if not (p.metadata and p.metadata.deletionTimestamp) then
+      events.pod(repl_id, p)
+      local st, why = pod_state(p)
+      if st == "ready" then return st, p end
+      if st == "failed" then return st, why end
+    end
+  end
+  return nil
+end
+
 -- The pod waiter and event waiters of wait_ready_shared, closed.
 local function close_waiters(w, ews)
   w:close()
@@ -401,13 +420,11 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
       end
     end
     said = note_events(repl_id, ews, said)
-    for _, p in ipairs(pods) do
-      if not (p.metadata and p.metadata.deletionTimestamp) then
-        events.pod(repl_id, p) -- phases for the session's event stream
-        local st, why = pod_state(p)
-        if st == "ready" then close_waiters(w, ews); return k(p) end
-        if st == "failed" then close_waiters(w, ews); return k(err(502, why)) end
-      end
+    local st, x = first_settled(pods, repl_id)
+    if st then
+      close_waiters(w, ews)
+      if st == "ready" then return k(x) end
+      return k(err(502, x))
     end
   end
 end
@@ -419,16 +436,9 @@ function Driver:wait_ready_own_watch(c, selector, timeout, repl_id, k)
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
   if not l then return k(err(502, "kubernetes: " .. tostring(e))) end
-  -- a pod being deleted is a previous session's on its way out, never this one
-  local function dying(p) return p.metadata and p.metadata.deletionTimestamp ~= nil end
-  for _, p in ipairs(l.items) do
-    if not dying(p) then
-      events.pod(repl_id, p) -- phases for the session's event stream
-      local s, why = pod_state(p)
-      if s == "ready" then return k(p) end
-      if s == "failed" then return k(err(502, why)) end
-    end
-  end
+  local st, x = first_settled(l.items, repl_id)
+  if st == "ready" then return k(x) end
+  if st == "failed" then return k(err(502, x)) end
   local w
   w, e = c:watch(ref, { label_selector = selector, resource_version = l.resourceVersion,
                         timeout = math.max(0.1, deadline - timer.now()) })
@@ -441,13 +451,12 @@ function Driver:wait_ready_own_watch(c, selector, timeout, repl_id, k)
       if e and e.code == "timeout" then return k(err(504, "the pod was not Ready within " .. timeout .. "s")) end
       return k(err(502, "kubernetes watch: " .. tostring(e)))
     end
-    local pods = ev.type == "RESYNC" and ev.items or { ev.object }
-    for _, p in ipairs(pods) do
-      if ev.type ~= "DELETED" and not dying(p) then
-        events.pod(repl_id, p) -- phases for the session's event stream
-        local s, why = pod_state(p)
-        if s == "ready" then w:close(); return k(p) end
-        if s == "failed" then w:close(); return k(err(502, why)) end
+    if ev.type ~= "DELETED" then
+      st, x = first_settled(ev.type == "RESYNC" and ev.items or { ev.object }, repl_id)
+      if st then
+        w:close()
+        if st == "ready" then return k(x) end
+        return k(err(502, x))
       end
     end
   end
