@@ -230,15 +230,10 @@ function M.delete(user, id)
 end
 
 -- start/stop: the runtime driver (lua/runtime) makes the workload.
-function M.start(user, id)
-  local meta, e = M.owned(user, id)
-  if not meta then return nil, e end
-  return require("repl.sessions").start(meta)
-end
-
 -- start_owned(meta): the start of a REPL that M.owned already gave (the
 -- session route checks the owner in its handler, so that what is answered
--- later holds the REPL, not the user); a tail call, as start's
+-- later holds the REPL, not the user); a tail call, so that a parked start
+-- keeps no frame of it
 function M.start_owned(meta)
   return require("repl.sessions").start(meta)
 end

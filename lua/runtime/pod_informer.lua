@@ -378,10 +378,12 @@ function Waiter:next(timeout)
   return self:take()
 end
 
+local NONE = {} -- (read only)
+
 -- -> what changed since the last take, without waiting
 function Waiter:take()
   local out = {}
-  for _, p in pairs(self.pending or {}) do
+  for _, p in pairs(self.pending or NONE) do
     if p then out[#out + 1] = p end
   end
   self.pending = nil
