@@ -345,16 +345,19 @@ local function pod_state(pod)
   return nil
 end
 
+-- An object being deleted (a pod: a previous session's on its way out,
+-- never this one's).
+local function dying(p) return p.metadata ~= nil and p.metadata.deletionTimestamp ~= nil end
+
 -- Of pods, the first that is Ready or can never be, each one before it
--- noted for the session's event stream (its phases). A pod being deleted is
--- a previous session's on its way out, never this one's, and is passed
+-- noted for the session's event stream (its phases); dying ones passed
 -- over. -> "ready", pod | "failed", why | nil
 -- (The waits end with their continuation outside any generic for: in Lua
 -- 5.4 a return inside one is not a tail call, and the wait's frame would
 -- stay under what the continuation does.)
 local function first_settled(pods, repl_id)
   for _, p in ipairs(pods) do
-    if not (p.metadata and p.metadata.deletionTimestamp) then
+    if not dying(p) then
       events.pod(repl_id, p)
       local st, why = pod_state(p)
       if st == "ready" then return st, p end
@@ -391,9 +394,9 @@ end
 -- a pod of the start's selector is Ready or fails. Used when the pods carry
 -- the policy's managed_selector and both selectors are equality-based (the
 -- informer watches the first and matches the second itself); otherwise the
--- start watches its own pods (wait_ready_own_watch).
+-- start watches its own pods (wait_ready_own_watch). Both end by calling
+-- k(pod) or k(nil, err) in tail position (Driver:start's continuation).
 function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
-  k = k or same
   local deadline = timer.now() + timeout
   local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
   local selector = id.selector
@@ -414,7 +417,7 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
       return k(err(502, "kubernetes: " .. tostring(e)))
     end
     for _, p in ipairs(pods) do
-      if not (p.metadata and p.metadata.deletionTimestamp) then -- a previous session's on its way out
+      if not dying(p) then
         local name = p.metadata.name
         if name and not ews[name] then ews[name] = evs:waiter(name, nil, w.cond) end
       end
@@ -431,7 +434,6 @@ end
 
 -- Watches the pods of selector until one is Ready or fails.
 function Driver:wait_ready_own_watch(c, selector, timeout, repl_id, k)
-  k = k or same
   local deadline = timer.now() + timeout
   local ref = { apiVersion = "v1", kind = "Pod", namespace = self.namespace }
   local l, e = c:list(ref, { label_selector = selector })
@@ -538,7 +540,7 @@ function Driver:start(meta, opts, k)
       if ge and ge.status ~= 404 then return k(err(502, "kubernetes: deployment: " .. tostring(ge))) end
       break
     end
-    if not (old.metadata and old.metadata.deletionTimestamp) then break end
+    if not dying(old) then break end
     if timer.now() > deadline then
       return k(err(504, "the previous session's workload was still being removed after " .. timeout .. "s"))
     end
@@ -617,7 +619,7 @@ function Driver:live_pod(c, selector)
     local l, e = c:list(ref, { label_selector = selector, resource_version = rv or nil })
     if not l then return nil, e end
     for _, p in ipairs(l.items) do
-      if not (p.metadata and p.metadata.deletionTimestamp) then return p end
+      if not dying(p) then return p end
     end
   end
   return false

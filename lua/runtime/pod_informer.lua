@@ -126,6 +126,14 @@ end
 
 local function repl_of(inf, obj) return inf.spec.key_of(obj) end
 
+-- notes pod `name` as changed for waiter w (false: deleted); w.pending is
+-- nil while nothing changed (a waiter lives as long as its start is parked)
+local function pend(w, name, v)
+  local pending = w.pending or {}
+  w.pending = pending
+  pending[name] = v
+end
+
 -- hands pod to the waiters of its REPL that it matches
 local function deliver(inf, pod, deleted)
   local id = repl_of(inf, pod)
@@ -133,9 +141,7 @@ local function deliver(inf, pod, deleted)
   if not ws then return end
   for w in pairs(ws) do
     if not w.match or w.match(pod.metadata and pod.metadata.labels) then
-      local pending = w.pending or {}
-      w.pending = pending
-      if deleted then pending[pod.metadata.name] = false else pending[pod.metadata.name] = pod end
+      pend(w, pod.metadata.name, not deleted and pod)
       w.cond:signal()
     end
   end
@@ -305,8 +311,6 @@ local function run(inf)
 end
 
 function Informer:waiter(repl_id, match, cond)
-  -- (pending: what changed since the last take, nil while nothing did: a
-  -- waiter lives as long as its start is parked)
   local w = setmetatable({ inf = self, repl = repl_id, match = match, cond = cond or dstream.cond() }, Waiter)
   local ws = self.waiters[repl_id]
   if not ws then ws = {}; self.waiters[repl_id] = ws end
@@ -318,10 +322,7 @@ function Informer:waiter(repl_id, match, cond)
         local text = self.pods[name]
         if text then
           local p = json.decode(text)
-          if not match or match(p.metadata.labels) then
-            w.pending = w.pending or {}
-            w.pending[name] = p
-          end
+          if not match or match(p.metadata.labels) then pend(w, name, p) end
         else -- seen while no waiter here wanted it: fetched by next()
           w.unfetched = w.unfetched or {}
           w.unfetched[#w.unfetched + 1] = name
