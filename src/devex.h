@@ -111,6 +111,12 @@ struct devex_task {
     void *data;            /* owner's data for on_done */
     char request_id[40];   /* for log lines; empty for background tasks */
     struct devex_task *prev, *next; /* vm's list of live tasks */
+    /* park.c: a later answer's task may end while it waits (stream.park),
+     * its answer then made by a task resumed from the park; wrap_ref is the
+     * function such a task runs its function through (0: none) */
+    int wrap_ref;
+    bool parkable;
+    bool parked;           /* ended by stream.park: released without on_done */
 };
 
 /* Creates a task of vm running the function below the nargs arguments on top
@@ -119,6 +125,12 @@ struct devex_task {
  * that first run (on_done was called). */
 devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
                                const char *request_id, devex_reqctx_t *rc);
+/* As devex_task_spawn, for a task that may end with stream.park (park.c):
+ * wrap_ref (a registry reference the task takes over, or 0) is the function
+ * its function runs through, and that a task resumed from its park runs its
+ * function through too. */
+devex_task_t *devex_task_spawn_parkable(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done,
+                                        void *data, const char *request_id, devex_reqctx_t *rc, int wrap_ref);
 /* Abandons a parked task: cancels its op, calls on_done with DEVEX_TASK_KILLED, frees it. */
 void devex_task_kill(devex_task_t *t);
 
@@ -134,6 +146,7 @@ struct devex_vm {
     bool retired;         /* replaced by a reload: closes when ntasks drops to 0 */
     uint64_t generation;
     void *timers;         /* timer.c's list of repeating timers of this VM */
+    void *parks;          /* park.c's pending parks: each counts in ntasks */
     /* finished coroutines kept for reuse: a request costs no new thread */
     struct {
         lua_State *co;

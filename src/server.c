@@ -14,6 +14,7 @@
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
+#include "park.h"
 #include "proxy.h"
 #include "stream.h"
 #include "textutil.h"
@@ -211,16 +212,25 @@ static void run_later(devex_reqctx_t *rc, lua_State *co, int idx, const char *re
 {
     /* the VM of the handler's coroutine (after a reload, the retired one) */
     devex_vm_t *vm = devex_vm_of(co);
-    if (!lua_checkstack(co, 2)) { /* the function, and the thread spawn may make */
+    if (!lua_checkstack(co, 4)) { /* the wrap (and its copy), the function, the thread spawn may make */
         if (rc != NULL)
             send_error(rc, 500, "internal error");
         return;
     }
+    /* stream.later(fn, wrap): the task runs wrap(fn), and may park (park.c) */
+    int nargs = 0, wrap_ref = 0;
+    if (lua_getiuservalue(co, idx, 2) == LUA_TFUNCTION) {
+        lua_pushvalue(co, -1);
+        wrap_ref = luaL_ref(co, LUA_REGISTRYINDEX);
+        nargs = 1;
+    } else {
+        lua_pop(co, 1);
+    }
     lua_getiuservalue(co, idx, 1);
-    vm->worker->inflight++; /* request_done counts it down */
+    vm->worker->inflight++; /* request_done counts it down (a park hands that on) */
     devex_conn_guard_t *g = rc != NULL ? rc->guard : NULL;
     devex_conn_guard_task_start(g);
-    devex_task_t *t = devex_task_spawn(vm, co, 0, request_done, g, request_id, rc);
+    devex_task_t *t = devex_task_spawn_parkable(vm, co, nargs, request_done, g, request_id, rc, wrap_ref);
     if (t != NULL && rc != NULL)
         rc->task = t;
 }
@@ -323,6 +333,8 @@ static void reqctx_dispose(void *p)
     devex_conn_guard_request_gone(rc); /* h2_guard.c: a reset stream is counted (needs rc->task) */
     if (rc->task != NULL)
         rc->task->rc = NULL;
+    if (rc->park != NULL)
+        devex_park_client_gone(rc->park);
     devex_request_detach(rc);
 }
 

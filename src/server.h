@@ -25,6 +25,7 @@ struct devex_reqctx {
     bool client_request_id; /* the id came from the client's X-Request-Id */
     const char *metrics_route; /* metrics.c: the matched route pattern (devex.metrics.set_route), NULL: unmatched */
     struct devex_conn_guard *guard; /* h2_guard.c: its HTTP/2 connection's accounting, or NULL */
+    struct devex_park *park; /* park.c: while its answer waits in a park (task NULL meanwhile) */
 };
 
 /* Prepares H2O's global config, TLS contexts and listening sockets (for

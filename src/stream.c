@@ -27,6 +27,7 @@
  */
 #include "stream.h"
 #include "log.h"
+#include "park.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -274,12 +275,24 @@ int devex_stream_is(lua_State *L, int idx)
     return devex_udata_is(L, idx, &body_mt_key);
 }
 
-/* stream.later(fn): the whole response made later, by fn run as a task of
- * its own (server.c's request_done): a holder as stream.new makes, its own
- * metatable. */
+/* stream.later(fn [, wrap]): the whole response made later, by fn run as a
+ * task of its own (server.c's request_done), as wrap(fn) when wrap is given:
+ * a holder as stream.new makes (wrap its second user value), its own
+ * metatable. The task may park (park.c); the task that resumes it runs its
+ * function through wrap too. */
 static int l_later(lua_State *L)
 {
-    return push_fn_holder(L, &later_mt_key);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_newuserdatauv(L, 1, 2);
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 2);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &later_mt_key);
+    lua_setmetatable(L, -2);
+    return 1;
 }
 
 int devex_stream_later_is(lua_State *L, int idx)
@@ -519,7 +532,14 @@ int luaopen_devex_stream(lua_State *L)
     new_mt(L, &cond_mt_key, cond_methods);
     new_mt(L, &body_mt_key, body_methods);
     new_mt(L, &later_mt_key, body_methods);
-    static const luaL_Reg fns[] = {{"new", l_new}, {"later", l_later}, {"cond", l_cond}, {NULL, NULL}};
+    devex_park_open(L);
+    static const luaL_Reg fns[] = {{"new", l_new},
+                                   {"later", l_later},
+                                   {"cond", l_cond},
+                                   {"park", devex_park_l_park},
+                                   {"parkable", devex_park_l_parkable},
+                                   {"parked", devex_park_l_parked},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

@@ -80,6 +80,8 @@ static void task_release(devex_task_t *t, int reusable)
 {
     devex_vm_t *vm = t->vm;
     task_unlink(t);
+    if (t->wrap_ref != 0)
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, t->wrap_ref);
     *(devex_task_t **)lua_getextraspace(t->co) = NULL;
     if (reusable && !vm->retired && lua_status(t->co) == LUA_OK &&
         vm->npool < (int)DEVEX_ARRAY_SIZE(vm->pool)) {
@@ -106,6 +108,10 @@ static int task_run(devex_task_t *t, lua_State *from, int nargs)
     if (status == LUA_YIELD) {
         if (t->op != NULL)
             return 1;
+        if (t->parked) { /* park.c took over its answer: the coroutine is dropped */
+            task_release(t, 0);
+            return 0;
+        }
         /* a bare coroutine.yield at task level: nothing would ever resume it */
         lua_settop(co, 0);
         lua_pushliteral(co, "coroutine.yield called outside a coroutine of the handler's own");
@@ -132,8 +138,8 @@ void devex_task_resume(devex_op_t *op, int nresults)
     task_run(t, NULL, nresults);
 }
 
-devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
-                               const char *request_id, devex_reqctx_t *rc)
+static devex_task_t *task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
+                                const char *request_id, devex_reqctx_t *rc, bool parkable, int wrap_ref)
 {
     devex_task_t *t = calloc(1, sizeof(*t));
     if (t == NULL)
@@ -153,6 +159,8 @@ devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_ta
     t->on_done = on_done;
     t->data = data;
     t->rc = rc;
+    t->parkable = parkable;
+    t->wrap_ref = wrap_ref;
     if (request_id != NULL) {
         size_t n = strnlen(request_id, sizeof(t->request_id) - 1);
         memcpy(t->request_id, request_id, n);
@@ -161,6 +169,18 @@ devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_ta
     *(devex_task_t **)lua_getextraspace(co) = t;
     task_link(t);
     return task_run(t, L, nargs) ? t : NULL;
+}
+
+devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done, void *data,
+                               const char *request_id, devex_reqctx_t *rc)
+{
+    return task_spawn(vm, L, nargs, on_done, data, request_id, rc, false, 0);
+}
+
+devex_task_t *devex_task_spawn_parkable(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done,
+                                        void *data, const char *request_id, devex_reqctx_t *rc, int wrap_ref)
+{
+    return task_spawn(vm, L, nargs, on_done, data, request_id, rc, true, wrap_ref);
 }
 
 void devex_task_kill(devex_task_t *t)

@@ -7,6 +7,7 @@
 #include "devex.h"
 #include "log.h"
 #include "settings.h"
+#include "park.h"
 #include "timer.h"
 
 #include <lualib.h>
@@ -122,6 +123,7 @@ void devex_vm_close(devex_vm_t *vm)
     vm->ntasks++; /* keep devex_vm_task_ended from freeing while we kill */
     while (vm->tasks != NULL)
         devex_task_kill(vm->tasks);
+    devex_park_kill_all(vm); /* park.c: answers waiting with no task */
     vm->ntasks--;
     vm_free(vm);
 }

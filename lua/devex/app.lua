@@ -301,15 +301,23 @@ function App:dispatcher()
   end
 end
 
--- later(req, fn) -> 200, a response made later: the handler returns it
--- through the middleware (their headers are kept), then fn() runs as a task
--- of its own and its results are the answer, an error mapped as a handler's.
--- Meanwhile the handler's coroutine, its middleware frames and the request
--- are freed: a start that waits minutes for its workload keeps only what fn
--- holds. fn must not use req (gone by then) or its raw request.
-function M.later(req, fn)
+-- later(req, fn [, post]) -> 200, a response made later: the handler returns
+-- it through the middleware (their headers are kept), then fn() runs as a
+-- task of its own and its results (through post, e.g. M.reply, when given)
+-- are the answer, an error mapped as a handler's. Meanwhile the handler's
+-- coroutine, its middleware frames and the request are freed: a start that
+-- waits minutes for its workload keeps only what fn holds. fn must not use
+-- req (gone by then) or its raw request.
+-- fn's task may park (devex.stream.park: ended while it waits, the request
+-- kept); the function the park is resumed with then takes fn's place, its
+-- results going through post and the error mapping as fn's would.
+function M.later(req, fn, post)
   local who = { id = req.id, route = req.route }
-  return 200, stream.later(function() return answer(who, xpcall(fn, on_error)) end)
+  local function run(f)
+    if post then return answer(who, xpcall(function() return post(f()) end, on_error)) end
+    return answer(who, xpcall(f, on_error))
+  end
+  return 200, stream.later(fn, run)
 end
 
 return M

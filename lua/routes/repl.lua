@@ -47,7 +47,7 @@ return function(app)
   app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
     local meta, err = service.owned(req.user, req.params.id)
     if not meta then return fail(err) end
-    return app_errors.later(req, function() return reply(service.start_owned(meta)) end)
+    return app_errors.later(req, function() return service.start_owned(meta) end, reply)
   end)
 
   -- the session's lifecycle as Server-Sent Events (repl.events)

@@ -29,6 +29,7 @@ local services = require("services.k8s")
 local tasks = require("devex.tasks")
 local timer = require("devex.timer")
 local pod_informer = require("runtime.pod_informer")
+local dstream = require("devex.stream")
 local log = require("devex.log")
 local events = require("repl.events") -- the session event stream (issue #18)
 local json = require("devex.json")
@@ -390,46 +391,76 @@ local function note_events(repl_id, ews, said)
   return said
 end
 
+-- A parked start's wake (the waiters' cond, for a start whose task can
+-- park): resumes the start's step from its park, once.
+local function resume_parked(wake)
+  local p = wake.park
+  if p then
+    wake.park = nil
+    p(wake.step)
+  end
+end
+
 -- Waits through the worker's shared pod watch (runtime.pod_informer) until
 -- a pod of the start's selector is Ready or fails. Used when the pods carry
 -- the policy's managed_selector and both selectors are equality-based (the
 -- informer watches the first and matches the second itself); otherwise the
 -- start watches its own pods (wait_ready_own_watch). Both end by calling
 -- k(pod) or k(nil, err) in tail position (Driver:start's continuation).
+-- A start answered later (the session route: its task can park) waits
+-- parked (devex.stream.park): no coroutine while nothing happens, the
+-- waiters' signal or the deadline resuming step as a new task of the
+-- request. About 2.5 KB less per parked start (a coroutine with its stack,
+-- frames, task and timed wait). Otherwise it waits on a cond.
 function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
   local deadline = timer.now() + timeout
   local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
   local selector = id.selector
-  local w = inf:waiter(repl_id, function(labels) return selects(labels, selector) == true end)
+  local parks = dstream.parkable()
+  local wake = parks and { signal = resume_parked } or dstream.cond()
+  local w = inf:waiter(repl_id, function(labels) return selects(labels, selector) == true end, wake)
   -- what the scheduler and the kubelet say about this start's pods, as notes
   -- in the session's event stream; woken through the pod waiter's cond
   local evs = pod_informer.events(c, self.namespace)
   local ews, said = {}, nil -- said: the notes already in the stream (made with the first)
-  while true do
-    local left = deadline - timer.now()
-    if left <= 0 then
-      close_waiters(w, ews)
-      return k(err(504, "the pod was not Ready within " .. timeout .. "s"))
-    end
-    local pods, e = w:next(left)
-    if not pods then
-      close_waiters(w, ews)
-      return k(err(502, "kubernetes: " .. tostring(e)))
-    end
-    for _, p in ipairs(pods) do
-      if not dying(p) then
-        local name = p.metadata.name
-        if name and not ews[name] then ews[name] = evs:waiter(name, nil, w.cond) end
+  local function expired()
+    close_waiters(w, ews)
+    return k(err(504, "the pod was not Ready within " .. timeout .. "s"))
+  end
+  local function arm(p) wake.park = p end
+  local function step()
+    while true do
+      local left = deadline - timer.now()
+      if left <= 0 then return expired() end
+      local pods, e
+      if not parks then
+        pods, e = w:next(left)
+      elseif w:quiet() then -- (nothing yields between this check and the park)
+        return dstream.park(left, arm, expired)
+      else
+        pods, e = w:poll()
+      end
+      if not pods then
+        close_waiters(w, ews)
+        return k(err(502, "kubernetes: " .. tostring(e)))
+      end
+      for _, p in ipairs(pods) do
+        if not dying(p) then
+          local name = p.metadata.name
+          if name and not ews[name] then ews[name] = evs:waiter(name, nil, wake) end
+        end
+      end
+      said = note_events(repl_id, ews, said)
+      local st, x = first_settled(pods, repl_id)
+      if st then
+        close_waiters(w, ews)
+        if st == "ready" then return k(x) end
+        return k(err(502, x))
       end
     end
-    said = note_events(repl_id, ews, said)
-    local st, x = first_settled(pods, repl_id)
-    if st then
-      close_waiters(w, ews)
-      if st == "ready" then return k(x) end
-      return k(err(502, x))
-    end
   end
+  if parks then wake.step = step end
+  return step()
 end
 
 -- Watches the pods of selector until one is Ready or fails.

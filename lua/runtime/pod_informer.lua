@@ -10,13 +10,15 @@
 -- policy's managed_selector), opened when the first start waits and closed
 -- `LINGER` seconds after the last one is done, and hands every pod it sees to
 -- the waiters whose REPL label the pod carries. A waiter is a small table and
--- a condition variable.
+-- a condition variable, or whatever has a signal() method: a parked start
+-- (runtime.kubernetes) gives one that resumes it.
 --
 --   local inf = pod_informer.get(client, namespace, managed_selector, repl_label)
 --   local w = inf:waiter(repl_id, match)    -- match(labels) -> boolean (the start's selector)
 --   local pods, err = w:next(timeout)       -- the waiter's pods that changed since the last
 --                                           -- call ({} on timeout), or nil, err when the
 --                                           -- informer cannot list or watch
+--   w:quiet(), w:poll()                     -- whether next() would wait; next() without waiting
 --   w:close()
 --
 --   local evs = pod_informer.events(client, namespace)   -- Events whose involvedObject is a Pod
@@ -364,16 +366,25 @@ function Waiter:fetch()
   return true
 end
 
+-- Whether next() would wait: nothing changed, nothing to fetch, no failure
+-- of the informer to report
+function Waiter:quiet()
+  return self.pending == nil and self.unfetched == nil and not (self.inf.err and not self.inf.synced)
+end
+
 -- -> { pod, ... } (deleted pods left out), or nil, err when the informer
--- failed or a pod seen before this waiter could not be fetched
+-- failed or a pod seen before this waiter could not be fetched; waits up to
+-- timeout seconds (on the waiter's cond) while quiet
 function Waiter:next(timeout)
+  if self:quiet() then self.cond:wait(math.max(0, timeout)) end
+  return self:poll()
+end
+
+-- next() without the wait: what changed since the last call (maybe nothing)
+function Waiter:poll()
   if self.unfetched then
     local ok, err = self:fetch()
     if not ok then return nil, err end
-  end
-  if self.pending == nil then
-    if self.inf.err and not self.inf.synced then return nil, self.inf.err end
-    self.cond:wait(math.max(0, timeout))
   end
   if self.pending == nil and self.inf.err and not self.inf.synced then return nil, self.inf.err end
   return self:take()

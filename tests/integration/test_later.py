@@ -8,7 +8,9 @@ leaves meanwhile, or before the handler has returned, does not stop the
 function (it may finish what the handler began).
 """
 
+import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -65,6 +67,52 @@ app:get("/leave-early", function(req)
   end)
 end)
 app:get("/left", function() return 200, left end)
+
+-- stream.park: the later task ends while it waits; /wake/:key resumes it
+local stream = require("devex.stream")
+local parked = {}
+local coros = setmetatable({}, { __mode = "k" }) -- the later tasks' coroutines, while alive
+local function arm_as(key) return function(p) parked[key] = p end end
+app:get("/park/:key/:secs", function(req)
+  local key, secs = req.params.key, tonumber(req.params.secs)
+  local post = key:match("^post") and framework.reply or nil
+  return framework.later(req, function()
+    coros[coroutine.running()] = key
+    timer.sleep(0.01) -- a wait before the park: the task has yielded once
+    local before = "before " .. key -- a local of the parked frames: gone with them
+    return stream.park(secs, arm_as(key), function()
+      left.expired = (left.expired or 0) + 1
+      return 504, { error = "expired", key = key }
+    end) and before
+  end, post)
+end)
+app:get("/wake/:key/:how", function(req)
+  local key, how = req.params.key, req.params.how
+  local p = parked[key]
+  if not p then return 404, { error = "nothing parked as " .. key } end
+  local resumed = p(function()
+    left.woken = (left.woken or 0) + 1
+    timer.sleep(0.01) -- the resumed task waits too
+    if how == "raise" then error("resumed went wrong") end
+    if how == "fail" then return nil, framework.error(409, { error = "conflict", key = key }) end
+    if how == "repark" then
+      return stream.park(5, arm_as(key .. "2"), function() return 504, { error = "expired again" } end)
+    end
+    return 201, { woke = key, parkable = stream.parkable() }, { ["X-Woken"] = "yes" }
+  end)
+  local again = p(function() return 200, { error = "resumed twice" } end)
+  return 200, { resumed = resumed, again = again }
+end)
+app:get("/coroutines", function()
+  collectgarbage("collect"); collectgarbage("collect")
+  local n = 0
+  for _ in pairs(coros) do n = n + 1 end
+  return 200, { later_coroutines = n }
+end)
+app:get("/park-here", function()
+  local ok, err = pcall(stream.park, 1, function() end, function() end)
+  return 200, { parkable = stream.parkable(), ok = ok, err = tostring(err) }
+end)
 return app
 """
 
@@ -128,6 +176,119 @@ class LaterTest(unittest.TestCase):
             self.assertLess(time.time(), deadline, "the later function of a gone client never ran")
             time.sleep(0.1)
         self.assertEqual(self.d.get_json("/left")[1]["early"], 1)
+
+
+class ParkTest(unittest.TestCase):
+    """stream.park: a later answer's task ends while it waits (no coroutine
+    is left), the request kept until a function resumes it from another
+    task, or its deadline does."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = harness.Devexd(app="laterapp", app_files={"laterapp.lua": APP}, threads=1)
+        cls.d.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        # one request still parked (/park/forever): SIGTERM ends it, exit 0, no sanitizer report
+        cls.d.__exit__(None, None, None)
+
+    def send(self, path):
+        s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
+        s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % path).encode())
+        return s
+
+    def answer(self, s):
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict((k.lower(), v.strip()) for k, v in (x.split(":", 1) for x in lines[1:]))
+        return int(lines[0].split()[1]), headers, body
+
+    def test_a_parked_request_is_answered_by_the_function_it_is_resumed_with(self):
+        s = self.send("/park/a/30")
+        time.sleep(0.3)
+        r = self.d.get_json("/coroutines")[1]
+        self.assertEqual(r["later_coroutines"], 0, "the parked task's coroutine is still alive")
+        self.assertEqual(self.d.get_json("/wake/a/ok"), (200, {"resumed": True, "again": False}))
+        status, headers, body = self.answer(s)
+        self.assertEqual(status, 201, body)
+        self.assertEqual(json.loads(body), {"woke": "a", "parkable": True})
+        self.assertEqual(headers.get("x-woken"), "yes")
+        self.assertEqual(headers.get("x-mw"), "out")  # the middleware's headers, added before the park
+        self.assertEqual(self.d.get("/wake/zz/ok").status, 404)
+
+    def test_the_deadline_resumes_with_expired(self):
+        before = self.d.get_json("/left")[1].get("expired", 0)
+        t0 = time.time()
+        status, _, body = self.answer(self.send("/park/b/0.3"))
+        self.assertEqual((status, json.loads(body)), (504, {"error": "expired", "key": "b"}))
+        self.assertGreaterEqual(time.time() - t0, 0.3)
+        self.assertEqual(self.d.get_json("/left")[1]["expired"], before + 1)
+        self.assertEqual(self.d.get_json("/wake/b/ok")[1], {"resumed": False, "again": False})
+
+    def test_the_resumed_functions_results_go_through_post_and_the_error_mapping(self):
+        s = self.send("/park/post1/30")
+        time.sleep(0.3)
+        self.d.get_json("/wake/post1/fail")
+        status, _, body = self.answer(s)
+        self.assertEqual((status, json.loads(body)), (409, {"error": "conflict", "key": "post1"}))
+        s = self.send("/park/c/30")
+        time.sleep(0.3)
+        self.d.get_json("/wake/c/raise")
+        status, headers, body = self.answer(s)
+        self.assertEqual(status, 500, body)
+        self.assertEqual(json.loads(body)["error"], "internal error")
+        rid = json.loads(body)["request_id"]
+        lines = self.d.wait_log(lambda e: e.get("request_id") == rid and e.get("level") == "error",
+                                what="the error line of the resumed function")
+        self.assertIn("resumed went wrong", lines[0].get("error", ""))
+        self.assertEqual(lines[0].get("route"), "/park/:key/:secs")
+
+    def test_a_resumed_task_can_park_again(self):
+        s = self.send("/park/d/30")
+        time.sleep(0.3)
+        self.d.get_json("/wake/d/repark")
+        time.sleep(0.3)
+        self.assertEqual(self.d.get_json("/coroutines")[1]["later_coroutines"], 0)
+        self.d.get_json("/wake/d2/ok")
+        status, _, body = self.answer(s)
+        self.assertEqual((status, json.loads(body)), (201, {"woke": "d2", "parkable": True}))
+
+    def test_a_client_that_leaves_while_parked(self):
+        woken = self.d.get_json("/left")[1].get("woken", 0)
+        s = self.send("/park/e/30")
+        time.sleep(0.3)
+        s.close()
+        time.sleep(0.2)
+        # the resumed function still runs (a start must finish what it began); its answer is dropped
+        self.assertEqual(self.d.get_json("/wake/e/ok")[1], {"resumed": True, "again": False})
+        harness.poll(lambda: self.d.get_json("/left")[1].get("woken", 0) == woken + 1, what="the resumed function")
+        self.assertEqual(self.d.get("/healthz").status, 200)
+
+    def test_only_a_later_task_parks(self):
+        r = self.d.get_json("/park-here")[1]
+        self.assertFalse(r["parkable"])
+        self.assertFalse(r["ok"])
+        self.assertIn("only the task of an answer made later", r["err"])
+
+    def test_a_park_outlives_a_reload(self):
+        # parked in the VM a SIGHUP retires; its deadline still answers
+        s = self.send("/park/f/1.5")
+        time.sleep(0.3)
+        self.d.signal(signal.SIGHUP)
+        self.d.wait_log(lambda e: "reload" in e.get("msg", ""), what="the reload")
+        status, _, body = self.answer(s)
+        self.assertEqual((status, json.loads(body)), (504, {"error": "expired", "key": "f"}))
+        self.assertEqual(self.d.get("/healthz").status, 200)
+        type(self).forever = self.send("/park/forever/3600")  # left parked for the shutdown in tearDownClass
+        time.sleep(0.3)
 
 
 if __name__ == "__main__":
