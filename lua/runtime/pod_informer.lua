@@ -26,21 +26,21 @@
 --   ew:take()                                     -- the pod's new or changed Events, at once
 --
 -- A waiter registered after its pods were created still sees them: it is
--- seeded with the informer's cache, and registering and seeding happen
+-- seeded from the informer's cache, and registering and seeding happen
 -- without yielding, so no event falls between the two.
 --
--- The cache holds each object slimmed (see slim) and encoded as one JSON
--- string, with its REPL beside it: a string is a third of the tables it
--- stands for (400 parked starts: 2.75 KB a pod as tables). A waiter is
--- handed tables, decoded when delivered. Of the pods no start of this
--- worker waits for, the pod cache keeps only the name and the REPL (every
--- worker sees every pod of the namespace, and a body each was about 1 KB per
--- parked start and per other worker); a waiter registered later for such a
--- pod (a start whose pod already ran, on another worker or before a
--- restart) has it fetched once on its first next() (spec.fetch: a GET of
--- the pod), unless a newer version has come through the watch meanwhile.
--- The event informer keeps every event: an event waiter is made when its
--- start first sees its pod, often after the scheduler spoke.
+-- The pod cache keeps each pod's name and REPL, not the pod: a waiter is
+-- handed each version as it comes (slimmed, see slim), and one registered
+-- later (a start whose pod already ran, on another worker or before a
+-- restart, or a second waiter of the REPL) has its REPL's pods fetched once
+-- on its first next() (spec.fetch: a GET of the pod), unless a newer version
+-- has come through the watch meanwhile (the cache counts the versions that
+-- came while the REPL had waiters). Every worker sees every pod of the
+-- namespace: a body each was about 1 KB per parked start and per worker.
+-- The event informer keeps every event, slimmed and encoded as one JSON
+-- string (a third of the tables it stands for): an event waiter is made
+-- when its start first sees its pod, often after the scheduler spoke, and
+-- is seeded with them.
 local json = require("devex.json")
 local task = require("devex.task")
 local dstream = require("devex.stream")
@@ -65,7 +65,7 @@ local function informer(key, client, namespace, spec)
   local inf = informers[key]
   if not inf then
     inf = setmetatable({ key = key, client = client, namespace = namespace, spec = spec,
-                         pods = {}, -- name -> the slimmed object as JSON text
+                         pods = {}, -- name -> (pods) versions seen while wanted | (events) the slimmed object as JSON text
                          repls = {}, -- name -> its REPL (spec.key_of)
                          waiters = {}, nwaiters = 0,
                          synced = false, running = false, idle_since = timer.now() }, Informer)
@@ -220,14 +220,36 @@ local function remember(inf, obj, deleted)
       return
     end
     obj = inf.spec.keep(obj, inf)
-    local text = json.encode(obj)
-    if text then
-      inf.pods[name], inf.repls[name] = text, key -- (keep keeps what key_of reads)
-    else -- not encodable (an infinite number from the API server): not cached, still delivered
-      inf.pods[name], inf.repls[name] = nil, nil
+    if inf.spec.fetch then
+      -- its waiters are handed it; kept: how many versions came (Waiter:fetch
+      -- asks whether one came during its GET), not the object (a waiter
+      -- registered later fetches it): 0.7-0.9 KB of JSON text per parked start
+      inf.pods[name], inf.repls[name] = (tonumber(inf.pods[name]) or 0) + 1, key
+    else
+      local text = json.encode(obj)
+      if text then
+        inf.pods[name], inf.repls[name] = text, key -- (keep keeps what key_of reads)
+      else -- not encodable (an infinite number from the API server): not cached, still delivered
+        inf.pods[name], inf.repls[name] = nil, nil
+      end
     end
   end
   deliver(inf, obj, deleted)
+end
+
+-- An object gone without a watch event saying so (a relist without it):
+-- forgotten, and its waiters told (a pod: those of its REPL, if it was
+-- wanted; the cache does not keep the pod to match it with)
+local function forget(inf, name)
+  local kept, key = inf.pods[name], inf.repls[name]
+  if type(kept) == "string" then return remember(inf, json.decode(kept), true) end
+  inf.pods[name], inf.repls[name] = nil, nil
+  local ws = kept and key and inf.waiters[key]
+  if not ws then return end
+  for w in pairs(ws) do
+    pend(w, name, false)
+    w.cond:signal()
+  end
 end
 
 local function fail_all(inf, err)
@@ -296,10 +318,7 @@ local function run(inf)
           local seen = {}
           for _, p in ipairs(ev.items or {}) do seen[p.metadata.name] = true; remember(inf, p, false) end
           for name in pairs(inf.repls) do
-            if not seen[name] then
-              local text = inf.pods[name]
-              if text then remember(inf, json.decode(text), true) else inf.repls[name] = nil end
-            end
+            if not seen[name] then forget(inf, name) end
           end
         elseif type(ev.object) == "table" and ev.object.kind ~= "Status" and type(ev.object.metadata) == "table" then
           remember(inf, ev.object, ev.type == "DELETED")
@@ -322,10 +341,10 @@ function Informer:waiter(repl_id, match, cond)
     for name, repl in pairs(self.repls) do
       if repl == repl_id then
         local text = self.pods[name]
-        if text then
+        if type(text) == "string" then
           local p = json.decode(text)
           if not match or match(p.metadata.labels) then pend(w, name, p) end
-        else -- seen while no waiter here wanted it: fetched by next()
+        else -- seen while no waiter here wanted it, or not kept: fetched by next()
           w.unfetched = w.unfetched or {}
           w.unfetched[#w.unfetched + 1] = name
         end
@@ -339,28 +358,23 @@ function Informer:waiter(repl_id, match, cond)
   return w
 end
 
--- The pods of this waiter's REPL that the informer saw while no waiter of
--- this worker wanted them (it kept their names only), fetched. A version
--- that came through the watch during the fetch is newer and stays; a pod
--- deleted meanwhile is left out. -> true | nil, err
--- Whether the pod is still to be fetched: not if the watch has brought it
--- since (cached: this REPL has a waiter now) or it is gone. Asked before the
--- GET and again after it, which yields.
-local function unfetched(inf, name, repl)
-  return inf.pods[name] == nil and inf.repls[name] == repl
-end
-
+-- The pods of this waiter's REPL that it was not handed (the informer saw
+-- them before it was registered and kept their names), fetched. A version
+-- that came through the watch during the GET (which yields) is newer, and
+-- was handed to this waiter: the fetched one is dropped then; so is a pod
+-- deleted meanwhile. -> true | nil, err
 function Waiter:fetch()
   local inf, names = self.inf, self.unfetched
   self.unfetched = nil
   for i, name in ipairs(names) do
-    if unfetched(inf, name, self.repl) then
+    if inf.repls[name] == self.repl then
+      local seen = inf.pods[name]
       local p, err = inf.spec.fetch(inf, name)
       if p == nil then
         self.unfetched = { table.unpack(names, i) } -- tried again by the next call
         return nil, err
       end
-      if p and unfetched(inf, name, self.repl) then remember(inf, p, false) end
+      if p and inf.pods[name] == seen and inf.repls[name] == self.repl then remember(inf, p, false) end
     end
   end
   return true

@@ -1,6 +1,6 @@
-"""runtime.pod_informer with a scripted client, inside devexd: its cache (one
-JSON string per slimmed pod, with the pod's REPL beside it), a waiter seeded
-from that cache, and a relist (RESYNC) that drops a pod: its waiter is told
+"""runtime.pod_informer with a scripted client, inside devexd: its cache (a
+pod's REPL and a count of its versions, not the pod), a later waiter of a
+REPL that has its pods fetched, and a relist (RESYNC) that drops a pod: its waiter is told
 and the cache forgets it; and that the informer's keep (what the API's
 answers are decoded into) holds every field its slim() reads, which name the
 same fields twice; of pods no waiter of the worker wants only names are
@@ -45,6 +45,10 @@ function fake:list()
   if self.lists > 1 then return { items = { pod("p-a", "A", true) }, resourceVersion = "2" } end
   return { items = { pod("p-a", "A", false), pod("p-b", "B", false) }, resourceVersion = "1" }
 end
+function fake:get(ref)
+  self.gets = (self.gets or 0) + 1
+  return pod(ref.name, ref.name == "p-a" and "A" or "B", false)
+end
 function fake:watch(_, opts)
   self.watches = self.watches + 1
   local first = self.watches == 1
@@ -87,16 +91,19 @@ app:get("/check", function()
   local wa, wb = inf:waiter("A"), inf:waiter("B")
   local out = {}
   out.a_first = names(next_pods(wa, 5))
-  out.b_first = names(next_pods(wb, 5))
-  local text = inf.pods["p-b"]
-  out.cached_as = type(text)
+  local bp = next_pods(wb, 5)
+  out.b_first = names(bp)
+  wb.last = bp[1]
+  out.cached_as = type(inf.pods["p-b"])
   out.cached_repl = inf.repls["p-b"]
-  out.cached_has_managed_fields = type(text) == "string" and text:find("managedFields", 1, true) ~= nil
-  out.cached_has_uid = type(text) == "string" and text:find("u-p-b", 1, true) ~= nil
-  -- a waiter registered now is seeded from the cache, decoded
+  out.cached_has_managed_fields = wb.last and wb.last.metadata.managedFields ~= nil
+  -- a waiter registered now has its REPL's pods fetched (the cache keeps names)
   local seeded = inf:waiter("A", function(labels) return labels.app == "x" end)
-  local sp = seeded:take()
+  out.seeded_before_poll = names(seeded:take())
+  local sp = seeded:poll()
+  out.seeded_gets = fake.gets
   out.seeded = names(sp)
+  wa:take() -- (the fetched p-a was handed to wa too, as every version is to each waiter of A)
   out.seeded_ip = sp[1] and sp[1].status.podIP
   out.seeded_image = sp[1] and sp[1].spec.containers[1].image
   seeded:close()
@@ -259,10 +266,12 @@ class PodInformerTest(unittest.TestCase):
             self.assertEqual(st, 200, out)
             self.assertEqual(out["a_first"], ["p-a"], out)
             self.assertEqual(out["b_first"], ["p-b"], out)
-            # cached slimmed, as text, with its REPL beside it
-            self.assertEqual((out["cached_as"], out["cached_repl"]), ("string", "B"), out)
+            # handed slimmed; the cache keeps the REPL and a count of versions, not the pod
+            self.assertEqual((out["cached_as"], out["cached_repl"]), ("number", "B"), out)
             self.assertFalse(out["cached_has_managed_fields"], out)
-            self.assertFalse(out["cached_has_uid"], out)
+            # a later waiter of A has p-a fetched, once, on its first poll
+            self.assertEqual(out["seeded_before_poll"], [], out)
+            self.assertEqual(out["seeded_gets"], 1, out)
             self.assertEqual((out["seeded"], out["seeded_ip"], out["seeded_image"]), (["p-a"], "10.0.0.9", "img:1"), out)
             # the relist: p-a is Ready now, p-b is gone (its waiter is told, the cache forgets it)
             self.assertEqual((out["a_after"], out["a_ready"]), (["p-a"], "True"), out)
