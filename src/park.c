@@ -4,10 +4,11 @@
  * of: a session start waiting minutes for its pod. Parking ends the task
  * there and then; what stays is this record (the request, how the task was
  * to end, a deadline timer) and the Lua handle arm was given. Calling the
- * handle with a function f, from any task of the VM (the pod watch that saw
- * the pod get Ready), starts a new task of the request running f through
- * the later's wrap, and its results are the answer; at the deadline the
- * park resumes itself with `expired`. Each park is resumed exactly once.
+ * handle with a function f (and arguments for it), from any task of the VM
+ * (the pod watch that saw the pod get Ready), starts a new task of the
+ * request running f through the later's wrap, and its results are the
+ * answer; at the deadline the park resumes itself with `expired`. Each park
+ * is resumed exactly once.
  *
  * Why: a coroutine parked in a wait is its Lua state, its stack and call
  * frames, the task and its wait (about 2.5 KB): 10,000 starts parked at
@@ -75,13 +76,14 @@ static void park_end(devex_park_t *p)
     uv_close((uv_handle_t *)&p->timer, park_free);
 }
 
-/* Resumes p with the function on top of L (popped): a new task of the
- * request runs it, through the wrap when there is one. */
-static void park_resume(devex_park_t *p, lua_State *L)
+/* Resumes p with the function below the nargs arguments on top of L
+ * (popped): a new task of the request runs it with them, through the wrap
+ * when there is one (wrap(f, ...)). */
+static void park_resume(devex_park_t *p, lua_State *L, int nargs)
 {
     devex_vm_t *vm = p->vm;
     devex_reqctx_t *rc = p->rc;
-    int wrap_ref = p->wrap_ref, nargs = 0;
+    int wrap_ref = p->wrap_ref;
     p->wrap_ref = 0;
     devex_task_done_cb on_done = p->on_done;
     void *data = p->data;
@@ -90,8 +92,8 @@ static void park_resume(devex_park_t *p, lua_State *L)
     park_end(p);
     if (wrap_ref != 0) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, wrap_ref);
-        lua_insert(L, -2);
-        nargs = 1;
+        lua_insert(L, -(nargs + 2));
+        nargs++;
     }
     devex_task_t *t = devex_task_spawn_parkable(vm, L, nargs, on_done, data, request_id, rc, wrap_ref);
     if (t != NULL && rc != NULL)
@@ -106,11 +108,12 @@ static void park_expired(uv_timer_t *h)
     lua_State *L = p->vm->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->handle_ref);
     lua_getiuservalue(L, -1, 1); /* expired */
-    lua_remove(L, -2);
-    park_resume(p, L);
+    lua_getiuservalue(L, -2, 2); /* its argument */
+    lua_remove(L, -3);
+    park_resume(p, L, 1);
 }
 
-/* handle(f) -> true, or false when the park was already resumed */
+/* handle(f, ...) -> true, or false when the park was already resumed */
 static int l_handle_call(lua_State *L)
 {
     park_handle_t *ud = devex_check_udata_up(L, 1, "devex.stream.park");
@@ -122,8 +125,9 @@ static int l_handle_call(lua_State *L)
     }
     if (devex_vm_of(L) != p->vm)
         return luaL_error(L, "stream.park: resumed from another VM");
-    lua_settop(L, 2);
-    park_resume(p, L);
+    if (!lua_checkstack(L, 3)) /* the wrap, the thread spawn may make */
+        return luaL_error(L, "stream.park: stack overflow");
+    park_resume(p, L, lua_gettop(L) - 2);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -135,9 +139,10 @@ int devex_park_l_parkable(lua_State *L)
     return 1;
 }
 
-/* stream.park(seconds, arm, expired): arm(handle) is called first (it must
- * not wait: it hands the handle to whatever will call it), then the task
- * ends; never returns. */
+/* stream.park(seconds, arm, expired [, arg]): arm(handle, arg) is called
+ * first (it must not wait: it hands the handle to whatever will call it),
+ * then the task ends; never returns. At the deadline: expired(arg). (arg
+ * spares a parked caller a closure per park.) */
 int devex_park_l_park(lua_State *L)
 {
     double secs = luaL_checknumber(L, 1);
@@ -147,16 +152,19 @@ int devex_park_l_park(lua_State *L)
     devex_task_t *t = devex_task_check(L, "stream.park");
     if (!t->parkable)
         return luaL_error(L, "stream.park: only the task of an answer made later (stream.later) can park");
-    lua_settop(L, 3);
-    park_handle_t *ud = lua_newuserdatauv(L, sizeof(*ud), 1);
+    lua_settop(L, 4);
+    park_handle_t *ud = lua_newuserdatauv(L, sizeof(*ud), 2);
     ud->p = NULL;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &park_mt_key);
     lua_setmetatable(L, -2);
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, -2, 1);
-    lua_pushvalue(L, 2);
     lua_pushvalue(L, 4);
-    lua_call(L, 1, 0); /* an error here is the task's, raised before anything is parked */
+    lua_setiuservalue(L, -2, 2);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 5);
+    lua_pushvalue(L, 4);
+    lua_call(L, 2, 0); /* an error here is the task's, raised before anything is parked */
     devex_park_t *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return luaL_error(L, "out of memory");
@@ -169,7 +177,7 @@ int devex_park_l_park(lua_State *L)
     memcpy(p->request_id, t->request_id, sizeof(p->request_id));
     p->handle = ud;
     ud->p = p;
-    lua_pushvalue(L, 4);
+    lua_pushvalue(L, 5);
     p->handle_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     p->next = *vm_parks(vm);
     if (p->next)

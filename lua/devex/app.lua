@@ -309,13 +309,14 @@ end
 -- waits minutes for its workload keeps only what fn holds. fn must not use
 -- req (gone by then) or its raw request.
 -- fn's task may park (devex.stream.park: ended while it waits, the request
--- kept); the function the park is resumed with then takes fn's place, its
--- results going through post and the error mapping as fn's would.
+-- kept); the function the park is resumed with (and its arguments) then
+-- takes fn's place, its results going through post and the error mapping as
+-- fn's would.
 function M.later(req, fn, post)
   local who = { id = req.id, route = req.route }
-  local function run(f)
-    if post then return answer(who, xpcall(function() return post(f()) end, on_error)) end
-    return answer(who, xpcall(f, on_error))
+  local function run(f, ...)
+    if post then return answer(who, xpcall(function(...) return post(f(...)) end, on_error, ...)) end
+    return answer(who, xpcall(f, on_error, ...))
   end
   return 200, stream.later(fn, run)
 end

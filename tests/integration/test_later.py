@@ -80,18 +80,20 @@ app:get("/park/:key/:secs", function(req)
     coros[coroutine.running()] = key
     timer.sleep(0.01) -- a wait before the park: the task has yielded once
     local before = "before " .. key -- a local of the parked frames: gone with them
-    return stream.park(secs, arm_as(key), function()
+    return stream.park(secs, arm_as(key), function(arg)
+      left.expired_arg = arg
       left.expired = (left.expired or 0) + 1
       return 504, { error = "expired", key = key }
-    end) and before
+    end, "arg-" .. key) and before
   end, post)
 end)
 app:get("/wake/:key/:how", function(req)
   local key, how = req.params.key, req.params.how
   local p = parked[key]
   if not p then return 404, { error = "nothing parked as " .. key } end
-  local resumed = p(function()
+  local resumed = p(function(how, n) -- (its arguments, as the handle was given them)
     left.woken = (left.woken or 0) + 1
+    left.woken_args = how .. "/" .. n
     timer.sleep(0.01) -- the resumed task waits too
     if how == "raise" then error("resumed went wrong") end
     if how == "fail" then return nil, framework.error(409, { error = "conflict", key = key }) end
@@ -99,7 +101,7 @@ app:get("/wake/:key/:how", function(req)
       return stream.park(5, arm_as(key .. "2"), function() return 504, { error = "expired again" } end)
     end
     return 201, { woke = key, parkable = stream.parkable() }, { ["X-Woken"] = "yes" }
-  end)
+  end, how, 7)
   local again = p(function() return 200, { error = "resumed twice" } end)
   return 200, { resumed = resumed, again = again }
 end)
@@ -222,6 +224,7 @@ class ParkTest(unittest.TestCase):
         self.assertEqual(json.loads(body), {"woke": "a", "parkable": True})
         self.assertEqual(headers.get("x-woken"), "yes")
         self.assertEqual(headers.get("x-mw"), "out")  # the middleware's headers, added before the park
+        self.assertEqual(self.d.get_json("/left")[1]["woken_args"], "ok/7")
         self.assertEqual(self.d.get("/wake/zz/ok").status, 404)
 
     def test_the_deadline_resumes_with_expired(self):
@@ -231,6 +234,7 @@ class ParkTest(unittest.TestCase):
         self.assertEqual((status, json.loads(body)), (504, {"error": "expired", "key": "b"}))
         self.assertGreaterEqual(time.time() - t0, 0.3)
         self.assertEqual(self.d.get_json("/left")[1]["expired"], before + 1)
+        self.assertEqual(self.d.get_json("/left")[1]["expired_arg"], "arg-b")  # park's arg, given to expired
         self.assertEqual(self.d.get_json("/wake/b/ok")[1], {"resumed": False, "again": False})
 
     def test_the_resumed_functions_results_go_through_post_and_the_error_mapping(self):
