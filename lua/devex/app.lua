@@ -313,8 +313,9 @@ end
 -- takes fn's place, its results going through post and the error mapping as
 -- fn's would.
 function M.later(req, fn, post)
-  local who = { id = req.id, route = req.route }
+  local id, route = req.id, req.route
   local function run(f, ...)
+    local who = { id = id, route = route } -- (made when run: a parked answer keeps two strings, not a table)
     if post then return answer(who, xpcall(function(...) return post(f(...)) end, on_error, ...)) end
     return answer(who, xpcall(f, on_error, ...))
   end

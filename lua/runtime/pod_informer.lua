@@ -128,6 +128,17 @@ end
 
 local function repl_of(inf, obj) return inf.spec.key_of(obj) end
 
+-- inf.waiters[key]: the key's waiter, or a set of them ({[w] = true}) when
+-- it has two or more: mostly one, and a set was a table (about 100 bytes)
+-- per parked start and informer. waiters(slot) iterates either.
+local NONE = {} -- (read only)
+local function one(w, prev) if prev == nil then return w end end
+local function waiters(slot)
+  if slot == nil then return next, NONE end
+  if getmetatable(slot) == Waiter then return one, slot end
+  return next, slot
+end
+
 -- notes pod `name` as changed for waiter w (false: deleted); w.pending is
 -- nil while nothing changed (a waiter lives as long as its start is parked)
 local function pend(w, name, v)
@@ -139,9 +150,9 @@ end
 -- hands pod to the waiters of its REPL that it matches
 local function deliver(inf, pod, deleted)
   local id = repl_of(inf, pod)
-  local ws = id and inf.waiters[id]
-  if not ws then return end
-  for w in pairs(ws) do
+  local slot = id and inf.waiters[id]
+  if not slot then return end
+  for w in waiters(slot) do
     if not w.match or w.match(pod.metadata and pod.metadata.labels) then
       pend(w, pod.metadata.name, not deleted and pod)
       w.cond:signal()
@@ -244,9 +255,9 @@ local function forget(inf, name)
   local kept, key = inf.pods[name], inf.repls[name]
   if type(kept) == "string" then return remember(inf, json.decode(kept), true) end
   inf.pods[name], inf.repls[name] = nil, nil
-  local ws = kept and key and inf.waiters[key]
-  if not ws then return end
-  for w in pairs(ws) do
+  local slot = kept and key and inf.waiters[key]
+  if not slot then return end
+  for w in waiters(slot) do
     pend(w, name, false)
     w.cond:signal()
   end
@@ -254,8 +265,8 @@ end
 
 local function fail_all(inf, err)
   inf.err = err
-  for _, ws in pairs(inf.waiters) do
-    for w in pairs(ws) do w.cond:signal() end
+  for _, slot in pairs(inf.waiters) do
+    for w in waiters(slot) do w.cond:signal() end
   end
 end
 
@@ -290,8 +301,8 @@ local function run(inf)
       -- this list has given so far, it is handed the rest by the loop
       inf.synced = true
       for _, p in ipairs(l.items) do remember(inf, p, false) end
-      for _, ws in pairs(inf.waiters) do
-        for w in pairs(ws) do w.cond:signal() end
+      for _, slot in pairs(inf.waiters) do
+        for w in waiters(slot) do w.cond:signal() end
       end
       local w
       w, err = open_watch(inf, l.resourceVersion)
@@ -333,9 +344,14 @@ end
 
 function Informer:waiter(repl_id, match, cond)
   local w = setmetatable({ inf = self, repl = repl_id, match = match, cond = cond or dstream.cond() }, Waiter)
-  local ws = self.waiters[repl_id]
-  if not ws then ws = {}; self.waiters[repl_id] = ws end
-  ws[w] = true
+  local slot = self.waiters[repl_id]
+  if slot == nil then
+    self.waiters[repl_id] = w
+  elseif getmetatable(slot) == Waiter then
+    self.waiters[repl_id] = { [slot] = true, [w] = true }
+  else
+    slot[w] = true
+  end
   self.nwaiters = self.nwaiters + 1
   if self.synced then
     for name, repl in pairs(self.repls) do
@@ -404,8 +420,6 @@ function Waiter:poll()
   return self:take()
 end
 
-local NONE = {} -- (read only)
-
 -- -> what changed since the last take, without waiting
 function Waiter:take()
   local out = {}
@@ -418,10 +432,11 @@ end
 
 function Waiter:close()
   local inf = self.inf
-  local ws = inf.waiters[self.repl]
-  if ws and ws[self] then
-    ws[self] = nil
-    if next(ws) == nil then
+  local slot = inf.waiters[self.repl]
+  local set = slot ~= nil and getmetatable(slot) ~= Waiter
+  if slot == self or (set and slot[self]) then
+    if set then slot[self] = nil end
+    if not set or next(slot) == nil then
       inf.waiters[self.repl] = nil
       if inf.spec.fetch then -- no waiter here wants its pods any more: their names are enough
         for name, repl in pairs(inf.repls) do
