@@ -402,11 +402,13 @@ end
 local Wait = {}
 Wait.__index = Wait
 
+local step -- Wait.step under a guard, below
+
 function Wait.signal(s)
   local p = s.park
   if p then
     s.park = nil
-    p(Wait.step, s)
+    p(step, s)
   end
 end
 
@@ -452,6 +454,20 @@ function Wait.step(s)
   end
 end
 
+-- Wait.step, its waiters closed if it raises (a waiter left registered
+-- would keep the informer's watch open for good): not a tail call, so the
+-- continuation runs under this frame (a parked start keeps none: parking
+-- drops it).
+local function unwaited(s, ok, ...)
+  if not ok then
+    close_waiters(s.w, s.ews)
+    error((...), 0)
+  end
+  return ...
+end
+local function traced(e) return type(e) == "string" and debug.traceback(e, 2) or e end
+step = function(s) return unwaited(s, xpcall(Wait.step, traced, s)) end
+
 -- Waits through the worker's shared pod watch (runtime.pod_informer) until
 -- a pod of the start's selector is Ready or fails. Used when the pods carry
 -- the policy's managed_selector and both selectors are equality-based (the
@@ -472,7 +488,7 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
   -- through the same cond: Wait.step)
   s.w = inf:waiter(repl_id, function(labels) return selects(labels, selector) == true end,
                    dstream.parkable() and s or dstream.cond())
-  return Wait.step(s)
+  return step(s)
 end
 
 -- Watches the pods of selector until one is Ready or fails.

@@ -61,6 +61,13 @@ Waiter.__index = Waiter
 
 M.stats = { lists = 0, watches = 0 } -- requests made by this worker's informers
 
+-- -> the waiters registered with this worker's informers (diagnostics, tests)
+function M.waiting()
+  local n = 0
+  for _, inf in pairs(informers) do n = n + inf.nwaiters end
+  return n
+end
+
 local function informer(key, client, namespace, spec)
   local inf = informers[key]
   if not inf then

@@ -61,8 +61,19 @@ app:get("/test/parked", function()
       if wait then waiting[#waiting + 1] = frames end
     end
   end
-  return 200, { parked = require("devex.stream").parked(), nwaiting = #waiting, waiting = waiting }
+  return 200, { parked = require("devex.stream").parked(), nwaiting = #waiting, waiting = waiting,
+                informer_waiters = require("runtime.pod_informer").waiting() }
 end)
+-- the wait's step raises for the REPLs named here (a bug in the wait, as
+-- a stand-in: the pod's phase noted for the event stream raises)
+local broken = {}
+local events = require("repl.events")
+local pod = events.pod
+events.pod = function(id, p)
+  if broken[id] then error("the wait went wrong for " .. id) end
+  return pod(id, p)
+end
+app:post("/test/break/:id", function(req) broken[req.params.id] = true; return 200, { ok = true } end)
 return app
 """
 
@@ -209,6 +220,36 @@ class SharedWatchTest(unittest.TestCase):
         self.assertEqual(out["r"].status, 200, out["r"].body)
         self.assertEqual(out["r"].json()["replId"], rid)
         self.assertEqual(self.redis_state(ctx.redis, rid), "running")
+
+    def test_a_wait_that_raises_leaves_no_waiter(self):
+        ns = "wait-raises"
+        self.kc.create_namespace(ns)
+        self.kc.kubelet.add_rule({"devex.test/never-ready": "true"}, namespace=ns)
+        ctx = unittest.TestCase()
+        ctx.store_dir, ctx.gh = self.store_dir, self.gh
+        ctx.redis = self.enterContext(RedisServer())
+        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-raises")), ns)
+        conf["policy"] = {"file": os.path.join(self.tmp, "policy.lua")}
+        d = self.enterContext(Devexd(app="framesapp", app_files={"framesapp.lua": FRAMES_APP}, threads=1,
+                                     config=conf))
+        d.sync_templates()
+        ctx.d = d
+        import test_repl
+        b = test_repl.ReplTest.login(ctx, "raiser", 777004)
+        r = b.request("POST", "/api/repl/new", headers=JSON, body=json.dumps({"template": "node", "replName": "r"}))
+        self.assertEqual(r.status, 201, r.body)
+        rid = r.json()["id"]
+        self.assertEqual(d.request("POST", "/test/break/" + rid).status, 200)
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        # the pod comes (never Ready): the step that looks at it raises
+        r = d.request("GET", "/api/repl/session/" + rid, headers={"Cookie": b.cookie_header()}, timeout=120)
+        self.assertEqual(r.status, 500, r.body)
+        self.assertEqual(r.json()["error"], "internal error")
+        lines = d.wait_log(lambda e: e.get("level") == "error" and "the wait went wrong" in e.get("error", ""),
+                           what="the wait's error, logged")
+        self.assertIn("kubernetes.lua", lines[0]["error"])  # where it was raised, not only where it was rethrown
+        st = d.get_json("/test/parked")[1]
+        self.assertEqual((st["parked"], st["informer_waiters"]), (0, 0), st)
 
     @staticmethod
     def redis_state(redis, rid):
