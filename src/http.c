@@ -27,6 +27,7 @@
  * up, buffers freed) and leave the small struct to the userdata.
  */
 #include "http.h"
+#include "heaps.h"
 #include "devex.h"
 #include "errors.h"
 #include "log.h"
@@ -147,7 +148,7 @@ static atomic_bool insecure_warned;
 
 static void global_init_once(void)
 {
-    CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    CURLcode rc = devex_heaps_curl_global_init(CURL_GLOBAL_DEFAULT); /* heaps.c: libcurl on a heap of its own */
     if (rc != CURLE_OK)
         devex_log(DEVEX_LOG_ERROR, "curl_global_init failed", curl_easy_strerror(rc));
 }

@@ -29,11 +29,7 @@
  */
 #include "memtrim.h"
 
-#ifdef DEVEX_MIMALLOC
-#include <mimalloc.h>
-#else
-#include <malloc.h>
-#endif
+#include "heaps.h"
 
 #define IDLE_TICK_MS 1000
 #define GROWTH_KB 512
@@ -78,11 +74,7 @@ static void on_tick(uv_timer_t *h)
         collect_all(w->vm->L);
         w->lua_kb_after_trim = lua_gc(w->vm->L, LUA_GCCOUNT);
     }
-#ifdef DEVEX_MIMALLOC
-    mi_collect(true);
-#else
-    malloc_trim(0);
-#endif
+    devex_heaps_collect(); /* heaps.c: the thread's free pages back to the system */
 }
 
 void devex_idle_start(devex_worker_t *w)

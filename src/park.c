@@ -33,14 +33,14 @@ static const char park_mt_key = 0;
 struct devex_park {
     uv_timer_t timer;
     devex_vm_t *vm;
-    devex_reqctx_t *rc;          /* NULL once the client left */
-    devex_task_done_cb on_done;  /* how the parked task was to end, for the task that resumes it */
+    devex_reqctx_t *rc; /* NULL once the client left */
+    devex_task_done_cb on_done; /* how the parked task was to end, for the task that resumes it */
     void *data;
-    int wrap_ref;                /* the later's wrap (0: none), handed on to the resumed task */
-    int handle_ref;              /* pins the Lua handle while pending */
+    int wrap_ref; /* the later's wrap (0: none), handed on to the resumed task */
+    int handle_ref; /* pins the Lua handle while pending */
     struct park_handle *handle;
     char request_id[40];
-    devex_park_t *prev, *next;   /* the VM's pending parks */
+    devex_park_t *prev, *next; /* the VM's pending parks */
 };
 
 typedef struct park_handle {

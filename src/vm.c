@@ -7,6 +7,7 @@
 #include "devex.h"
 #include "log.h"
 #include "settings.h"
+#include "heaps.h"
 #include "park.h"
 #include "timer.h"
 
@@ -50,7 +51,7 @@ devex_vm_t *devex_vm_new(devex_worker_t *w, char *err, size_t errlen)
     for (int i = 0; i < DEVEX_NMETHODS; i++)
         vm->method_refs[i] = LUA_NOREF;
     vm->generation = __atomic_fetch_add(&next_generation, 1, __ATOMIC_RELAXED);
-    lua_State *L = luaL_newstate();
+    lua_State *L = devex_lua_newstate(); /* heaps.c */
     if (L == NULL)
         abort();
     vm->L = L;

@@ -587,6 +587,16 @@ def curl(*args, timeout=30):
 
 
 
+def recv_all(sock):
+    """Everything sock receives until the peer closes it."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def rss_kb(pid):
     """Resident memory of a process in KB (/proc/<pid>/status VmRSS; 0 when
     absent): what the benches and test_h2_abuse measure devexd by."""

@@ -94,12 +94,7 @@ class HttpTest(unittest.TestCase):
         with socket.create_connection(("127.0.0.1", self.d.port), timeout=10) as s:
             s.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
                       b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = harness.recv_all(s)
         head_part, sep, rest = data.partition(b"\r\n\r\n")
         self.assertTrue(sep, data)
         self.assertTrue(head_part.startswith(b"HTTP/1.1 200"), data)

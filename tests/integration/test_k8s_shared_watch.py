@@ -181,24 +181,31 @@ class SharedWatchTest(unittest.TestCase):
                 got = w.until(last, timeout=30)
                 self.assertTrue(all(e["data"]["replId"] == rid for e in got), got)
 
-    def test_a_parked_start_keeps_no_coroutine(self):
-        ns = "parked-frames"
+    def framesapp_repl(self, ns, rule, login, user_id):
+        """A devexd with FRAMES_APP on namespace ns (the kubelet's rule for
+        it), a signed-in user and one REPL of theirs. -> (devexd, browser,
+        REPL id, its Redis)"""
         self.kc.create_namespace(ns)
-        self.kc.kubelet.add_rule({"devex.test/ready-after": "8"}, namespace=ns)
+        self.kc.kubelet.add_rule(rule, namespace=ns)
         ctx = unittest.TestCase()
         ctx.store_dir, ctx.gh = self.store_dir, self.gh
         ctx.redis = self.enterContext(RedisServer())
-        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-frames")), ns)
+        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-" + ns)), ns)
         conf["policy"] = {"file": os.path.join(self.tmp, "policy.lua")}
         d = self.enterContext(Devexd(app="framesapp", app_files={"framesapp.lua": FRAMES_APP}, threads=1,
                                      config=conf))
         d.sync_templates()
         ctx.d = d
         import test_repl
-        b = test_repl.ReplTest.login(ctx, "parker", 777003)
+        b = test_repl.ReplTest.login(ctx, login, user_id)
         r = b.request("POST", "/api/repl/new", headers=JSON, body=json.dumps({"template": "node", "replName": "f"}))
         self.assertEqual(r.status, 201, r.body)
         rid = r.json()["id"]
+        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
+        return d, b, rid, ctx.redis
+
+    def test_a_parked_start_keeps_no_coroutine(self):
+        d, b, rid, redis = self.framesapp_repl("parked-frames", {"devex.test/ready-after": "8"}, "parker", 777003)
         out = {}
 
         def start():
@@ -206,7 +213,6 @@ class SharedWatchTest(unittest.TestCase):
                                  timeout=120)
         t = threading.Thread(target=start)
         t.start()
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
         # parked: the request waits in a park (devex.stream.park), and no
         # coroutine is left waiting for the pod (none in a waiter's next(),
         # none with a frame of the driver)
@@ -219,28 +225,11 @@ class SharedWatchTest(unittest.TestCase):
         t.join(120)
         self.assertEqual(out["r"].status, 200, out["r"].body)
         self.assertEqual(out["r"].json()["replId"], rid)
-        self.assertEqual(self.redis_state(ctx.redis, rid), "running")
+        self.assertEqual(self.redis_state(redis, rid), "running")
 
     def test_a_wait_that_raises_leaves_no_waiter(self):
-        ns = "wait-raises"
-        self.kc.create_namespace(ns)
-        self.kc.kubelet.add_rule({"devex.test/never-ready": "true"}, namespace=ns)
-        ctx = unittest.TestCase()
-        ctx.store_dir, ctx.gh = self.store_dir, self.gh
-        ctx.redis = self.enterContext(RedisServer())
-        conf = cluster_config(ctx, self.kc.write_kubeconfig(os.path.join(self.tmp, "kubeconfig-raises")), ns)
-        conf["policy"] = {"file": os.path.join(self.tmp, "policy.lua")}
-        d = self.enterContext(Devexd(app="framesapp", app_files={"framesapp.lua": FRAMES_APP}, threads=1,
-                                     config=conf))
-        d.sync_templates()
-        ctx.d = d
-        import test_repl
-        b = test_repl.ReplTest.login(ctx, "raiser", 777004)
-        r = b.request("POST", "/api/repl/new", headers=JSON, body=json.dumps({"template": "node", "replName": "r"}))
-        self.assertEqual(r.status, 201, r.body)
-        rid = r.json()["id"]
+        d, b, rid, _ = self.framesapp_repl("wait-raises", {"devex.test/never-ready": "true"}, "raiser", 777004)
         self.assertEqual(d.request("POST", "/test/break/" + rid).status, 200)
-        self.addCleanup(lambda: b.request("DELETE", "/api/repl/session/" + rid, headers=JSON))
         # the pod comes (never Ready): the step that looks at it raises
         r = d.request("GET", "/api/repl/session/" + rid, headers={"Cookie": b.cookie_header()}, timeout=120)
         self.assertEqual(r.status, 500, r.body)

@@ -119,7 +119,9 @@ return app
 """
 
 
-class LaterTest(unittest.TestCase):
+class LaterApp(unittest.TestCase):
+    """A devexd running APP for the class."""
+
     @classmethod
     def setUpClass(cls):
         cls.d = harness.Devexd(app="laterapp", app_files={"laterapp.lua": APP}, threads=1)
@@ -128,6 +130,9 @@ class LaterTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.d.__exit__(None, None, None)  # SIGTERM, exit 0, no sanitizer report
+
+
+class LaterTest(LaterApp):
 
     def test_the_answer_is_the_functions_with_the_middlewares_headers(self):
         for mode in ("wait", "sync"):
@@ -180,20 +185,11 @@ class LaterTest(unittest.TestCase):
         self.assertEqual(self.d.get_json("/left")[1]["early"], 1)
 
 
-class ParkTest(unittest.TestCase):
+class ParkTest(LaterApp):
     """stream.park: a later answer's task ends while it waits (no coroutine
     is left), the request kept until a function resumes it from another
-    task, or its deadline does."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.d = harness.Devexd(app="laterapp", app_files={"laterapp.lua": APP}, threads=1)
-        cls.d.__enter__()
-
-    @classmethod
-    def tearDownClass(cls):
-        # one request still parked (/park/forever): SIGTERM ends it, exit 0, no sanitizer report
-        cls.d.__exit__(None, None, None)
+    task, or its deadline does. The last test leaves one request parked
+    (/park/forever): the shutdown ends it (exit 0, no sanitizer report)."""
 
     def send(self, path):
         s = socket.create_connection(("127.0.0.1", self.d.port), timeout=10)
@@ -201,12 +197,7 @@ class ParkTest(unittest.TestCase):
         return s
 
     def answer(self, s):
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = harness.recv_all(s)
         s.close()
         head, _, body = data.partition(b"\r\n\r\n")
         lines = head.decode().split("\r\n")

@@ -341,12 +341,7 @@ class ProxyTest(unittest.TestCase):
         raw = ("GET http://%s/echo HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (up, up)).encode()
         with socket.create_connection(("127.0.0.1", self.d.port), timeout=10) as s:
             s.sendall(raw)
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = harness.recv_all(s)
         self.assertTrue(data.startswith(b"HTTP/1.1 404"), data)
         self.assertNotIn(b"x-upstream", data.lower())
         for path in ("/echo", "/status/200", "/"):
