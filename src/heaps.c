@@ -31,7 +31,7 @@ static mi_heap_t *heap_of(mi_heap_t **h)
 {
     if (*h == NULL)
         *h = mi_heap_new();
-    return *h;
+    return *h != NULL ? *h : mi_heap_get_default(); /* (no heap of its own: the thread's) */
 }
 
 #define LUA_REALLOC(p, n) mi_heap_realloc(heap_of(&lua_heap), (p), (n))
@@ -103,12 +103,31 @@ static int panic(lua_State *L)
     return 0; /* Lua aborts */
 }
 
+/* warn(): off until "@on", as luaL_newstate has it; a warning is logged */
+static void warn_on(void *ud, const char *msg, int tocont);
+
+static void warn_off(void *ud, const char *msg, int tocont)
+{
+    if (!tocont && strcmp(msg, "@on") == 0)
+        lua_setwarnf((lua_State *)ud, warn_on, ud);
+}
+
+static void warn_on(void *ud, const char *msg, int tocont)
+{
+    if (!tocont && msg[0] == '@') {
+        if (strcmp(msg, "@off") == 0)
+            lua_setwarnf((lua_State *)ud, warn_off, ud);
+        return;
+    }
+    devex_log(DEVEX_LOG_WARN, "lua warning", msg);
+}
+
 lua_State *devex_lua_newstate(void)
 {
     lua_State *L = lua_newstate(lua_alloc, NULL);
     if (L != NULL) {
         lua_atpanic(L, panic);
-        lua_setwarnf(L, NULL, NULL);
+        lua_setwarnf(L, warn_off, L);
     }
     return L;
 }

@@ -230,12 +230,14 @@ function M.delete(user, id)
 end
 
 -- start/stop: the runtime driver (lua/runtime) makes the workload.
--- start_owned(meta): the start of a REPL that M.owned already gave (the
--- session route checks the owner in its handler, so that what is answered
--- later holds the REPL, not the user); a tail call, so that a parked start
--- keeps no frame of it
-function M.start_owned(meta)
-  return require("repl.sessions").start(meta)
+-- start_owned(meta, parks): the start of a REPL that M.owned already gave
+-- (the session route checks the owner in its handler, so that what is
+-- answered later holds the REPL, not the user); a tail call, so that a
+-- parked start keeps no frame of it. parks: the caller's word that its
+-- frames are tail calls down to its later answer's function, so the start
+-- may wait for its workload parked (repl.sessions.start)
+function M.start_owned(meta, parks)
+  return require("repl.sessions").start(meta, parks)
 end
 
 function M.stop(user, id)

@@ -123,7 +123,11 @@ started = function(meta, prev, token, driver, started_at, t0, info, err)
   return answer(meta, fields)
 end
 
-function M.start(meta)
+-- start(meta [, parks]): parks, the caller's word that this is a tail call
+-- of its later answer's function (devex.app.later) with no frame of its own
+-- in between: the driver may then wait for the workload parked
+-- (devex.stream.park), which drops every frame above the wait
+function M.start(meta, parks)
   local sess, serr = store.get_session(meta.id)
   if sess == nil then return unavailable(serr) end
   if sess and meta.state == "running" then return answer(meta, sess) end
@@ -157,7 +161,7 @@ function M.start(meta)
   -- while the REPL is "starting"; the session's token_hash takes over after
   store.set_fields(meta.id, { start_token_hash = crypto.sha256_hex(token) })
   local driver = runtime.driver()
-  local opts = { token = token, deadline = start_deadline(),
+  local opts = { token = token, deadline = start_deadline(), park = parks,
     -- a runner that ends without a stop (the local runtime's child exits)
     on_exit = function(code, signal) M.runner_gone(meta, { code = code, signal = signal }) end }
   local started_at, t0 = os.time(), metrics.now()

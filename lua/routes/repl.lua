@@ -47,7 +47,8 @@ return function(app)
   app:get("/api/repl/session/:id", auth, ratelimit.per_user("start"), function(req)
     local meta, err = service.owned(req.user, req.params.id)
     if not meta then return fail(err) end
-    return app_errors.later(req, function() return service.start_owned(meta) end, reply)
+    -- (all tail calls down to the driver: the start may park, see devex.stream.park)
+    return app_errors.later(req, function() return service.start_owned(meta, true) end, reply)
   end)
 
   -- the session's lifecycle as Server-Sent Events (repl.events)

@@ -6,7 +6,9 @@
 --   driver:start(meta, {token, deadline}) -> { url, endpoint, session = {extra fields} } | nil, {status, message}
 --   driver.takes_continuation: true when driver:start(meta, opts, k) ends by
 --     calling k(info) or k(nil, err) in tail position (repl.sessions then
---     keeps no frame while a start waits for its workload)
+--     keeps no frame while a start waits for its workload); with opts.park
+--     (the callers' word that they are tail calls down to a later answer's
+--     function) it may wait parked (devex.stream.park), which drops them
 --   driver:stop(meta, session) -> true | nil, {status, message}   (files saved before anything is removed)
 --   driver:remove(meta)        -> removes whatever a failed start left
 local config = require("devex.config").get()

@@ -465,8 +465,7 @@ local function unwaited(s, ok, ...)
   end
   return ...
 end
-local function traced(e) return type(e) == "string" and debug.traceback(e, 2) or e end
-step = function(s) return unwaited(s, xpcall(Wait.step, traced, s)) end
+step = function(s) return unwaited(s, pcall(Wait.step, s)) end
 
 -- Waits through the worker's shared pod watch (runtime.pod_informer) until
 -- a pod of the start's selector is Ready or fails. Used when the pods carry
@@ -474,12 +473,13 @@ step = function(s) return unwaited(s, xpcall(Wait.step, traced, s)) end
 -- informer watches the first and matches the second itself); otherwise the
 -- start watches its own pods (wait_ready_own_watch). Both end by calling
 -- k(pod) or k(nil, err) in tail position (Driver:start's continuation).
--- A start answered later (the session route: its task can park) waits
--- parked (devex.stream.park): no coroutine while nothing happens, the
+-- A start answered later whose callers said so (parks: opts.park, from the
+-- session route through repl.sessions; its task can park) waits parked
+-- (devex.stream.park): no coroutine while nothing happens, the
 -- waiters' signal or the deadline resuming the step as a new task of the
 -- request (one more parked start: 18.6 to 16.7 KB, waves of 1,000).
 -- Otherwise it waits on a cond.
-function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
+function Driver:wait_ready_shared(c, id, timeout, repl_id, k, parks)
   local inf = pod_informer.get(c, self.namespace, id.managed_selector, id.repl_label)
   local selector = id.selector
   local s = setmetatable({ deadline = timer.now() + timeout, timeout = timeout, repl_id = repl_id, k = k }, Wait)
@@ -487,7 +487,7 @@ function Driver:wait_ready_shared(c, id, timeout, repl_id, k)
   -- notes in the session's event stream, comes through event waiters woken
   -- through the same cond: Wait.step)
   s.w = inf:waiter(repl_id, function(labels) return selects(labels, selector) == true end,
-                   dstream.parkable() and s or dstream.cond())
+                   parks and dstream.parkable() and s or dstream.cond())
   return step(s)
 end
 
@@ -614,6 +614,7 @@ function Driver:start(meta, opts, k)
   -- API's answers (tens of KB of tables each) are garbage from here on, and
   -- of its identity (which holds the Deployment's labels) what is read below;
   -- opts (the token, the local runtime's exit callback) was for the build
+  local parks = opts.park -- (the caller's word: see repl.sessions.start)
   objs, dref, opts = nil, nil, nil
   id = { url = id.url, port = id.port, mcp_port = id.mcp_port, selector = id.selector,
          managed_selector = id.managed_selector, repl_label = id.repl_label, deployment = id.names.deployment }
@@ -634,7 +635,7 @@ function Driver:start(meta, opts, k)
     })
   end
   -- tail calls: this frame (its locals, the objects it applied) goes
-  if shared then return self:wait_ready_shared(c, id, left, meta.id, ready) end
+  if shared then return self:wait_ready_shared(c, id, left, meta.id, ready, parks) end
   return self:wait_ready_own_watch(c, id.selector, left, meta.id, ready)
 end
 

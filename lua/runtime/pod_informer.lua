@@ -72,9 +72,9 @@ local function informer(key, client, namespace, spec)
   local inf = informers[key]
   if not inf then
     inf = setmetatable({ key = key, client = client, namespace = namespace, spec = spec,
-                         pods = {}, -- name -> (pods) versions seen while wanted | (events) the slimmed object as JSON text
+                         pods = {}, -- name -> (pods) the sequence number of its last version seen while wanted | (events) the slimmed object as JSON text
                          repls = {}, -- name -> its REPL (spec.key_of)
-                         waiters = {}, nwaiters = 0,
+                         waiters = {}, nwaiters = 0, seq = 0,
                          synced = false, running = false, idle_since = timer.now() }, Informer)
     informers[key] = inf
   end
@@ -137,13 +137,28 @@ local function repl_of(inf, obj) return inf.spec.key_of(obj) end
 
 -- inf.waiters[key]: the key's waiter, or a set of them ({[w] = true}) when
 -- it has two or more: mostly one, and a set was a table (about 100 bytes)
--- per parked start and informer. waiters(slot) iterates either.
+-- per parked start and informer. waiters(slot) iterates either; a set is
+-- iterated over a copy: a signal resumes a waiter's task at once, which may
+-- register another waiter (adding a key while next() walks a table is
+-- undefined in Lua).
 local NONE = {} -- (read only)
 local function one(w, prev) if prev == nil then return w end end
 local function waiters(slot)
   if slot == nil then return next, NONE end
   if getmetatable(slot) == Waiter then return one, slot end
-  return next, slot
+  local copy = {}
+  for w in pairs(slot) do copy[w] = true end
+  return next, copy
+end
+
+-- Signals every waiter of inf (after a list, or when it failed): gathered
+-- first, for the same reason.
+local function signal_all(inf)
+  local all = {}
+  for _, slot in pairs(inf.waiters) do
+    for w in waiters(slot) do all[#all + 1] = w end
+  end
+  for _, w in ipairs(all) do w.cond:signal() end
 end
 
 -- notes pod `name` as changed for waiter w (false: deleted); w.pending is
@@ -239,10 +254,12 @@ local function remember(inf, obj, deleted)
     end
     obj = inf.spec.keep(obj, inf)
     if inf.spec.fetch then
-      -- its waiters are handed it; kept: how many versions came (Waiter:fetch
-      -- asks whether one came during its GET), not the object (a waiter
-      -- registered later fetches it): 0.7-0.9 KB of JSON text per parked start
-      inf.pods[name], inf.repls[name] = (tonumber(inf.pods[name]) or 0) + 1, key
+      -- its waiters are handed it; kept: the informer's sequence number of
+      -- the version (Waiter:fetch asks whether one came during its GET), not
+      -- the object (a waiter registered later fetches it): 0.7-0.9 KB of
+      -- JSON text per parked start
+      inf.seq = inf.seq + 1 -- (never reset, not even by a relist: Waiter:fetch compares it)
+      inf.pods[name], inf.repls[name] = inf.seq, key
     else
       local text = json.encode(obj)
       if text then
@@ -272,9 +289,7 @@ end
 
 local function fail_all(inf, err)
   inf.err = err
-  for _, slot in pairs(inf.waiters) do
-    for w in waiters(slot) do w.cond:signal() end
-  end
+  signal_all(inf)
 end
 
 local function idle(inf)
@@ -308,9 +323,7 @@ local function run(inf)
       -- this list has given so far, it is handed the rest by the loop
       inf.synced = true
       for _, p in ipairs(l.items) do remember(inf, p, false) end
-      for _, slot in pairs(inf.waiters) do
-        for w in waiters(slot) do w.cond:signal() end
-      end
+      signal_all(inf)
       local w
       w, err = open_watch(inf, l.resourceVersion)
       while w do

@@ -236,7 +236,7 @@ class SharedWatchTest(unittest.TestCase):
         self.assertEqual(r.json()["error"], "internal error")
         lines = d.wait_log(lambda e: e.get("level") == "error" and "the wait went wrong" in e.get("error", ""),
                            what="the wait's error, logged")
-        self.assertIn("kubernetes.lua", lines[0]["error"])  # where it was raised, not only where it was rethrown
+        self.assertIn("framesapp.lua", lines[0]["error"])  # where it was raised, not only where it was rethrown
         st = d.get_json("/test/parked")[1]
         self.assertEqual((st["parked"], st["informer_waiters"]), (0, 0), st)
 

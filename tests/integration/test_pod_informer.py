@@ -215,6 +215,55 @@ app:get("/unwaited", function()
   return 200, out
 end)
 
+-- a relist while a later waiter's GET is out: the relisted version is
+-- newer, and what the GET brings (older) must not be handed over after it
+local fake4 = { lists = 0 }
+local kick = dstream.cond()
+local function podx(ip)
+  local p = pod("r-x", "X", false)
+  p.status.podIP = ip
+  return p
+end
+function fake4:list()
+  self.lists = self.lists + 1
+  return { items = { podx(self.lists == 1 and "10.0.0.1" or "10.0.0.2") }, resourceVersion = tostring(self.lists) }
+end
+function fake4:watch(_, opts)
+  local first = self.lists == 1
+  return {
+    next = function()
+      if first then
+        first = false
+        kick:wait(10)
+        return nil, { code = "gone", message = "too old" } -- the informer lists again
+      end
+      timer.sleep(opts.timeout)
+      return nil, { code = "timeout" }
+    end,
+    close = function() end,
+  }
+end
+function fake4:get()
+  kick:signal()
+  timer.sleep(0.3) -- the relist happens meanwhile
+  return podx("10.0.0.1")
+end
+app:get("/relist-during-fetch", function()
+  pi.BACKOFF = 0.05
+  local inf = pi.get(fake4, "ns4", "app=x", "devex.io/repl")
+  local wa = inf:waiter("X")
+  local first = next_pods(wa, 5)
+  local wb = inf:waiter("X") -- a second waiter of X: its pod is fetched
+  local got = wb:poll()
+  local later = wb:take()
+  wa:close()
+  wb:close()
+  local ips = {}
+  for _, p in ipairs(got or {}) do ips[#ips + 1] = p.status.podIP end
+  for _, p in ipairs(later) do ips[#ips + 1] = p.status.podIP end
+  return 200, { first = first[1] and first[1].status.podIP, lists = fake4.lists, handed = ips }
+end)
+
 -- a pod with every field slim reads, and more: slim of it decoded with the
 -- informer's keep (what the API's answers are decoded into) must be slim of it
 -- decoded whole, or a field slim reads is missing from the keep
@@ -287,6 +336,14 @@ class PodInformerTest(unittest.TestCase):
             self.assertGreaterEqual(out["watches"], 3, out)
             self.assertEqual(out["lists"], 1, "listed again after a watch's timeout: %s" % out)
             self.assertEqual(out["versions"][:3], ["1", "11", "12"], out)
+
+    def test_a_relist_during_a_fetch_keeps_the_newer_version(self):
+        with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
+            st, out = d.get_json("/relist-during-fetch", timeout=30)
+            self.assertEqual(st, 200, out)
+            self.assertEqual((out["first"], out["lists"]), ("10.0.0.1", 2), out)
+            # the relist's version (10.0.0.2), not the GET's older one after it
+            self.assertEqual(out["handed"], ["10.0.0.2"], out)
 
     def test_pods_no_waiter_here_wants_are_names_only_and_fetched_when_wanted(self):
         with harness.Devexd(app="informerapp", app_files={"informerapp.lua": APP}, threads=1) as d:
