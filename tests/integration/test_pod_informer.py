@@ -49,22 +49,29 @@ function fake:get(ref)
   self.gets = (self.gets or 0) + 1
   return pod(ref.name, ref.name == "p-a" and "A" or "B", false)
 end
-function fake:watch(_, opts)
-  self.watches = self.watches + 1
-  local first = self.watches == 1
+-- a watch whose first next() gives what first() returns (when given), and
+-- the later ones nothing until the watch's timeout
+local function scripted_watch(opts, first)
   return {
     next = function()
       if first then
-        first = false
-        -- (a flag too: the signal may come before this watch is open)
-        if not fake.relist then relist:wait(10) end
-        return { type = "RESYNC", items = { pod("p-a", "A", true) } }
+        local f = first
+        first = nil
+        return f()
       end
       timer.sleep(opts.timeout)
       return nil, { code = "timeout" }
     end,
     close = function() end,
   }
+end
+function fake:watch(_, opts)
+  self.watches = self.watches + 1
+  return scripted_watch(opts, self.watches == 1 and function()
+    -- (a flag too: the signal may come before this watch is open)
+    if not fake.relist then relist:wait(10) end
+    return { type = "RESYNC", items = { pod("p-a", "A", true) } }
+  end or nil)
 end
 
 local function names(pods)
@@ -229,19 +236,10 @@ function fake4:list()
   return { items = { podx(self.lists == 1 and "10.0.0.1" or "10.0.0.2") }, resourceVersion = tostring(self.lists) }
 end
 function fake4:watch(_, opts)
-  local first = self.lists == 1
-  return {
-    next = function()
-      if first then
-        first = false
-        kick:wait(10)
-        return nil, { code = "gone", message = "too old" } -- the informer lists again
-      end
-      timer.sleep(opts.timeout)
-      return nil, { code = "timeout" }
-    end,
-    close = function() end,
-  }
+  return scripted_watch(opts, self.lists == 1 and function()
+    kick:wait(10)
+    return nil, { code = "gone", message = "too old" } -- the informer lists again
+  end or nil)
 end
 function fake4:get()
   kick:signal()
