@@ -127,7 +127,8 @@ devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_ta
                                const char *request_id, devex_reqctx_t *rc);
 /* As devex_task_spawn, for a task that may end with stream.park (park.c):
  * wrap_ref (a registry reference the task takes over, or 0) is the function
- * its function runs through, and that a task resumed from its park runs its
+ * its function runs through (wrap(f, ...): pushed below f here; L needs a
+ * free slot for it), and that a task resumed from its park runs its
  * function through too. */
 devex_task_t *devex_task_spawn_parkable(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done,
                                         void *data, const char *request_id, devex_reqctx_t *rc, int wrap_ref);

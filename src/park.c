@@ -90,11 +90,6 @@ static void park_resume(devex_park_t *p, lua_State *L, int nargs)
     char request_id[sizeof(p->request_id)];
     memcpy(request_id, p->request_id, sizeof(request_id));
     park_end(p);
-    if (wrap_ref != 0) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, wrap_ref);
-        lua_insert(L, -(nargs + 2));
-        nargs++;
-    }
     devex_task_t *t = devex_task_spawn_parkable(vm, L, nargs, on_done, data, request_id, rc, wrap_ref);
     if (t != NULL && rc != NULL)
         rc->task = t;

@@ -212,25 +212,22 @@ static void run_later(devex_reqctx_t *rc, lua_State *co, int idx, const char *re
 {
     /* the VM of the handler's coroutine (after a reload, the retired one) */
     devex_vm_t *vm = devex_vm_of(co);
-    if (!lua_checkstack(co, 4)) { /* the wrap (and its copy), the function, the thread spawn may make */
+    if (!lua_checkstack(co, 4)) { /* the wrap (to reference it, then below the function), the function, the thread spawn may make */
         if (rc != NULL)
             send_error(rc, 500, "internal error");
         return;
     }
     /* stream.later(fn, wrap): the task runs wrap(fn), and may park (park.c) */
-    int nargs = 0, wrap_ref = 0;
-    if (lua_getiuservalue(co, idx, 2) == LUA_TFUNCTION) {
-        lua_pushvalue(co, -1);
+    int wrap_ref = 0;
+    if (lua_getiuservalue(co, idx, 2) == LUA_TFUNCTION)
         wrap_ref = luaL_ref(co, LUA_REGISTRYINDEX);
-        nargs = 1;
-    } else {
+    else
         lua_pop(co, 1);
-    }
     lua_getiuservalue(co, idx, 1);
     vm->worker->inflight++; /* request_done counts it down (a park hands that on) */
     devex_conn_guard_t *g = rc != NULL ? rc->guard : NULL;
     devex_conn_guard_task_start(g);
-    devex_task_t *t = devex_task_spawn_parkable(vm, co, nargs, request_done, g, request_id, rc, wrap_ref);
+    devex_task_t *t = devex_task_spawn_parkable(vm, co, 0, request_done, g, request_id, rc, wrap_ref);
     if (t != NULL && rc != NULL)
         rc->task = t;
 }

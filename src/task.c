@@ -180,6 +180,11 @@ devex_task_t *devex_task_spawn(devex_vm_t *vm, lua_State *L, int nargs, devex_ta
 devex_task_t *devex_task_spawn_parkable(devex_vm_t *vm, lua_State *L, int nargs, devex_task_done_cb on_done,
                                         void *data, const char *request_id, devex_reqctx_t *rc, int wrap_ref)
 {
+    if (wrap_ref != 0) { /* wrap(f, ...): the wrap below the function */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, wrap_ref);
+        lua_insert(L, -(nargs + 2));
+        nargs++;
+    }
     return task_spawn(vm, L, nargs, on_done, data, request_id, rc, true, wrap_ref);
 }
 
